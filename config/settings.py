@@ -1,0 +1,283 @@
+"""Every limit and connection in one place.
+
+Each field carries its unit in its name and a one-line reason in its description. Values come from,
+in order of precedence: keyword arguments, ``BOUNDARY_INFERENCE_*`` environment variables, a ``.env``
+file in the working directory, and the defaults below (the seed document's numbers).
+
+Incoherent configurations are refused at construction (``ValueError`` with the reason); merely
+surprising ones are reported by :meth:`Settings.coherence_warnings`. See README "Configuration".
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Settings(BaseSettings):
+    """Limits, prices and connections for the boundary-inference project."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BOUNDARY_INFERENCE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Admission limits -------------------------------------------------------------------------
+    video_cooldown_s: int = Field(
+        600, ge=0, description="A video may be submitted at most once per this many seconds."
+    )
+    global_rate_limit_jobs: int = Field(
+        20, ge=1, description="At most this many admitted jobs per rate window, all tenants."
+    )
+    global_rate_window_s: int = Field(
+        3600, ge=1, description="Length of the sliding window for the global rate limit."
+    )
+    queue_depth_alert: int = Field(
+        20, ge=1, description="Queued+running runs at which an alert event is emitted."
+    )
+    queue_depth_block: int = Field(
+        50, ge=1, description="Queued+running runs at which new jobs are refused."
+    )
+    breaker_failure_threshold: int = Field(
+        5, ge=1, description="Failures inside the breaker window that open the circuit."
+    )
+    breaker_window_s: int = Field(
+        3600, ge=1, description="Only failures this recent count towards opening the circuit."
+    )
+    breaker_open_s: int = Field(
+        3600, ge=1, description="An open circuit lets one probe job through after this long."
+    )
+    max_frame_pairs: int = Field(
+        100_000, ge=1, description="Largest job accepted; bounds decode work and the estimate."
+    )
+
+    # --- Money ------------------------------------------------------------------------------------
+    max_cost_per_job_usd: float = Field(
+        1.00, gt=0, description="A job whose worst-case cost exceeds this is refused."
+    )
+    daily_budget_usd: float = Field(
+        20.0, gt=0, description="Reservations of one UTC day may not exceed this (global)."
+    )
+    daily_spend_alert_usd: float = Field(
+        20.0, gt=0, description="The monitor raises an alert when today's spend exceeds this."
+    )
+    monthly_budget_usd: float = Field(
+        100.0, gt=0, description="Reservations of one UTC month may not exceed this (global)."
+    )
+    tenant_daily_budget_usd: float | None = Field(
+        None, gt=0, description="Optional per-tenant daily cap; None means only the global cap."
+    )
+    tenant_monthly_budget_usd: float | None = Field(
+        None, gt=0, description="Optional per-tenant monthly cap; None means only the global cap."
+    )
+    gpu_price_usd_per_hour: float = Field(
+        1.10, gt=0, description="A10G on-demand price; every estimate multiplies by it."
+    )
+
+    # --- Estimate and GPU function ----------------------------------------------------------------
+    default_throughput_pairs_per_s: float = Field(
+        100.0, gt=0, description="Throughput assumed until recent runs calibrate it."
+    )
+    calibration_runs: int = Field(
+        20, ge=1, description="Recent successful runs of a model averaged for its throughput."
+    )
+    cold_start_s: float = Field(
+        30.0, ge=0, description="Container start and model load, billed before the first pair."
+    )
+    deadline_factor: float = Field(
+        3.0, ge=1.0, description="A job is stopped after this many times its expected duration."
+    )
+    min_deadline_s: int = Field(
+        120, ge=1, description="Floor for the per-job deadline so tiny jobs are not cut short."
+    )
+    gpu_timeout_s: int = Field(
+        3600, ge=10, le=86_400, description="Modal's hard per-attempt timeout (server max 24 h)."
+    )
+    scaledown_window_s: int = Field(
+        300, ge=2, le=3600, description="Idle seconds a warm container is kept (and billed)."
+    )
+    max_containers: int = Field(
+        5, ge=1, description="Modal autoscaler ceiling: bounds cold-start storms and spend rate."
+    )
+    gpu_retries: int = Field(
+        2, ge=0, le=10, description="Modal-side retries; the only retry layer around GPU work."
+    )
+    heartbeat_timeout_s: int = Field(
+        120, ge=5, description="The GPU function ends itself after this long without progress."
+    )
+    batch_size: int = Field(256, ge=1, description="Frame pairs per model batch.")
+    gpu: str = Field("A10G", description="Modal GPU type for the inference function.")
+
+    # --- Connections ------------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        None, description="Postgres DSN (local, or Supabase direct/pooler). None: embedded."
+    )
+    supabase_url: str | None = Field(
+        None, description="Supabase project URL; with the service-role key, uses PostgREST RPC."
+    )
+    supabase_service_role_key: SecretStr | None = Field(
+        None, description="Supabase service-role key (server side only, never logged)."
+    )
+    db_schema: str = Field(
+        "boundary_inference", description="Postgres schema holding the ledger tables."
+    )
+    redis_url: SecretStr | None = Field(None, description="Redis URL. None: embedded Redis.")
+    redis_block: str | None = Field(
+        None, description="Name of a saved prefect-redis RedisDatabase block to use instead."
+    )
+    redis_key_prefix: str = Field("bi", description="Prefix of every Redis key we write.")
+    state_dir: Path = Field(
+        Path(".state"), description="Where the embedded PostgreSQL and Redis keep their data."
+    )
+    guard_timeout_s: float = Field(
+        5.0, gt=0, description="A ledger/limiter call slower than this counts as unavailable."
+    )
+
+    # --- Execution --------------------------------------------------------------------------------
+    executor: Literal["local", "modal"] = Field(
+        "local", description="Where inference runs: a local CPU child process, or Modal."
+    )
+    modal_app_name: str = Field("boundary-inference", description="Deployed Modal app name.")
+    modal_class_name: str = Field("BoundaryInference", description="Modal class in the app.")
+    models_dir: Path = Field(
+        Path("models"), description="Checkpoint directory (the Modal Volume mount in production)."
+    )
+    poll_interval_s: float = Field(
+        2.0, gt=0, description="How often the flow polls a running job for progress."
+    )
+    default_tenant_id: str = Field("demo", description="Tenant used when a request names none.")
+
+    # Escape hatch for the original bug's shape: refuse by default, allow when deliberate.
+    allow_unreachable_cost_cap: bool = Field(
+        False, description="Accept a per-job cap that no admissible job can ever exceed."
+    )
+
+    @field_validator("db_schema", "redis_key_prefix")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(
+                f"{value!r} must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        problems = self.coherence_errors()
+        if problems:
+            raise ValueError("incoherent configuration:\n  - " + "\n  - ".join(problems))
+        return self
+
+    # --- Derived numbers (one formula each, used by the estimate and the audits) -------------------
+    @property
+    def gpu_price_usd_per_s(self) -> float:
+        return self.gpu_price_usd_per_hour / 3600.0
+
+    @property
+    def gpu_attempts(self) -> int:
+        """Invocations one logical job may cost: the first try plus Modal's retries."""
+        return 1 + self.gpu_retries
+
+    @property
+    def idle_tail_usd(self) -> float:
+        """The scaledown window is billed after the last input of a burst."""
+        return self.scaledown_window_s * self.gpu_price_usd_per_s
+
+    def expected_duration_s(self, pairs: int, throughput_pairs_per_s: float) -> float:
+        return self.cold_start_s + pairs / throughput_pairs_per_s
+
+    def deadline_s(self, pairs: int, throughput_pairs_per_s: float) -> float:
+        """Per-attempt deadline the GPU function enforces on itself, capped by Modal's timeout."""
+        expected = self.expected_duration_s(pairs, throughput_pairs_per_s)
+        return min(float(self.gpu_timeout_s), max(float(self.min_deadline_s), expected * self.deadline_factor))
+
+    def worst_case_cost_usd(self, pairs: int, throughput_pairs_per_s: float) -> float:
+        """Every attempt runs to its deadline, then the idle tail is billed."""
+        attempts_s = self.gpu_attempts * self.deadline_s(pairs, throughput_pairs_per_s)
+        return attempts_s * self.gpu_price_usd_per_s + self.idle_tail_usd
+
+    @property
+    def absolute_ceiling_usd(self) -> float:
+        """What one job could cost if its own deadline failed: every attempt to Modal's timeout."""
+        return self.gpu_attempts * self.gpu_timeout_s * self.gpu_price_usd_per_s + self.idle_tail_usd
+
+    def coherence_errors(self) -> list[str]:
+        """Configurations under which a safeguard is silently dead, or money is unbounded."""
+        errors: list[str] = []
+        largest_worst = self.worst_case_cost_usd(
+            self.max_frame_pairs, self.default_throughput_pairs_per_s
+        )
+        if largest_worst <= self.max_cost_per_job_usd and not self.allow_unreachable_cost_cap:
+            errors.append(
+                f"max_cost_per_job_usd=${self.max_cost_per_job_usd:.2f} can never refuse a job: the"
+                f" largest admissible job ({self.max_frame_pairs} pairs) has a worst case of only"
+                f" ${largest_worst:.2f}. Lower the cap, raise max_frame_pairs, or set"
+                " allow_unreachable_cost_cap=true if the frame limit is meant to be the binding one."
+            )
+        if self.absolute_ceiling_usd > self.daily_budget_usd:
+            errors.append(
+                f"one job whose deadline failed could cost ${self.absolute_ceiling_usd:.2f}"
+                f" ({self.gpu_attempts} attempts x {self.gpu_timeout_s} s x"
+                f" ${self.gpu_price_usd_per_hour}/h + idle tail), more than daily_budget_usd="
+                f"${self.daily_budget_usd:.2f}: lower gpu_timeout_s or gpu_retries."
+            )
+        if self.daily_budget_usd > self.monthly_budget_usd:
+            errors.append(
+                f"daily_budget_usd (${self.daily_budget_usd}) exceeds monthly_budget_usd"
+                f" (${self.monthly_budget_usd})"
+            )
+        if self.queue_depth_alert > self.queue_depth_block:
+            errors.append(
+                f"queue_depth_alert ({self.queue_depth_alert}) must not exceed queue_depth_block"
+                f" ({self.queue_depth_block})"
+            )
+        if self.heartbeat_timeout_s >= self.gpu_timeout_s:
+            errors.append(
+                f"heartbeat_timeout_s ({self.heartbeat_timeout_s}) must be below gpu_timeout_s"
+                f" ({self.gpu_timeout_s}), or a hang is only caught by the hard timeout"
+            )
+        if self.supabase_url and self.supabase_service_role_key is None:
+            errors.append("supabase_url is set but supabase_service_role_key is not")
+        if self.redis_url is not None and self.redis_block:
+            errors.append("set redis_url or redis_block, not both")
+        return errors
+
+    def coherence_warnings(self) -> list[str]:
+        """Legal but worth saying out loud (printed by `boundary-inference config`)."""
+        warnings: list[str] = []
+        if self.absolute_ceiling_usd > self.max_cost_per_job_usd:
+            warnings.append(
+                f"Modal's timeout alone allows ${self.absolute_ceiling_usd:.2f} per job, above the"
+                f" ${self.max_cost_per_job_usd:.2f} cap: the per-job deadline enforced inside the"
+                " function is what keeps a job under the cap."
+            )
+        if self.daily_spend_alert_usd > self.daily_budget_usd:
+            warnings.append("daily_spend_alert_usd is above daily_budget_usd: it can never fire")
+        return warnings
+
+    @cached_property
+    def max_admissible_pairs(self) -> int:
+        """Largest job whose worst case fits under the per-job cap at the default throughput."""
+        lo, hi = 0, self.max_frame_pairs
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.worst_case_cost_usd(mid, self.default_throughput_pairs_per_s) <= self.max_cost_per_job_usd:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides on top (tests, CLI flags)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One entry point for people and CI: `./run.sh demo` runs the main job, `./run.sh test` the suite.
+# It makes a virtual environment in .venv from the pinned set in requirements.lock on first use.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="$here/.venv"
+stamp="$venv/.installed-$(sha1sum "$here/requirements.lock" "$here/pyproject.toml" | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "[run.sh] installing the pinned dependency set into .venv (first run only, a few minutes)" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -r "$here/requirements.lock"
+  "$venv/bin/python" -m pip install -q --no-deps -e "$here"
+  rm -f "$venv"/.installed-*; touch "$stamp"
+fi
+# No telemetry from an offline machine; no Prefect server needed for local runs (ephemeral mode).
+export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
+export DO_NOT_TRACK="${DO_NOT_TRACK:-1}"
+cmd="${1:-help}"; shift || true
+case "$cmd" in
+  demo)  exec "$venv/bin/boundary-inference" demo "$@" ;;
+  test)  exec "$venv/bin/python" -m pytest "$@" ;;
+  bench) exec "$venv/bin/boundary-inference" bench "$@" ;;
+  lint)  "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
+  cli)   exec "$venv/bin/boundary-inference" "$@" ;;
+  *) echo "usage: ./run.sh demo|test|bench|lint|cli [args...]" >&2; exit 2 ;;
+esac
