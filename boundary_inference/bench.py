@@ -1,0 +1,46 @@
+"""``boundary-inference bench``: the concurrency figures, measured on the real servers.
+
+Runs in a throw-away schema and a throw-away Redis key prefix, so it never touches live state:
+50 concurrent claims of one key, 200 concurrent admissions against 20/hour, 100 concurrent $0.50
+reservations against a $20 cap, and 20 concurrent half-open probes, all from separate processes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from config import Settings
+
+
+def run_bench(settings: Settings) -> dict[str, Any]:
+    import psycopg
+
+    from boundary_inference.embedded import start_redis
+    from boundary_inference.ledger import apply_migrations
+    from boundary_inference.ledger.bench import concurrency_figures as ledger_figures
+    from boundary_inference.limiter.bench import concurrency_figures as limiter_figures
+    from boundary_inference.services import embedded_dsn
+
+    started = time.monotonic()
+    if settings.database_url is not None:
+        dsn = settings.database_url.get_secret_value()
+    else:
+        dsn = embedded_dsn(settings)
+    schema = f"bi_bench_{uuid.uuid4().hex[:10]}"
+    apply_migrations(dsn, schema)
+    try:
+        figures: dict[str, Any] = {f"ledger.{k}": v for k, v in ledger_figures(dsn, schema).items()}
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    if settings.redis_url is not None:
+        redis_url = settings.redis_url.get_secret_value()
+    else:
+        from pathlib import Path
+
+        redis_url = start_redis(Path(settings.state_dir)).url
+    figures.update({f"limiter.{k}": v for k, v in limiter_figures(redis_url).items()})
+    figures["total_seconds"] = round(time.monotonic() - started, 2)
+    return figures

@@ -1,0 +1,394 @@
+"""``boundary-inference``: the command line.
+
+Command names, options and ``--json`` fields are a contract other tools script against: add, never
+rename. Exit codes: 0 succeeded or skipped, 3 rejected, 1 failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="GPU batch inference that cannot run away with your money.",
+)
+videos_app = typer.Typer(no_args_is_help=True, help="Register and list videos.")
+breaker_app = typer.Typer(no_args_is_help=True, help="Inspect or reset the circuit breaker.")
+app.add_typer(videos_app, name="videos")
+app.add_typer(breaker_app, name="breaker")
+console = Console()
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _settings() -> Any:
+    from config import get_settings
+
+    try:
+        return get_settings()
+    except ValueError as error:
+        console.print(f"[red]configuration error[/red]: {error}")
+        raise typer.Exit(2) from error
+
+
+def _services() -> Any:
+    from boundary_inference.services import get_services
+
+    return get_services(_settings())
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    console.print(table)
+
+
+def _age(created_at: Any) -> str:
+    try:
+        then = datetime.fromisoformat(str(created_at))
+    except ValueError:
+        return str(created_at)
+    seconds = (datetime.now(UTC) - then).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+@app.command()
+def demo(
+    frames: Annotated[int, typer.Option(help="Frames in the synthetic video.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic video.")] = 7,
+) -> None:
+    """The main job: every safeguard, end to end, on the embedded services."""
+    from boundary_inference.demo import run_demo
+
+    raise typer.Exit(run_demo(frames=frames, seed=seed, console=console))
+
+
+@app.command()
+def submit(
+    video_id: str,
+    frames_version: Annotated[str, typer.Option(help="Frames version (dedup key).")] = "v1",
+    model_version: Annotated[str, typer.Option(help="Model version (dedup key).")] = (
+        "builtin-textdiff-v1"
+    ),
+    pairs: Annotated[
+        str | None, typer.Option(help='Frame pairs as JSON, e.g. "[[0,1],[1,2]]". Default: all.')
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Re-run even if a run exists (recorded).")] = False,
+    priority: Annotated[str, typer.Option(help="high, normal or low.")] = "high",
+    tenant: Annotated[str | None, typer.Option(help="Tenant id.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run boundary_inference_flow for one video, in this process. Exit 0/3/1 as documented."""
+    frame_pairs = None
+    if pairs is not None:
+        try:
+            frame_pairs = json.loads(pairs)
+        except json.JSONDecodeError as error:
+            console.print(f"[red]--pairs is not JSON[/red]: {error}")
+            raise typer.Exit(2) from error
+    _settings()
+    from flows.boundary_inference import boundary_inference_flow
+
+    state = boundary_inference_flow(
+        video_id=video_id,
+        frames_version=frames_version,
+        model_version=model_version,
+        frame_pairs=frame_pairs,
+        skip_if_exists=not force,
+        priority=priority,  # type: ignore[arg-type]
+        tenant_id=tenant,
+        return_state=True,
+    )
+    outcome = _outcome_from_state(state)
+    if as_json:
+        _print_json({k: outcome.get(k) for k in SUBMIT_FIELDS} | {"details": outcome})
+    else:
+        colour = {"succeeded": "green", "skipped": "cyan", "rejected": "yellow"}.get(
+            str(outcome["status"]), "red"
+        )
+        console.print(f"[{colour}]{outcome['status']}[/{colour}]: {outcome.get('message')}")
+        if outcome.get("rejection_type"):
+            console.print(f"  rejection_type: {outcome['rejection_type']}")
+        for key in ("run_id", "estimated_cost_usd", "worst_case_cost_usd", "actual_cost_usd"):
+            if outcome.get(key) is not None:
+                console.print(f"  {key}: {outcome[key]}")
+    raise typer.Exit(EXIT[str(outcome["status"])])
+
+
+SUBMIT_FIELDS = (
+    "status",
+    "rejection_type",
+    "message",
+    "run_id",
+    "estimated_cost_usd",
+    "actual_cost_usd",
+)
+EXIT = {"succeeded": 0, "skipped": 0, "rejected": 3, "failed": 1, "cancelled": 1, "timed_out": 1}
+
+
+def _outcome_from_state(state: Any) -> dict[str, Any]:
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, dict) and "status" in data:
+        return data
+    return {"status": "failed", "message": state.message or str(data), "run_id": None}
+
+
+@videos_app.command("add")
+def videos_add(
+    video_id: str,
+    source: Annotated[Path, typer.Option(help="Video file (any container ffmpeg reads).")],
+    tenant: Annotated[str | None, typer.Option(help="Tenant id.")] = None,
+    crop: Annotated[
+        str | None, typer.Option(help="Caption crop box x,y,width,height in pixels.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a video: frame count and fps are read from the file."""
+    from modal_app.frames import probe_video
+
+    settings = _settings()
+    try:
+        info = probe_video(source)
+    except Exception as error:
+        console.print(f"[red]cannot read {source}[/red]: {error}")
+        raise typer.Exit(2) from error
+    crop_box = None
+    if crop:
+        try:
+            x, y, w, h = (int(v) for v in crop.split(","))
+        except ValueError as error:
+            console.print("[red]--crop must be x,y,width,height[/red]")
+            raise typer.Exit(2) from error
+        crop_box = {"x": x, "y": y, "width": w, "height": h}
+    row = _services().ledger.upsert_video(
+        id=video_id,
+        tenant_id=tenant or settings.default_tenant_id,
+        frame_count=info.frame_count,
+        fps=info.fps,
+        source_uri=str(source.resolve()),
+        crop_box=crop_box,
+    )
+    if as_json:
+        _print_json(row)
+    else:
+        console.print(f"registered {video_id}: {info.frame_count} frames at {info.fps:.2f} fps")
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    video: Annotated[str | None, typer.Option(help="Only this video.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent runs with their status and cost."""
+    rows = list(_services().ledger.list_runs(limit=limit, video_id=video))
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        row["age"] = _age(row.get("created_at"))
+    _table(
+        "runs",
+        rows,
+        ["id", "age", "video_id", "model_version", "status", "pairs", "estimated_cost_usd",
+         "actual_cost_usd", "executor_call_id"],
+    )
+
+
+@app.command("rejections")
+def rejections_cmd(
+    all_: Annotated[bool, typer.Option("--all", help="Include acknowledged ones.")] = False,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """What was refused, why, and at what estimate (unacknowledged only unless --all)."""
+    rows = list(
+        _services().ledger.list_rejections(unacknowledged_only=not all_, limit=limit)
+    )
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        row["age"] = _age(row.get("created_at"))
+        row["estimate"] = (
+            f"${float(row['estimated_cost_usd']):.4f}" if row.get("estimated_cost_usd") else ""
+        )
+    _table(
+        "rejections",
+        rows,
+        ["id", "age", "rejection_type", "video_id", "frame_count", "estimate", "acknowledged",
+         "message"],
+    )
+
+
+@app.command()
+def ack(
+    rejection_ids: list[str],
+    by: Annotated[str, typer.Option(help="Who acknowledges.")] = "cli",
+) -> None:
+    """Acknowledge rejections by id."""
+    ledger = _services().ledger
+    missing = 0
+    for rejection_id in rejection_ids:
+        done = ledger.acknowledge_rejection(id=rejection_id, by=by)
+        acknowledged = bool(done.get("acknowledged")) if isinstance(done, dict) else bool(done)
+        console.print(f"{rejection_id}: {'acknowledged' if acknowledged else 'not found or already acknowledged'}")
+        missing += 0 if acknowledged else 1
+    raise typer.Exit(1 if missing else 0)
+
+
+@app.command()
+def estimate(
+    pairs: int,
+    model_version: Annotated[str, typer.Option(help="Model whose throughput to use.")] = (
+        "builtin-textdiff-v1"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """What a job of PAIRS frame pairs would cost, expected and worst case."""
+    from tasks.cost import calibrated_throughput
+    from tasks.cost import estimate as compute
+
+    settings = _settings()
+    throughput, source = calibrated_throughput(_services().ledger, settings, model_version)
+    est = compute(settings, pairs, throughput, source).to_dict()
+    est["admissible"] = est["worst_case_cost_usd"] <= settings.max_cost_per_job_usd
+    if as_json:
+        _print_json(est)
+        return
+    _table("estimate", [{"field": k, "value": v} for k, v in est.items()], ["field", "value"])
+
+
+@app.command()
+def spend(
+    days: Annotated[int, typer.Option(help="Days of history.")] = 7,
+    as_json: JsonOpt = False,
+) -> None:
+    """Today's and this month's spend against the budgets, and a daily report."""
+    settings = _settings()
+    ledger = _services().ledger
+    summary = dict(ledger.spend_summary())
+    by_day = list(ledger.spend_by_day(days=days))
+    data = {
+        "summary": summary,
+        "daily_budget_usd": settings.daily_budget_usd,
+        "monthly_budget_usd": settings.monthly_budget_usd,
+        "by_day": by_day,
+    }
+    if as_json:
+        _print_json(data)
+        return
+    console.print(
+        f"today: committed ${float(summary.get('daily_committed_usd') or 0):.4f}"
+        f" of ${settings.daily_budget_usd:.2f};"
+        f" month: ${float(summary.get('monthly_committed_usd') or 0):.4f}"
+        f" of ${settings.monthly_budget_usd:.2f}"
+    )
+    if by_day:
+        _table("spend by day", by_day, list(by_day[0].keys()))
+
+
+@breaker_app.command("status")
+def breaker_status(as_json: JsonOpt = False) -> None:
+    """State of the GPU circuit breaker."""
+    from tasks.breaker import BREAKER_NAME
+
+    settings = _settings()
+    status = dict(
+        _services().ledger.breaker_status(name=BREAKER_NAME, window_s=settings.breaker_window_s)
+    )
+    if as_json:
+        _print_json(status)
+        return
+    _table("breaker", [{"field": k, "value": v} for k, v in status.items()], ["field", "value"])
+
+
+@breaker_app.command("reset")
+def breaker_reset() -> None:
+    """Close the circuit by hand (after fixing what tripped it)."""
+    from tasks.breaker import BREAKER_NAME
+
+    _services().ledger.breaker_reset(name=BREAKER_NAME)
+    console.print(f"breaker {BREAKER_NAME} closed")
+
+
+@app.command()
+def migrate(
+    dsn: Annotated[
+        str | None, typer.Option(help="Postgres DSN; default: configured or embedded.")
+    ] = None,
+) -> None:
+    """Apply the SQL migrations (idempotent) and print what was applied."""
+    from boundary_inference.ledger import apply_migrations
+    from boundary_inference.services import embedded_dsn
+
+    settings = _settings()
+    if dsn is None:
+        dsn = (
+            settings.database_url.get_secret_value()
+            if settings.database_url is not None
+            else embedded_dsn(settings)
+        )
+    applied = apply_migrations(dsn, settings.db_schema)
+    console.print(f"schema {settings.db_schema}: applied {applied or 'nothing (up to date)'}")
+
+
+@app.command("config")
+def config_cmd(as_json: JsonOpt = False) -> None:
+    """Show the effective limits (secrets masked) and any warnings."""
+    settings = _settings()
+    data = json.loads(settings.model_dump_json())
+    data["derived"] = {
+        "gpu_price_usd_per_s": settings.gpu_price_usd_per_s,
+        "gpu_attempts": settings.gpu_attempts,
+        "absolute_ceiling_usd": settings.absolute_ceiling_usd,
+        "max_admissible_pairs": settings.max_admissible_pairs,
+    }
+    data["warnings"] = settings.coherence_warnings()
+    if as_json:
+        _print_json(data)
+        return
+    for key, value in data.items():
+        console.print(f"{key}: {value}")
+
+
+@app.command()
+def bench(as_json: JsonOpt = False) -> None:
+    """Concurrency figures measured on the real servers (claims, admissions, budget, breaker)."""
+    from boundary_inference.bench import run_bench
+
+    figures = run_bench(_settings())
+    if as_json:
+        _print_json(figures)
+        return
+    _table("concurrency", [{"figure": k, "value": v} for k, v in figures.items()],
+           ["figure", "value"])
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The main job: the real flow on the embedded services, showing each safeguard once.
+
+1. an admitted run that finds the caption boundaries (F1 against the synthetic truth);
+2. the same submission again: skipped as a duplicate;
+3. a forced re-run: refused by the per-video cooldown;
+4. a job whose worst case exceeds the per-job cap: refused before anything is decoded;
+5. a bad request: refused by validation;
+then the rejections table and where to look in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+MODEL = "builtin-textdiff-v1"
+
+
+def _f1(predicted: list[bool], truth: list[bool]) -> tuple[float, float, float]:
+    tp = sum(p and t for p, t in zip(predicted, truth, strict=True))
+    fp = sum(p and not t for p, t in zip(predicted, truth, strict=True))
+    fn = sum(t and not p for p, t in zip(predicted, truth, strict=True))
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
+    from flows.boundary_inference import boundary_inference_flow
+
+    console.rule(f"[bold]{title}")
+    started = time.monotonic()
+    state = boundary_inference_flow(**params, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if not isinstance(outcome, dict):
+        outcome = {"status": "failed", "message": str(outcome)}
+    colour = {"succeeded": "green", "skipped": "cyan", "rejected": "yellow"}.get(
+        str(outcome.get("status")), "red"
+    )
+    console.print(
+        f"  -> [{colour}]{outcome.get('status')}[/{colour}]"
+        + (f" ({outcome['rejection_type']})" if outcome.get("rejection_type") else "")
+        + f": {outcome.get('message')}  [dim]{time.monotonic() - started:.1f} s,"
+        f" flow state '{state.name}'[/dim]"
+    )
+    return outcome
+
+
+def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None) -> int:
+    console = console or Console()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from boundary_inference.services import get_services
+    from config import get_settings
+    from modal_app.synthetic import make_video
+
+    settings = get_settings()
+    t0 = time.monotonic()
+    console.print("[bold]boundary-inference demo[/bold]: the real flow, real PostgreSQL and Redis"
+                  f" under {Path(settings.state_dir).resolve()}, a local CPU executor.")
+    services = get_services(settings)
+    ledger = services.ledger
+    console.print(f"  services ready in {time.monotonic() - t0:.1f} s")
+
+    videos_dir = Path(settings.state_dir).resolve() / "videos"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    # A new id per demo run, so every run shows the whole story (dedup and cooldown are per video).
+    video_id = f"demo-{int(time.time())}"
+    path = videos_dir / f"{video_id}.mp4"
+    truth = make_video(path, seed=seed, frame_count=frames)
+    crop = truth.crop_box
+    ledger.upsert_video(
+        id=video_id,
+        tenant_id=settings.default_tenant_id,
+        frame_count=frames,
+        fps=30.0,
+        source_uri=str(path),
+        crop_box={"x": crop.x, "y": crop.y, "width": crop.width, "height": crop.height},
+    )
+    console.print(
+        f"  synthetic video {path.name}: {frames} frames, {len(truth.boundary_frames)} caption"
+        " changes"
+    )
+    base = {"video_id": video_id, "frames_version": "v1", "model_version": MODEL}
+
+    first = _submit(console, "1. submit: admitted and run", **base)
+    ok = first.get("status") == "succeeded"
+    if ok:
+        predictions = ledger.get_predictions(run_id=first["run_id"])
+        pairs = [(int(p["frame1"]), int(p["frame2"])) for p in predictions]
+        labels = truth.labels_for(pairs)
+        precision, recall, f1 = _f1([bool(p["is_boundary"]) for p in predictions], labels)
+        console.print(
+            f"  boundaries: precision {precision:.3f}, recall {recall:.3f}, [bold]F1 {f1:.3f}[/bold]"
+            f" over {len(pairs)} pairs; estimated ${first['estimated_cost_usd']:.4f},"
+            f" worst case ${first['worst_case_cost_usd']:.4f}, measured"
+            f" ${first['actual_cost_usd']:.4f} (at the A10G price)"
+        )
+    second = _submit(console, "2. the same submission again: a duplicate", **base)
+    third = _submit(console, "3. forced re-run (skip_if_exists=False)", **base, skip_if_exists=False)
+
+    long_id = f"{video_id}-lecture"
+    ledger.upsert_video(
+        id=long_id,
+        tenant_id=settings.default_tenant_id,
+        frame_count=216_000,
+        fps=30.0,
+        source_uri=str(path),
+        crop_box=None,
+    )
+    console.print(
+        f"  (registered {long_id}: metadata of a 2-hour lecture, 216,000 frames; it is refused"
+        " before a single frame is read)"
+    )
+    fourth = _submit(
+        console,
+        "4. a job over the per-job cost cap",
+        video_id=long_id,
+        frames_version="v1",
+        model_version=MODEL,
+        frame_pairs=[[i, i + 1] for i in range(0, 200_000, 5)],
+    )
+    fifth = _submit(
+        console,
+        "5. a bad request: a frame pair past the end of the video",
+        **base,
+        frames_version="v2",
+        frame_pairs=[[0, 1], [10, frames + 5]],
+    )
+
+    console.rule("[bold]rejections (unacknowledged)")
+    rows = [r for r in ledger.list_rejections(unacknowledged_only=True, limit=20)
+            if str(r.get("video_id", "")).startswith(video_id)]
+    table = Table()
+    for column in ("rejection_type", "video_id", "frame_count", "estimated_cost_usd", "message"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["rejection_type"]), str(row["video_id"]), str(row.get("frame_count") or ""),
+            f"${float(row['estimated_cost_usd']):.2f}" if row.get("estimated_cost_usd") else "",
+            str(row["message"])[:90],
+        )
+    console.print(table)
+
+    expected = [
+        (first, "succeeded", None),
+        (second, "skipped", None),
+        (third, "rejected", "cooldown"),
+        (fourth, "rejected", "cost_exceeded"),
+        (fifth, "rejected", "validation_failed"),
+    ]
+    all_ok = all(
+        o.get("status") == status and (kind is None or o.get("rejection_type") == kind)
+        for o, status, kind in expected
+    )
+    console.rule("[bold]where to look")
+    console.print(
+        "  CLI:        boundary-inference runs | rejections | ack <id> | spend | breaker status\n"
+        "  Prefect UI: `prefect server start`, open http://127.0.0.1:4200 -> Runs: flow"
+        f" 'boundary-inference', runs named '{video_id}-{MODEL}'. Each run's Artifacts tab holds"
+        " the estimate (admitted) or the rejection reason; the progress artifact shows the live"
+        " job; Events shows 'boundary-inference.job.rejected'."
+    )
+    console.print(
+        f"demo {'[green]OK[/green]' if all_ok else '[red]FAILED[/red]'} in"
+        f" {time.monotonic() - t0:.1f} s"
+    )
+    return 0 if all_ok else 1

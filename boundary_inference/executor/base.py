@@ -1,0 +1,70 @@
+"""The executor protocol: submit, poll, cancel, by call id. Private module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from modal_app.types import InferenceRequest, InferenceResult
+
+
+class FailureKind(StrEnum):
+    """Why a call failed; the circuit breaker counts only what says something about the service."""
+
+    INFRASTRUCTURE = "infrastructure"  # lost worker, crash, preemption, OOM, result expired
+    USER_CODE = "user_code"  # the inference code raised on this input
+    TIMEOUT = "timeout"  # per-job deadline, hard timeout, or hang (no heartbeat)
+    CANCELLED = "cancelled"
+
+    @property
+    def counts_for_breaker(self) -> bool:
+        return self in (FailureKind.INFRASTRUCTURE, FailureKind.TIMEOUT)
+
+
+class CallState(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ExecutorFailure:
+    kind: FailureKind
+    message: str
+    error_type: str = ""
+    # GPU seconds the failed call consumed (billed even though it failed), when known.
+    elapsed_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CallStatus:
+    state: CallState
+    pairs_done: int = 0
+    pairs_total: int = 0
+    result: InferenceResult | None = None
+    failure: ExecutorFailure | None = None
+
+    @property
+    def progress(self) -> float:
+        return self.pairs_done / self.pairs_total if self.pairs_total else 0.0
+
+
+class ExecutorUnavailable(Exception):
+    """The executor cannot take work (no credentials, app not deployed). Raised before any spend."""
+
+
+class Executor(Protocol):
+    name: str
+
+    def preflight(self) -> None:
+        """Raise :class:`ExecutorUnavailable` if a submit could not possibly work."""
+
+    def submit(self, request: InferenceRequest) -> str:
+        """Start the job; return a call id that :meth:`poll` and :meth:`cancel` accept."""
+
+    def poll(self, call_id: str, *, timeout_s: float) -> CallStatus:
+        """Wait up to ``timeout_s`` for the call to finish; report where it is."""
+
+    def cancel(self, call_id: str) -> None:
+        """Stop the call and its billing. Idempotent."""

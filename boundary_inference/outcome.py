@@ -1,0 +1,90 @@
+"""What a submission ends as: the rejection vocabulary and the outcome record.
+
+These names and fields are a public contract: the CLI prints them (``submit --json``), tools script
+against them, and the ledger stores ``RejectionType`` values. Add, never rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RejectionType(StrEnum):
+    VALIDATION_FAILED = "validation_failed"
+    FRAME_COUNT_EXCEEDED = "frame_count_exceeded"
+    COST_EXCEEDED = "cost_exceeded"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    COOLDOWN = "cooldown"
+    RATE_LIMITED = "rate_limited"
+    QUEUE_FULL = "queue_full"
+    CIRCUIT_OPEN = "circuit_open"
+    GUARD_UNAVAILABLE = "guard_unavailable"
+
+
+class Rejected(Exception):
+    """A safeguard refused the job. Raised by guard tasks; the flow records it and stops."""
+
+    def __init__(
+        self,
+        rejection_type: RejectionType,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.rejection_type = rejection_type
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.details = dict(details or {})
+
+
+class OutcomeStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+# CLI exit codes (documented in the README): scripts branch on these.
+EXIT_CODES: dict[OutcomeStatus, int] = {
+    OutcomeStatus.SUCCEEDED: 0,
+    OutcomeStatus.SKIPPED: 0,
+    OutcomeStatus.REJECTED: 3,
+    OutcomeStatus.FAILED: 1,
+    OutcomeStatus.CANCELLED: 1,
+    OutcomeStatus.TIMED_OUT: 1,
+}
+
+
+@dataclass
+class JobOutcome:
+    """The result of one ``boundary_inference_flow`` run, JSON-serialisable."""
+
+    status: OutcomeStatus
+    video_id: str
+    message: str
+    run_id: str | None = None
+    rejection_type: RejectionType | None = None
+    rejection_id: str | None = None
+    retry_after_s: float | None = None
+    estimated_cost_usd: float | None = None
+    worst_case_cost_usd: float | None = None
+    actual_cost_usd: float | None = None
+    pairs: int | None = None
+    boundaries: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = str(self.status)
+        data["rejection_type"] = str(self.rejection_type) if self.rejection_type else None
+        return data
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]

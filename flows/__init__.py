@@ -1,0 +1,1 @@
+"""Prefect flows: ``boundary_inference_flow`` (one video), the rejection monitor, backfill."""

@@ -1,0 +1,443 @@
+"""``boundary_inference_flow``: every safeguard before any GPU second, then the job, then the bill.
+
+Order (cheap reads first, quota consumed only at admission, each step one atomic call):
+
+1. validate the request (video, tenant, versions, every frame pair, size limit);
+2. dedup claim of (video, frames version, model version) -- a duplicate is a skip;
+3. circuit breaker (read), queue depth, cost estimate against the per-job cap;
+4. admission: cooldown + global rate (one Redis script), budget reservation of the worst case (one
+   SQL function), breaker probe slot; a later refusal refunds the earlier admissions;
+5. spawn, watch, and settle: actual cost from measured seconds, the unused reservation released.
+
+Any refusal is recorded (ledger row, Prefect event, markdown artifact) and ends the flow run in a
+``Completed`` state named ``Rejected``; a duplicate ends as ``Skipped``. If the ledger or Redis cannot
+be reached, nothing is spawned: ``guard_unavailable`` (fail closed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed, Failed, State
+
+from boundary_inference.executor import CallState, FailureKind
+from boundary_inference.ledger import LedgerError
+from boundary_inference.limiter import LimiterUnavailable
+from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
+from boundary_inference.services import Services, get_services
+from config import Settings, get_settings
+from modal_app.types import InferenceRequest
+from tasks import breaker, budget, cost, dedup, limits, queue, rejections, validate
+from tasks._common import GUARD_TASK_OPTIONS, artifact_key
+from tasks.execute import run_job
+
+# A guard whose backing service fails raises one of these; the flow turns it into guard_unavailable.
+GUARD_ERRORS: tuple[type[BaseException], ...] = (LedgerError, LimiterUnavailable)
+PRIORITIES = ("high", "normal", "low")
+_FAILURE_STATUS = {
+    FailureKind.TIMEOUT: OutcomeStatus.TIMED_OUT,
+    FailureKind.CANCELLED: OutcomeStatus.CANCELLED,
+    FailureKind.INFRASTRUCTURE: OutcomeStatus.FAILED,
+    FailureKind.USER_CODE: OutcomeStatus.FAILED,
+}
+
+
+@task(name="load-video", tags=["ledger"], **GUARD_TASK_OPTIONS)
+def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
+    found = ledger.get_video(video_id=video_id)
+    return dict(found) if found else None
+
+
+@task(name="persist-predictions", tags=["ledger"], **GUARD_TASK_OPTIONS)
+def persist_predictions(ledger: Any, run_id: str, predictions: list[Any]) -> int:
+    """Upsert keyed by (run, f1, f2): a retried flow writes the same rows again, harmlessly."""
+    rows = [
+        {"frame1": p.frame1, "frame2": p.frame2, "probability": p.probability,
+         "is_boundary": p.is_boundary}
+        for p in predictions
+    ]
+    saved = 0
+    for start in range(0, len(rows), 5000):
+        saved += int(ledger.save_predictions(run_id=run_id, rows=rows[start : start + 5000])["saved"])
+    return saved
+
+
+def _known_model(model_version: str) -> bool:
+    from modal_app.models import is_known_model_version
+
+    return bool(is_known_model_version(model_version))
+
+
+def _estimate_markdown(video_id: str, est: cost.CostEstimate, probe: bool) -> str:
+    return "\n".join(
+        [
+            f"# Admitted: `{video_id}`",
+            "",
+            "| | value |",
+            "|---|---|",
+            f"| frame pairs | {est.pairs} |",
+            f"| throughput | {est.throughput_pairs_per_s:.1f} pairs/s ({est.throughput_source}) |",
+            f"| expected GPU time | {est.expected_gpu_s:.1f} s (+ {est.billed_s - est.expected_gpu_s:.0f} s"
+            " billed idle tail) |",
+            f"| expected cost | ${est.estimated_cost_usd:.4f} |",
+            f"| per-attempt deadline | {est.deadline_s:.0f} s |",
+            f"| attempts at most | {est.attempts} |",
+            f"| worst case (reserved) | ${est.worst_case_cost_usd:.4f} |",
+            f"| per-job cap | ${est.cap_usd:.2f} |",
+            f"| circuit-breaker probe | {'yes' if probe else 'no'} |",
+        ]
+    )
+
+
+class _Job:
+    """The state of one submission as it moves through the guards. Private to this module."""
+
+    def __init__(self, services: Services | None, settings: Settings, video_id: str, tenant_id: str):
+        self.services = services
+        self.settings = settings
+        self.video_id = video_id
+        self.tenant_id = tenant_id
+        self.run_id: str | None = None
+        self.frame_count: int | None = None
+        self.estimate: cost.CostEstimate | None = None
+        self.admitted_limiter = False
+        self.reserved_budget = False
+
+    def reject(self, rejected: Rejected) -> State:
+        """Record the refusal everywhere, undo what this job had taken, and end the run."""
+        ledger = self.services.ledger if self.services else None
+        if rejected.rejection_type is RejectionType.GUARD_UNAVAILABLE:
+            ledger = self._ledger_if_reachable()
+        self.undo_admissions()
+        if ledger is not None and self.run_id is not None:
+            try:
+                ledger.transition_run(
+                    run_id=self.run_id,
+                    to_status="rejected",
+                    fields={"error": f"{rejected.rejection_type}: {rejected.message}"[:1000]},
+                )
+            except Exception as error:  # recorded below regardless
+                get_run_logger().error("could not mark run %s rejected: %s", self.run_id, error)
+        estimate = self.estimate.to_dict() if self.estimate else None
+        rejection_id = rejections.record_rejection(
+            ledger,
+            rejected,
+            video_id=self.video_id,
+            tenant_id=self.tenant_id,
+            frame_count=self.frame_count,
+            run_id=self.run_id,
+            estimate=estimate,
+        )
+        outcome = JobOutcome(
+            status=OutcomeStatus.REJECTED,
+            video_id=self.video_id,
+            message=rejected.message,
+            run_id=self.run_id,
+            rejection_type=rejected.rejection_type,
+            rejection_id=rejection_id,
+            retry_after_s=rejected.retry_after_s,
+            estimated_cost_usd=estimate["estimated_cost_usd"] if estimate else None,
+            worst_case_cost_usd=estimate["worst_case_cost_usd"] if estimate else None,
+        )
+        return Completed(
+            name="Rejected",
+            message=f"{rejected.rejection_type}: {rejected.message}",
+            data=outcome.to_dict(),
+        )
+
+    def _ledger_if_reachable(self) -> Any | None:
+        if self.services is None:
+            return None
+        try:
+            self.services.ledger.ping()
+        except Exception:
+            return None
+        return self.services.ledger
+
+    def undo_admissions(self) -> None:
+        """Give back quota this job took but will not use. Best effort; bounded if it fails."""
+        assert self.services is not None or not (self.admitted_limiter or self.reserved_budget)
+        if self.admitted_limiter and self.services and self.run_id:
+            try:
+                limits.refund_admission(
+                    self.services.limiter, video_id=self.video_id, run_id=self.run_id
+                )
+                self.admitted_limiter = False
+            except Exception as error:
+                get_run_logger().error("refund failed (expires with its window): %s", error)
+        if self.reserved_budget and self.services and self.run_id:
+            try:
+                budget.release(self.services.ledger, run_id=self.run_id)
+                self.reserved_budget = False
+            except Exception as error:
+                get_run_logger().error("budget release failed: %s", error)
+
+
+@flow(
+    name="boundary-inference",
+    flow_run_name="{video_id}-{model_version}",
+    # Bad parameters must reach our validation (recorded, typed rejection) rather than fail in
+    # Prefect's parameter validation, which records nothing in the ledger.
+    validate_parameters=False,
+)
+def boundary_inference_flow(
+    video_id: str,
+    frames_version: str,
+    model_version: str,
+    frame_pairs: list[list[int]] | None = None,
+    skip_if_exists: bool = True,
+    priority: Literal["high", "normal", "low"] = "high",
+    tenant_id: str | None = None,
+) -> State:
+    """Detect caption boundaries on frame pairs of a registered video, within every safeguard.
+
+    Args:
+        video_id: A video registered with ``boundary-inference videos add``.
+        frames_version: Version of the extracted frames (part of the dedup key).
+        model_version: ``builtin-textdiff-v1`` or ``ckpt:<name>`` (part of the dedup key).
+        frame_pairs: ``[[f1, f2], ...]`` with ``0 <= f1 < f2 < frame_count``; default: every
+            consecutive pair of the video.
+        skip_if_exists: Return the existing run for the same key instead of running again. False
+            is an explicit, recorded re-run (still subject to every other safeguard).
+        priority: ``high``, ``normal`` or ``low``; recorded on the run.
+        tenant_id: Owner of the video; default from configuration.
+    """
+    settings = get_settings()
+    tenant = tenant_id or settings.default_tenant_id
+    video_id = str(video_id)
+    try:
+        services = get_services(settings)
+    except Exception as error:
+        job = _Job(None, settings, video_id, tenant)
+        return job.reject(
+            Rejected(RejectionType.GUARD_UNAVAILABLE, f"cannot reach the ledger or Redis: {error}")
+        )
+    job = _Job(services, settings, video_id, tenant)
+    try:
+        return _guarded_run(
+            job, services, settings,
+            frames_version=frames_version,
+            model_version=model_version,
+            frame_pairs=frame_pairs,
+            skip_if_exists=bool(skip_if_exists),
+            priority=priority,
+        )
+    except GUARD_ERRORS as error:
+        return job.reject(
+            Rejected(
+                RejectionType.GUARD_UNAVAILABLE,
+                f"a safeguard could not reach its store ({type(error).__name__}: {error});"
+                " nothing was spawned",
+            )
+        )
+
+
+def _guarded_run(
+    job: _Job,
+    services: Services,
+    settings: Settings,
+    *,
+    frames_version: str,
+    model_version: str,
+    frame_pairs: Any,
+    skip_if_exists: bool,
+    priority: str,
+) -> State:
+    ledger, limiter, executor = services.ledger, services.limiter, services.executor
+    logger = get_run_logger()
+    if priority not in PRIORITIES:
+        return job.reject(
+            Rejected(RejectionType.VALIDATION_FAILED, f"priority must be one of {PRIORITIES}")
+        )
+
+    # 1. Validation: reads only.
+    video = load_video(ledger, job.video_id)
+    job.frame_count = int(video["frame_count"]) if video else None
+    verdict = validate.validate_request(
+        video,
+        video_id=job.video_id,
+        tenant_id=job.tenant_id,
+        frames_version=frames_version,
+        model_version=model_version,
+        frame_pairs=frame_pairs,
+        max_frame_pairs=settings.max_frame_pairs,
+        known_model=_known_model(model_version) if isinstance(model_version, str) else False,
+        check_source_exists=settings.executor == "local",
+    )
+    if isinstance(verdict, Rejected):
+        return job.reject(verdict)
+    request_pairs = verdict.frame_pairs
+
+    # 2. Dedup: one atomic claim.
+    claim = dedup.claim_run(
+        ledger,
+        video_id=job.video_id,
+        tenant_id=job.tenant_id,
+        frames_version=frames_version,
+        model_version=model_version,
+        pairs=len(request_pairs),
+        priority=priority,
+        skip_if_exists=skip_if_exists,
+        flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
+    )
+    run_id = str(claim["run_id"])
+    if not claim["created"]:
+        message = f"run {run_id} already exists for this video, frames and model ({claim['status']})"
+        logger.info("skipped: %s", message)
+        outcome = JobOutcome(OutcomeStatus.SKIPPED, job.video_id, message, run_id=run_id)
+        return Completed(name="Skipped", message=message, data=outcome.to_dict())
+    job.run_id = run_id
+
+    # 3. Cheap refusals before any quota is taken.
+    refusal = breaker.check_breaker(ledger, settings)
+    if refusal:
+        return job.reject(refusal)
+    refusal = queue.check_queue_depth(ledger, settings)
+    if refusal:
+        return job.reject(refusal)
+    job.estimate, refusal = cost.estimate_cost(
+        ledger, settings, model_version=model_version, pairs=len(request_pairs)
+    )
+    if refusal:
+        return job.reject(refusal)
+    est = job.estimate
+
+    # 4. Admission: each step atomic; a later refusal gives back what earlier steps took.
+    refusal = limits.admit(limiter, settings, video_id=job.video_id, run_id=run_id)
+    if refusal:
+        return job.reject(refusal)
+    job.admitted_limiter = True
+    refusal = budget.reserve(
+        ledger, settings, run_id=run_id, tenant_id=job.tenant_id, amount_usd=est.worst_case_cost_usd
+    )
+    if refusal:
+        return job.reject(refusal)
+    job.reserved_budget = True
+    refusal, probe = breaker.admit_breaker(ledger, settings)
+    if refusal:
+        return job.reject(refusal)
+
+    # 5. Spend: the admitted worst case is reserved; run, watch, settle.
+    ledger.transition_run(
+        run_id=run_id,
+        to_status="running",
+        fields={
+            "estimated_cost_usd": est.estimated_cost_usd,
+            "worst_case_cost_usd": est.worst_case_cost_usd,
+            "reserved_cost_usd": est.worst_case_cost_usd,
+        },
+    )
+    create_markdown_artifact(
+        markdown=_estimate_markdown(job.video_id, est, probe),
+        key=artifact_key("estimate", job.video_id),
+        description=f"expected ${est.estimated_cost_usd:.4f}, worst ${est.worst_case_cost_usd:.4f}",
+    )
+    request = InferenceRequest(
+        run_id=run_id,
+        video_uri=verdict.source_uri,
+        frame_pairs=request_pairs,
+        model_version=model_version,
+        crop_box=verdict.crop_box,
+        batch_size=settings.batch_size,
+        deadline_s=est.deadline_s,
+        heartbeat_timeout_s=float(settings.heartbeat_timeout_s),
+    )
+    try:
+        call_id, status = run_job(executor, ledger, settings, request)
+    except BaseException as error:
+        # Cancelled, timed out or crashed while watching: run_job already cancelled the call.
+        _finish_unwatched(job, error)
+        raise
+    return _settle(job, status, call_id, probe)
+
+
+def _finish_unwatched(job: _Job, error: BaseException) -> None:
+    assert job.services is not None and job.run_id is not None and job.estimate is not None
+    ledger = job.services.ledger
+    try:
+        ledger.transition_run(
+            run_id=job.run_id,
+            to_status="cancelled",
+            fields={"error": f"flow stopped watching: {type(error).__name__}: {error}"[:1000]},
+        )
+        # What ran is unknown: keep the whole worst case charged rather than under-count spend.
+        ledger.settle_budget(run_id=job.run_id, actual_usd=job.estimate.worst_case_cost_usd)
+    except Exception as inner:
+        get_run_logger().error("could not settle run %s after %s: %s", job.run_id, error, inner)
+
+
+def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
+    assert job.services is not None and job.run_id is not None and job.estimate is not None
+    settings, ledger = job.settings, job.services.ledger
+    price = settings.gpu_price_usd_per_s
+    logger = get_run_logger()
+    if status.state is CallState.SUCCEEDED:
+        result = status.result
+        metrics = result.metrics
+        saved = persist_predictions(ledger, job.run_id, result.predictions)
+        actual = metrics.elapsed_s * price
+        ledger.transition_run(
+            run_id=job.run_id,
+            to_status="succeeded",
+            fields={
+                "gpu_seconds": metrics.elapsed_s,
+                "pairs_per_s": metrics.pairs_per_s,
+                "actual_cost_usd": actual,
+                "attempts": int(result.extra.get("attempts", 1)),
+            },
+        )
+        budget.settle(ledger, run_id=job.run_id, actual_usd=actual)
+        breaker.record_outcome(ledger, settings, ok=True, kind="success")
+        boundaries = sum(1 for p in result.predictions if p.is_boundary)
+        logger.info(
+            "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f", job.run_id,
+            saved, boundaries, metrics.pairs_per_s, actual,
+        )
+        outcome = JobOutcome(
+            OutcomeStatus.SUCCEEDED,
+            job.video_id,
+            f"{saved} pairs, {boundaries} boundaries",
+            run_id=job.run_id,
+            estimated_cost_usd=job.estimate.estimated_cost_usd,
+            worst_case_cost_usd=job.estimate.worst_case_cost_usd,
+            actual_cost_usd=actual,
+            pairs=saved,
+            boundaries=boundaries,
+            metrics={k: v for k, v in vars(metrics).items()},
+        )
+        return Completed(message=outcome.message, data=outcome.to_dict())
+
+    failure = status.failure
+    outcome_status = _FAILURE_STATUS[failure.kind]
+    elapsed = failure.elapsed_s if failure.elapsed_s is not None else job.estimate.deadline_s
+    actual = elapsed * price
+    ledger.transition_run(
+        run_id=job.run_id,
+        to_status=str(outcome_status),
+        fields={
+            "error": f"{failure.error_type}: {failure.message}"[:1000],
+            "failure_kind": str(failure.kind),
+            "gpu_seconds": elapsed,
+            "actual_cost_usd": actual,
+        },
+    )
+    budget.settle(ledger, run_id=job.run_id, actual_usd=actual)
+    if failure.kind.counts_for_breaker:
+        breaker.record_outcome(ledger, settings, ok=False, kind=str(failure.kind))
+    elif probe:
+        breaker.record_outcome(ledger, settings, ok=True, kind=f"probe:{failure.kind}")
+    message = f"{failure.kind}: {failure.message}"
+    logger.error("run %s %s: %s (call %s)", job.run_id, outcome_status, message, call_id)
+    outcome = JobOutcome(
+        outcome_status,
+        job.video_id,
+        message,
+        run_id=job.run_id,
+        estimated_cost_usd=job.estimate.estimated_cost_usd,
+        worst_case_cost_usd=job.estimate.worst_case_cost_usd,
+        actual_cost_usd=actual,
+    )
+    return Failed(name=str(outcome_status).replace("_", " ").title().replace(" ", ""),
+                  message=message, data=outcome.to_dict())

@@ -1,0 +1,51 @@
+"""Safeguard: budgets. A job's worst-case cost is *reserved* against the daily and monthly caps
+(global, and per tenant when configured) in one SQL function under a lock, so concurrent jobs can
+never together reserve past a cap. On completion the reservation is settled to the measured cost
+and the rest is released."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from boundary_inference.outcome import Rejected, RejectionType
+from config import Settings
+from tasks._common import GUARD_TASK_OPTIONS
+
+
+@task(name="budget-reserve", tags=["guard", "budget"], **GUARD_TASK_OPTIONS)
+def reserve(
+    ledger: Any, settings: Settings, *, run_id: str, tenant_id: str, amount_usd: float
+) -> Rejected | None:
+    result = dict(
+        ledger.reserve_budget(
+            run_id=run_id,
+            tenant_id=tenant_id,
+            amount_usd=amount_usd,
+            daily_cap_usd=settings.daily_budget_usd,
+            monthly_cap_usd=settings.monthly_budget_usd,
+            tenant_daily_cap_usd=settings.tenant_daily_budget_usd,
+            tenant_monthly_cap_usd=settings.tenant_monthly_budget_usd,
+        )
+    )
+    if result.get("ok"):
+        return None
+    return Rejected(
+        RejectionType.BUDGET_EXCEEDED,
+        f"reserving ${amount_usd:.2f} would exceed the {result.get('reason')}: today"
+        f" ${float(result.get('daily_committed_usd') or 0):.2f} of ${settings.daily_budget_usd:.2f},"
+        f" this month ${float(result.get('monthly_committed_usd') or 0):.2f} of"
+        f" ${settings.monthly_budget_usd:.2f} are committed",
+        details={"budget": result, "amount_usd": amount_usd},
+    )
+
+
+@task(name="budget-release", tags=["budget"], **GUARD_TASK_OPTIONS)
+def release(ledger: Any, *, run_id: str) -> None:
+    ledger.release_budget(run_id=run_id)
+
+
+@task(name="budget-settle", tags=["budget"], **GUARD_TASK_OPTIONS)
+def settle(ledger: Any, *, run_id: str, actual_usd: float) -> None:
+    ledger.settle_budget(run_id=run_id, actual_usd=actual_usd)

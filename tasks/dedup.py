@@ -1,0 +1,43 @@
+"""Safeguard: one live run per (video, frames version, model version), claimed atomically.
+
+``claim_run`` is a single SQL function (insert-or-get under an advisory lock, with a partial unique
+index as backstop): of any number of concurrent submissions exactly one creates the run. A
+duplicate is a *skip*, not a rejection. ``force=True`` (``skip_if_exists=False``) is an explicit,
+recorded re-run of a finished job; it never creates a second *live* run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from tasks._common import GUARD_TASK_OPTIONS
+
+
+@task(name="dedup-claim", tags=["guard", "dedup"], **GUARD_TASK_OPTIONS)
+def claim_run(
+    ledger: Any,
+    *,
+    video_id: str,
+    tenant_id: str,
+    frames_version: str,
+    model_version: str,
+    pairs: int,
+    priority: str,
+    skip_if_exists: bool,
+    flow_run_id: str | None,
+) -> dict[str, Any]:
+    """Returns the ledger's claim: ``{run_id, created, status, rerun_of}``."""
+    return dict(
+        ledger.claim_run(
+            video_id=video_id,
+            tenant_id=tenant_id,
+            frames_version=frames_version,
+            model_version=model_version,
+            pairs=pairs,
+            priority=priority,
+            force=not skip_if_exists,
+            flow_run_id=flow_run_id,
+        )
+    )

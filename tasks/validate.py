@@ -1,0 +1,124 @@
+"""Safeguard: the request is well formed, the video exists and belongs to the tenant, and every
+frame pair (all of them, not a sample) satisfies ``0 <= f1 < f2 < frame_count``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+from prefect import task
+
+from boundary_inference.outcome import Rejected, RejectionType
+from modal_app.types import CropBox
+from tasks._common import GUARD_TASK_OPTIONS
+
+FRAMES_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    video_id: str
+    tenant_id: str
+    frames_version: str
+    model_version: str
+    source_uri: str
+    frame_count: int
+    crop_box: CropBox | None
+    frame_pairs: list[tuple[int, int]]
+
+
+def _invalid(message: str, **details: Any) -> Rejected:
+    return Rejected(RejectionType.VALIDATION_FAILED, message, details=details)
+
+
+def check_pairs(pairs: Any, frame_count: int) -> tuple[list[tuple[int, int]] | None, str | None]:
+    """Every pair checked, vectorised: returns (pairs, None) or (None, reason)."""
+    if not isinstance(pairs, list | tuple) or len(pairs) == 0:
+        return None, "frame_pairs must be a non-empty list of [f1, f2] pairs"
+    try:
+        array = np.asarray(pairs)
+    except ValueError:
+        return None, "frame_pairs must be a list of [f1, f2] pairs of integers"
+    if array.ndim != 2 or array.shape[1] != 2:
+        return None, f"frame_pairs must be [f1, f2] pairs; got an array of shape {array.shape}"
+    if array.dtype.kind not in "iu":
+        return None, f"frame indices must be integers; got {array.dtype.name} values"
+    bad = np.flatnonzero(
+        (array[:, 0] < 0) | (array[:, 0] >= array[:, 1]) | (array[:, 1] >= frame_count)
+    )
+    if bad.size:
+        i = int(bad[0])
+        f1, f2 = int(array[i, 0]), int(array[i, 1])
+        return None, (
+            f"{bad.size} of {len(array)} frame pairs violate 0 <= f1 < f2 < frame_count"
+            f" ({frame_count}); first is #{i}: [{f1}, {f2}]"
+        )
+    return [(int(a), int(b)) for a, b in array.tolist()], None
+
+
+def _source_missing(uri: str) -> bool:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return not Path(parsed.path if parsed.scheme else uri).exists()
+    return False  # remote sources (s3://, modal volume paths) are checked by the executor
+
+
+@task(name="validate-request", tags=["guard", "validation"], **GUARD_TASK_OPTIONS)
+def validate_request(
+    video: dict[str, Any] | None,
+    *,
+    video_id: str,
+    tenant_id: str,
+    frames_version: str,
+    model_version: str,
+    frame_pairs: Any,
+    max_frame_pairs: int,
+    known_model: bool,
+    check_source_exists: bool,
+) -> ValidRequest | Rejected:
+    """Refuse anything that would fail on the GPU, before it costs anything."""
+    if not isinstance(frames_version, str) or not FRAMES_VERSION.match(frames_version):
+        return _invalid(f"frames_version {frames_version!r} must match {FRAMES_VERSION.pattern}")
+    if not isinstance(model_version, str) or not MODEL_VERSION.match(model_version):
+        return _invalid(f"model_version {model_version!r} must match {MODEL_VERSION.pattern}")
+    if not known_model:
+        return _invalid(f"model_version {model_version!r} is not a known model")
+    if video is None:
+        return _invalid(f"video {video_id!r} is not registered (boundary-inference videos add)")
+    if video["tenant_id"] != tenant_id:
+        # Same message as a missing video: do not reveal another tenant's video ids.
+        return _invalid(f"video {video_id!r} is not registered (boundary-inference videos add)")
+    frame_count = int(video["frame_count"])
+    if frame_pairs is None:
+        frame_pairs = [(i, i + 1) for i in range(frame_count - 1)]
+    count = len(frame_pairs) if isinstance(frame_pairs, list | tuple) else 0
+    if count > max_frame_pairs:
+        return Rejected(
+            RejectionType.FRAME_COUNT_EXCEEDED,
+            f"{count} frame pairs requested; the limit is {max_frame_pairs} (max_frame_pairs)",
+            details={"pairs": count, "max_frame_pairs": max_frame_pairs},
+        )
+    pairs, reason = check_pairs(frame_pairs, frame_count)
+    if pairs is None:
+        return _invalid(reason or "invalid frame_pairs", frame_count=frame_count)
+    source_uri = str(video.get("source_uri") or "")
+    if not source_uri:
+        return _invalid(f"video {video_id!r} has no source_uri")
+    if check_source_exists and _source_missing(source_uri):
+        return _invalid(f"video {video_id!r}: source {source_uri!r} does not exist")
+    crop = video.get("crop_box")
+    return ValidRequest(
+        video_id=video_id,
+        tenant_id=tenant_id,
+        frames_version=frames_version,
+        model_version=model_version,
+        source_uri=source_uri,
+        frame_count=frame_count,
+        crop_box=CropBox(**crop) if crop else None,
+        frame_pairs=pairs,
+    )

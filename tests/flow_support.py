@@ -1,0 +1,75 @@
+"""Helpers for flow tests: configure the flow's environment onto the session's real servers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
+from boundary_inference.services import reset_services
+from config import Settings, get_settings
+
+
+@dataclass
+class FlowEnv:
+    settings: Settings
+    ledger: Ledger
+    state_dir: Path
+    schema: str
+    redis_prefix: str
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.state_dir.resolve() / "jobs"
+
+    def executor_calls(self) -> int:
+        """How many executor calls were spawned: one job directory each."""
+        return len(list(self.jobs_dir.glob("local-*"))) if self.jobs_dir.exists() else 0
+
+    def register(self, video_id: str, path: Path, frame_count: int, crop: Any, tenant: str = "demo") -> None:
+        self.ledger.upsert_video(
+            id=video_id,
+            tenant_id=tenant,
+            frame_count=frame_count,
+            fps=30.0,
+            source_uri=str(path),
+            crop_box=None
+            if crop is None
+            else {"x": crop.x, "y": crop.y, "width": crop.width, "height": crop.height},
+        )
+
+
+def configure(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    *,
+    dsn: str,
+    redis_url: str,
+    **overrides: Any,
+) -> FlowEnv:
+    """Point the flow (which reads settings from the environment) at a fresh schema and prefix."""
+    schema = f"bi_f_{uuid.uuid4().hex[:10]}"
+    prefix = f"bif{uuid.uuid4().hex[:8]}"
+    apply_migrations(dsn, schema)
+    env = {
+        "DATABASE_URL": dsn,
+        "REDIS_URL": redis_url,
+        "DB_SCHEMA": schema,
+        "REDIS_KEY_PREFIX": prefix,
+        "STATE_DIR": str(tmp_path / "state"),
+        "POLL_INTERVAL_S": "0.2",
+        **{k.upper(): v for k, v in overrides.items()},
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(
+            f"BOUNDARY_INFERENCE_{key}", value if isinstance(value, str) else json.dumps(value)
+        )
+    reset_services()
+    settings = get_settings()
+    ledger = Ledger(PsycopgTransport(dsn, schema, timeout_s=5.0))
+    return FlowEnv(settings, ledger, tmp_path / "state", schema, prefix)

@@ -1,0 +1,231 @@
+"""boundary_inference_flow end to end on the real servers, under one Prefect test harness.
+
+Each test gets a fresh ledger schema and Redis key prefix; the executor is the real local one
+(a child process running the real inference code), counted by its job directories.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.events.clients import AssertingEventsClient
+
+from flows.boundary_inference import boundary_inference_flow
+from modal_app.synthetic import make_video
+from tests.flow_support import FlowEnv, configure
+
+MODEL = "builtin-textdiff-v1"
+FRAMES = 120
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    truth = make_video(path, seed=11, frame_count=FRAMES)
+    return path, truth
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any) -> FlowEnv:
+    flow_env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    path, truth = video
+    flow_env.register("v1", path, FRAMES, truth.crop_box)
+    return flow_env
+
+
+def run(**params: Any) -> tuple[Any, dict[str, Any]]:
+    state = boundary_inference_flow(**params, return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+def base(**extra: Any) -> dict[str, Any]:
+    return {"video_id": "v1", "frames_version": "f1", "model_version": MODEL, **extra}
+
+
+def rejections(env: FlowEnv) -> list[dict[str, Any]]:
+    return list(env.ledger.list_rejections(unacknowledged_only=False, limit=100))
+
+
+def emitted(worker: Any, name: str) -> list[Any]:
+    worker.drain()
+    client = AssertingEventsClient.last
+    return [e for e in (client.events if client else []) if e.event == name]
+
+
+def test_admitted_run_succeeds_settles_and_leaves_artifacts(env: FlowEnv, video: Any) -> None:
+    state, outcome = run(**base())
+    assert state.is_completed() and state.name == "Completed", state.message
+    assert outcome["status"] == "succeeded"
+    run_row = env.ledger.get_run(run_id=outcome["run_id"])
+    assert run_row["status"] == "succeeded"
+    assert float(run_row["actual_cost_usd"]) > 0
+    assert float(run_row["gpu_seconds"]) > 0
+    assert run_row["executor_call_id"].startswith("local-")
+    predictions = env.ledger.get_predictions(run_id=outcome["run_id"])
+    assert len(predictions) == FRAMES - 1
+    _, truth = video
+    pairs = [(p["frame1"], p["frame2"]) for p in predictions]
+    labels = truth.labels_for(pairs)
+    correct = sum(bool(p["is_boundary"]) == t for p, t in zip(predictions, labels, strict=True))
+    assert correct / len(labels) >= 0.95
+    spend = env.ledger.spend_summary()
+    # The worst-case reservation was settled down to the measured cost.
+    assert float(spend["daily_committed_usd"]) == pytest.approx(float(run_row["actual_cost_usd"]))
+    assert env.executor_calls() == 1
+
+
+def test_duplicate_is_skipped_without_a_second_call(env: FlowEnv) -> None:
+    _, first = run(**base())
+    state, second = run(**base())
+    assert state.name == "Skipped"
+    assert second["status"] == "skipped" and second["run_id"] == first["run_id"]
+    assert env.executor_calls() == 1
+    assert rejections(env) == []
+
+
+def test_forced_rerun_is_refused_by_cooldown_and_recorded(
+    env: FlowEnv, asserting_events_worker: Any
+) -> None:
+    _, first = run(**base())
+    state, forced = run(**base(skip_if_exists=False))
+    assert state.is_completed() and state.name == "Rejected"
+    assert forced["status"] == "rejected" and forced["rejection_type"] == "cooldown"
+    assert 0 < forced["retry_after_s"] <= env.settings.video_cooldown_s
+    (row,) = rejections(env)
+    assert row["rejection_type"] == "cooldown" and row["video_id"] == "v1"
+    assert str(row["id"]) == forced["rejection_id"]
+    assert env.ledger.get_run(run_id=forced["run_id"])["status"] == "rejected"
+    assert env.executor_calls() == 1
+    (event,) = emitted(asserting_events_worker, "boundary-inference.job.rejected")
+    assert event.payload["rejection_type"] == "cooldown"
+    assert event.resource.id == "boundary-inference.video.v1"
+    # The refused re-run did not keep its budget reservation.
+    assert float(env.ledger.spend_summary()["daily_committed_usd"]) == pytest.approx(
+        float(env.ledger.get_run(run_id=first["run_id"])["actual_cost_usd"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        (base(video_id="nope"), "not registered"),
+        (base(tenant_id="someone-else"), "not registered"),
+        (base(frame_pairs=[]), "non-empty"),
+        (base(frame_pairs=[[3, 3]]), "0 <= f1 < f2"),
+        (base(frame_pairs=[[5, 2]]), "0 <= f1 < f2"),
+        (base(frame_pairs=[[-1, 2]]), "0 <= f1 < f2"),
+        (base(frame_pairs=[[0, 1], [1, FRAMES]]), "first is #1"),
+        (base(frame_pairs=[[0.5, 2]]), "integers"),
+        (base(frame_pairs=[[0, 1, 2]]), "pairs"),
+        (base(frame_pairs="0,1"), "non-empty list"),
+        (base(frames_version=""), "frames_version"),
+        (base(model_version="no such model"), "model_version"),
+        (base(model_version="builtin-unknown-v9"), "not a known model"),
+        (base(priority="urgent"), "priority"),
+    ],
+)
+def test_bad_input_is_a_recorded_typed_rejection(
+    env: FlowEnv, params: dict[str, Any], fragment: str
+) -> None:
+    state, outcome = run(**params)
+    assert state.name == "Rejected"
+    assert outcome["rejection_type"] == "validation_failed"
+    assert fragment in outcome["message"]
+    (row,) = rejections(env)
+    assert row["rejection_type"] == "validation_failed"
+    assert env.executor_calls() == 0
+
+
+def test_too_many_pairs_is_frame_count_exceeded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
+) -> None:
+    env = configure(
+        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url,
+        max_frame_pairs="50", allow_unreachable_cost_cap="true",
+    )
+    path, truth = video
+    env.register("v1", path, FRAMES, truth.crop_box)
+    _, outcome = run(**base())
+    assert outcome["rejection_type"] == "frame_count_exceeded"
+    assert "119 frame pairs" in outcome["message"]
+    assert env.executor_calls() == 0
+
+
+def test_worst_case_over_the_cap_is_cost_exceeded(env: FlowEnv, video: Any) -> None:
+    path, _ = video
+    env.register("long", path, 200_000, None)
+    pairs = [[i, i + 1] for i in range(0, 200_000, 5)]  # 40,000 pairs: worst case ~ $1.27
+    _, outcome = run(**base(video_id="long", frame_pairs=pairs))
+    assert outcome["rejection_type"] == "cost_exceeded"
+    assert outcome["worst_case_cost_usd"] > env.settings.max_cost_per_job_usd
+    (row,) = rejections(env)
+    assert float(row["estimated_cost_usd"]) == pytest.approx(outcome["estimated_cost_usd"])
+    assert env.executor_calls() == 0
+
+
+def test_budget_exceeded_refunds_the_cooldown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
+) -> None:
+    # Small caps that still pass the coherence checks: ceiling = 1 attempt x 60 s + 2 s tail.
+    env = configure(
+        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url,
+        gpu_retries="0", gpu_timeout_s="60", scaledown_window_s="2", min_deadline_s="30",
+        heartbeat_timeout_s="30", daily_budget_usd="0.025", daily_spend_alert_usd="0.025",
+        allow_unreachable_cost_cap="true",
+    )
+    path, truth = video
+    env.register("v1", path, FRAMES, truth.crop_box)
+    env.ledger.reserve_budget(
+        run_id="00000000-0000-0000-0000-000000000001", tenant_id="other", amount_usd=0.02,
+        daily_cap_usd=1.0, monthly_cap_usd=1.0,
+    )
+    _, outcome = run(**base())
+    assert outcome["rejection_type"] == "budget_exceeded", outcome
+    assert env.executor_calls() == 0
+    # The cooldown taken by the admission was given back: a retry is not refused by cooldown.
+    _, again = run(**base(skip_if_exists=False))
+    assert again["rejection_type"] == "budget_exceeded"
+
+
+def test_global_rate_limit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
+) -> None:
+    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url,
+                    global_rate_limit_jobs="1")
+    path, truth = video
+    env.register("v1", path, FRAMES, truth.crop_box)
+    env.register("v2", path, FRAMES, truth.crop_box)
+    _, first = run(**base(frame_pairs=[[0, 1], [1, 2]]))
+    _, second = run(**base(video_id="v2", frame_pairs=[[0, 1], [1, 2]]))
+    assert first["status"] == "succeeded"
+    assert second["rejection_type"] == "rate_limited"
+    assert second["retry_after_s"] > 0
+    assert env.executor_calls() == 1
+
+
+def test_queue_full(env: FlowEnv, video: Any) -> None:
+    path, _ = video
+    for i in range(env.settings.queue_depth_block):
+        env.register(f"q{i}", path, FRAMES, None)
+        env.ledger.claim_run(
+            video_id=f"q{i}", tenant_id="demo", frames_version="f1", model_version=MODEL,
+            pairs=1, priority="low", force=False, flow_run_id=None,
+        )
+    _, outcome = run(**base())
+    assert outcome["rejection_type"] == "queue_full"
+    assert env.executor_calls() == 0
+
+
+def test_open_circuit_refuses(env: FlowEnv) -> None:
+    for _ in range(env.settings.breaker_failure_threshold):
+        env.ledger.breaker_record(
+            name="gpu-inference", ok=False, kind="infrastructure",
+            threshold=env.settings.breaker_failure_threshold,
+            window_s=env.settings.breaker_window_s,
+        )
+    _, outcome = run(**base())
+    assert outcome["rejection_type"] == "circuit_open"
+    assert outcome["retry_after_s"] > 0
+    assert env.executor_calls() == 0
