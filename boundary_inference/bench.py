@@ -8,17 +8,13 @@ reservations against a $20 cap, and 20 concurrent half-open probes, all from sep
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from config import Settings
 
 
 def run_bench(settings: Settings) -> dict[str, Any]:
-    import psycopg
-
     from boundary_inference.embedded import start_redis
-    from boundary_inference.ledger import apply_migrations
     from boundary_inference.ledger.bench import concurrency_figures as ledger_figures
     from boundary_inference.limiter.bench import concurrency_figures as limiter_figures
     from boundary_inference.services import embedded_dsn
@@ -28,13 +24,10 @@ def run_bench(settings: Settings) -> dict[str, Any]:
         dsn = settings.database_url.get_secret_value()
     else:
         dsn = embedded_dsn(settings)
-    schema = f"bi_bench_{uuid.uuid4().hex[:10]}"
-    apply_migrations(dsn, schema)
-    try:
-        figures: dict[str, Any] = {f"ledger.{k}": v for k, v in ledger_figures(dsn, schema).items()}
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    # The ledger bench works in its own throw-away schema and drops it afterwards.
+    figures: dict[str, Any] = {
+        f"ledger.{k}": v for k, v in ledger_figures(dsn, settings.db_schema).items()
+    }
     if settings.redis_url is not None:
         redis_url = settings.redis_url.get_secret_value()
     else:

@@ -211,8 +211,17 @@ def runs(
     _table(
         "runs",
         rows,
-        ["id", "age", "video_id", "model_version", "status", "pairs", "estimated_cost_usd",
-         "actual_cost_usd", "executor_call_id"],
+        [
+            "id",
+            "age",
+            "video_id",
+            "model_version",
+            "status",
+            "pairs",
+            "estimated_cost_usd",
+            "actual_cost_usd",
+            "executor_call_id",
+        ],
     )
 
 
@@ -223,9 +232,7 @@ def rejections_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """What was refused, why, and at what estimate (unacknowledged only unless --all)."""
-    rows = list(
-        _services().ledger.list_rejections(unacknowledged_only=not all_, limit=limit)
-    )
+    rows = list(_services().ledger.list_rejections(unacknowledged_only=not all_, limit=limit))
     if as_json:
         _print_json(rows)
         return
@@ -237,8 +244,16 @@ def rejections_cmd(
     _table(
         "rejections",
         rows,
-        ["id", "age", "rejection_type", "video_id", "frame_count", "estimate", "acknowledged",
-         "message"],
+        [
+            "id",
+            "age",
+            "rejection_type",
+            "video_id",
+            "frame_count",
+            "estimate",
+            "acknowledged",
+            "message",
+        ],
     )
 
 
@@ -253,7 +268,9 @@ def ack(
     for rejection_id in rejection_ids:
         done = ledger.acknowledge_rejection(id=rejection_id, by=by)
         acknowledged = bool(done.get("acknowledged")) if isinstance(done, dict) else bool(done)
-        console.print(f"{rejection_id}: {'acknowledged' if acknowledged else 'not found or already acknowledged'}")
+        console.print(
+            f"{rejection_id}: {'acknowledged' if acknowledged else 'not found or already acknowledged'}"
+        )
         missing += 0 if acknowledged else 1
     raise typer.Exit(1 if missing else 0)
 
@@ -382,8 +399,9 @@ def bench(as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(figures)
         return
-    _table("concurrency", [{"figure": k, "value": v} for k, v in figures.items()],
-           ["figure", "value"])
+    _table(
+        "concurrency", [{"figure": k, "value": v} for k, v in figures.items()], ["figure", "value"]
+    )
 
 
 def main() -> None:

@@ -55,14 +55,17 @@ def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
 def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None) -> int:
     console = console or Console()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from modal_app.synthetic import make_video
+
     from boundary_inference.services import get_services
     from config import get_settings
-    from modal_app.synthetic import make_video
 
     settings = get_settings()
     t0 = time.monotonic()
-    console.print("[bold]boundary-inference demo[/bold]: the real flow, real PostgreSQL and Redis"
-                  f" under {Path(settings.state_dir).resolve()}, a local CPU executor.")
+    console.print(
+        "[bold]boundary-inference demo[/bold]: the real flow, real PostgreSQL and Redis"
+        f" under {Path(settings.state_dir).resolve()}, a local CPU executor."
+    )
     services = get_services(settings)
     ledger = services.ledger
     console.print(f"  services ready in {time.monotonic() - t0:.1f} s")
@@ -102,7 +105,9 @@ def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None
             f" ${first['actual_cost_usd']:.4f} (at the A10G price)"
         )
     second = _submit(console, "2. the same submission again: a duplicate", **base)
-    third = _submit(console, "3. forced re-run (skip_if_exists=False)", **base, skip_if_exists=False)
+    third = _submit(
+        console, "3. forced re-run (skip_if_exists=False)", **base, skip_if_exists=False
+    )
 
     long_id = f"{video_id}-lecture"
     ledger.upsert_video(
@@ -134,14 +139,19 @@ def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None
     )
 
     console.rule("[bold]rejections (unacknowledged)")
-    rows = [r for r in ledger.list_rejections(unacknowledged_only=True, limit=20)
-            if str(r.get("video_id", "")).startswith(video_id)]
+    rows = [
+        r
+        for r in ledger.list_rejections(unacknowledged_only=True, limit=20)
+        if str(r.get("video_id", "")).startswith(video_id)
+    ]
     table = Table()
     for column in ("rejection_type", "video_id", "frame_count", "estimated_cost_usd", "message"):
         table.add_column(column)
     for row in rows:
         table.add_row(
-            str(row["rejection_type"]), str(row["video_id"]), str(row.get("frame_count") or ""),
+            str(row["rejection_type"]),
+            str(row["video_id"]),
+            str(row.get("frame_count") or ""),
             f"${float(row['estimated_cost_usd']):.2f}" if row.get("estimated_cost_usd") else "",
             str(row["message"])[:90],
         )

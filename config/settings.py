@@ -199,7 +199,10 @@ class Settings(BaseSettings):
     def deadline_s(self, pairs: int, throughput_pairs_per_s: float) -> float:
         """Per-attempt deadline the GPU function enforces on itself, capped by Modal's timeout."""
         expected = self.expected_duration_s(pairs, throughput_pairs_per_s)
-        return min(float(self.gpu_timeout_s), max(float(self.min_deadline_s), expected * self.deadline_factor))
+        return min(
+            float(self.gpu_timeout_s),
+            max(float(self.min_deadline_s), expected * self.deadline_factor),
+        )
 
     def worst_case_cost_usd(self, pairs: int, throughput_pairs_per_s: float) -> float:
         """Every attempt runs to its deadline, then the idle tail is billed."""
@@ -209,7 +212,9 @@ class Settings(BaseSettings):
     @property
     def absolute_ceiling_usd(self) -> float:
         """What one job could cost if its own deadline failed: every attempt to Modal's timeout."""
-        return self.gpu_attempts * self.gpu_timeout_s * self.gpu_price_usd_per_s + self.idle_tail_usd
+        return (
+            self.gpu_attempts * self.gpu_timeout_s * self.gpu_price_usd_per_s + self.idle_tail_usd
+        )
 
     def coherence_errors(self) -> list[str]:
         """Configurations under which a safeguard is silently dead, or money is unbounded."""
@@ -271,7 +276,10 @@ class Settings(BaseSettings):
         lo, hi = 0, self.max_frame_pairs
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.worst_case_cost_usd(mid, self.default_throughput_pairs_per_s) <= self.max_cost_per_job_usd:
+            if (
+                self.worst_case_cost_usd(mid, self.default_throughput_pairs_per_s)
+                <= self.max_cost_per_job_usd
+            ):
                 lo = mid
             else:
                 hi = mid - 1

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from boundary_inference.limiter import LimiterUnavailable
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
-from boundary_inference.executor import CallState, FailureKind
+from boundary_inference.executor import CallState, ExecutorUnavailable, FailureKind
 from boundary_inference.ledger import LedgerError
-from boundary_inference.limiter import LimiterUnavailable
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from boundary_inference.services import Services, get_services
 from config import Settings, get_settings
@@ -46,7 +46,7 @@ _FAILURE_STATUS = {
 
 @task(name="load-video", tags=["ledger"], **GUARD_TASK_OPTIONS)
 def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
-    found = ledger.get_video(video_id=video_id)
+    found = ledger.get_video(id=video_id)
     return dict(found) if found else None
 
 
@@ -54,13 +54,19 @@ def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
 def persist_predictions(ledger: Any, run_id: str, predictions: list[Any]) -> int:
     """Upsert keyed by (run, f1, f2): a retried flow writes the same rows again, harmlessly."""
     rows = [
-        {"frame1": p.frame1, "frame2": p.frame2, "probability": p.probability,
-         "is_boundary": p.is_boundary}
+        {
+            "frame1": p.frame1,
+            "frame2": p.frame2,
+            "probability": p.probability,
+            "is_boundary": p.is_boundary,
+        }
         for p in predictions
     ]
     saved = 0
     for start in range(0, len(rows), 5000):
-        saved += int(ledger.save_predictions(run_id=run_id, rows=rows[start : start + 5000])["saved"])
+        saved += int(
+            ledger.save_predictions(run_id=run_id, rows=rows[start : start + 5000])["saved"]
+        )
     return saved
 
 
@@ -94,7 +100,9 @@ def _estimate_markdown(video_id: str, est: cost.CostEstimate, probe: bool) -> st
 class _Job:
     """The state of one submission as it moves through the guards. Private to this module."""
 
-    def __init__(self, services: Services | None, settings: Settings, video_id: str, tenant_id: str):
+    def __init__(
+        self, services: Services | None, settings: Settings, video_id: str, tenant_id: str
+    ):
         self.services = services
         self.settings = settings
         self.video_id = video_id
@@ -217,7 +225,9 @@ def boundary_inference_flow(
     job = _Job(services, settings, video_id, tenant)
     try:
         return _guarded_run(
-            job, services, settings,
+            job,
+            services,
+            settings,
             frames_version=frames_version,
             model_version=model_version,
             frame_pairs=frame_pairs,
@@ -284,7 +294,9 @@ def _guarded_run(
     )
     run_id = str(claim["run_id"])
     if not claim["created"]:
-        message = f"run {run_id} already exists for this video, frames and model ({claim['status']})"
+        message = (
+            f"run {run_id} already exists for this video, frames and model ({claim['status']})"
+        )
         logger.info("skipped: %s", message)
         outcome = JobOutcome(OutcomeStatus.SKIPPED, job.video_id, message, run_id=run_id)
         return Completed(name="Skipped", message=message, data=outcome.to_dict())
@@ -303,6 +315,15 @@ def _guarded_run(
     if refusal:
         return job.reject(refusal)
     est = job.estimate
+
+    # The executor must be able to take the job (Modal credentials, app deployed) before any
+    # quota is taken; there is no silent fall-back to another executor.
+    try:
+        executor.preflight()
+    except ExecutorUnavailable as error:
+        return job.reject(
+            Rejected(RejectionType.GUARD_UNAVAILABLE, f"executor {executor.name!r}: {error}")
+        )
 
     # 4. Admission: each step atomic; a later refusal gives back what earlier steps took.
     refusal = limits.admit(limiter, settings, video_id=job.video_id, run_id=run_id)
@@ -346,6 +367,27 @@ def _guarded_run(
     )
     try:
         call_id, status = run_job(executor, ledger, settings, request)
+    except ExecutorUnavailable as error:
+        # Refused at spawn: nothing ran, so nothing is charged and the quota is given back.
+        ledger.transition_run(
+            run_id=run_id,
+            to_status="failed",
+            fields={
+                "error": f"executor unavailable: {error}"[:1000],
+                "failure_kind": "infrastructure",
+            },
+        )
+        job.undo_admissions()
+        message = f"executor {executor.name!r} unavailable at spawn: {error}"
+        outcome = JobOutcome(
+            OutcomeStatus.FAILED,
+            job.video_id,
+            message,
+            run_id=run_id,
+            estimated_cost_usd=est.estimated_cost_usd,
+            actual_cost_usd=0.0,
+        )
+        return Failed(name="Failed", message=message, data=outcome.to_dict())
     except BaseException as error:
         # Cancelled, timed out or crashed while watching: run_job already cancelled the call.
         _finish_unwatched(job, error)
@@ -392,8 +434,12 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
         breaker.record_outcome(ledger, settings, ok=True, kind="success")
         boundaries = sum(1 for p in result.predictions if p.is_boundary)
         logger.info(
-            "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f", job.run_id,
-            saved, boundaries, metrics.pairs_per_s, actual,
+            "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f",
+            job.run_id,
+            saved,
+            boundaries,
+            metrics.pairs_per_s,
+            actual,
         )
         outcome = JobOutcome(
             OutcomeStatus.SUCCEEDED,
@@ -439,5 +485,8 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
         worst_case_cost_usd=job.estimate.worst_case_cost_usd,
         actual_cost_usd=actual,
     )
-    return Failed(name=str(outcome_status).replace("_", " ").title().replace(" ", ""),
-                  message=message, data=outcome.to_dict())
+    return Failed(
+        name=str(outcome_status).replace("_", " ").title().replace(" ", ""),
+        message=message,
+        data=outcome.to_dict(),
+    )

@@ -60,7 +60,9 @@ def estimate(settings: Settings, pairs: int, throughput: float, source: str) -> 
 
 
 def calibrated_throughput(ledger: Any, settings: Settings, model_version: str) -> tuple[float, str]:
-    found = dict(ledger.recent_throughput(model_version=model_version, runs=settings.calibration_runs))
+    found = dict(
+        ledger.recent_throughput(model_version=model_version, runs=settings.calibration_runs)
+    )
     value = found.get("pairs_per_s")
     if value:
         return float(value), f"calibrated:{found.get('runs')} runs"

@@ -27,8 +27,11 @@ def check_queue_depth(ledger: Any, settings: Settings, *, exclude_self: int = 1)
         emit_event(
             QUEUE_ALERT_EVENT,
             resource={"prefect.resource.id": "boundary-inference.queue"},
-            payload={"depth": others, "alert_at": settings.queue_depth_alert,
-                     "block_at": settings.queue_depth_block},
+            payload={
+                "depth": others,
+                "alert_at": settings.queue_depth_alert,
+                "block_at": settings.queue_depth_block,
+            },
         )
     if others >= settings.queue_depth_block:
         return Rejected(

@@ -68,3 +68,33 @@ def prefect_harness() -> Iterator[None]:
 from prefect.testing.fixtures import asserting_events_worker  # noqa: E402
 
 __all__ = ["asserting_events_worker"]
+
+
+# --- Ledger (appended by the ledger work) -------------------------------------------------------
+
+from boundary_inference.ledger import Ledger  # noqa: E402
+
+
+@pytest.fixture
+def ledger_schema(pg_dsn: str, schema_name: str) -> Iterator[str]:
+    """A fresh schema with every migration applied; dropped (CASCADE) at teardown."""
+    import psycopg
+    from psycopg import sql
+
+    from boundary_inference.ledger import apply_migrations
+
+    apply_migrations(pg_dsn, schema_name)
+    yield schema_name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_name))
+        conn.execute(drop)
+
+
+@pytest.fixture
+def ledger(pg_dsn: str, ledger_schema: str) -> Iterator[Ledger]:
+    """A psycopg-backed :class:`Ledger` on a freshly migrated schema of its own."""
+    from boundary_inference.ledger import PsycopgTransport
+
+    transport = PsycopgTransport(pg_dsn, ledger_schema, timeout_s=30)
+    yield Ledger(transport)
+    transport.close()

@@ -31,7 +31,9 @@ class FlowEnv:
         """How many executor calls were spawned: one job directory each."""
         return len(list(self.jobs_dir.glob("local-*"))) if self.jobs_dir.exists() else 0
 
-    def register(self, video_id: str, path: Path, frame_count: int, crop: Any, tenant: str = "demo") -> None:
+    def register(
+        self, video_id: str, path: Path, frame_count: int, crop: Any, tenant: str = "demo"
+    ) -> None:
         self.ledger.upsert_video(
             id=video_id,
             tenant_id=tenant,

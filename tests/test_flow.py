@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from modal_app.synthetic import make_video
 from prefect.events.clients import AssertingEventsClient
 
 from flows.boundary_inference import boundary_inference_flow
-from modal_app.synthetic import make_video
 from tests.flow_support import FlowEnv, configure
 
 MODEL = "builtin-textdiff-v1"
@@ -28,7 +28,9 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any) -> FlowEnv:
+def env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
+) -> FlowEnv:
     flow_env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
     path, truth = video
     flow_env.register("v1", path, FRAMES, truth.crop_box)
@@ -142,8 +144,12 @@ def test_too_many_pairs_is_frame_count_exceeded(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
 ) -> None:
     env = configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url,
-        max_frame_pairs="50", allow_unreachable_cost_cap="true",
+        monkeypatch,
+        tmp_path,
+        dsn=pg_dsn,
+        redis_url=redis_url,
+        max_frame_pairs="50",
+        allow_unreachable_cost_cap="true",
     )
     path, truth = video
     env.register("v1", path, FRAMES, truth.crop_box)
@@ -170,16 +176,27 @@ def test_budget_exceeded_refunds_the_cooldown(
 ) -> None:
     # Small caps that still pass the coherence checks: ceiling = 1 attempt x 60 s + 2 s tail.
     env = configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url,
-        gpu_retries="0", gpu_timeout_s="60", scaledown_window_s="2", min_deadline_s="30",
-        heartbeat_timeout_s="30", daily_budget_usd="0.025", daily_spend_alert_usd="0.025",
+        monkeypatch,
+        tmp_path,
+        dsn=pg_dsn,
+        redis_url=redis_url,
+        gpu_retries="0",
+        gpu_timeout_s="60",
+        scaledown_window_s="2",
+        min_deadline_s="30",
+        heartbeat_timeout_s="30",
+        daily_budget_usd="0.025",
+        daily_spend_alert_usd="0.025",
         allow_unreachable_cost_cap="true",
     )
     path, truth = video
     env.register("v1", path, FRAMES, truth.crop_box)
     env.ledger.reserve_budget(
-        run_id="00000000-0000-0000-0000-000000000001", tenant_id="other", amount_usd=0.02,
-        daily_cap_usd=1.0, monthly_cap_usd=1.0,
+        run_id="00000000-0000-0000-0000-000000000001",
+        tenant_id="other",
+        amount_usd=0.02,
+        daily_cap_usd=1.0,
+        monthly_cap_usd=1.0,
     )
     _, outcome = run(**base())
     assert outcome["rejection_type"] == "budget_exceeded", outcome
@@ -192,8 +209,9 @@ def test_budget_exceeded_refunds_the_cooldown(
 def test_global_rate_limit(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
 ) -> None:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url,
-                    global_rate_limit_jobs="1")
+    env = configure(
+        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, global_rate_limit_jobs="1"
+    )
     path, truth = video
     env.register("v1", path, FRAMES, truth.crop_box)
     env.register("v2", path, FRAMES, truth.crop_box)
@@ -210,8 +228,14 @@ def test_queue_full(env: FlowEnv, video: Any) -> None:
     for i in range(env.settings.queue_depth_block):
         env.register(f"q{i}", path, FRAMES, None)
         env.ledger.claim_run(
-            video_id=f"q{i}", tenant_id="demo", frames_version="f1", model_version=MODEL,
-            pairs=1, priority="low", force=False, flow_run_id=None,
+            video_id=f"q{i}",
+            tenant_id="demo",
+            frames_version="f1",
+            model_version=MODEL,
+            pairs=1,
+            priority="low",
+            force=False,
+            flow_run_id=None,
         )
     _, outcome = run(**base())
     assert outcome["rejection_type"] == "queue_full"
@@ -221,7 +245,9 @@ def test_queue_full(env: FlowEnv, video: Any) -> None:
 def test_open_circuit_refuses(env: FlowEnv) -> None:
     for _ in range(env.settings.breaker_failure_threshold):
         env.ledger.breaker_record(
-            name="gpu-inference", ok=False, kind="infrastructure",
+            name="gpu-inference",
+            ok=False,
+            kind="infrastructure",
             threshold=env.settings.breaker_failure_threshold,
             window_s=env.settings.breaker_window_s,
         )

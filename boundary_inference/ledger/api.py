@@ -1,0 +1,391 @@
+"""The ledger's Python face: one typed method per SQL function, over either transport.
+
+Private module; use :class:`boundary_inference.ledger.Ledger`.
+
+Conventions:
+    * Method names are the SQL function names; keyword arguments are the SQL parameters without
+      their ``p_`` prefix. Every method is keyword-only.
+    * ``None`` means "not given": the parameter is left out and the SQL default applies (``NULL``,
+      or ``now()`` for ``now``). ``now`` exists so tests and replays can move the clock; it must
+      be timezone-aware.
+    * Results are the functions' JSON: dicts (or lists of dicts); money is a float in USD.
+    * Every failure is a :class:`~boundary_inference.ledger.errors.LedgerError`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from boundary_inference.ledger.errors import LedgerError
+from boundary_inference.ledger.transport import Transport
+
+RunId = str | uuid.UUID
+
+_RUN_FIELDS = (
+    "executor_call_id",
+    "attempts",
+    "estimated_cost_usd",
+    "worst_case_cost_usd",
+    "reserved_cost_usd",
+    "actual_cost_usd",
+    "gpu_seconds",
+    "pairs_per_s",
+    "error",
+    "failure_kind",
+)
+
+
+def _json_value(value: Any) -> Any:
+    """Python value -> what both transports can send as JSON."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"datetime {value!r} must be timezone-aware")
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    # numpy scalars and friends
+    item = getattr(value, "item", None)
+    if callable(item):
+        return _json_value(item())
+    raise TypeError(f"cannot send {type(value).__name__} to the ledger")
+
+
+class Ledger:
+    """Atomic ledger operations behind every safeguard.
+
+    Args:
+        transport: :class:`~boundary_inference.ledger.PsycopgTransport` (direct Postgres) or
+            :class:`~boundary_inference.ledger.SupabaseTransport` (PostgREST RPC). Both call the
+            same SQL functions with the same JSON, so behaviour is identical.
+
+    Example:
+        >>> ledger = Ledger(PsycopgTransport(dsn, "boundary_inference"))  # doctest: +SKIP
+        >>> ledger.upsert_video(id="v1", tenant_id="t1", frame_count=1000, fps=25.0)  # doctest: +SKIP
+        >>> claim = ledger.claim_run(video_id="v1", tenant_id="t1", frames_version="f1",
+        ...                          model_version="m1", pairs=999)  # doctest: +SKIP
+        >>> claim["created"]  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.transport!r})"
+
+    @property
+    def schema(self) -> str:
+        return self.transport.schema
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _call(self, fn: str, **params: Any) -> Any:
+        body = {f"p_{name}": _json_value(value) for name, value in params.items() if value is not None}
+        return self.transport.call(fn, body)
+
+    def _obj(self, fn: str, **params: Any) -> dict[str, Any]:
+        result = self._call(fn, **params)
+        if not isinstance(result, dict):
+            raise LedgerError(f"{fn} returned {type(result).__name__}, expected an object",
+                              code="bad_response")
+        return result
+
+    def _maybe_obj(self, fn: str, **params: Any) -> dict[str, Any] | None:
+        result = self._call(fn, **params)
+        if result is None or result == []:  # PostgREST may send an empty body for NULL
+            return None
+        if not isinstance(result, dict):
+            raise LedgerError(f"{fn} returned {type(result).__name__}, expected an object",
+                              code="bad_response")
+        return result
+
+    def _list(self, fn: str, **params: Any) -> list[dict[str, Any]]:
+        result = self._call(fn, **params)
+        if result is None:
+            return []
+        if not isinstance(result, list):
+            raise LedgerError(f"{fn} returned {type(result).__name__}, expected a list",
+                              code="bad_response")
+        return result
+
+    # -- health -------------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        """``{ok: true, now, schema}``; raises ``LedgerUnavailable`` when the ledger is not there."""
+        return self._obj("ping")
+
+    # -- videos -------------------------------------------------------------------------------
+
+    def upsert_video(
+        self,
+        *,
+        id: str,
+        tenant_id: str,
+        frame_count: int,
+        fps: float,
+        source_uri: str | None = None,
+        crop_box: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Insert or update a video; a video id stays with its first tenant (``BI403``)."""
+        return self._obj(
+            "upsert_video", id=id, tenant_id=tenant_id, frame_count=frame_count, fps=fps,
+            source_uri=source_uri, crop_box=crop_box,
+        )
+
+    def get_video(self, *, id: str) -> dict[str, Any] | None:
+        return self._maybe_obj("get_video", id=id)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def claim_run(
+        self,
+        *,
+        video_id: str,
+        tenant_id: str,
+        frames_version: str,
+        model_version: str,
+        pairs: int | None = None,
+        priority: str = "normal",
+        force: bool = False,
+        flow_run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Atomic insert-or-get: ``{run_id, created, status, rerun_of}``.
+
+        A live run for the key is returned (``created=False``) even with ``force``; a succeeded
+        run is returned unless ``force``; otherwise a new queued run is created.
+        """
+        return self._obj(
+            "claim_run", video_id=video_id, tenant_id=tenant_id, frames_version=frames_version,
+            model_version=model_version, pairs=pairs, priority=priority, force=force,
+            flow_run_id=flow_run_id,
+        )
+
+    def transition_run(
+        self,
+        *,
+        run_id: RunId,
+        to_status: str,
+        fields: Mapping[str, Any] | None = None,
+        now: dt.datetime | None = None,
+        executor_call_id: str | None = None,
+        attempts: int | None = None,
+        estimated_cost_usd: float | None = None,
+        worst_case_cost_usd: float | None = None,
+        reserved_cost_usd: float | None = None,
+        actual_cost_usd: float | None = None,
+        gpu_seconds: float | None = None,
+        pairs_per_s: float | None = None,
+        error: str | None = None,
+        failure_kind: str | None = None,
+    ) -> dict[str, Any]:
+        """Move a run along the state machine; returns the updated run row.
+
+        Raises:
+            IllegalTransition: the edge is not allowed (``BI409``).
+            RunNotFound: no such run (``BI404``).
+        """
+        given = {
+            "executor_call_id": executor_call_id, "attempts": attempts,
+            "estimated_cost_usd": estimated_cost_usd, "worst_case_cost_usd": worst_case_cost_usd,
+            "reserved_cost_usd": reserved_cost_usd, "actual_cost_usd": actual_cost_usd,
+            "gpu_seconds": gpu_seconds, "pairs_per_s": pairs_per_s, "error": error,
+            "failure_kind": failure_kind,
+        }
+        merged = dict(fields or {})
+        merged.update({k: v for k, v in given.items() if v is not None})
+        unknown = sorted(set(merged) - set(_RUN_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown run fields: {', '.join(unknown)}")
+        return self._obj("transition_run", run_id=run_id, to_status=to_status, fields=merged,
+                         now=now)
+
+    def set_call_id(self, *, run_id: RunId, call_id: str) -> dict[str, Any]:
+        """Record the executor call id of a live run (``BI409`` once the run has ended)."""
+        return self._obj("set_call_id", run_id=run_id, call_id=call_id)
+
+    def get_run(self, *, run_id: RunId) -> dict[str, Any] | None:
+        return self._maybe_obj("get_run", run_id=run_id)
+
+    def list_runs(
+        self, *, limit: int = 50, video_id: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first."""
+        return self._list("list_runs", limit=limit, video_id=video_id, status=status)
+
+    def queue_depth(self) -> dict[str, Any]:
+        """Live runs now: ``{queued, running, total}``."""
+        return self._obj("queue_depth")
+
+    def recent_throughput(self, *, model_version: str, runs: int = 20) -> dict[str, Any]:
+        """``{pairs_per_s, runs}``: mean over the last ``runs`` succeeded runs (None if none)."""
+        return self._obj("recent_throughput", model_version=model_version, runs=runs)
+
+    # -- budget -------------------------------------------------------------------------------
+
+    def reserve_budget(
+        self,
+        *,
+        run_id: RunId,
+        tenant_id: str,
+        amount_usd: float,
+        daily_cap_usd: float,
+        monthly_cap_usd: float,
+        tenant_daily_cap_usd: float | None = None,
+        tenant_monthly_cap_usd: float | None = None,
+        now: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """Reserve money for a run under the caps (UTC day/month), atomically and idempotently.
+
+        Returns ``{ok, reason, daily_committed_usd, monthly_committed_usd, ...}``; ``reason`` is
+        ``daily_cap``, ``monthly_cap``, ``tenant_daily_cap``, ``tenant_monthly_cap`` or None.
+        """
+        return self._obj(
+            "reserve_budget", run_id=run_id, tenant_id=tenant_id, amount_usd=amount_usd,
+            daily_cap_usd=daily_cap_usd, monthly_cap_usd=monthly_cap_usd,
+            tenant_daily_cap_usd=tenant_daily_cap_usd,
+            tenant_monthly_cap_usd=tenant_monthly_cap_usd, now=now,
+        )
+
+    def settle_budget(
+        self, *, run_id: RunId, actual_usd: float, now: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """Replace the run's reservation by its actual cost: ``{settled, freed_usd, ...}``."""
+        return self._obj("settle_budget", run_id=run_id, actual_usd=actual_usd, now=now)
+
+    def release_budget(self, *, run_id: RunId, now: dt.datetime | None = None) -> dict[str, Any]:
+        """Give an open reservation back: ``{released, status, freed_usd}``."""
+        return self._obj("release_budget", run_id=run_id, now=now)
+
+    def spend_summary(
+        self, *, tenant_id: str | None = None, now: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """``{day, month, daily_committed_usd, monthly_committed_usd, daily_actual_usd,
+        monthly_actual_usd}`` (all tenants when ``tenant_id`` is None)."""
+        return self._obj("spend_summary", tenant_id=tenant_id, now=now)
+
+    def spend_by_day(self, *, days: int = 30, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+        """One row per UTC day, oldest first: ``{day, committed_usd, actual_usd, reservations}``."""
+        return self._list("spend_by_day", days=days, now=now)
+
+    # -- circuit breaker ----------------------------------------------------------------------
+
+    def breaker_check(
+        self,
+        *,
+        name: str,
+        threshold: int,
+        window_s: float,
+        open_s: float,
+        acquire_probe: bool = True,
+        now: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """``{allowed, state, retry_after_s, probe}``; at most one caller gets the probe."""
+        return self._obj(
+            "breaker_check", name=name, threshold=threshold, window_s=window_s, open_s=open_s,
+            acquire_probe=acquire_probe, now=now,
+        )
+
+    def breaker_record(
+        self,
+        *,
+        name: str,
+        ok: bool,
+        kind: str | None = None,
+        threshold: int,
+        window_s: float,
+        now: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """Record an outcome: ``{state, failures_in_window}``."""
+        return self._obj(
+            "breaker_record", name=name, ok=ok, kind=kind, threshold=threshold,
+            window_s=window_s, now=now,
+        )
+
+    def breaker_reset(self, *, name: str, now: dt.datetime | None = None) -> dict[str, Any]:
+        return self._obj("breaker_reset", name=name, now=now)
+
+    def breaker_status(
+        self, *, name: str, window_s: float = 3600, now: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        return self._obj("breaker_status", name=name, window_s=window_s, now=now)
+
+    # -- rejections ---------------------------------------------------------------------------
+
+    def log_rejection(
+        self,
+        *,
+        rejection_type: str,
+        message: str,
+        video_id: str | None = None,
+        tenant_id: str | None = None,
+        frame_count: int | None = None,
+        estimated_cost_usd: float | None = None,
+        run_id: RunId | None = None,
+        details: Mapping[str, Any] | None = None,
+        now: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """Store a refusal (and NOTIFY ``boundary_inference_rejections``): ``{id}``."""
+        return self._obj(
+            "log_rejection", rejection_type=str(rejection_type), message=message,
+            video_id=video_id, tenant_id=tenant_id, frame_count=frame_count,
+            estimated_cost_usd=estimated_cost_usd, run_id=run_id, details=details, now=now,
+        )
+
+    def acknowledge_rejection(
+        self, *, id: RunId, by: str | None = None, now: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """``{acknowledged}``: False when unknown or already acknowledged."""
+        return self._obj("acknowledge_rejection", id=id, by=by, now=now)
+
+    def list_rejections(
+        self, *, unacknowledged_only: bool = False, limit: int = 50, tenant_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first."""
+        return self._list(
+            "list_rejections", unacknowledged_only=unacknowledged_only, limit=limit,
+            tenant_id=tenant_id,
+        )
+
+    # -- predictions --------------------------------------------------------------------------
+
+    def save_predictions(
+        self, *, run_id: RunId, rows: Iterable[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """Upsert ``{frame1, frame2, probability, is_boundary}`` rows: ``{saved}``. Idempotent."""
+        payload = [
+            {
+                "frame1": int(row["frame1"]),
+                "frame2": int(row["frame2"]),
+                "probability": float(row["probability"]),
+                "is_boundary": bool(row["is_boundary"]),
+            }
+            for row in rows
+        ]
+        return self._obj("save_predictions", run_id=run_id, rows=payload)
+
+    def get_predictions(self, *, run_id: RunId) -> list[dict[str, Any]]:
+        """Ordered by (frame1, frame2)."""
+        return self._list("get_predictions", run_id=run_id)

@@ -1,0 +1,181 @@
+"""Faults caused for real: stores killed, a decoder that hangs, a flow that times out, and many
+submissions of one video at once (threads and separate processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from modal_app.synthetic import make_video
+
+from boundary_inference.embedded import start_postgres, start_redis
+from flows.boundary_inference import boundary_inference_flow
+from tests.flow_support import FlowEnv, configure
+
+MODEL = "builtin-textdiff-v1"
+FRAMES = 60
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    path = tmp_path_factory.mktemp("vid") / "clip.mp4"
+    return path, make_video(path, seed=5, frame_count=FRAMES)
+
+
+def run(**params: Any) -> tuple[Any, dict[str, Any]]:
+    state = boundary_inference_flow(**params, return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+def base(**extra: Any) -> dict[str, Any]:
+    return {"video_id": "v1", "frames_version": "f1", "model_version": MODEL, **extra}
+
+
+def test_redis_down_fails_closed_and_is_recorded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, video: Any
+) -> None:
+    private = start_redis(tmp_path / "r")
+    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=private.url, guard_timeout_s="1")
+    path, truth = video
+    env.register("v1", path, FRAMES, truth.crop_box)
+    private.stop()
+    state, outcome = run(**base())
+    assert state.name == "Rejected"
+    assert outcome["rejection_type"] == "guard_unavailable"
+    assert env.executor_calls() == 0
+    (row,) = env.ledger.list_rejections(unacknowledged_only=True, limit=10)
+    assert row["rejection_type"] == "guard_unavailable"
+    # Nothing stays reserved for a job that never ran.
+    assert float(env.ledger.spend_summary()["daily_committed_usd"]) == 0.0
+
+
+def test_postgres_down_fails_closed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str, video: Any
+) -> None:
+    private = start_postgres(tmp_path / "p", stop_at_exit=True)
+    env = configure(
+        monkeypatch, tmp_path, dsn=private.dsn, redis_url=redis_url, guard_timeout_s="2"
+    )
+    path, truth = video
+    env.register("v1", path, FRAMES, truth.crop_box)
+    private.stop()
+    started = time.monotonic()
+    state, outcome = run(**base())
+    assert state.name == "Rejected"
+    assert outcome["rejection_type"] == "guard_unavailable"
+    assert outcome["rejection_id"] is None  # the ledger was what was down: reported, not recorded
+    assert env.executor_calls() == 0
+    assert time.monotonic() - started < 30
+
+
+def test_hung_decoder_is_killed_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str
+) -> None:
+    # A FIFO with no writer: opening it blocks forever inside the native decoder.
+    fifo = tmp_path / "hang.mp4"
+    os.mkfifo(fifo)
+    env = configure(
+        monkeypatch,
+        tmp_path,
+        dsn=pg_dsn,
+        redis_url=redis_url,
+        min_deadline_s="2",
+        deadline_factor="1",
+        cold_start_s="0",
+    )
+    env.register("v1", fifo, FRAMES, None)
+    started = time.monotonic()
+    state, outcome = run(**base())
+    elapsed = time.monotonic() - started
+    assert state.is_failed()
+    assert outcome["status"] == "timed_out", outcome
+    assert elapsed < 30
+    run_row = env.ledger.get_run(run_id=outcome["run_id"])
+    assert run_row["status"] == "timed_out" and run_row["failure_kind"] == "timeout"
+    # A timeout says something about the service: it counts towards the breaker.
+    status = env.ledger.breaker_status(name="gpu-inference", window_s=3600)
+    assert int(status["failures_in_window"]) == 1
+
+
+def test_flow_timeout_cancels_the_call(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str
+) -> None:
+    fifo = tmp_path / "hang.mp4"
+    os.mkfifo(fifo)
+    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    env.register("v1", fifo, FRAMES, None)
+    short = boundary_inference_flow.with_options(timeout_seconds=4)
+    state = short(**base(), return_state=True)
+    assert state.is_failed()
+    (job_dir,) = env.jobs_dir.glob("local-*")
+    pid = int((job_dir / "pid").read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if stat == "Z":
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    (run_row,) = env.ledger.list_runs(limit=5, video_id="v1")
+    assert run_row["status"] == "cancelled"
+
+
+def test_concurrent_submissions_threads_spawn_once(env_threads: FlowEnv) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda _: run(**base())[1], range(8)))
+    statuses = sorted(o["status"] for o in outcomes)
+    assert statuses.count("succeeded") == 1, statuses
+    assert statuses.count("skipped") == 7, statuses
+    assert len({o["run_id"] for o in outcomes}) == 1
+    assert env_threads.executor_calls() == 1
+
+
+@pytest.fixture
+def env_threads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
+) -> FlowEnv:
+    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    path, truth = video
+    env.register("v1", path, FRAMES, truth.crop_box)
+    return env
+
+
+def test_concurrent_submissions_processes_spawn_once(env_threads: FlowEnv) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    child_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    cmd = [
+        sys.executable,
+        "-m",
+        "boundary_inference.cli",
+        "submit",
+        "v1",
+        "--frames-version",
+        "f1",
+        "--json",
+    ]
+    procs = [
+        subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outcomes = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        outcomes.append(json.loads(out))
+    statuses = sorted(o["status"] for o in outcomes)
+    assert statuses == ["skipped", "skipped", "succeeded"], statuses
+    assert env_threads.executor_calls() == 1
+    with psycopg.connect(env_threads.settings.database_url.get_secret_value()) as conn:  # type: ignore[union-attr]
+        count = conn.execute(
+            f'SELECT count(*) FROM "{env_threads.schema}".boundary_inference_runs'
+        ).fetchone()
+    assert count == (1,)
