@@ -116,7 +116,7 @@ def submit(
         model_version=model_version,
         frame_pairs=frame_pairs,
         skip_if_exists=not force,
-        priority=priority,  # type: ignore[arg-type]
+        priority=priority,
         tenant_id=tenant,
         return_state=True,
     )

@@ -37,9 +37,10 @@ def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
     console.rule(f"[bold]{title}")
     started = time.monotonic()
     state = boundary_inference_flow(**params, return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    if not isinstance(outcome, dict):
-        outcome = {"status": "failed", "message": str(outcome)}
+    data = state.result(raise_on_failure=False)
+    outcome: dict[str, Any] = (
+        data if isinstance(data, dict) else {"status": "failed", "message": str(data)}
+    )
     colour = {"succeeded": "green", "skipped": "cyan", "rejected": "yellow"}.get(
         str(outcome.get("status")), "red"
     )

@@ -37,7 +37,9 @@ class EmbeddedPostgres:
         from pgserver import _commands
 
         user = "pgserver" if os.geteuid() == 0 else None
-        _commands.pg_ctl(["-m", "immediate", "-w", "stop"], pgdata=self.pgdata, user=user)
+        _commands.pg_ctl(  # type: ignore[attr-defined]  # generated at import time
+            ["-m", "immediate", "-w", "stop"], pgdata=self.pgdata, user=user
+        )
 
 
 @dataclass(frozen=True)

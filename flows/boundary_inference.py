@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from boundary_inference.limiter import LimiterUnavailable
-from prefect import flow, get_run_logger, runtime, task
+from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
@@ -30,7 +30,7 @@ from boundary_inference.services import Services, get_services
 from config import Settings, get_settings
 from modal_app.types import InferenceRequest
 from tasks import breaker, budget, cost, dedup, limits, queue, rejections, validate
-from tasks._common import GUARD_TASK_OPTIONS, artifact_key
+from tasks._common import artifact_key, guard_task
 from tasks.execute import run_job
 
 # A guard whose backing service fails raises one of these; the flow turns it into guard_unavailable.
@@ -44,13 +44,13 @@ _FAILURE_STATUS = {
 }
 
 
-@task(name="load-video", tags=["ledger"], **GUARD_TASK_OPTIONS)
+@guard_task(name="load-video", tags=["ledger"])
 def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
     found = ledger.get_video(id=video_id)
     return dict(found) if found else None
 
 
-@task(name="persist-predictions", tags=["ledger"], **GUARD_TASK_OPTIONS)
+@guard_task(name="persist-predictions", tags=["ledger"])
 def persist_predictions(ledger: Any, run_id: str, predictions: list[Any]) -> int:
     """Upsert keyed by (run, f1, f2): a retried flow writes the same rows again, harmlessly."""
     rows = [

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-# Guards act on live shared state: a cached answer would be a wrong answer.
-GUARD_TASK_OPTIONS = {"cache_policy": NO_CACHE, "retries": 0}
+R = TypeVar("R")
 
 _SLUG = re.compile(r"[^a-z0-9-]+")
+
+
+def guard_task(*, name: str, tags: list[str]) -> Callable[[Callable[..., R]], Task[Any, R]]:
+    """A task on live shared state: never cached (a cached answer is a wrong answer), never
+    retried by Prefect (a retry is a second decision, or a second GPU bill)."""
+    return task(name=name, tags=tags, cache_policy=NO_CACHE, retries=0)
 
 
 def artifact_key(*parts: str) -> str:

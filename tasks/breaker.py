@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import GUARD_TASK_OPTIONS
+from tasks._common import guard_task
 
 BREAKER_NAME = "gpu-inference"
 
@@ -42,7 +40,7 @@ def _refusal(decision: dict[str, Any]) -> Rejected:
     )
 
 
-@task(name="circuit-breaker-check", tags=["guard", "breaker"], **GUARD_TASK_OPTIONS)
+@guard_task(name="circuit-breaker-check", tags=["guard", "breaker"])
 def check_breaker(ledger: Any, settings: Settings) -> Rejected | None:
     """Cheap read before anything is reserved: refuse while the circuit is open."""
     decision = _check(ledger, settings, acquire_probe=False)
@@ -51,7 +49,7 @@ def check_breaker(ledger: Any, settings: Settings) -> Rejected | None:
     return _refusal(decision)
 
 
-@task(name="circuit-breaker-admit", tags=["guard", "breaker"], **GUARD_TASK_OPTIONS)
+@guard_task(name="circuit-breaker-admit", tags=["guard", "breaker"])
 def admit_breaker(ledger: Any, settings: Settings) -> tuple[Rejected | None, bool]:
     """At admission: pass when closed; when open and due, take the single probe slot."""
     decision = _check(ledger, settings, acquire_probe=True)
@@ -60,7 +58,7 @@ def admit_breaker(ledger: Any, settings: Settings) -> tuple[Rejected | None, boo
     return _refusal(decision), False
 
 
-@task(name="circuit-breaker-record", tags=["breaker"], **GUARD_TASK_OPTIONS)
+@guard_task(name="circuit-breaker-record", tags=["breaker"])
 def record_outcome(ledger: Any, settings: Settings, *, ok: bool, kind: str) -> dict[str, Any]:
     return dict(
         ledger.breaker_record(

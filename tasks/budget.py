@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import GUARD_TASK_OPTIONS
+from tasks._common import guard_task
 
 
-@task(name="budget-reserve", tags=["guard", "budget"], **GUARD_TASK_OPTIONS)
+@guard_task(name="budget-reserve", tags=["guard", "budget"])
 def reserve(
     ledger: Any, settings: Settings, *, run_id: str, tenant_id: str, amount_usd: float
 ) -> Rejected | None:
@@ -41,11 +39,11 @@ def reserve(
     )
 
 
-@task(name="budget-release", tags=["budget"], **GUARD_TASK_OPTIONS)
+@guard_task(name="budget-release", tags=["budget"])
 def release(ledger: Any, *, run_id: str) -> None:
     ledger.release_budget(run_id=run_id)
 
 
-@task(name="budget-settle", tags=["budget"], **GUARD_TASK_OPTIONS)
+@guard_task(name="budget-settle", tags=["budget"])
 def settle(ledger: Any, *, run_id: str, actual_usd: float) -> None:
     ledger.settle_budget(run_id=run_id, actual_usd=actual_usd)

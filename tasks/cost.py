@@ -15,11 +15,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from prefect import task
-
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import GUARD_TASK_OPTIONS
+from tasks._common import guard_task
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ def calibrated_throughput(ledger: Any, settings: Settings, model_version: str) -
     return settings.default_throughput_pairs_per_s, "default"
 
 
-@task(name="cost-estimate", tags=["guard", "cost"], **GUARD_TASK_OPTIONS)
+@guard_task(name="cost-estimate", tags=["guard", "cost"])
 def estimate_cost(
     ledger: Any, settings: Settings, *, model_version: str, pairs: int
 ) -> tuple[CostEstimate, Rejected | None]:

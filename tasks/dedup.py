@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-
-from tasks._common import GUARD_TASK_OPTIONS
+from tasks._common import guard_task
 
 
-@task(name="dedup-claim", tags=["guard", "dedup"], **GUARD_TASK_OPTIONS)
+@guard_task(name="dedup-claim", tags=["guard", "dedup"])
 def claim_run(
     ledger: Any,
     *,

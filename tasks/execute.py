@@ -10,18 +10,19 @@ run code) cancels the call.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from boundary_inference.executor import CallState, CallStatus
 from config import Settings
 from modal_app.types import InferenceRequest
-from tasks._common import GUARD_TASK_OPTIONS, artifact_key
+from tasks._common import artifact_key, guard_task
 
 
-@task(name="run-inference-job", tags=["gpu", "executor"], **GUARD_TASK_OPTIONS)
+@guard_task(name="run-inference-job", tags=["gpu", "executor"])
 def run_job(
     executor: Any,
     ledger: Any,
@@ -39,11 +40,12 @@ def run_job(
         call_id = executor.submit(request)
         ledger.set_call_id(run_id=request.run_id, call_id=call_id)
         logger.info("spawned %s call %s for run %s", executor.name, call_id, request.run_id)
-    progress_id = create_progress_artifact(
+    progress_id = create_progress_artifact(  # sync context: returns the id, not a coroutine
         progress=0.0,
         key=artifact_key("progress", request.run_id),
         description=f"{len(request.frame_pairs)} frame pairs on {executor.name}",
     )
+    assert isinstance(progress_id, uuid.UUID)
     finished = False
     last_reported = -1.0
     try:

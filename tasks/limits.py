@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import GUARD_TASK_OPTIONS
+from tasks._common import guard_task
 
 
-@task(name="cooldown-and-rate-limit", tags=["guard", "rate-limit"], **GUARD_TASK_OPTIONS)
+@guard_task(name="cooldown-and-rate-limit", tags=["guard", "rate-limit"])
 def admit(limiter: Any, settings: Settings, *, video_id: str, run_id: str) -> Rejected | None:
     decision = limiter.admit(
         video_id=video_id,
@@ -44,6 +42,6 @@ def admit(limiter: Any, settings: Settings, *, video_id: str, run_id: str) -> Re
     )
 
 
-@task(name="refund-admission", tags=["rate-limit"], **GUARD_TASK_OPTIONS)
+@guard_task(name="refund-admission", tags=["rate-limit"])
 def refund_admission(limiter: Any, *, video_id: str, run_id: str) -> bool:
     return bool(limiter.refund(video_id=video_id, token=run_id))

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.events import emit_event
 
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import GUARD_TASK_OPTIONS
+from tasks._common import guard_task
 
 QUEUE_ALERT_EVENT = "boundary-inference.queue.depth-alert"
 
 
-@task(name="queue-depth-check", tags=["guard", "queue"], **GUARD_TASK_OPTIONS)
+@guard_task(name="queue-depth-check", tags=["guard", "queue"])
 def check_queue_depth(ledger: Any, settings: Settings, *, exclude_self: int = 1) -> Rejected | None:
     depth = dict(ledger.queue_depth())
     others = max(0, int(depth.get("total", 0)) - exclude_self)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from boundary_inference.outcome import Rejected
-from tasks._common import GUARD_TASK_OPTIONS, artifact_key
+from tasks._common import artifact_key, guard_task
 
 REJECTION_EVENT = "boundary-inference.job.rejected"
 
@@ -40,7 +40,7 @@ def _markdown(rejected: Rejected, video_id: str, estimate: dict[str, Any] | None
     return "\n".join(lines)
 
 
-@task(name="record-rejection", tags=["rejection"], **GUARD_TASK_OPTIONS)
+@guard_task(name="record-rejection", tags=["rejection"])
 def record_rejection(
     ledger: Any | None,
     rejected: Rejected,

@@ -10,11 +10,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
-from prefect import task
 
 from boundary_inference.outcome import Rejected, RejectionType
 from modal_app.types import CropBox
-from tasks._common import GUARD_TASK_OPTIONS
+from tasks._common import guard_task
 
 FRAMES_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
@@ -68,7 +67,7 @@ def _source_missing(uri: str) -> bool:
     return False  # remote sources (s3://, modal volume paths) are checked by the executor
 
 
-@task(name="validate-request", tags=["guard", "validation"], **GUARD_TASK_OPTIONS)
+@guard_task(name="validate-request", tags=["guard", "validation"])
 def validate_request(
     video: dict[str, Any] | None,
     *,
