@@ -1,0 +1,153 @@
+"""Read the frames a request needs, once each, cropped to the caption region, in bounded memory.
+
+Frames are decoded in order; a decoded frame is kept only while a pending pair still needs it, so
+consecutive pairs (which share all but one frame) decode N+1 frames for N pairs and hold two.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from modal_app.errors import CorruptVideo, EmptyCrop, FrameOutOfRange, VideoNotFound
+from modal_app.types import CropBox
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frame_count: int
+    fps: float
+    width: int
+    height: int
+
+
+def _open(path: Path):  # type: ignore[no-untyped-def]
+    import av
+
+    if not path.exists():
+        raise VideoNotFound(f"video file not found: {path}")
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as error:
+        raise CorruptVideo(f"cannot decode {path}: {error}") from error
+
+
+def probe_video(path: Path | str) -> VideoInfo:
+    """Frame count (counted by demuxing when the container does not say), fps and size."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise CorruptVideo(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        count = int(stream.frames or 0)
+        if count <= 0:
+            count = sum(1 for packet in container.demux(stream) if packet.size)
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+        return VideoInfo(
+            count, fps, int(stream.codec_context.width), int(stream.codec_context.height)
+        )
+    except CorruptVideo:
+        raise
+    except Exception as error:
+        raise CorruptVideo(f"cannot read {path}: {error}") from error
+    finally:
+        container.close()
+
+
+@dataclass
+class DecodeStats:
+    frames_decoded: int = 0
+    decode_s: float = 0.0
+    peak_cached_frames: int = 0
+    decoded_indices: list[int] = field(default_factory=list)
+
+
+def _crop(image: np.ndarray, crop: CropBox | None) -> np.ndarray:
+    if crop is None:
+        return image
+    height, width = image.shape[:2]
+    x0, y0 = max(0, crop.x), max(0, crop.y)
+    x1, y1 = min(width, crop.x + crop.width), min(height, crop.y + crop.height)
+    if crop.width <= 0 or crop.height <= 0 or x1 <= x0 or y1 <= y0:
+        raise EmptyCrop(f"crop box {crop} is empty within a {width}x{height} frame")
+    return image[y0:y1, x0:x1]
+
+
+class FrameSource:
+    """Yields batches of (pair, frame1, frame2) for the given pairs, decoding each frame once."""
+
+    def __init__(self, path: Path | str, crop_box: CropBox | None) -> None:
+        self.path = Path(path)
+        self.crop_box = crop_box
+        self.stats = DecodeStats()
+
+    def iter_pairs(
+        self, pairs: Sequence[tuple[int, int]], batch_size: int
+    ) -> Iterator[list[tuple[tuple[int, int], np.ndarray, np.ndarray]]]:
+        """Batches in the order frames become available (pairs sorted by their second frame)."""
+        if not pairs:
+            return
+        order = sorted(range(len(pairs)), key=lambda i: (pairs[i][1], pairs[i][0]))
+        last_use: dict[int, int] = {}
+        for rank, i in enumerate(order):
+            f1, f2 = pairs[i]
+            last_use[f1] = max(last_use.get(f1, -1), rank)
+            last_use[f2] = max(last_use.get(f2, -1), rank)
+        needed_max = max(last_use)
+        cache: dict[int, np.ndarray] = {}
+        batch: list[tuple[tuple[int, int], np.ndarray, np.ndarray]] = []
+        rank = 0
+        container = _open(self.path)
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            index = -1
+            started = time.perf_counter()
+            try:
+                for frame in container.decode(stream):
+                    index += 1
+                    if index in last_use:
+                        gray = frame.to_ndarray(format="gray")
+                        cache[index] = np.ascontiguousarray(_crop(gray, self.crop_box))
+                        self.stats.frames_decoded += 1
+                        self.stats.decoded_indices.append(index)
+                        self.stats.peak_cached_frames = max(
+                            self.stats.peak_cached_frames, len(cache)
+                        )
+                    self.stats.decode_s += time.perf_counter() - started
+                    while rank < len(order) and pairs[order[rank]][1] <= index:
+                        pair = pairs[order[rank]]
+                        batch.append((pair, cache[pair[0]], cache[pair[1]]))
+                        for f in pair:
+                            if last_use[f] == rank:
+                                cache.pop(f, None)
+                        rank += 1
+                        if len(batch) >= batch_size:
+                            yield batch
+                            batch = []
+                    if index >= needed_max:
+                        break
+                    started = time.perf_counter()
+            except (EmptyCrop, FrameOutOfRange):
+                raise
+            except Exception as error:
+                if index < 0:
+                    raise CorruptVideo(f"cannot decode {self.path}: {error}") from error
+                raise CorruptVideo(
+                    f"decoding {self.path} failed after frame {index}: {error}"
+                ) from error
+            if rank < len(order):
+                missing = pairs[order[rank]]
+                raise FrameOutOfRange(
+                    f"frame {missing[1]} requested but {self.path.name} has only {index + 1} frames"
+                    f" (valid indices 0..{index})"
+                )
+            if batch:
+                yield batch
+        finally:
+            container.close()
