@@ -404,6 +404,62 @@ def bench(as_json: JsonOpt = False) -> None:
     )
 
 
+# --- Monitor and automations (appended by the operations work) ---------------------------------
+
+automations_app = typer.Typer(no_args_is_help=True, help="Alert automations on the Prefect server.")
+app.add_typer(automations_app, name="automations")
+
+
+@app.command()
+def monitor(as_json: JsonOpt = False) -> None:
+    """Run the rejection monitor once: open rejections, spend, failure rate, queue, alerts."""
+    from flows.rejection_monitor import rejection_monitor_flow
+
+    summary = rejection_monitor_flow()
+    if as_json:
+        _print_json(summary)
+        return
+    _table(
+        "unacknowledged rejections by type",
+        summary["rejections_by_type"],
+        ["type", "count", "oldest_age", "newest_age", "total_estimated_cost_usd"],
+    )
+    rate = summary["failure_rate_24h"]
+    console.print(
+        f"spend today ${summary['daily_spend_usd']:.4f} of ${summary['daily_budget_usd']:.2f},"
+        f" month ${summary['monthly_spend_usd']:.4f} of ${summary['monthly_budget_usd']:.2f};"
+        f" failure rate 24 h {'n/a' if rate is None else f'{rate:.0%}'};"
+        f" jobs last hour {summary['jobs_last_hour']}; queue depth {summary['queue_depth']}"
+    )
+    console.print("alerts: " + (", ".join(summary["events"]) or "none"))
+
+
+@automations_app.command("apply")
+def automations_apply(
+    block: Annotated[
+        str,
+        typer.Option(help="Saved notification block: NAME, or BLOCK-TYPE-SLUG/NAME."),
+    ] = "boundary-inference-alerts",
+    directory: Annotated[
+        Path | None, typer.Option(help="Definitions folder (default: the shipped automations/).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or update the shipped alert automations, notifying through BLOCK."""
+    from boundary_inference.automations import NotificationBlockNotFound, apply_automations
+
+    try:
+        applied = apply_automations(block, directory)
+    except NotificationBlockNotFound as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from error
+    rows = [{"name": a.name, "id": str(a.id), "action": a.action} for a in applied]
+    if as_json:
+        _print_json(rows)
+        return
+    _table("automations", rows, ["name", "action", "id"])
+
+
 def main() -> None:
     app()
 

@@ -129,7 +129,7 @@ def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None
         video_id=long_id,
         frames_version="v1",
         model_version=MODEL,
-        frame_pairs=[[i, i + 1] for i in range(0, 200_000, 5)],
+        frame_pairs={"start": 0, "stop": 200_000, "step": 5},  # 40,000 pairs
     )
     fifth = _submit(
         console,

@@ -194,7 +194,7 @@ def boundary_inference_flow(
     video_id: str,
     frames_version: str,
     model_version: str,
-    frame_pairs: list[list[int]] | None = None,
+    frame_pairs: list[list[int]] | dict[str, int] | None = None,
     skip_if_exists: bool = True,
     priority: Literal["high", "normal", "low"] = "high",
     tenant_id: str | None = None,
@@ -205,8 +205,10 @@ def boundary_inference_flow(
         video_id: A video registered with ``boundary-inference videos add``.
         frames_version: Version of the extracted frames (part of the dedup key).
         model_version: ``builtin-textdiff-v1`` or ``ckpt:<name>`` (part of the dedup key).
-        frame_pairs: ``[[f1, f2], ...]`` with ``0 <= f1 < f2 < frame_count``; default: every
-            consecutive pair of the video.
+        frame_pairs: ``[[f1, f2], ...]`` with ``0 <= f1 < f2 < frame_count``, or for large jobs
+            a range ``{"start": 0, "stop": N, "step": 1, "gap": 1}`` meaning pairs ``(f, f + gap)``
+            for ``f`` in ``range(start, stop, step)`` (Prefect refuses parameters over 512 KB).
+            Default: every consecutive pair of the video.
         skip_if_exists: Return the existing run for the same key instead of running again. False
             is an explicit, recorded re-run (still subject to every other safeguard).
         priority: ``high``, ``normal`` or ``low``; recorded on the run.

@@ -60,6 +60,39 @@ def check_pairs(pairs: Any, frame_count: int) -> tuple[list[tuple[int, int]] | N
     return [(int(a), int(b)) for a, b in array.tolist()], None
 
 
+_SPEC_KEYS = {"start", "stop", "step", "gap"}
+
+
+def _range_spec(spec: dict[str, Any], frame_count: int) -> tuple[range | None, str | None]:
+    """``{"start", "stop", "step", "gap"}`` -> first frames of the pairs ``(f, f + gap)``.
+
+    A compact form for large jobs: Prefect refuses flow-run parameters over 512 KB, about 30,000
+    explicit pairs. Defaults: start 0, step 1, gap 1, stop = frame_count - gap (every pair that fits).
+    """
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        return None, f"frame_pairs spec has unknown keys {sorted(unknown)}; allowed {sorted(_SPEC_KEYS)}"
+    values = {k: spec[k] for k in _SPEC_KEYS if k in spec}
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in values.values()):
+        return None, "frame_pairs spec values must be integers"
+    gap = values.get("gap", 1)
+    step = values.get("step", 1)
+    start = values.get("start", 0)
+    stop = values.get("stop", frame_count - gap)
+    if gap < 1 or step < 1:
+        return None, "frame_pairs spec needs gap >= 1 and step >= 1"
+    pairs = range(start, stop, step)
+    if len(pairs) == 0:
+        return None, "frame_pairs spec selects no pairs (frame_pairs must be non-empty)"
+    if start < 0 or pairs[-1] + gap >= frame_count:
+        return None, (
+            f"frame_pairs spec start={start}, stop={stop}, step={step}, gap={gap} violates"
+            f" 0 <= f1 < f2 < frame_count ({frame_count}): last pair"
+            f" [{pairs[-1]}, {pairs[-1] + gap}]"
+        )
+    return pairs, None
+
+
 def _source_missing(uri: str) -> bool:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
@@ -94,14 +127,23 @@ def validate_request(
         return _invalid(f"video {video_id!r} is not registered (boundary-inference videos add)")
     frame_count = int(video["frame_count"])
     if frame_pairs is None:
-        frame_pairs = [(i, i + 1) for i in range(frame_count - 1)]
-    count = len(frame_pairs) if isinstance(frame_pairs, list | tuple) else 0
+        frame_pairs = {"start": 0, "step": 1, "gap": 1}
+    if isinstance(frame_pairs, dict):
+        spec, reason = _range_spec(frame_pairs, frame_count)
+        if spec is None:
+            return _invalid(reason or "invalid frame_pairs spec", frame_count=frame_count)
+        count = len(spec)
+    else:
+        count = len(frame_pairs) if isinstance(frame_pairs, list | tuple) else 0
     if count > max_frame_pairs:
         return Rejected(
             RejectionType.FRAME_COUNT_EXCEEDED,
             f"{count} frame pairs requested; the limit is {max_frame_pairs} (max_frame_pairs)",
             details={"pairs": count, "max_frame_pairs": max_frame_pairs},
         )
+    if isinstance(frame_pairs, dict):
+        gap = int(frame_pairs.get("gap", 1))
+        frame_pairs = [(i, i + gap) for i in spec]
     pairs, reason = check_pairs(frame_pairs, frame_count)
     if pairs is None:
         return _invalid(reason or "invalid frame_pairs", frame_count=frame_count)

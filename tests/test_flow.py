@@ -126,6 +126,9 @@ def test_forced_rerun_is_refused_by_cooldown_and_recorded(
         (base(model_version="no such model"), "model_version"),
         (base(model_version="builtin-unknown-v9"), "not a known model"),
         (base(priority="urgent"), "priority"),
+        (base(frame_pairs={"start": 0, "stop": 500}), "violates 0 <= f1 < f2"),
+        (base(frame_pairs={"begin": 0}), "unknown keys"),
+        (base(frame_pairs={"start": 0, "step": 0}), "step >= 1"),
     ],
 )
 def test_bad_input_is_a_recorded_typed_rejection(
@@ -162,7 +165,7 @@ def test_too_many_pairs_is_frame_count_exceeded(
 def test_worst_case_over_the_cap_is_cost_exceeded(env: FlowEnv, video: Any) -> None:
     path, _ = video
     env.register("long", path, 200_000, None)
-    pairs = [[i, i + 1] for i in range(0, 200_000, 5)]  # 40,000 pairs: worst case ~ $1.27
+    pairs = {"start": 0, "stop": 200_000, "step": 5}  # 40,000 pairs: worst case ~ $1.27
     _, outcome = run(**base(video_id="long", frame_pairs=pairs))
     assert outcome["rejection_type"] == "cost_exceeded"
     assert outcome["worst_case_cost_usd"] > env.settings.max_cost_per_job_usd
