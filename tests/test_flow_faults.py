@@ -112,7 +112,7 @@ def test_flow_timeout_cancels_the_call(
     os.mkfifo(fifo)
     env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
     env.register("v1", fifo, FRAMES, None)
-    short = boundary_inference_flow.with_options(timeout_seconds=4)
+    short = boundary_inference_flow.with_options(timeout_seconds=15)
     state = short(**base(), return_state=True)
     assert state.is_failed()
     (job_dir,) = env.jobs_dir.glob("local-*")
