@@ -1,0 +1,381 @@
+"""Run inference on the deployed Modal class; watch, cancel and reattach by ``FunctionCall`` id.
+
+The call id (``fc-...``) is all any process needs: :meth:`ModalExecutor.poll` and
+:meth:`ModalExecutor.cancel` work from a fresh instance with only the id (Modal keeps results for 7
+days). Progress comes from the ``modal.Dict`` the function writes (see :mod:`modal_app.app`).
+
+No silent fall-back: without credentials, or without the deployed app, :meth:`preflight` raises
+:class:`ExecutorUnavailable` and the flow refuses the job before any quota or money is taken.
+
+The Modal client objects are injectable (``cls_lookup``, ``function_call_from_id``,
+``progress_dict``) so the tests drive this class against a test double whose signatures are checked
+against the real client's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import modal
+import modal.exception as modal_exc
+
+from boundary_inference.executor.base import (
+    CallState,
+    CallStatus,
+    ExecutorFailure,
+    ExecutorUnavailable,
+    FailureKind,
+)
+from config import Settings
+from modal_app.modal_config import (
+    CONFIG_KEY,
+    REFUSED,
+    attempts_key,
+    call_key,
+    function_options,
+    progress_dict_name,
+)
+from modal_app.types import InferenceRequest, InferenceResult
+
+logger = logging.getLogger(__name__)
+
+# Errors of our own inference code (``modal_app.errors``) that mean "took too long".
+TIMEOUT_KINDS = frozenset({"deadline_exceeded", "stalled"})
+# Refusals and bookkeeping failures of the function itself: the service, not the input.
+INFRASTRUCTURE_KINDS = frozenset({"attempts_exhausted", "attempts_unrecorded"})
+# Lookup/transport failures: nothing was spawned (at submit), or the call is merely unobservable.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    modal_exc.AuthError,
+    modal_exc.NotFoundError,
+    modal_exc.ConnectionError,
+    modal_exc.ServiceError,
+    ConnectionError,
+    OSError,
+)
+# Polls that cannot reach Modal for this long end the watch (the call is cancelled best effort;
+# it is bounded by its own deadline anyway). Transient blips shorter than this are just PENDING.
+POLL_ERROR_LIMIT_S = 600.0
+_CANCEL_TRIES = 3
+
+
+def has_credentials(
+    environ: Mapping[str, str] | None = None, config_path: Path | None = None
+) -> bool:
+    """Whether a Modal token is configured: the env pair, or the active profile of the config file.
+
+    Read fresh on each call (``modal.config`` reads its file once, at import).
+    """
+    env = os.environ if environ is None else environ
+    if env.get("MODAL_TOKEN_ID") and env.get("MODAL_TOKEN_SECRET"):
+        return True
+    if config_path is None:
+        home = env.get("HOME") or str(Path.home())
+        config_path = Path(env.get("MODAL_CONFIG_PATH") or Path(home) / ".modal.toml")
+    try:
+        profiles = tomllib.loads(config_path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    active = env.get("MODAL_PROFILE") or next(
+        (name for name, p in profiles.items() if isinstance(p, dict) and p.get("active") is True),
+        "default",
+    )
+    profile = profiles.get(active)
+    return isinstance(profile, dict) and bool(profile.get("token_id") and profile.get("token_secret"))
+
+
+class ModalExecutor:
+    """Executor on the deployed ``modal_app.app.BoundaryInference`` class (Modal 1.x)."""
+
+    name = "modal"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cls_lookup: Callable[[str, str], Any] | None = None,
+        function_call_from_id: Callable[[str], Any] | None = None,
+        progress_dict: Any | None = None,
+        environ: Mapping[str, str] | None = None,
+        poll_error_limit_s: float = POLL_ERROR_LIMIT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.app_name = settings.modal_app_name
+        self.class_name = settings.modal_class_name
+        self._cls_lookup = cls_lookup or modal.Cls.from_name
+        self._from_id = function_call_from_id or modal.FunctionCall.from_id
+        self._progress = progress_dict
+        self._environ = environ
+        self._poll_error_limit_s = poll_error_limit_s
+        self._clock = clock
+        self._cls: Any | None = None
+        self._run_ids: dict[str, str] = {}
+        self._cancelled: set[str] = set()
+        self._poll_errors_since: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ModalExecutor:
+        return cls(settings, **overrides)
+
+    # --- Progress store (the function's modal.Dict) ------------------------------------------------
+    @property
+    def progress_dict(self) -> Any:
+        if self._progress is None:
+            self._progress = modal.Dict.from_name(progress_dict_name(self.settings))
+        return self._progress
+
+    def _read(self, key: str) -> Any:
+        try:
+            return self.progress_dict.get(key)
+        except Exception as error:  # progress is advisory: never fail a poll on it
+            logger.debug("progress dict read of %s failed: %s", key, error)
+            return None
+
+    def _run_id(self, call_id: str) -> str | None:
+        run_id = self._run_ids.get(call_id)
+        if run_id is None:
+            found = self._read(call_key(call_id))
+            if isinstance(found, str):
+                run_id = self._run_ids[call_id] = found
+        return run_id
+
+    def _progress_of(self, call_id: str) -> tuple[int, int]:
+        run_id = self._run_id(call_id)
+        entry = self._read(run_id) if run_id else None
+        if isinstance(entry, dict):
+            return int(entry.get("done", 0)), int(entry.get("total", 0))
+        return 0, 0
+
+    def _billed_s(self, call_id: str) -> float | None:
+        """GPU seconds the function recorded over all attempts, when it could record them."""
+        run_id = self._run_id(call_id)
+        record = self._read(attempts_key(run_id)) if run_id else None
+        if isinstance(record, dict) and record.get("billed_s") is not None:
+            return float(record["billed_s"])
+        return None
+
+    # --- Protocol ----------------------------------------------------------------------------------
+    def _lookup(self) -> Any:
+        if self._cls is None:
+            self._cls = self._cls_lookup(self.app_name, self.class_name)
+        return self._cls
+
+    def preflight(self) -> None:
+        if not has_credentials(self._environ):
+            raise ExecutorUnavailable(
+                "no Modal credentials (MODAL_TOKEN_ID/MODAL_TOKEN_SECRET unset and no token in"
+                " ~/.modal.toml or MODAL_CONFIG_PATH): run `modal token new` or set the token"
+                " variables. Refusing instead of running anywhere else."
+            )
+        try:
+            self._lookup().hydrate()
+        except modal_exc.NotFoundError as error:
+            self._cls = None
+            raise ExecutorUnavailable(
+                f"Modal app {self.app_name!r} class {self.class_name!r} is not deployed in this"
+                f" environment: run `modal deploy modal_app/app.py` ({error})"
+            ) from error
+        except modal_exc.AuthError as error:
+            self._cls = None
+            raise ExecutorUnavailable(f"Modal rejected the credentials: {error}") from error
+        except _UNREACHABLE as error:
+            self._cls = None
+            raise ExecutorUnavailable(f"cannot reach Modal: {error}") from error
+        self._check_deployed_config()
+
+    def _check_deployed_config(self) -> None:
+        """Refuse when the deployed function may spend more per job than these settings price.
+
+        The function publishes its decorator values when a container starts; before the first
+        start after a deploy there is nothing to compare, and the check passes.
+        """
+        deployed = self._read(CONFIG_KEY)
+        if not isinstance(deployed, dict):
+            return
+        problems = [
+            f"{name}: deployed {deployed[name]} > configured {getattr(self.settings, name)}"
+            for name in ("gpu_retries", "gpu_timeout_s", "scaledown_window_s")
+            if name in deployed and float(deployed[name]) > float(getattr(self.settings, name))
+        ]
+        if problems:
+            raise ExecutorUnavailable(
+                "the deployed Modal function allows more spend per job than the cost guard"
+                " assumes (" + "; ".join(problems) + "): redeploy with these settings"
+            )
+
+    def submit(self, request: InferenceRequest) -> str:
+        try:
+            call = self._lookup()().infer.spawn(request.to_dict())
+        except _UNREACHABLE as error:
+            raise ExecutorUnavailable(f"spawn refused by Modal: {error}") from error
+        call_id = str(call.object_id)
+        self._run_ids[call_id] = request.run_id
+        return call_id
+
+    def poll(self, call_id: str, *, timeout_s: float) -> CallStatus:
+        try:
+            value = self._from_id(call_id).get(timeout=timeout_s)
+        except modal_exc.OutputExpiredError:
+            return self._failed(
+                call_id,
+                FailureKind.INFRASTRUCTURE,
+                f"result of {call_id} expired or was lost (Modal keeps results 7 days)",
+                "OutputExpiredError",
+            )
+        except modal_exc.FunctionTimeoutError as error:
+            return self._failed(
+                call_id,
+                FailureKind.TIMEOUT,
+                f"Modal's hard timeout ({self.settings.gpu_timeout_s} s per attempt): {error}",
+                "FunctionTimeoutError",
+            )
+        except (TimeoutError, modal_exc.TimeoutError):
+            self._poll_errors_since.pop(call_id, None)
+            done, total = self._progress_of(call_id)
+            return CallStatus(CallState.PENDING, done, total)
+        except modal_exc.InternalFailure as error:
+            return self._failed(
+                call_id, FailureKind.INFRASTRUCTURE, f"Modal internal failure: {error}", "InternalFailure"
+            )
+        except modal_exc.RemoteError as error:
+            cancelled = call_id in self._cancelled or "cancel" in str(error).lower()
+            kind = FailureKind.CANCELLED if cancelled else FailureKind.INFRASTRUCTURE
+            return self._failed(call_id, kind, str(error) or "remote error", "RemoteError")
+        except modal_exc.NotFoundError as error:
+            return self._failed(
+                call_id, FailureKind.INFRASTRUCTURE, f"unknown call {call_id}: {error}", "NotFoundError"
+            )
+        except _UNREACHABLE as error:
+            return self._unreachable(call_id, error)
+        except Exception as error:  # raised by our code in the container, re-raised here
+            return self._failed(
+                call_id, classify(error), str(error) or type(error).__name__, type(error).__name__
+            )
+        self._poll_errors_since.pop(call_id, None)
+        if isinstance(value, dict) and REFUSED in value:
+            refused = value[REFUSED]
+            return self._failed(
+                call_id,
+                FailureKind.INFRASTRUCTURE,
+                str(refused.get("message", "refused")),
+                "AttemptsExhausted",
+                known_elapsed=False,
+            )
+        result = InferenceResult.from_dict(value)
+        pairs = len(result.predictions)
+        return CallStatus(CallState.SUCCEEDED, pairs, pairs, result=result)
+
+    def _failed(
+        self,
+        call_id: str,
+        kind: FailureKind,
+        message: str,
+        error_type: str,
+        *,
+        known_elapsed: bool | None = None,
+    ) -> CallStatus:
+        done, total = self._progress_of(call_id)
+        # Seconds are reported only when every attempt recorded its own end (our errors); after a
+        # crash, a hard timeout or a cancel they are unknown and the flow charges its estimate.
+        if known_elapsed is None:
+            known_elapsed = kind is FailureKind.USER_CODE or kind is FailureKind.TIMEOUT
+            known_elapsed = known_elapsed and error_type != "FunctionTimeoutError"
+        elapsed = self._billed_s(call_id) if known_elapsed else None
+        failure = ExecutorFailure(kind, message, error_type, elapsed_s=elapsed)
+        return CallStatus(CallState.FAILED, done, total, failure=failure)
+
+    def _unreachable(self, call_id: str, error: BaseException) -> CallStatus:
+        now = self._clock()
+        since = self._poll_errors_since.setdefault(call_id, now)
+        if now - since < self._poll_error_limit_s:
+            logger.warning("cannot reach Modal to poll %s (%s); still pending", call_id, error)
+            return CallStatus(CallState.PENDING)
+        self.cancel(call_id)
+        return self._failed(
+            call_id,
+            FailureKind.INFRASTRUCTURE,
+            f"Modal unreachable for {now - since:.0f} s while watching {call_id}: {error}",
+            type(error).__name__,
+        )
+
+    def cancel(self, call_id: str) -> None:
+        """Cancel the call (its running input gets ``InputCancellation``). Idempotent.
+
+        Never raises: it runs in ``finally`` blocks. If Modal cannot be reached after a few tries
+        the error is logged; the call still ends at its own deadline.
+        """
+        self._cancelled.add(call_id)
+        for attempt in range(1, _CANCEL_TRIES + 1):
+            try:
+                self._from_id(call_id).cancel(terminate_containers=False)
+                return
+            except (modal_exc.NotFoundError, modal_exc.OutputExpiredError):
+                return
+            except Exception as error:
+                if attempt == _CANCEL_TRIES:
+                    logger.error("could not cancel %s (%s): it stops at its deadline", call_id, error)
+                    return
+                time.sleep(0.2 * attempt)
+
+
+def classify(error: BaseException) -> FailureKind:
+    """Failure kind of an exception raised by the function's own code."""
+    kind = getattr(error, "kind", None)
+    if kind in TIMEOUT_KINDS:
+        return FailureKind.TIMEOUT
+    if kind in INFRASTRUCTURE_KINDS or isinstance(error, MemoryError):
+        return FailureKind.INFRASTRUCTURE
+    if isinstance(error, modal_exc.ExecutionError):
+        # The remote exception could not be rebuilt here (a class this client lacks).
+        return FailureKind.INFRASTRUCTURE
+    return FailureKind.USER_CODE
+
+
+def retry_audit(settings: Settings, task: Any, *, flows: Sequence[Any] = ()) -> list[str]:
+    """Problems that would stack a second retry layer on GPU work (empty: exactly one layer).
+
+    ``task`` is the Prefect task that spawns (``tasks.execute.run_job``); ``flows`` the flows that
+    call it. Retries belong to Modal alone (``gpu_retries``), because that is what the cost guard
+    multiplies by; any other layer multiplies the paid worst case behind the guard's back.
+    """
+    problems: list[str] = []
+    task_retries = int(getattr(task, "retries", 0) or 0)
+    name = getattr(task, "name", repr(task))
+    if task_retries > 0:
+        problems.append(
+            f"task {name!r} has retries={task_retries}: each retry spawns a new Modal call with"
+            f" its own {settings.gpu_attempts} attempts, so a job could run"
+            f" {(1 + task_retries) * settings.gpu_attempts} times, not {settings.gpu_attempts}"
+        )
+    for flow in flows:
+        flow_retries = int(getattr(flow, "retries", 0) or 0)
+        if flow_retries > 0:
+            problems.append(
+                f"flow {getattr(flow, 'name', flow)!r} has retries={flow_retries}: a flow retry"
+                " re-enters the spawning task; GPU retries must live in Modal only"
+            )
+    policy = function_options(settings)["retries"]
+    if policy.max_retries != settings.gpu_retries:
+        problems.append(
+            f"the Modal retry policy has max_retries={policy.max_retries}, settings say"
+            f" gpu_retries={settings.gpu_retries}"
+        )
+    try:
+        from modal_app.app import BoundaryInference
+
+        deployed_retries = BoundaryInference().infer.info().max_retries or 0  # type: ignore[attr-defined]
+    except Exception as error:
+        problems.append(f"cannot read the Modal class's retry policy: {error}")
+    else:
+        if deployed_retries != settings.gpu_retries:
+            problems.append(
+                f"modal_app.app.BoundaryInference has max_retries={deployed_retries} (from the"
+                f" environment it was imported with), settings say gpu_retries={settings.gpu_retries}"
+            )
+    return problems

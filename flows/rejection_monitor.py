@@ -1,0 +1,372 @@
+"""``rejection_monitor_flow``: what was refused, what was spent, and whether anything needs a human.
+
+Runs on a schedule (``rejection-monitor/scheduled``, every 12 h, see ``prefect.yaml``) and reads the
+ledger only. It publishes:
+
+* table artifacts ``monitor-rejections-by-type`` (type, count, oldest and newest age, total
+  estimated cost) and ``monitor-unacknowledged-rejections`` (one row per open rejection, the same
+  columns as ``boundary-inference rejections``), and a markdown summary ``monitor-summary``;
+* one Prefect event per alert condition, resource ``boundary-inference.monitor``, with the numbers
+  in the payload (:data:`ALERT_EVENTS`); the automations in ``automations/`` turn them into
+  notifications.
+
+The metrics are computed by :func:`collect_metrics`, a plain function of the ledger and a clock, so
+they can be tested without Prefect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from config import Settings, get_settings
+
+MONITOR_RESOURCE_ID = "boundary-inference.monitor"
+ALERT_PREFIX = "boundary-inference.alert."
+ALERT_EVENTS = {
+    "daily_spend": ALERT_PREFIX + "daily-spend",
+    "queue_depth": ALERT_PREFIX + "queue-depth",
+    "failure_rate": ALERT_PREFIX + "failure-rate",
+    "job_burst": ALERT_PREFIX + "job-burst",
+    "unacknowledged_rejections": ALERT_PREFIX + "unacknowledged-rejections",
+}
+# Defaults for thresholds that config.Settings does not (yet) carry; a Settings field of the same
+# name wins when present.
+FAILURE_RATE_ALERT = 0.20  # failed + timed_out over finished runs, last 24 h
+JOB_BURST_ALERT = 50  # runs created in the last hour
+FAILURE_WINDOW = dt.timedelta(hours=24)
+BURST_WINDOW = dt.timedelta(hours=1)
+# list_runs/list_rejections are newest-first with a limit; these bound one monitor pass.
+RUN_SCAN_LIMIT = 5000
+REJECTION_SCAN_LIMIT = 1000
+
+_FINISHED = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
+_FAILED = frozenset({"failed", "timed_out"})
+
+
+@dataclass
+class MonitorMetrics:
+    """One pass of the monitor. Money in USD, ages in seconds, rate as a fraction."""
+
+    now: str
+    unacknowledged_rejections: int
+    rejections_by_type: list[dict[str, Any]]
+    unacknowledged: list[dict[str, Any]]
+    daily_spend_usd: float
+    daily_actual_usd: float
+    daily_budget_usd: float
+    daily_spend_alert_usd: float
+    monthly_spend_usd: float
+    monthly_actual_usd: float
+    monthly_budget_usd: float
+    finished_runs_24h: int
+    failed_runs_24h: int
+    failure_rate_24h: float | None
+    failure_rate_alert: float
+    jobs_last_hour: int
+    job_burst_alert: int
+    queue_depth: int
+    queue_queued: int
+    queue_running: int
+    queue_depth_alert: int
+    alerts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _parse_ts(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        parsed = value
+    else:
+        try:
+            parsed = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _age_s(created_at: Any, now: dt.datetime) -> float | None:
+    then = _parse_ts(created_at)
+    return None if then is None else max(0.0, (now - then).total_seconds())
+
+
+def format_age(seconds: float | None) -> str:
+    """``95s``, ``12m``, ``5h``, ``3d``: the CLI's age format."""
+    if seconds is None:
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def _money(value: Any) -> float:
+    return float(value) if value is not None else 0.0
+
+
+def _threshold(settings: Settings, name: str, default: float) -> float:
+    value = getattr(settings, name, None)
+    return float(value) if value is not None else default
+
+
+def collect_metrics(ledger: Any, settings: Settings, now: dt.datetime | None = None) -> MonitorMetrics:
+    """Read the ledger once and compute every monitored number and which alerts are due.
+
+    Failure rate and jobs in the last hour are computed here from ``list_runs`` (newest first,
+    at most :data:`RUN_SCAN_LIMIT` rows) until the ledger has an aggregate for them.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+
+    open_rejections = ledger.list_rejections(unacknowledged_only=True, limit=REJECTION_SCAN_LIMIT)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    unacked: list[dict[str, Any]] = []
+    for row in open_rejections:
+        age = _age_s(row.get("created_at"), now)
+        groups[str(row.get("rejection_type"))].append({**row, "_age_s": age})
+        estimate = row.get("estimated_cost_usd")
+        unacked.append(
+            {
+                "id": str(row.get("id")),
+                "age": format_age(age),
+                "age_s": round(age, 1) if age is not None else None,
+                "type": row.get("rejection_type"),
+                "video": row.get("video_id"),
+                "frames": row.get("frame_count"),
+                "estimate_usd": round(float(estimate), 4) if estimate is not None else None,
+                "message": str(row.get("message") or "")[:200],
+            }
+        )
+    by_type = []
+    for rejection_type, rows in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        ages = [r["_age_s"] for r in rows if r["_age_s"] is not None]
+        by_type.append(
+            {
+                "type": rejection_type,
+                "count": len(rows),
+                "oldest_age": format_age(max(ages)) if ages else "",
+                "newest_age": format_age(min(ages)) if ages else "",
+                "oldest_age_s": round(max(ages), 1) if ages else None,
+                "newest_age_s": round(min(ages), 1) if ages else None,
+                "total_estimated_cost_usd": round(
+                    sum(_money(r.get("estimated_cost_usd")) for r in rows), 4
+                ),
+            }
+        )
+
+    spend = dict(ledger.spend_summary(now=now))
+    depth = dict(ledger.queue_depth())
+
+    failure_cutoff, burst_cutoff = now - FAILURE_WINDOW, now - BURST_WINDOW
+    # A run that finished in the window may have been created up to gpu_timeout x attempts earlier.
+    scan_cutoff = failure_cutoff - dt.timedelta(seconds=settings.gpu_timeout_s * settings.gpu_attempts)
+    finished = failed = jobs_last_hour = 0
+    for run in ledger.list_runs(limit=RUN_SCAN_LIMIT):
+        created = _parse_ts(run.get("created_at"))
+        if created is not None and created < scan_cutoff:
+            break  # newest first: nothing older can matter
+        if created is not None and created >= burst_cutoff:
+            jobs_last_hour += 1
+        finished_at = _parse_ts(run.get("finished_at"))
+        if run.get("status") in _FINISHED and finished_at is not None and finished_at >= failure_cutoff:
+            finished += 1
+            failed += run.get("status") in _FAILED
+    failure_rate = failed / finished if finished else None
+
+    metrics = MonitorMetrics(
+        now=now.isoformat(),
+        unacknowledged_rejections=len(unacked),
+        rejections_by_type=by_type,
+        unacknowledged=unacked,
+        daily_spend_usd=_money(spend.get("daily_committed_usd")),
+        daily_actual_usd=_money(spend.get("daily_actual_usd")),
+        daily_budget_usd=settings.daily_budget_usd,
+        daily_spend_alert_usd=settings.daily_spend_alert_usd,
+        monthly_spend_usd=_money(spend.get("monthly_committed_usd")),
+        monthly_actual_usd=_money(spend.get("monthly_actual_usd")),
+        monthly_budget_usd=settings.monthly_budget_usd,
+        finished_runs_24h=finished,
+        failed_runs_24h=failed,
+        failure_rate_24h=failure_rate,
+        failure_rate_alert=_threshold(settings, "failure_rate_alert", FAILURE_RATE_ALERT),
+        jobs_last_hour=jobs_last_hour,
+        job_burst_alert=int(_threshold(settings, "job_burst_alert", JOB_BURST_ALERT)),
+        queue_depth=int(depth.get("total", 0)),
+        queue_queued=int(depth.get("queued", 0)),
+        queue_running=int(depth.get("running", 0)),
+        queue_depth_alert=settings.queue_depth_alert,
+    )
+    metrics.alerts = due_alerts(metrics)
+    return metrics
+
+
+def due_alerts(m: MonitorMetrics) -> list[str]:
+    """Keys of :data:`ALERT_EVENTS` whose condition holds (each a strict "above")."""
+    due = []
+    if m.daily_spend_usd > m.daily_spend_alert_usd:
+        due.append("daily_spend")
+    if m.queue_depth > m.queue_depth_alert:
+        due.append("queue_depth")
+    if m.failure_rate_24h is not None and m.failure_rate_24h > m.failure_rate_alert:
+        due.append("failure_rate")
+    if m.jobs_last_hour > m.job_burst_alert:
+        due.append("job_burst")
+    if m.unacknowledged_rejections > 0:
+        due.append("unacknowledged_rejections")
+    return due
+
+
+def alert_payload(key: str, m: MonitorMetrics) -> dict[str, Any]:
+    """The numbers behind one alert; notification templates read these."""
+    payloads: dict[str, dict[str, Any]] = {
+        "daily_spend": {
+            "daily_spend_usd": round(m.daily_spend_usd, 4),
+            "daily_actual_usd": round(m.daily_actual_usd, 4),
+            "alert_at_usd": m.daily_spend_alert_usd,
+            "daily_budget_usd": m.daily_budget_usd,
+            "monthly_spend_usd": round(m.monthly_spend_usd, 4),
+            "monthly_budget_usd": m.monthly_budget_usd,
+        },
+        "queue_depth": {
+            "depth": m.queue_depth,
+            "queued": m.queue_queued,
+            "running": m.queue_running,
+            "alert_at": m.queue_depth_alert,
+        },
+        "failure_rate": {
+            "failure_rate": round(m.failure_rate_24h or 0.0, 4),
+            "failed_runs": m.failed_runs_24h,
+            "finished_runs": m.finished_runs_24h,
+            "alert_above": m.failure_rate_alert,
+            "window_h": FAILURE_WINDOW.total_seconds() / 3600,
+        },
+        "job_burst": {
+            "jobs_last_hour": m.jobs_last_hour,
+            "alert_above": m.job_burst_alert,
+        },
+        "unacknowledged_rejections": {
+            "count": m.unacknowledged_rejections,
+            "by_type": {row["type"]: row["count"] for row in m.rejections_by_type},
+            "oldest_age_s": max(
+                (row["oldest_age_s"] for row in m.rejections_by_type if row["oldest_age_s"]),
+                default=None,
+            ),
+            "total_estimated_cost_usd": round(
+                sum(row["total_estimated_cost_usd"] for row in m.rejections_by_type), 4
+            ),
+        },
+    }
+    return {"alert": key, **payloads[key]}
+
+
+def _summary_markdown(m: MonitorMetrics) -> str:
+    rate = "n/a" if m.failure_rate_24h is None else f"{m.failure_rate_24h:.0%}"
+    lines = [
+        "# Boundary-inference monitor",
+        "",
+        "| figure | value | alert at |",
+        "|---|---|---|",
+        f"| spend today (committed) | ${m.daily_spend_usd:.4f} of ${m.daily_budget_usd:.2f}"
+        f" | > ${m.daily_spend_alert_usd:.2f} |",
+        f"| spend this month (committed) | ${m.monthly_spend_usd:.4f} of"
+        f" ${m.monthly_budget_usd:.2f} | |",
+        f"| failure rate, 24 h | {rate} ({m.failed_runs_24h}/{m.finished_runs_24h})"
+        f" | > {m.failure_rate_alert:.0%} |",
+        f"| jobs, last hour | {m.jobs_last_hour} | > {m.job_burst_alert} |",
+        f"| queue depth | {m.queue_depth} ({m.queue_queued} queued, {m.queue_running} running)"
+        f" | > {m.queue_depth_alert} |",
+        f"| unacknowledged rejections | {m.unacknowledged_rejections} | > 0 |",
+        "",
+        "**Alerts:** " + (", ".join(f"`{ALERT_EVENTS[a]}`" for a in m.alerts) or "none"),
+    ]
+    if m.unacknowledged_rejections:
+        lines += ["", "Acknowledge with `boundary-inference ack <id>` once handled."]
+    return "\n".join(lines)
+
+
+@task(name="collect-monitor-metrics", cache_policy=NO_CACHE, retries=0)
+def collect(settings: Settings) -> MonitorMetrics:
+    from boundary_inference.services import open_ledger
+
+    # The ledger only: a monitor must still report when Redis or Modal is what is broken.
+    ledger = open_ledger(settings)
+    try:
+        return collect_metrics(ledger, settings)
+    finally:
+        ledger.close()
+
+
+@task(name="publish-monitor-report", cache_policy=NO_CACHE, retries=0)
+def publish(m: MonitorMetrics) -> list[str]:
+    """Artifacts for the UI, then one event per due alert. Returns the emitted event names."""
+    create_table_artifact(
+        table=[
+            {k: row[k] for k in ("type", "count", "oldest_age", "newest_age",
+                                 "total_estimated_cost_usd")}
+            for row in m.rejections_by_type
+        ]
+        or [{"type": "(none)", "count": 0}],
+        key="monitor-rejections-by-type",
+        description="Unacknowledged rejections grouped by type.",
+    )
+    create_table_artifact(
+        table=[
+            {k: row[k] for k in ("age", "type", "video", "frames", "estimate_usd", "id")}
+            for row in m.unacknowledged
+        ]
+        or [{"age": "", "type": "(none)"}],
+        key="monitor-unacknowledged-rejections",
+        description="Every unacknowledged rejection, newest first.",
+    )
+    create_markdown_artifact(
+        markdown=_summary_markdown(m),
+        key="monitor-summary",
+        description="Spend, failure rate, job rate, queue depth and open rejections.",
+    )
+    emitted = []
+    for key in m.alerts:
+        emit_event(
+            ALERT_EVENTS[key],
+            resource={
+                "prefect.resource.id": MONITOR_RESOURCE_ID,
+                "prefect.resource.name": "boundary-inference monitor",
+            },
+            payload=alert_payload(key, m),
+        )
+        emitted.append(ALERT_EVENTS[key])
+    return emitted
+
+
+@flow(name="rejection-monitor", log_prints=False)
+def rejection_monitor_flow() -> dict[str, Any]:
+    """Report unacknowledged rejections, spend against the budgets, failure rate, job rate and
+    queue depth; emit one ``boundary-inference.alert.*`` event per alert condition.
+
+    Returns:
+        The metrics as a dict, with ``alerts`` (the due alert keys) and ``events`` (their names).
+    """
+    settings = get_settings()
+    metrics = collect(settings)
+    events = publish(metrics)
+    logger = get_run_logger()
+    if events:
+        logger.warning("alerts: %s", ", ".join(events))
+    else:
+        logger.info("no alert conditions")
+    return {**metrics.to_dict(), "events": events}
+
+
+if __name__ == "__main__":
+    rejection_monitor_flow()

@@ -1,0 +1,405 @@
+"""The Modal app: ``BoundaryInference.infer`` runs one job on a GPU container, within bounds.
+
+Deploy with ``modal deploy modal_app/app.py`` (see docs/MODAL.md). Importing this module needs no
+credentials and no network: it only *defines* Modal objects (``Volume``/``Dict`` handles are lazy).
+
+What bounds one job's spend, innermost first:
+
+1. the per-job deadline (``request.deadline_s``): checked by the predictor after each batch, and
+   by a timer here that fires inside a batch too;
+2. the heartbeat (``request.heartbeat_timeout_s``): no completed batch for that long ends the attempt
+   with :class:`~modal_app.errors.Stalled`;
+3. if the working thread is stuck in native code and ignores the exception raised into it, the
+   container exits after ``ABORT_GRACE_S`` (a crash, retried by Modal, counted by 4);
+4. an attempt counter per ``run_id`` in the progress ``modal.Dict``: an attempt beyond
+   ``1 + gpu_retries`` returns a refusal at once, without running. Deployed apps retry container
+   crashes (OOM, the exit in 3) *indefinitely*; this is what turns that loop into a bounded one;
+5. Modal's own ``timeout`` (``gpu_timeout_s``) per attempt and ``retries`` (``gpu_retries``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import modal
+
+from config import Settings, get_settings
+from modal_app.errors import DeadlineExceeded, InferenceError, Stalled
+from modal_app.modal_config import (
+    CONFIG_KEY,
+    REFUSED,
+    attempts_key,
+    call_key,
+    function_options,
+    models_mount_path,
+    models_volume_name,
+    progress_dict_name,
+)
+from modal_app.types import InferenceRequest
+
+logger = logging.getLogger(__name__)
+
+settings = get_settings()
+app = modal.App(settings.modal_app_name)
+
+# Seconds a stalled or overdue attempt gets to honour the exception raised into it before the
+# container exits. Billed at most once per attempt, on top of the deadline or heartbeat.
+ABORT_GRACE_S = 30.0
+EXIT_ABORTED = 124
+# Progress is published at most this often (one Dict write each), and always at the end.
+PROGRESS_INTERVAL_S = 2.0
+
+class ProgressStore(Protocol):
+    """The subset of ``modal.Dict`` used here; a plain ``dict`` satisfies it (tests, local runs)."""
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+
+
+class AttemptsExhausted(InferenceError):
+    """More attempts started for one run than the retry policy allows: a crash loop was cut."""
+
+    kind = "attempts_exhausted"
+
+
+class AttemptsUnrecorded(InferenceError):
+    """The attempt could not be counted, so it does not run (fail closed; Modal retries it)."""
+
+    kind = "attempts_unrecorded"
+
+
+def open_progress_store(settings: Settings) -> ProgressStore:
+    """The shared progress/attempts ``modal.Dict`` (lazy: no network until first use)."""
+    return modal.Dict.from_name(progress_dict_name(settings), create_if_missing=True)
+
+
+def deployed_config(settings: Settings) -> dict[str, Any]:
+    """What the deployed function was built with; the client's preflight compares it."""
+    return {
+        "gpu": settings.gpu,
+        "gpu_timeout_s": settings.gpu_timeout_s,
+        "gpu_retries": settings.gpu_retries,
+        "max_containers": settings.max_containers,
+        "scaledown_window_s": settings.scaledown_window_s,
+    }
+
+
+class _Abort(BaseException):
+    """Raised *into* the working thread by the watchdog. A BaseException so that no
+    ``except Exception`` in the inference code swallows it; converted to a typed error below."""
+
+
+class _Watchdog:
+    """Ends an attempt that stalls or outlives its deadline, even if nobody polls it."""
+
+    def __init__(
+        self,
+        request: InferenceRequest,
+        *,
+        on_abort: Callable[[InferenceError], None],
+        hard_exit: Callable[[int], None],
+        grace_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        from modal_app.predictor import Heartbeat
+
+        self._target = threading.get_ident()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.error: InferenceError | None = None
+        self._on_abort = on_abort
+        self._hard_exit = hard_exit
+        self._grace_s = grace_s
+        self._timers: list[threading.Timer] = []
+        self.heartbeat = Heartbeat(
+            request.heartbeat_timeout_s,
+            lambda: self.abort(
+                Stalled(
+                    f"no progress for more than {request.heartbeat_timeout_s:.0f} s"
+                    " (heartbeat watchdog)"
+                )
+            ),
+            clock=clock,
+        )
+        # The predictor checks the deadline between batches; this fires even inside a batch.
+        deadline = threading.Timer(
+            request.deadline_s,
+            lambda: self.abort(
+                DeadlineExceeded(
+                    f"deadline {request.deadline_s:.0f} s passed inside a batch (deadline watchdog)"
+                )
+            ),
+        )
+        deadline.daemon = True
+        self._timers.append(deadline)
+
+    def __enter__(self) -> _Watchdog:
+        self.heartbeat.__enter__()
+        for timer in self._timers:
+            timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def abort(self, error: InferenceError) -> None:
+        with self._lock:
+            if self._stopped or self.error is not None:
+                return
+            self.error = error
+            _raise_in_thread(self._target, _Abort)
+        self._on_abort(error)
+        # Native code (a wedged decoder, a CUDA call) never sees the exception: exit instead.
+        escalate = threading.Timer(self._grace_s, self._exit_if_running)
+        escalate.daemon = True
+        self._timers.append(escalate)
+        escalate.start()
+
+    def _exit_if_running(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+        logger.error("attempt ignored its abort for %.0f s; exiting the container", self._grace_s)
+        self._hard_exit(EXIT_ABORTED)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self.error is not None:
+                # An abort raised a moment ago may still be pending: clear it, the caller decides.
+                _raise_in_thread(self._target, None)
+        self.heartbeat.__exit__(None, None, None)
+        for timer in self._timers:
+            timer.cancel()
+
+
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type else None
+    )
+
+
+class _Progress:
+    """Publishes ``{done, total, updated_at}`` under the run id, throttled; never fails the job."""
+
+    def __init__(
+        self,
+        store: ProgressStore,
+        request: InferenceRequest,
+        attempt: int,
+        *,
+        beat: Callable[[], None],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.run_id = request.run_id
+        self.attempt = attempt
+        self.beat = beat
+        self.wall_clock = wall_clock
+        self.total = len(request.frame_pairs)
+        self.last_publish = float("-inf")
+
+    def publish(self, done: int, *, state: str = "running", force: bool = False) -> None:
+        now = self.wall_clock()
+        if not force and now - self.last_publish < PROGRESS_INTERVAL_S and done < self.total:
+            return
+        self.last_publish = now
+        try:
+            self.store[self.run_id] = {
+                "done": done,
+                "total": self.total,
+                "updated_at": now,
+                "attempt": self.attempt,
+                "state": state,
+            }
+        except Exception as error:  # progress is advisory; the result is what counts
+            logger.warning("progress not published: %s", error)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.beat()  # raises Stalled if the watchdog already gave up on this attempt
+        self.publish(done)
+
+
+def _start_attempt(
+    store: ProgressStore, run_id: str, call_id: str | None
+) -> tuple[int, dict[str, Any]]:
+    """Count this attempt; fails closed (raises) if the count cannot be recorded."""
+    key = attempts_key(run_id)
+    try:
+        record = dict(store.get(key) or {"count": 0, "billed_s": 0.0})
+        record["count"] = int(record.get("count", 0)) + 1
+        if call_id:
+            record["call_id"] = call_id
+        store[key] = record  # attempts of one call are sequential: read-modify-write is enough
+    except Exception as error:
+        raise AttemptsUnrecorded(f"cannot count attempts of run {run_id}: {error}") from error
+    if call_id:
+        try:
+            store[call_key(call_id)] = run_id
+        except Exception as error:
+            logger.warning("call id mapping not published: %s", error)
+    return record["count"], record
+
+
+def _end_attempt(
+    store: ProgressStore, run_id: str, elapsed_s: float, error: BaseException | None
+) -> None:
+    try:
+        key = attempts_key(run_id)
+        record = dict(store.get(key) or {"count": 1, "billed_s": 0.0})
+        record["billed_s"] = float(record.get("billed_s", 0.0)) + elapsed_s
+        record["last_error_kind"] = getattr(error, "kind", type(error).__name__) if error else None
+        record["last_error"] = str(error)[:500] if error else None
+        store[key] = record
+    except Exception as inner:
+        logger.warning("attempt end not recorded: %s", inner)
+
+
+def run_call(
+    request_dict: dict[str, Any],
+    *,
+    store: ProgressStore,
+    max_attempts: int,
+    models_dir: Path | None,
+    call_id: str | None = None,
+    hard_exit: Callable[[int], None] = os._exit,
+    abort_grace_s: float = ABORT_GRACE_S,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """One attempt of one job: the body of ``BoundaryInference.infer``, free of Modal objects.
+
+    Returns ``InferenceResult.to_dict()`` (plus ``extra.attempts`` and ``extra.billed_s``), or
+    ``{"refused": {...}}`` when the attempt cap is reached: a *return*, not a raise, so Modal sees
+    the call finished and retries nothing further. Inference errors are raised (Modal's retry policy
+    applies to them: these are the ``gpu_retries``).
+    """
+    from modal_app.predictor import run_inference
+
+    request = InferenceRequest.from_dict(request_dict)
+    started = clock()
+    attempt, record = _start_attempt(store, request.run_id, call_id)
+    if attempt > max_attempts:
+        message = (
+            f"attempt {attempt} of run {request.run_id} refused: the retry policy allows"
+            f" {max_attempts} (1 + gpu_retries). Earlier attempts crashed or were lost"
+            f" (last error: {record.get('last_error_kind') or 'container crash, no record'})."
+        )
+        logger.error(message)
+        return {
+            REFUSED: {
+                "kind": AttemptsExhausted.kind,
+                "message": message,
+                "attempts": attempt - 1,
+                "billed_s": float(record.get("billed_s", 0.0)),
+                "last_error_kind": record.get("last_error_kind"),
+            }
+        }
+
+    def on_abort(error: InferenceError) -> None:
+        # Recorded before anything else happens: if the container must exit, the next attempt (or
+        # the client) still learns why.
+        _end_attempt(store, request.run_id, clock() - started, error)
+
+    progress: _Progress | None = None
+    watchdog = _Watchdog(
+        request, on_abort=on_abort, hard_exit=hard_exit, grace_s=abort_grace_s, clock=clock
+    )
+    error: BaseException | None = None
+    try:
+        with watchdog:
+            progress = _Progress(
+                store, request, attempt, beat=watchdog.heartbeat.beat, wall_clock=wall_clock
+            )
+            progress.publish(0, force=True)
+            try:
+                result = run_inference(
+                    request,
+                    models_dir=models_dir,
+                    progress=progress,
+                    should_stop=lambda: watchdog.error is not None,
+                    clock=clock,
+                )
+            finally:
+                watchdog.stop()
+    except _Abort:
+        error = watchdog.error or Stalled("aborted by the watchdog")
+    except InterruptedError as stopped:
+        error = watchdog.error or InferenceError(str(stopped))
+    except BaseException as raised:  # InputCancellation included: record, then let it through
+        if watchdog.error is None:
+            _end_attempt(store, request.run_id, clock() - started, raised)
+            if progress is not None:
+                progress.publish(0, state="failed", force=True)
+            raise
+        error = watchdog.error
+    if error is not None:
+        if progress is not None:
+            progress.publish(0, state="failed", force=True)
+        raise error
+    elapsed = clock() - started
+    _end_attempt(store, request.run_id, elapsed, None)
+    assert progress is not None
+    progress.publish(progress.total, state="succeeded", force=True)
+    data = result.to_dict()
+    data["extra"] = {
+        **data.get("extra", {}),
+        "attempts": attempt,
+        "billed_s": float(record.get("billed_s", 0.0)) + elapsed,
+        "call_id": call_id,
+    }
+    return data
+
+
+@app.cls(**function_options(settings))
+class BoundaryInference:
+    """One job per container at a time (no ``@modal.concurrent``): billed seconds are per job."""
+
+    @modal.enter(snap=True)
+    def load(self) -> None:
+        # Imports and the builtin model go into the memory snapshot: restores skip them.
+        from modal_app.models import BUILTIN, get_model
+
+        get_model(BUILTIN)
+        self.models_dir = Path(models_mount_path(settings))
+        self.max_attempts = settings.gpu_attempts
+
+    @modal.enter(snap=False)
+    def connect(self) -> None:
+        # Network handles are made after the restore, never captured in the snapshot.
+        self.store = open_progress_store(settings)
+        try:
+            self.store[CONFIG_KEY] = deployed_config(settings)
+        except Exception as error:  # never crash a container on bookkeeping: that loops
+            logger.warning("deployed config not published: %s", error)
+
+    @modal.method()
+    def infer(self, request_dict: dict[str, Any]) -> dict[str, Any]:
+        _reload_models_if_missing(request_dict, self.models_dir)
+        return run_call(
+            request_dict,
+            store=self.store,
+            max_attempts=self.max_attempts,
+            models_dir=self.models_dir,
+            call_id=modal.current_function_call_id(),
+        )
+
+
+def _reload_models_if_missing(request_dict: dict[str, Any], models_dir: Path) -> None:
+    """A checkpoint uploaded after this container started is not visible until a reload."""
+    version = str(request_dict.get("model_version", ""))
+    if not version.startswith("ckpt:") or modal.is_local():
+        return
+    if not (models_dir / f"{version.removeprefix('ckpt:')}.npz").exists():
+        try:
+            modal.Volume.from_name(models_volume_name(settings)).reload()
+        except Exception as error:
+            logger.warning("models volume reload failed: %s", error)

@@ -1,0 +1,123 @@
+"""The Modal decorator's keyword arguments, from :class:`config.Settings`: one source of truth.
+
+``modal.Function.info()`` shows timeout, retries and GPU, but not ``max_containers``,
+``scaledown_window`` or snapshots, so those can only be checked here: :func:`function_options` is
+what ``modal_app.app`` passes to ``@app.cls`` and what the tests compare with the settings.
+
+Names are Modal 1.x ones. The removed spellings (``concurrency_limit``, ``keep_warm``,
+``container_idle_timeout``, ``allow_concurrent_inputs``) raise ``DeprecationError`` in modal 1.6, and
+there is deliberately no ``@modal.concurrent``: one input per container, so a container's billed
+seconds belong to one job and ``max_containers`` is also the number of jobs running at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+import modal
+
+from config import Settings
+
+PYTHON_VERSION = "3.11"
+# Exactly what the function imports (modal_app.frames/models/predictor + config); pinned to the
+# versions of requirements.lock so the GPU image runs the code the tests ran. No torch: the builtin
+# and checkpoint models are NumPy; add torch here (and only here) when a model needs it.
+IMAGE_PACKAGES = (
+    "numpy==2.4.6",
+    "av==18.1.0",
+    "pydantic==2.14.3",
+    "pydantic-settings==2.16.3",
+)
+# The container re-imports modal_app.app and so re-reads Settings (it needs the attempt cap and the
+# models directory). Every setting except connections is baked into the image's environment at
+# deploy time, so the running function agrees with the decorator it was deployed with and passes the
+# same coherence checks. Nothing secret or connection-related is copied.
+NOT_BAKED = frozenset(
+    {
+        "database_url",
+        "supabase_url",
+        "supabase_service_role_key",
+        "redis_url",
+        "redis_block",
+        "state_dir",
+    }
+)
+
+
+# Keys of the progress ``modal.Dict``, shared by the function (writer) and the executor (reader).
+CONFIG_KEY = "__deployed_config__"
+REFUSED = "refused"  # key of the refusal a call returns instead of a result
+
+
+def attempts_key(run_id: str) -> str:
+    return f"attempts:{run_id}"
+
+
+def call_key(call_id: str) -> str:
+    return f"call:{call_id}"
+
+
+def models_mount_path(settings: Settings) -> str:
+    """Where the models Volume is mounted in the container (absolute: Modal requires it)."""
+    path = PurePosixPath(str(settings.models_dir).replace("\\", "/"))
+    return str(path) if path.is_absolute() else f"/{path.name or 'models'}"
+
+
+def models_volume_name(settings: Settings) -> str:
+    return f"{settings.modal_app_name}-models"
+
+
+def progress_dict_name(settings: Settings) -> str:
+    """The ``modal.Dict`` holding per-run progress and attempt records."""
+    return f"{settings.modal_app_name}-progress"
+
+
+def baked_environment(settings: Settings) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if name in NOT_BAKED or value is None:
+            continue
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        env[f"BOUNDARY_INFERENCE_{name.upper()}"] = text
+    env["BOUNDARY_INFERENCE_MODELS_DIR"] = models_mount_path(settings)
+    return env
+
+
+def build_image(settings: Settings) -> modal.Image:
+    return (
+        modal.Image.debian_slim(python_version=PYTHON_VERSION)
+        .uv_pip_install(*IMAGE_PACKAGES)
+        .env(baked_environment(settings))
+        # Last, and not copied: code changes do not rebuild the package layers.
+        .add_local_python_source("modal_app", "config")
+    )
+
+
+def retry_policy(settings: Settings) -> modal.Retries:
+    """The only retry layer around GPU work: ``1 + gpu_retries`` attempts per logical job."""
+    return modal.Retries(
+        max_retries=settings.gpu_retries, backoff_coefficient=2.0, initial_delay=1.0
+    )
+
+
+def function_options(settings: Settings) -> dict[str, Any]:
+    """Exactly the keyword arguments of ``@app.cls(...)`` for the inference class."""
+    return {
+        "gpu": settings.gpu,
+        # Per attempt; the per-job deadline inside the function is the tighter bound.
+        "timeout": settings.gpu_timeout_s,
+        "scaledown_window": settings.scaledown_window_s,
+        "max_containers": settings.max_containers,
+        "retries": retry_policy(settings),
+        "enable_memory_snapshot": True,
+        "volumes": {
+            models_mount_path(settings): modal.Volume.from_name(
+                models_volume_name(settings), create_if_missing=True
+            )
+        },
+        # The function reads no secret: videos come by URI, results go back as the return value.
+        "secrets": [],
+        "image": build_image(settings),
+    }
