@@ -16,15 +16,16 @@ be reached, nothing is spawned: ``guard_unavailable`` (fail closed).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
-from boundary_inference.limiter import LimiterUnavailable
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
 from boundary_inference.executor import CallState, ExecutorUnavailable, FailureKind
 from boundary_inference.ledger import LedgerError
+from boundary_inference.limiter import LimiterUnavailable
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from boundary_inference.services import Services, get_services
 from config import Settings, get_settings
@@ -296,6 +297,9 @@ def _guarded_run(
     )
     run_id = str(claim["run_id"])
     if not claim["created"]:
+        own_call = _own_live_call(ledger, run_id)
+        if own_call is not None:
+            return _reattach(job, settings, verdict, model_version, run_id, own_call)
         message = (
             f"run {run_id} already exists for this video, frames and model ({claim['status']})"
         )
@@ -357,16 +361,7 @@ def _guarded_run(
         key=artifact_key("estimate", job.video_id),
         description=f"expected ${est.estimated_cost_usd:.4f}, worst ${est.worst_case_cost_usd:.4f}",
     )
-    request = InferenceRequest(
-        run_id=run_id,
-        video_uri=verdict.source_uri,
-        frame_pairs=request_pairs,
-        model_version=model_version,
-        crop_box=verdict.crop_box,
-        batch_size=settings.batch_size,
-        deadline_s=est.deadline_s,
-        heartbeat_timeout_s=float(settings.heartbeat_timeout_s),
-    )
+    request = _request(settings, verdict, model_version, run_id, est)
     try:
         call_id, status = run_job(executor, ledger, settings, request)
     except ExecutorUnavailable as error:
@@ -395,6 +390,73 @@ def _guarded_run(
         _finish_unwatched(job, error)
         raise
     return _settle(job, status, call_id, probe)
+
+
+def _request(
+    settings: Settings, verdict: Any, model_version: str, run_id: str, est: cost.CostEstimate
+) -> InferenceRequest:
+    return InferenceRequest(
+        run_id=run_id,
+        video_uri=verdict.source_uri,
+        frame_pairs=verdict.frame_pairs,
+        model_version=model_version,
+        crop_box=verdict.crop_box,
+        batch_size=settings.batch_size,
+        deadline_s=est.deadline_s,
+        heartbeat_timeout_s=float(settings.heartbeat_timeout_s),
+    )
+
+
+def _own_live_call(ledger: Any, run_id: str) -> str | None:
+    """The call id of a live run that *this* flow run spawned, if any.
+
+    That happens when a flow run whose process died after the spawn (SIGKILL, lost machine) is
+    retried: the Prefect UI's Retry keeps the flow run id, so the run row still names it. The call
+    may still be running, and paying: watch it again instead of spawning a second one. A live run
+    of *another* flow run is an ordinary duplicate (that flow run watches it).
+    """
+    this_flow_run = runtime.flow_run.id
+    row = ledger.get_run(run_id=run_id) if this_flow_run else None
+    if (
+        row
+        and row.get("status") == "running"
+        and row.get("executor_call_id")
+        and str(row.get("flow_run_id")) == str(this_flow_run)
+    ):
+        return str(row["executor_call_id"])
+    return None
+
+
+def _reattach(
+    job: _Job, settings: Settings, verdict: Any, model_version: str, run_id: str, call_id: str
+) -> State:
+    """Watch and settle a call this flow run spawned before it died; nothing new is admitted."""
+    assert job.services is not None
+    ledger, executor = job.services.ledger, job.services.executor
+    job.run_id = run_id
+    row = ledger.get_run(run_id=run_id) or {}
+    est, _ = cost.estimate_cost(
+        ledger, settings, model_version=model_version, pairs=len(verdict.frame_pairs)
+    )
+    # What was admitted and reserved then is what counts, whatever calibration says now.
+    est = replace(
+        est,
+        estimated_cost_usd=float(row.get("estimated_cost_usd") or est.estimated_cost_usd),
+        worst_case_cost_usd=float(row.get("worst_case_cost_usd") or est.worst_case_cost_usd),
+    )
+    job.estimate = est
+    get_run_logger().warning(
+        "run %s already has call %s from this flow run (its process died): reattaching",
+        run_id,
+        call_id,
+    )
+    request = _request(settings, verdict, model_version, run_id, est)
+    try:
+        call_id, status = run_job(executor, ledger, settings, request, existing_call_id=call_id)
+    except BaseException as error:
+        _finish_unwatched(job, error)
+        raise
+    return _settle(job, status, call_id, probe=False)
 
 
 def _finish_unwatched(job: _Job, error: BaseException) -> None:

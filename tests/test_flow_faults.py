@@ -112,7 +112,10 @@ def test_flow_timeout_cancels_the_call(
     os.mkfifo(fifo)
     env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
     env.register("v1", fifo, FRAMES, None)
-    short = boundary_inference_flow.with_options(timeout_seconds=15)
+    # Generous: on a loaded 2-core machine the guards alone have taken 15 s; the timeout must fire
+    # while the call is being watched, not before the spawn. The job's own deadline (120 s floor)
+    # is far beyond it, so only the flow timeout can stop the hung call.
+    short = boundary_inference_flow.with_options(timeout_seconds=45)
     state = short(**base(), return_state=True)
     assert state.is_failed()
     (job_dir,) = env.jobs_dir.glob("local-*")
@@ -179,3 +182,77 @@ def test_concurrent_submissions_processes_spawn_once(env_threads: FlowEnv) -> No
             f'SELECT count(*) FROM "{env_threads.schema}".boundary_inference_runs'
         ).fetchone()
     assert count == (1,)
+
+
+_FLOW_IN_A_CHILD = """
+import sys
+from flows.boundary_inference import boundary_inference_flow
+boundary_inference_flow(video_id="v1", frames_version="f1", model_version=sys.argv[1])
+"""
+
+
+def test_retried_flow_run_reattaches_to_its_call_instead_of_spawning_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
+) -> None:
+    """The flow process is SIGKILLed after the spawn (no chance to cancel anything); the call
+    lives on. Retrying that flow run (same id, as the UI's Retry does) watches the same call and
+    settles it: one executor call in all, one cooldown and one reservation."""
+    import signal
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Scheduled
+
+    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    path, truth = video
+    env.register("v1", path, FRAMES, truth.crop_box)
+    child_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    flow_proc = subprocess.Popen(
+        [sys.executable, "-c", _FLOW_IN_A_CHILD, MODEL], env=child_env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        row: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            rows = env.ledger.list_runs(limit=5, video_id="v1")
+            if rows and rows[0].get("executor_call_id"):
+                row = rows[0]
+                break
+            assert flow_proc.poll() is None, "the flow process ended before spawning"
+            time.sleep(0.05)
+        assert row is not None, "no call id was recorded within 120 s"
+        worker_pid = int((env.jobs_dir / row["executor_call_id"] / "pid").read_text())
+        # Hold the job so it cannot finish before its watcher dies, then kill the watcher hard.
+        os.kill(worker_pid, signal.SIGSTOP)
+        os.killpg(flow_proc.pid, signal.SIGKILL)
+        flow_proc.wait(timeout=10)
+    finally:
+        if flow_proc.poll() is None:
+            os.killpg(flow_proc.pid, signal.SIGKILL)
+    os.kill(worker_pid, signal.SIGCONT)
+    assert env.ledger.get_run(run_id=row["id"])["status"] == "running"
+
+    flow_run_id = row["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Scheduled(), force=True)
+        flow_run = client.read_flow_run(flow_run_id)
+    state = run_flow(
+        boundary_inference_flow,
+        flow_run=flow_run,
+        parameters={"video_id": "v1", "frames_version": "f1", "model_version": MODEL},
+        return_type="state",
+    )
+    outcome = state.result(raise_on_failure=False)
+    assert outcome["status"] == "succeeded", outcome
+    assert outcome["run_id"] == str(row["id"])
+    assert env.executor_calls() == 1
+    settled = env.ledger.get_run(run_id=row["id"])
+    assert settled["status"] == "succeeded"
+    assert settled["executor_call_id"] == row["executor_call_id"]
+    assert float(settled["actual_cost_usd"]) > 0
+    # The reservation was settled to the actual cost, not left reserved.
+    spend = env.ledger.spend_summary()
+    assert float(spend["daily_committed_usd"]) == pytest.approx(
+        float(settled["actual_cost_usd"]), rel=1e-6
+    )
