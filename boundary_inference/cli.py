@@ -391,8 +391,21 @@ def config_cmd(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def bench(as_json: JsonOpt = False) -> None:
-    """Concurrency figures measured on the real servers (claims, admissions, budget, breaker)."""
+def bench(
+    as_json: JsonOpt = False,
+    inference: bool = typer.Option(
+        False,
+        "--inference",
+        help="Instead: inference on a synthetic video (F1, pairs/s, decode and model ratios).",
+    ),
+    pairs: int = typer.Option(25_000, min=10, help="Frame pairs for --inference."),
+) -> None:
+    """Concurrency figures measured on the real servers (claims, admissions, budget, breaker),
+    or with --inference the inference payload's accuracy and throughput on this machine."""
+    if inference:
+        from modal_app.bench import main as inference_bench
+
+        raise typer.Exit(inference_bench(["--pairs", str(pairs), *(["--json"] if as_json else [])]))
     from boundary_inference.bench import run_bench
 
     figures = run_bench(_settings())

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class VideoInfo:
     height: int
 
 
-def _open(path: Path):  # type: ignore[no-untyped-def]
+def _open(path: Path) -> Any:
     import av
 
     if not path.exists():
@@ -67,15 +68,47 @@ class DecodeStats:
     decoded_indices: list[int] = field(default_factory=list)
 
 
-def _crop(image: np.ndarray, crop: CropBox | None) -> np.ndarray:
+def _crop_bounds(crop: CropBox | None, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the crop clipped to the frame; the whole frame without a crop."""
     if crop is None:
-        return image
-    height, width = image.shape[:2]
+        return 0, 0, width, height
     x0, y0 = max(0, crop.x), max(0, crop.y)
     x1, y1 = min(width, crop.x + crop.width), min(height, crop.y + crop.height)
     if crop.width <= 0 or crop.height <= 0 or x1 <= x0 or y1 <= y0:
         raise EmptyCrop(f"crop box {crop} is empty within a {width}x{height} frame")
+    return x0, y0, x1, y1
+
+
+def _crop(image: np.ndarray, crop: CropBox | None) -> np.ndarray:
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = _crop_bounds(crop, width, height)
     return image[y0:y1, x0:x1]
+
+
+# 8-bit formats whose first plane is the luma at full resolution. Limited ("TV") range luma
+# (16..235) is stretched to 0..255 exactly as swscale's conversion to "gray" does (checked equal
+# on every pixel of the synthetic videos), so both paths give the same bytes.
+_LIMITED_RANGE_LUMA = frozenset({"yuv420p", "yuv422p", "yuv444p", "yuv440p", "nv12", "nv21"})
+_FULL_RANGE_LUMA = frozenset({"yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p", "gray"})
+_JPEG_RANGE = 2  # AVCOL_RANGE_JPEG
+_TV_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+
+
+def _grey_crop(frame: Any, crop: CropBox | None) -> np.ndarray:
+    """The crop of a decoded frame as grey levels, converting only the cropped pixels.
+
+    Converting the whole frame to grey first (``to_ndarray(format="gray")``) cost about seven
+    times the decoding itself; reading the luma plane and converting the crop does not.
+    """
+    name = frame.format.name
+    if name not in _LIMITED_RANGE_LUMA and name not in _FULL_RANGE_LUMA:
+        return np.array(_crop(frame.to_ndarray(format="gray"), crop))
+    x0, y0, x1, y1 = _crop_bounds(crop, int(frame.width), int(frame.height))
+    plane = frame.planes[0]
+    luma = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)[y0:y1, x0:x1]
+    if name in _FULL_RANGE_LUMA or getattr(frame, "color_range", 0) == _JPEG_RANGE:
+        return np.array(luma)  # a copy: the plane's memory belongs to the decoder
+    return _TV_TO_FULL[luma]
 
 
 class FrameSource:
@@ -89,10 +122,14 @@ class FrameSource:
     def iter_pairs(
         self, pairs: Sequence[tuple[int, int]], batch_size: int
     ) -> Iterator[list[tuple[tuple[int, int], np.ndarray, np.ndarray]]]:
-        """Batches in the order frames become available (pairs sorted by their second frame)."""
+        """Batches in the order frames become available (pairs sorted by their later frame)."""
         if not pairs:
             return
-        order = sorted(range(len(pairs)), key=lambda i: (pairs[i][1], pairs[i][0]))
+        negative = next((pair for pair in pairs if min(pair) < 0), None)
+        if negative is not None:
+            raise FrameOutOfRange(f"frame pair {negative} has a negative frame index")
+        # A pair is ready once its later frame is decoded (pairs need not be ordered f1 < f2).
+        order = sorted(range(len(pairs)), key=lambda i: (max(pairs[i]), min(pairs[i])))
         last_use: dict[int, int] = {}
         for rank, i in enumerate(order):
             f1, f2 = pairs[i]
@@ -112,15 +149,14 @@ class FrameSource:
                 for frame in container.decode(stream):
                     index += 1
                     if index in last_use:
-                        gray = frame.to_ndarray(format="gray")
-                        cache[index] = np.ascontiguousarray(_crop(gray, self.crop_box))
+                        cache[index] = _grey_crop(frame, self.crop_box)
                         self.stats.frames_decoded += 1
                         self.stats.decoded_indices.append(index)
                         self.stats.peak_cached_frames = max(
                             self.stats.peak_cached_frames, len(cache)
                         )
                     self.stats.decode_s += time.perf_counter() - started
-                    while rank < len(order) and pairs[order[rank]][1] <= index:
+                    while rank < len(order) and max(pairs[order[rank]]) <= index:
                         pair = pairs[order[rank]]
                         batch.append((pair, cache[pair[0]], cache[pair[1]]))
                         for f in pair:
@@ -144,7 +180,7 @@ class FrameSource:
             if rank < len(order):
                 missing = pairs[order[rank]]
                 raise FrameOutOfRange(
-                    f"frame {missing[1]} requested but {self.path.name} has only {index + 1} frames"
+                    f"frame {max(missing)} requested but {self.path.name} has only {index + 1} frames"
                     f" (valid indices 0..{index})"
                 )
             if batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,7 +68,11 @@ def run_inference(
     model = get_model(request.model_version, models_dir)
     source = FrameSource(request.video_uri, request.crop_box)
     total = len(request.frame_pairs)
-    index_of = {pair: i for i, pair in enumerate(request.frame_pairs)}
+    # Batches come in decode order; a pair listed twice is yielded twice, and each copy fills the
+    # next of its positions (a plain dict would fill only the last and leave the others at 0).
+    positions: dict[tuple[int, int], deque[int]] = {}
+    for i, pair in enumerate(request.frame_pairs):
+        positions.setdefault(pair, deque()).append(i)
     probabilities = np.zeros(total, dtype=np.float32)
     model_s = 0.0
     done = 0
@@ -78,7 +83,7 @@ def run_inference(
         p = model.predict_proba(a, b)
         model_s += time.perf_counter() - t0
         for (pair, _, _), value in zip(batch, p, strict=True):
-            probabilities[index_of[pair]] = value
+            probabilities[positions[pair].popleft()] = value
         done += len(batch)
         if progress is not None:
             progress(done, total)

@@ -1,0 +1,204 @@
+"""Batch predictor: batches of the configured size, a probability and a label for every pair, sane
+metrics, progress, the deadline, the stop request, the heartbeat, and typed errors passed through."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from config.settings import Settings
+from modal_app.errors import (
+    CorruptVideo,
+    DeadlineExceeded,
+    EmptyCrop,
+    FrameOutOfRange,
+    Stalled,
+    UnknownModel,
+    VideoNotFound,
+)
+from modal_app.models import BUILTIN, BUILTIN_MODEL
+from modal_app.predictor import Heartbeat, run_inference
+from modal_app.synthetic import GroundTruth, make_video
+from modal_app.types import CropBox, InferenceRequest, InferenceResult
+
+FRAMES = 241
+PAIRS = [(i, i + 1) for i in range(FRAMES - 1)]
+
+
+@pytest.fixture
+def prefect_harness() -> None:
+    """Overrides the suite-wide Prefect API: nothing here touches Prefect (saves 10-20 s)."""
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth]:
+    path = tmp_path_factory.mktemp("pred") / "v.mp4"
+    return path, make_video(path, seed=31, frame_count=FRAMES, width=192, height=108)
+
+
+def _request(
+    video: tuple[Path, GroundTruth], pairs: list[tuple[int, int]] = PAIRS, **changes: object
+) -> InferenceRequest:
+    fields: dict[str, object] = {
+        "run_id": "run-1",
+        "video_uri": str(video[0]),
+        "frame_pairs": pairs,
+        "model_version": BUILTIN,
+        "crop_box": video[1].crop_box,
+        "batch_size": 64,
+    }
+    fields.update(changes)
+    return InferenceRequest(**fields)  # type: ignore[arg-type]
+
+
+def test_batches_come_from_config_and_progress_increases(
+    video: tuple[Path, GroundTruth],
+) -> None:
+    settings = Settings(_env_file=None, batch_size=50)  # type: ignore[call-arg]
+    calls: list[tuple[int, int]] = []
+    result = run_inference(
+        _request(video, batch_size=settings.batch_size),
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert calls == [(50, 240), (100, 240), (150, 240), (200, 240), (240, 240)]
+    assert len(result.predictions) == 240
+
+
+def test_every_pair_gets_a_probability_and_a_label(video: tuple[Path, GroundTruth]) -> None:
+    _, truth = video
+    result = run_inference(_request(video))
+    assert result.run_id == "run-1" and result.model_version == BUILTIN
+    assert [(p.frame1, p.frame2) for p in result.predictions] == PAIRS
+    for p in result.predictions:
+        assert 0.0 <= p.probability <= 1.0
+        assert p.is_boundary == (p.probability >= BUILTIN_MODEL.threshold)
+    predicted = [p.is_boundary for p in result.predictions]
+    actual = truth.labels_for(PAIRS)
+    tp = sum(p and a for p, a in zip(predicted, actual, strict=True))
+    fp = sum(p and not a for p, a in zip(predicted, actual, strict=True))
+    fn = sum(a and not p for p, a in zip(predicted, actual, strict=True))
+    assert tp >= 3 and 2 * tp / (2 * tp + fp + fn) >= 0.95
+
+
+def test_metrics_are_present_and_sane(video: tuple[Path, GroundTruth]) -> None:
+    metrics = run_inference(_request(video)).metrics
+    assert metrics.pairs == 240
+    assert metrics.frames_decoded == FRAMES  # shared frames decoded once
+    assert metrics.decode_s > 0 and metrics.model_s > 0
+    assert metrics.decode_s + metrics.model_s <= metrics.elapsed_s + 0.01
+    assert metrics.pairs_per_s == pytest.approx(240 / metrics.elapsed_s)
+    assert 10 < metrics.peak_rss_mb < 100_000
+    assert metrics.device == "cpu"
+
+
+def test_result_survives_the_process_boundary(video: tuple[Path, GroundTruth]) -> None:
+    result = run_inference(_request(video, pairs=PAIRS[:20]))
+    assert InferenceResult.from_dict(result.to_dict()) == result
+
+
+def test_order_and_duplicates_do_not_change_answers(video: tuple[Path, GroundTruth]) -> None:
+    reference = {
+        (p.frame1, p.frame2): p.probability for p in run_inference(_request(video)).predictions
+    }
+    shuffled = PAIRS[:120] * 2
+    random.Random(4).shuffle(shuffled)
+    result = run_inference(_request(video, pairs=shuffled, batch_size=7))
+    assert [(p.frame1, p.frame2) for p in result.predictions] == shuffled
+    for p in result.predictions:
+        assert p.probability == pytest.approx(reference[(p.frame1, p.frame2)], abs=1e-6)
+
+
+def test_deadline_stops_after_the_batch_that_passes_it(video: tuple[Path, GroundTruth]) -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    calls: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        now[0] += 10.0  # each batch "takes" 10 s
+
+    with pytest.raises(DeadlineExceeded, match="after 192 of 240") as caught:
+        run_inference(_request(video, deadline_s=25.0), progress=progress, clock=clock)
+    assert caught.value.kind == "deadline_exceeded"
+    assert calls == [64, 128, 192]
+
+
+def test_deadline_does_not_discard_finished_work(video: tuple[Path, GroundTruth]) -> None:
+    # Past the deadline only at the very end: the work is done, so the result is returned.
+    result = run_inference(_request(video, pairs=PAIRS[:30], deadline_s=0.0))
+    assert len(result.predictions) == 30
+
+
+def test_real_deadline(video: tuple[Path, GroundTruth]) -> None:
+    with pytest.raises(DeadlineExceeded):
+        run_inference(_request(video, batch_size=8, deadline_s=0.0))
+
+
+def test_stop_request(video: tuple[Path, GroundTruth]) -> None:
+    done: list[int] = []
+    with pytest.raises(InterruptedError, match="after 128 of 240"):
+        run_inference(
+            _request(video),
+            progress=lambda d, _: done.append(d),
+            should_stop=lambda: len(done) >= 2,
+        )
+
+
+def test_heartbeat_fires_once_without_beats() -> None:
+    fired = threading.Event()
+    count = [0]
+
+    def on_stall() -> None:
+        count[0] += 1
+        fired.set()
+
+    with Heartbeat(0.2, on_stall) as heartbeat:
+        assert fired.wait(3.0)
+        time.sleep(0.2)
+        assert heartbeat.stalled and count[0] == 1
+        with pytest.raises(Stalled, match="no progress"):
+            heartbeat.beat()
+
+
+def test_heartbeat_stays_quiet_while_beating() -> None:
+    fired = threading.Event()
+    with Heartbeat(0.3, fired.set) as heartbeat:
+        for _ in range(12):
+            time.sleep(0.05)
+            heartbeat.beat()
+    time.sleep(0.2)
+    assert not fired.is_set() and not heartbeat.stalled
+
+
+def test_heartbeat_follows_its_clock() -> None:
+    now = [100.0]
+    fired = threading.Event()
+    with Heartbeat(0.2, fired.set, clock=lambda: now[0]) as heartbeat:
+        time.sleep(0.3)  # real time passes, the job's clock does not
+        assert not fired.is_set()
+        now[0] += 1.0
+        assert fired.wait(3.0)
+        assert heartbeat.stalled
+
+
+def test_typed_errors_pass_through(video: tuple[Path, GroundTruth], tmp_path: Path) -> None:
+    with pytest.raises(VideoNotFound):
+        run_inference(_request(video, video_uri=str(tmp_path / "missing.mp4")))
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    with pytest.raises(CorruptVideo):
+        run_inference(_request(video, video_uri=str(corrupt)))
+    with pytest.raises(EmptyCrop):
+        run_inference(_request(video, crop_box=CropBox(0, 500, 10, 10)))
+    with pytest.raises(FrameOutOfRange, match=f"only {FRAMES} frames"):
+        run_inference(_request(video, pairs=[(0, 1), (5, FRAMES)]))
+    # The model is resolved before any decoding: no time is spent on a job that cannot finish.
+    with pytest.raises(UnknownModel):
+        run_inference(_request(video, model_version="nope", video_uri=str(tmp_path / "x")))
