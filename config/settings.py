@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     gpu_retries: int = Field(
         2, ge=0, le=10, description="Modal-side retries; the only retry layer around GPU work."
     )
+    startup_timeout_s: int = Field(
+        120,
+        ge=10,
+        le=3600,
+        description="Modal's limit on container start (image, snapshot restore, model load) per"
+        " attempt; start-up runs before the per-job deadline starts, so it is bounded here.",
+    )
+    abort_grace_s: float = Field(
+        30.0,
+        ge=1.0,
+        description="Seconds an attempt that ignores its deadline or heartbeat abort (stuck in"
+        " native code) gets before the container exits; billed, so part of the worst case.",
+    )
     heartbeat_timeout_s: int = Field(
         120, ge=5, description="The GPU function ends itself after this long without progress."
     )
@@ -188,11 +201,6 @@ class Settings(BaseSettings):
         """Invocations one logical job may cost: the first try plus Modal's retries."""
         return 1 + self.gpu_retries
 
-    @property
-    def idle_tail_usd(self) -> float:
-        """The scaledown window is billed after the last input of a burst."""
-        return self.scaledown_window_s * self.gpu_price_usd_per_s
-
     def expected_duration_s(self, pairs: int, throughput_pairs_per_s: float) -> float:
         return self.cold_start_s + pairs / throughput_pairs_per_s
 
@@ -204,17 +212,37 @@ class Settings(BaseSettings):
             max(float(self.min_deadline_s), expected * self.deadline_factor),
         )
 
+    def attempt_limit_s(self, deadline_s: float) -> float:
+        """Billed seconds one attempt can reach: its start-up (bounded by ``startup_timeout_s``,
+        before the deadline clock starts), its deadline, and the grace an abort gets."""
+        return self.startup_timeout_s + deadline_s + self.abort_grace_s
+
+    def worst_case_gpu_s(self, deadline_s: float) -> float:
+        """Billed seconds of the worst job: every attempt to its limit, then the idle tail."""
+        return self.gpu_attempts * self.attempt_limit_s(deadline_s) + self.scaledown_window_s
+
     def worst_case_cost_usd(self, pairs: int, throughput_pairs_per_s: float) -> float:
-        """Every attempt runs to its deadline, then the idle tail is billed."""
-        attempts_s = self.gpu_attempts * self.deadline_s(pairs, throughput_pairs_per_s)
-        return attempts_s * self.gpu_price_usd_per_s + self.idle_tail_usd
+        """Every attempt starts as slowly as allowed, runs to its deadline and ignores its abort
+        for the whole grace; then the idle tail is billed."""
+        deadline = self.deadline_s(pairs, throughput_pairs_per_s)
+        return self.worst_case_gpu_s(deadline) * self.gpu_price_usd_per_s
+
+    def watch_limit_s(self, deadline_s: float) -> float:
+        """How long the flow watches a call before it cancels it as lost: every attempt to its
+        limit. Past it the call is stuck (a crash-looping container, a start-up that never
+        ends); cancelling it is what keeps Modal's endless retry of crashed containers bounded."""
+        return self.gpu_attempts * self.attempt_limit_s(deadline_s)
+
+    def billed_cost_usd(self, gpu_s: float) -> float:
+        """What to charge a finished job: its measured GPU seconds plus the start-up and idle tail
+        that Modal bills around them but no call can observe. Conservative (a reused warm
+        container pays neither); the billing reconciliation measures the difference."""
+        return (gpu_s + self.cold_start_s + self.scaledown_window_s) * self.gpu_price_usd_per_s
 
     @property
     def absolute_ceiling_usd(self) -> float:
         """What one job could cost if its own deadline failed: every attempt to Modal's timeout."""
-        return (
-            self.gpu_attempts * self.gpu_timeout_s * self.gpu_price_usd_per_s + self.idle_tail_usd
-        )
+        return self.worst_case_gpu_s(float(self.gpu_timeout_s)) * self.gpu_price_usd_per_s
 
     def coherence_errors(self) -> list[str]:
         """Configurations under which a safeguard is silently dead, or money is unbounded."""
@@ -232,7 +260,8 @@ class Settings(BaseSettings):
         if self.absolute_ceiling_usd > self.daily_budget_usd:
             errors.append(
                 f"one job whose deadline failed could cost ${self.absolute_ceiling_usd:.2f}"
-                f" ({self.gpu_attempts} attempts x {self.gpu_timeout_s} s x"
+                f" ({self.gpu_attempts} attempts x ({self.startup_timeout_s} s start-up +"
+                f" {self.gpu_timeout_s} s timeout + {self.abort_grace_s:.0f} s abort grace) at"
                 f" ${self.gpu_price_usd_per_hour}/h + idle tail), more than daily_budget_usd="
                 f"${self.daily_budget_usd:.2f}: lower gpu_timeout_s or gpu_retries."
             )

@@ -322,6 +322,17 @@ def _guarded_run(
         return job.reject(refusal)
     est = job.estimate
 
+    # Exactly one retry layer around GPU work, or the worst case above is not the worst case.
+    problems = _stacked_retry_layers(settings)
+    if problems:
+        return job.reject(
+            Rejected(
+                RejectionType.GUARD_UNAVAILABLE,
+                "retries are stacked on GPU work, so the admitted worst case would not bound the"
+                " bill: " + "; ".join(problems),
+            )
+        )
+
     # The executor must be able to take the job (Modal credentials, app deployed) before any
     # quota is taken; there is no silent fall-back to another executor.
     try:
@@ -390,6 +401,17 @@ def _guarded_run(
         _finish_unwatched(job, error)
         raise
     return _settle(job, status, call_id, probe)
+
+
+def _stacked_retry_layers(settings: Settings) -> list[str]:
+    """The start-up audit, on the flow object actually running (``with_options`` included)."""
+    from prefect.context import FlowRunContext
+
+    from boundary_inference.executor.modal import retry_audit
+
+    context = FlowRunContext.get()
+    running = [context.flow] if context is not None and context.flow is not None else []
+    return retry_audit(settings, run_job, flows=running)
 
 
 def _request(
@@ -477,18 +499,19 @@ def _finish_unwatched(job: _Job, error: BaseException) -> None:
 def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
     assert job.services is not None and job.run_id is not None and job.estimate is not None
     settings, ledger = job.settings, job.services.ledger
-    price = settings.gpu_price_usd_per_s
     logger = get_run_logger()
     if status.state is CallState.SUCCEEDED:
         result = status.result
         metrics = result.metrics
         saved = persist_predictions(ledger, job.run_id, result.predictions)
-        actual = metrics.elapsed_s * price
+        # Every attempt's seconds (Modal reports them when it retried), not only the last one's.
+        gpu_s = float(result.extra.get("billed_s") or metrics.elapsed_s)
+        actual = settings.billed_cost_usd(gpu_s)
         ledger.transition_run(
             run_id=job.run_id,
             to_status="succeeded",
             fields={
-                "gpu_seconds": metrics.elapsed_s,
+                "gpu_seconds": gpu_s,
                 "pairs_per_s": metrics.pairs_per_s,
                 "actual_cost_usd": actual,
                 "attempts": int(result.extra.get("attempts", 1)),
@@ -522,7 +545,7 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
     failure = status.failure
     outcome_status = _FAILURE_STATUS[failure.kind]
     elapsed = failure.elapsed_s if failure.elapsed_s is not None else job.estimate.deadline_s
-    actual = elapsed * price
+    actual = settings.billed_cost_usd(elapsed)
     ledger.transition_run(
         run_id=job.run_id,
         to_status=str(outcome_status),

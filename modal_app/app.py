@@ -10,7 +10,7 @@ What bounds one job's spend, innermost first:
 2. the heartbeat (``request.heartbeat_timeout_s``): no completed batch for that long ends the attempt
    with :class:`~modal_app.errors.Stalled`;
 3. if the working thread is stuck in native code and ignores the exception raised into it, the
-   container exits after ``ABORT_GRACE_S`` (a crash, retried by Modal, counted by 4);
+   container exits after ``abort_grace_s`` (a crash, retried by Modal, counted by 4);
 4. an attempt counter per ``run_id`` in the progress ``modal.Dict``: an attempt beyond
    ``1 + gpu_retries`` returns a refusal at once, without running. Deployed apps retry container
    crashes (OOM, the exit in 3) *indefinitely*; this is what turns that loop into a bounded one;
@@ -51,10 +51,11 @@ app = modal.App(settings.modal_app_name)
 
 # Seconds a stalled or overdue attempt gets to honour the exception raised into it before the
 # container exits. Billed at most once per attempt, on top of the deadline or heartbeat.
-ABORT_GRACE_S = 30.0
+ABORT_GRACE_S = settings.abort_grace_s  # in the worst case (config.Settings.attempt_limit_s)
 EXIT_ABORTED = 124
 # Progress is published at most this often (one Dict write each), and always at the end.
 PROGRESS_INTERVAL_S = 2.0
+
 
 class ProgressStore(Protocol):
     """The subset of ``modal.Dict`` used here; a plain ``dict`` satisfies it (tests, local runs)."""
@@ -89,6 +90,8 @@ def deployed_config(settings: Settings) -> dict[str, Any]:
         "gpu_retries": settings.gpu_retries,
         "max_containers": settings.max_containers,
         "scaledown_window_s": settings.scaledown_window_s,
+        "startup_timeout_s": settings.startup_timeout_s,
+        "abort_grace_s": settings.abort_grace_s,
     }
 
 
@@ -123,7 +126,7 @@ class _Watchdog:
             request.heartbeat_timeout_s,
             lambda: self.abort(
                 Stalled(
-                    f"no progress for more than {request.heartbeat_timeout_s:.0f} s"
+                    f"no progress for more than {request.heartbeat_timeout_s:g} s"
                     " (heartbeat watchdog)"
                 )
             ),
@@ -134,7 +137,7 @@ class _Watchdog:
             request.deadline_s,
             lambda: self.abort(
                 DeadlineExceeded(
-                    f"deadline {request.deadline_s:.0f} s passed inside a batch (deadline watchdog)"
+                    f"deadline {request.deadline_s:g} s passed inside a batch (deadline watchdog)"
                 )
             ),
         )
@@ -167,7 +170,7 @@ class _Watchdog:
         with self._lock:
             if self._stopped:
                 return
-        logger.error("attempt ignored its abort for %.0f s; exiting the container", self._grace_s)
+        logger.error("attempt ignored its abort for %g s; exiting the container", self._grace_s)
         self._hard_exit(EXIT_ABORTED)
 
     def stop(self) -> None:
@@ -205,16 +208,18 @@ class _Progress:
         self.beat = beat
         self.wall_clock = wall_clock
         self.total = len(request.frame_pairs)
+        self.done = 0
         self.last_publish = float("-inf")
 
     def publish(self, done: int, *, state: str = "running", force: bool = False) -> None:
+        self.done = max(self.done, done)  # readers see a count that never goes back
         now = self.wall_clock()
         if not force and now - self.last_publish < PROGRESS_INTERVAL_S and done < self.total:
             return
         self.last_publish = now
         try:
             self.store[self.run_id] = {
-                "done": done,
+                "done": self.done,
                 "total": self.total,
                 "updated_at": now,
                 "attempt": self.attempt,
@@ -338,12 +343,12 @@ def run_call(
         if watchdog.error is None:
             _end_attempt(store, request.run_id, clock() - started, raised)
             if progress is not None:
-                progress.publish(0, state="failed", force=True)
+                progress.publish(progress.done, state="failed", force=True)
             raise
         error = watchdog.error
     if error is not None:
         if progress is not None:
-            progress.publish(0, state="failed", force=True)
+            progress.publish(progress.done, state="failed", force=True)
         raise error
     elapsed = clock() - started
     _end_attempt(store, request.run_id, elapsed, None)

@@ -4,7 +4,8 @@ whose worst case exceeds ``max_cost_per_job_usd``.
 expected GPU s = cold start + pairs / throughput (calibrated from recent successful runs of the
 model, else the configured default); estimate = (expected + billed scaledown tail) x price.
 deadline = min(timeout, max(floor, deadline_factor x expected)) -- the GPU function stops itself
-there; worst case = attempts (1 + Modal retries) x deadline x price + tail. The worst case is what is
+there; worst case = attempts (1 + Modal retries) x (start-up limit + deadline + abort grace) x price
++ tail. The worst case is what is
 compared with the cap and reserved against the budgets, so no sequence of retries and hangs can
 spend more than was admitted. (The original compared the *expected* cost of its largest allowed job,
 $0.61, with a $1.00 cap: a check that could never fire.)
@@ -77,7 +78,8 @@ def estimate_cost(
         return est, Rejected(
             RejectionType.COST_EXCEEDED,
             f"worst case ${est.worst_case_cost_usd:.2f} ({est.attempts} attempts x"
-            f" {est.deadline_s:.0f} s deadline at ${settings.gpu_price_usd_per_hour}/h + idle tail)"
+            f" {settings.attempt_limit_s(est.deadline_s):.0f} s (start-up limit + {est.deadline_s:.0f} s"
+            f" deadline + abort grace) at ${settings.gpu_price_usd_per_hour}/h + idle tail)"
             f" exceeds the per-job cap ${settings.max_cost_per_job_usd:.2f}; expected"
             f" ${est.estimated_cost_usd:.2f}. Split the job (at most about"
             f" {settings.max_admissible_pairs} pairs at default throughput).",

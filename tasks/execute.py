@@ -16,7 +16,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from boundary_inference.executor import CallState, CallStatus
+from boundary_inference.executor import CallState, CallStatus, ExecutorFailure, FailureKind
 from config import Settings
 from modal_app.types import InferenceRequest
 from tasks._common import artifact_key, guard_task
@@ -48,6 +48,8 @@ def run_job(
     assert isinstance(progress_id, uuid.UUID)
     finished = False
     last_reported = -1.0
+    watch_limit_s = settings.watch_limit_s(request.deadline_s)
+    give_up_at = time.monotonic() + watch_limit_s
     try:
         while True:
             status = executor.poll(call_id, timeout_s=settings.poll_interval_s)
@@ -60,9 +62,35 @@ def run_job(
             if status.state is not CallState.PENDING:
                 finished = True
                 return call_id, status
+            if time.monotonic() >= give_up_at:
+                # Every attempt would have ended by now: the call is stuck (a container that
+                # crash-loops before the attempt counter runs, a start-up that never ends).
+                executor.cancel(call_id)
+                finished = True
+                return call_id, _watch_limit_exceeded(status, watch_limit_s, settings)
             time.sleep(0)  # poll() already waited; yield to cancellation
     finally:
         if not finished:
             # Flow timeout, cancellation or an error while watching: stop paying for it.
             logger.warning("stopping call %s: the flow is no longer watching it", call_id)
             executor.cancel(call_id)
+
+
+def _watch_limit_exceeded(last: CallStatus, watch_limit_s: float, settings: Settings) -> CallStatus:
+    message = (
+        f"still pending after {watch_limit_s:.0f} s, the longest its"
+        f" {settings.gpu_attempts} attempts can take: cancelled as stuck"
+    )
+    get_run_logger().error(message)
+    return CallStatus(
+        CallState.FAILED,
+        last.pairs_done,
+        last.pairs_total,
+        failure=ExecutorFailure(
+            FailureKind.TIMEOUT,
+            message,
+            "WatchLimitExceeded",
+            # Unknown what ran: charge every attempt to its limit (the reserved worst case).
+            elapsed_s=watch_limit_s,
+        ),
+    )

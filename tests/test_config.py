@@ -34,11 +34,16 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_worst_case_arithmetic() -> None:
     s = Settings(_env_file=None)
-    # 10,000 pairs at 100 pairs/s: expected 30 + 100 s; deadline 3x = 390 s; 3 attempts.
+    # 10,000 pairs at 100 pairs/s: expected 30 + 100 s; deadline 3x = 390 s; 3 attempts, each
+    # up to 120 s start-up + 390 s + 30 s abort grace; then the 300 s idle tail.
     assert s.deadline_s(10_000, 100.0) == pytest.approx(390.0)
     assert s.worst_case_cost_usd(10_000, 100.0) == pytest.approx(
-        3 * 390 * 1.10 / 3600 + 300 * 1.10 / 3600
+        3 * (120 + 390 + 30) * 1.10 / 3600 + 300 * 1.10 / 3600
     )
+    assert s.watch_limit_s(390.0) == pytest.approx(3 * (120 + 390 + 30))
+    # A finished job is charged its seconds plus the start-up and tail, never above its worst case.
+    assert s.billed_cost_usd(100.0) == pytest.approx((100 + 30 + 300) * 1.10 / 3600)
+    assert s.billed_cost_usd(3 * (390 + 30)) <= s.worst_case_cost_usd(10_000, 100.0)
     assert s.deadline_s(1, 100.0) == s.min_deadline_s  # floor for tiny jobs
     assert s.deadline_s(10_000_000, 100.0) == s.gpu_timeout_s  # capped by Modal's timeout
     assert s.worst_case_cost_usd(s.max_admissible_pairs, 100.0) <= s.max_cost_per_job_usd

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modal_app.synthetic import make_video
 from prefect.events.clients import AssertingEventsClient
 
 from flows.boundary_inference import boundary_inference_flow
+from modal_app.synthetic import make_video
 from tests.flow_support import FlowEnv, configure
 
 MODEL = "builtin-textdiff-v1"
@@ -64,6 +64,11 @@ def test_admitted_run_succeeds_settles_and_leaves_artifacts(env: FlowEnv, video:
     assert run_row["status"] == "succeeded"
     assert float(run_row["actual_cost_usd"]) > 0
     assert float(run_row["gpu_seconds"]) > 0
+    # Charged conservatively: the measured seconds plus the start-up and idle tail Modal bills.
+    assert float(run_row["actual_cost_usd"]) == pytest.approx(
+        env.settings.billed_cost_usd(float(run_row["gpu_seconds"]))
+    )
+    assert float(run_row["actual_cost_usd"]) <= float(run_row["worst_case_cost_usd"])
     assert run_row["executor_call_id"].startswith("local-")
     predictions = env.ledger.get_predictions(run_id=outcome["run_id"])
     assert len(predictions) == FRAMES - 1
@@ -177,7 +182,8 @@ def test_worst_case_over_the_cap_is_cost_exceeded(env: FlowEnv, video: Any) -> N
 def test_budget_exceeded_refunds_the_cooldown(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
 ) -> None:
-    # Small caps that still pass the coherence checks: ceiling = 1 attempt x 60 s + 2 s tail.
+    # Small caps that still pass the coherence checks: ceiling = 1 attempt x (10 s start-up +
+    # 60 s + 1 s grace) + 2 s tail = $0.022.
     env = configure(
         monkeypatch,
         tmp_path,
@@ -185,6 +191,8 @@ def test_budget_exceeded_refunds_the_cooldown(
         redis_url=redis_url,
         gpu_retries="0",
         gpu_timeout_s="60",
+        startup_timeout_s="10",
+        abort_grace_s="1",
         scaledown_window_s="2",
         min_deadline_s="30",
         heartbeat_timeout_s="30",
@@ -258,3 +266,18 @@ def test_open_circuit_refuses(env: FlowEnv) -> None:
     assert outcome["rejection_type"] == "circuit_open"
     assert outcome["retry_after_s"] > 0
     assert env.executor_calls() == 0
+
+
+def test_a_flow_with_retries_is_refused_before_any_quota(env: FlowEnv) -> None:
+    """A flow retry re-enters the spawning task: a second retry layer on top of Modal's, which
+    the worst case does not count. The start-up audit refuses the job before admission."""
+    retried = boundary_inference_flow.with_options(retries=2)
+    state = retried(**base(), return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    assert state.name == "Rejected"
+    assert outcome["rejection_type"] == "guard_unavailable"
+    assert "retries=2" in outcome["message"]
+    assert env.executor_calls() == 0
+    (row,) = rejections(env)
+    assert row["rejection_type"] == "guard_unavailable"
+    assert float(env.ledger.spend_summary()["daily_committed_usd"]) == 0.0

@@ -86,7 +86,9 @@ def has_credentials(
         "default",
     )
     profile = profiles.get(active)
-    return isinstance(profile, dict) and bool(profile.get("token_id") and profile.get("token_secret"))
+    return isinstance(profile, dict) and bool(
+        profile.get("token_id") and profile.get("token_secret")
+    )
 
 
 class ModalExecutor:
@@ -200,7 +202,14 @@ class ModalExecutor:
             return
         problems = [
             f"{name}: deployed {deployed[name]} > configured {getattr(self.settings, name)}"
-            for name in ("gpu_retries", "gpu_timeout_s", "scaledown_window_s")
+            for name in (
+                "gpu_retries",
+                "gpu_timeout_s",
+                "scaledown_window_s",
+                "startup_timeout_s",
+                "abort_grace_s",
+                "max_containers",
+            )
             if name in deployed and float(deployed[name]) > float(getattr(self.settings, name))
         ]
         if problems:
@@ -241,15 +250,24 @@ class ModalExecutor:
             return CallStatus(CallState.PENDING, done, total)
         except modal_exc.InternalFailure as error:
             return self._failed(
-                call_id, FailureKind.INFRASTRUCTURE, f"Modal internal failure: {error}", "InternalFailure"
+                call_id,
+                FailureKind.INFRASTRUCTURE,
+                f"Modal internal failure: {error}",
+                "InternalFailure",
             )
         except modal_exc.RemoteError as error:
-            cancelled = call_id in self._cancelled or "cancel" in str(error).lower()
-            kind = FailureKind.CANCELLED if cancelled else FailureKind.INFRASTRUCTURE
+            kind = (
+                FailureKind.CANCELLED
+                if self._was_cancelled(call_id, error)
+                else FailureKind.INFRASTRUCTURE
+            )
             return self._failed(call_id, kind, str(error) or "remote error", "RemoteError")
         except modal_exc.NotFoundError as error:
             return self._failed(
-                call_id, FailureKind.INFRASTRUCTURE, f"unknown call {call_id}: {error}", "NotFoundError"
+                call_id,
+                FailureKind.INFRASTRUCTURE,
+                f"unknown call {call_id}: {error}",
+                "NotFoundError",
             )
         except _UNREACHABLE as error:
             return self._unreachable(call_id, error)
@@ -270,6 +288,19 @@ class ModalExecutor:
         result = InferenceResult.from_dict(value)
         pairs = len(result.predictions)
         return CallStatus(CallState.SUCCEEDED, pairs, pairs, result=result)
+
+    def _was_cancelled(self, call_id: str, error: BaseException) -> bool:
+        """A cancelled call surfaces as a bare ``RemoteError``. A fresh instance (reattached by id)
+        did not see the cancel, so it also trusts the function's record: the running input got
+        ``InputCancellation``, which :func:`modal_app.app.run_call` records as the attempt's end."""
+        if call_id in self._cancelled:
+            return True
+        text = str(error).lower()
+        if "cancel" in text or "terminat" in text:
+            return True
+        run_id = self._run_id(call_id)
+        record = self._read(attempts_key(run_id)) if run_id else None
+        return isinstance(record, dict) and record.get("last_error_kind") == "InputCancellation"
 
     def _failed(
         self,
@@ -319,7 +350,9 @@ class ModalExecutor:
                 return
             except Exception as error:
                 if attempt == _CANCEL_TRIES:
-                    logger.error("could not cancel %s (%s): it stops at its deadline", call_id, error)
+                    logger.error(
+                        "could not cancel %s (%s): it stops at its deadline", call_id, error
+                    )
                     return
                 time.sleep(0.2 * attempt)
 
@@ -369,7 +402,7 @@ def retry_audit(settings: Settings, task: Any, *, flows: Sequence[Any] = ()) -> 
     try:
         from modal_app.app import BoundaryInference
 
-        deployed_retries = BoundaryInference().infer.info().max_retries or 0  # type: ignore[attr-defined]
+        deployed_retries = BoundaryInference().infer.info().max_retries or 0
     except Exception as error:
         problems.append(f"cannot read the Modal class's retry policy: {error}")
     else:

@@ -1,0 +1,682 @@
+"""ModalExecutor against a test double of the Modal cloud that runs the real function body.
+
+The double replaces exactly the client objects the executor touches (``modal.Cls``, the method's
+``spawn``, ``modal.FunctionCall``); the first test asserts that its method signatures equal the
+real modal 1.6.4 client's. Behind it, a "call" runs :func:`modal_app.app.run_call` in a thread with
+Modal's retry semantics, against a plain ``dict`` standing in for the progress ``modal.Dict``: the
+executor reads what the real function body wrote.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import modal
+import modal.exception as modal_exc
+import numpy as np
+import pytest
+
+import modal_app.app as modal_app_module
+import modal_app.predictor as predictor
+from boundary_inference.executor import CallState, CallStatus, ExecutorUnavailable, FailureKind
+from boundary_inference.executor.modal import ModalExecutor, classify, has_credentials, retry_audit
+from config import Settings, get_settings
+from modal_app.app import deployed_config, run_call
+from modal_app.errors import DeadlineExceeded, Stalled, VideoNotFound
+from modal_app.modal_config import CONFIG_KEY, attempts_key, function_options
+from modal_app.models import BUILTIN, BUILTIN_MODEL
+from modal_app.synthetic import GroundTruth, make_video
+from modal_app.types import InferenceRequest
+
+# --- The test double ------------------------------------------------------------------------------
+
+
+class ContainerCrash(BaseException):
+    """An OOM kill or segfault: a deployed app retries it without counting a retry."""
+
+
+class _Call:
+    def __init__(self, object_id: str, request: dict[str, Any]) -> None:
+        self.object_id = object_id
+        self.request = request
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.cancel_requested = threading.Event()
+        self.invocations = 0
+
+
+class FakeCloud:
+    """What Modal's servers do for one deployed app, in this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: dict[str, Any] = {}  # the progress modal.Dict
+        self.deployed = True
+        self.calls: dict[str, _Call] = {}
+        self.spawned: list[dict[str, Any]] = []
+        self.lookups: list[tuple[str, str]] = []
+        self.gets: list[tuple[str, float | None]] = []
+        self.cancels: list[tuple[str, bool]] = []
+        self.expired: set[str] = set()
+        self.get_raises: BaseException | None = None  # what the server answers instead
+        self.cancel_raises: BaseException | None = None
+        self._ids = itertools.count(1)
+        self._threads: list[threading.Thread] = []
+        bound = {"cloud": self}
+        self.Cls: type[FakeCls] = type("BoundCls", (FakeCls,), bound)
+        self.FunctionCall: type[FakeFunctionCall] = type(
+            "BoundFunctionCall", (FakeFunctionCall,), bound
+        )
+
+    def spawn(self, request: dict[str, Any]) -> FakeFunctionCall:
+        if not self.deployed:
+            raise modal_exc.NotFoundError("App 'boundary-inference' not found")
+        call = _Call(f"fc-{next(self._ids):024d}", request)
+        self.calls[call.object_id] = call
+        self.spawned.append(request)
+        thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return self.FunctionCall(call.object_id)
+
+    def _run(self, call: _Call) -> None:
+        """Modal's input loop: exceptions consume ``retries``; crashes are retried uncounted."""
+        max_retries = function_options(self.settings)["retries"].max_retries
+        retries_used = 0
+        try:
+            while call.invocations < 50:
+                call.invocations += 1
+                _CURRENT.call = call
+                try:
+                    call.value = run_call(
+                        call.request,
+                        store=self.store,
+                        max_attempts=self.settings.gpu_attempts,
+                        models_dir=None,
+                        call_id=call.object_id,
+                    )
+                    return
+                except ContainerCrash:
+                    continue
+                except modal_exc.InputCancellation:
+                    # The server's answer to a terminated input; its wording is not relied upon.
+                    call.error = modal_exc.RemoteError("input ended by the server")
+                    return
+                except Exception as error:
+                    if retries_used == max_retries:
+                        call.error = error
+                        return
+                    retries_used += 1
+            call.error = AssertionError("crash loop never ended")
+        finally:
+            call.done.set()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+class _Current(threading.local):
+    call: _Call | None = None
+
+
+_CURRENT = _Current()
+
+
+class FakeFunction:
+    """``BoundaryInference().infer``."""
+
+    def __init__(self, cloud: FakeCloud) -> None:
+        self.cloud = cloud
+
+    def spawn(self, *args: Any, **kwargs: Any) -> FakeFunctionCall:
+        assert not kwargs and len(args) == 1
+        return self.cloud.spawn(args[0])
+
+
+class FakeObj:
+    def __init__(self, cloud: FakeCloud) -> None:
+        self.infer = FakeFunction(cloud)
+
+
+class FakeCls:
+    cloud: ClassVar[FakeCloud]
+
+    @classmethod
+    def from_name(
+        cls,
+        app_name: str,
+        name: str,
+        *,
+        version: int | None = None,
+        environment_name: str | None = None,
+        client: Any = None,
+    ) -> FakeCls:
+        cls.cloud.lookups.append((app_name, name))
+        return cls()
+
+    def hydrate(self, client: Any = None) -> FakeCls:
+        if not self.cloud.deployed:
+            raise modal_exc.NotFoundError("Lookup failed for Cls 'BoundaryInference'")
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> FakeObj:
+        return FakeObj(self.cloud)
+
+
+class FakeFunctionCall:
+    cloud: ClassVar[FakeCloud]
+
+    def __init__(self, object_id: str) -> None:
+        self._object_id = object_id
+
+    @property
+    def object_id(self) -> str:
+        return self._object_id
+
+    @classmethod
+    def from_id(cls, function_call_id: str, client: Any = None) -> FakeFunctionCall:
+        return cls(function_call_id)  # lazy, like the real one: no lookup until used
+
+    def get(self, timeout: float | None = None, *, index: int = 0) -> Any:
+        cloud = self.cloud
+        cloud.gets.append((self.object_id, timeout))
+        if cloud.get_raises is not None:
+            raise cloud.get_raises
+        call = cloud.calls.get(self.object_id)
+        if call is None:
+            raise modal_exc.NotFoundError(f"function call {self.object_id} not found")
+        if self.object_id in cloud.expired:
+            raise modal_exc.OutputExpiredError("output expired")
+        if not call.done.wait(timeout):
+            raise TimeoutError()  # the built-in one, as the real client raises while pending
+        if call.error is not None:
+            raise call.error
+        return call.value
+
+    def cancel(self, terminate_containers: bool = False) -> None:
+        cloud = self.cloud
+        cloud.cancels.append((self.object_id, terminate_containers))
+        if cloud.cancel_raises is not None:
+            raise cloud.cancel_raises
+        call = cloud.calls.get(self.object_id)
+        if call is not None:
+            call.cancel_requested.set()
+
+
+class GatedModel:
+    """The real builtin model, held before batch ``hold_at`` until released (a slow job), and
+    raising ``InputCancellation`` there when the call is cancelled, as Modal does in the container."""
+
+    threshold = BUILTIN_MODEL.threshold
+
+    def __init__(self, hold_at: int = 1) -> None:
+        self.release = threading.Event()
+        self.holding = threading.Event()
+        self.hold_at = hold_at
+        self.batches = 0
+
+    def predict_proba(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        self.batches += 1
+        if self.batches > self.hold_at:
+            self.holding.set()
+            call = _CURRENT.call
+            while not self.release.wait(0.01):
+                if call is not None and call.cancel_requested.is_set():
+                    raise modal_exc.InputCancellation("input cancelled")
+        return BUILTIN_MODEL.predict_proba(a, b)
+
+
+# --- Fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth]:
+    path = tmp_path_factory.mktemp("modal-exec") / "clip.mp4"
+    return path, make_video(path, seed=5, frame_count=50)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return get_settings(executor="modal")
+
+
+@pytest.fixture
+def cloud(settings: Settings) -> Iterator[FakeCloud]:
+    fake = FakeCloud(settings)
+    yield fake
+    for call in fake.calls.values():
+        call.cancel_requested.set()
+    fake.join()
+
+
+CREDENTIALS = {"MODAL_TOKEN_ID": "ak-test", "MODAL_TOKEN_SECRET": "as-test", "HOME": "/nonexistent"}
+
+
+def executor_for(
+    cloud: FakeCloud, *, environ: dict[str, str] | None = None, **kwargs: Any
+) -> ModalExecutor:
+    """A fresh instance, as another process would build it: it shares only the cloud."""
+    return ModalExecutor(
+        cloud.settings,
+        cls_lookup=cloud.Cls.from_name,
+        function_call_from_id=cloud.FunctionCall.from_id,
+        progress_dict=cloud.store,
+        environ=CREDENTIALS if environ is None else environ,
+        **kwargs,
+    )
+
+
+def make_request(video: Path, *, run_id: str = "run-1", **kwargs: Any) -> InferenceRequest:
+    fields: dict[str, Any] = {"batch_size": 8, "deadline_s": 60.0, "heartbeat_timeout_s": 30.0}
+    fields.update(kwargs)
+    return InferenceRequest(
+        run_id=run_id,
+        video_uri=str(video),
+        frame_pairs=[(i, i + 1) for i in range(40)],
+        model_version=BUILTIN,
+        **fields,
+    )
+
+
+def wait_for(executor: ModalExecutor, call_id: str, limit_s: float = 30.0) -> CallStatus:
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        status = executor.poll(call_id, timeout_s=0.2)
+        if status.state is not CallState.PENDING:
+            return status
+    raise AssertionError(f"{call_id} did not finish in {limit_s} s")
+
+
+# --- The double is the real client's shape --------------------------------------------------------
+
+
+REAL: Any = modal  # the real client, read as plain attributes
+
+
+def _shape(function: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+    params = list(inspect.signature(function).parameters.values())
+    if params and params[0].name in ("self", "cls"):
+        params = params[1:]
+    return [(p.name, p.kind, p.default) for p in params]
+
+
+@pytest.mark.parametrize(
+    ("double", "real"),
+    [
+        (FakeCls.from_name, REAL.Cls.from_name),
+        (FakeCls.hydrate, REAL.Cls.hydrate),
+        (FakeCls.__call__, REAL.Cls.__call__),
+        (FakeFunction.spawn, REAL.Function.spawn),
+        (FakeFunctionCall.from_id, REAL.FunctionCall.from_id),
+        (FakeFunctionCall.get, REAL.FunctionCall.get),
+        (FakeFunctionCall.cancel, REAL.FunctionCall.cancel),
+    ],
+    ids=lambda f: getattr(f, "__qualname__", str(f)),
+)
+def test_double_signatures_equal_the_real_client(
+    double: Callable[..., Any], real: Callable[..., Any]
+) -> None:
+    assert modal.__version__ == "1.6.4"
+    assert _shape(double) == _shape(real)
+
+
+def test_the_real_client_has_what_the_executor_uses() -> None:
+    assert isinstance(inspect.getattr_static(modal.FunctionCall, "object_id"), property)
+    # The executor's store reads and the function's writes bind to modal.Dict as to a dict.
+    inspect.signature(modal.Dict.get).bind(object(), "key")
+    inspect.signature(modal.Dict.__setitem__).bind(object(), "key", {"done": 1})
+    # The real Obj of the real class exposes the method the executor spawns.
+    assert isinstance(modal_app_module.BoundaryInference().infer, modal.Function)
+
+
+# --- Preflight ------------------------------------------------------------------------------------
+
+
+def test_preflight_without_credentials_refuses_before_any_lookup(
+    cloud: FakeCloud, tmp_path: Path
+) -> None:
+    executor = executor_for(cloud, environ={"HOME": str(tmp_path)})
+    with pytest.raises(ExecutorUnavailable, match="no Modal credentials") as caught:
+        executor.preflight()
+    assert "modal token new" in str(caught.value)
+    assert cloud.lookups == [] and cloud.spawned == []
+
+
+def test_the_modal_setting_never_falls_back_to_local(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from boundary_inference.services import open_executor
+
+    for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_CONFIG_PATH", "MODAL_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    executor = open_executor(get_settings(executor="modal"))
+    assert isinstance(executor, ModalExecutor) and executor.name == "modal"
+    with pytest.raises(ExecutorUnavailable, match="no Modal credentials"):
+        executor.preflight()
+
+
+def test_credentials_come_from_the_env_pair_or_the_active_profile(tmp_path: Path) -> None:
+    config = tmp_path / ".modal.toml"
+    assert not has_credentials({"HOME": str(tmp_path)})
+    assert not has_credentials({"MODAL_TOKEN_ID": "ak-1", "HOME": str(tmp_path)})
+    assert has_credentials({"MODAL_TOKEN_ID": "ak-1", "MODAL_TOKEN_SECRET": "as-1"})
+    config.write_text(
+        '[old]\ntoken_id = "ak-1"\ntoken_secret = "as-1"\n\n[work]\ntoken_id = "ak-2"\nactive = true\n'
+    )
+    assert not has_credentials({"HOME": str(tmp_path)})  # the active profile has no secret
+    assert has_credentials({"HOME": str(tmp_path), "MODAL_PROFILE": "old"})
+    config.write_text('[default]\ntoken_id = "ak-1"\ntoken_secret = "as-1"\n')
+    assert has_credentials({"HOME": str(tmp_path)})
+    assert has_credentials({"HOME": "/nonexistent", "MODAL_CONFIG_PATH": str(config)})
+
+
+def test_an_app_that_is_not_deployed_is_refused(cloud: FakeCloud) -> None:
+    cloud.deployed = False
+    executor = executor_for(cloud)
+    with pytest.raises(ExecutorUnavailable, match=r"modal deploy modal_app/app\.py"):
+        executor.preflight()
+    assert cloud.lookups == [("boundary-inference", "BoundaryInference")]
+    cloud.deployed = True
+    executor.preflight()  # the failed lookup was not cached
+
+
+def test_a_deployment_that_allows_more_spend_is_refused(
+    cloud: FakeCloud, settings: Settings
+) -> None:
+    executor = executor_for(cloud)
+    cloud.store[CONFIG_KEY] = deployed_config(settings)
+    executor.preflight()
+    bigger = get_settings(gpu_retries=4, gpu_timeout_s=3000, allow_unreachable_cost_cap=True)
+    cloud.store[CONFIG_KEY] = deployed_config(bigger)
+    with pytest.raises(ExecutorUnavailable, match="gpu_retries: deployed 4 > configured 2"):
+        executor.preflight()
+
+
+# --- Spawn, poll, progress ------------------------------------------------------------------------
+
+
+def test_submit_spawns_the_request_and_the_call_runs_the_real_job(
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth]
+) -> None:
+    executor = executor_for(cloud)
+    executor.preflight()
+    request = make_request(clip[0], crop_box=clip[1].crop_box)
+    call_id = executor.submit(request)
+    assert call_id.startswith("fc-") and call_id in cloud.calls
+    assert cloud.spawned == [request.to_dict()]
+    status = wait_for(executor, call_id)
+    assert status.state is CallState.SUCCEEDED, status.failure
+    assert status.result is not None and len(status.result.predictions) == 40
+    assert status.result.extra["attempts"] == 1 and status.result.extra["call_id"] == call_id
+    assert (status.pairs_done, status.pairs_total) == (40, 40)
+    assert all(timeout == 0.2 for _, timeout in cloud.gets)  # get(timeout=...), never unbounded
+    assert cloud.calls[call_id].invocations == 1
+
+
+def test_a_pending_call_reports_live_progress(
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(modal_app_module, "PROGRESS_INTERVAL_S", 0.0)
+    model = GatedModel(hold_at=2)
+    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    executor = executor_for(cloud)
+    call_id = executor.submit(make_request(clip[0]))
+    assert model.holding.wait(10)
+    started = time.monotonic()
+    status = executor.poll(call_id, timeout_s=0.3)
+    assert time.monotonic() - started >= 0.25  # it waited in get(timeout=...)
+    assert status.state is CallState.PENDING
+    assert (status.pairs_done, status.pairs_total) == (16, 40)  # two batches of 8 went through
+    assert status.progress == pytest.approx(0.4)
+    model.release.set()
+    status = wait_for(executor, call_id)
+    assert status.state is CallState.SUCCEEDED
+
+
+def test_a_fresh_instance_reattaches_with_only_the_call_id(
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(modal_app_module, "PROGRESS_INTERVAL_S", 0.0)
+    model = GatedModel(hold_at=1)
+    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    call_id = executor_for(cloud).submit(make_request(clip[0]))
+    assert model.holding.wait(10)
+
+    other = executor_for(cloud)  # another process: no memory of the submit
+    status = other.poll(call_id, timeout_s=0.05)
+    assert status.state is CallState.PENDING
+    assert (status.pairs_done, status.pairs_total) == (8, 40)  # found via the call id's record
+    model.release.set()
+    status = wait_for(executor_for(cloud), call_id)
+    assert status.state is CallState.SUCCEEDED
+    assert status.result is not None and status.result.run_id == "run-1"
+
+
+def test_an_expired_result_is_a_lost_call(cloud: FakeCloud, clip: tuple[Path, GroundTruth]) -> None:
+    executor = executor_for(cloud)
+    call_id = executor.submit(make_request(clip[0]))
+    cloud.calls[call_id].done.wait(10)
+    cloud.expired.add(call_id)
+    status = executor.poll(call_id, timeout_s=0.1)
+    assert status.state is CallState.FAILED and status.failure is not None
+    assert status.failure.kind is FailureKind.INFRASTRUCTURE
+    assert status.failure.error_type == "OutputExpiredError"
+
+
+def test_an_unknown_call_id_is_a_failure_not_a_hang(cloud: FakeCloud) -> None:
+    status = executor_for(cloud).poll("fc-" + "9" * 24, timeout_s=0.1)
+    assert status.state is CallState.FAILED and status.failure is not None
+    assert status.failure.kind is FailureKind.INFRASTRUCTURE
+
+
+def test_polls_that_cannot_reach_modal_stay_pending_then_give_up(
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth]
+) -> None:
+    now = [0.0]
+    executor = executor_for(cloud, poll_error_limit_s=600.0, clock=lambda: now[0])
+    call_id = executor.submit(make_request(clip[0]))
+    cloud.calls[call_id].done.wait(10)
+    cloud.get_raises = modal_exc.ConnectionError("connection reset")
+    assert executor.poll(call_id, timeout_s=0.1).state is CallState.PENDING
+    now[0] = 599.0
+    assert executor.poll(call_id, timeout_s=0.1).state is CallState.PENDING
+    assert cloud.cancels == []
+    now[0] = 601.0
+    status = executor.poll(call_id, timeout_s=0.1)
+    assert status.state is CallState.FAILED and status.failure is not None
+    assert status.failure.kind is FailureKind.INFRASTRUCTURE
+    assert cloud.cancels == [(call_id, False)]  # and it stops paying for what it cannot watch
+
+
+# --- Refusal, cancel, classification --------------------------------------------------------------
+
+
+def test_a_refused_attempt_is_classified_as_infrastructure(
+    cloud: FakeCloud, settings: Settings, clip: tuple[Path, GroundTruth]
+) -> None:
+    cloud.store[attempts_key("run-1")] = {"count": settings.gpu_attempts, "billed_s": 30.0}
+    executor = executor_for(cloud)
+    status = wait_for(executor, executor.submit(make_request(clip[0])))
+    assert status.state is CallState.FAILED and status.failure is not None
+    assert status.failure.kind is FailureKind.INFRASTRUCTURE
+    assert status.failure.error_type == "AttemptsExhausted"
+    assert "refused" in status.failure.message
+    assert status.failure.kind.counts_for_breaker
+
+
+def test_a_crash_loop_ends_in_a_refusal_after_the_allowed_attempts(
+    cloud: FakeCloud,
+    settings: Settings,
+    clip: tuple[Path, GroundTruth],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran: list[int] = []
+
+    class OomModel:
+        threshold = 0.5
+
+        def predict_proba(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            ran.append(1)
+            raise ContainerCrash("OOM-killed")
+
+    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: OomModel())
+    executor = executor_for(cloud)
+    call_id = executor.submit(make_request(clip[0]))
+    status = wait_for(executor, call_id)
+    assert status.failure is not None and status.failure.error_type == "AttemptsExhausted"
+    assert (
+        len(ran) == settings.gpu_attempts == 1 + function_options(settings)["retries"].max_retries
+    )
+    assert cloud.calls[call_id].invocations == settings.gpu_attempts + 1
+
+
+def test_cancel_calls_function_call_cancel_and_the_call_ends_cancelled(
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = GatedModel(hold_at=1)
+    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    executor = executor_for(cloud)
+    call_id = executor.submit(make_request(clip[0]))
+    assert model.holding.wait(10)
+    executor.cancel(call_id)
+    executor.cancel(call_id)  # idempotent
+    assert cloud.cancels == [(call_id, False), (call_id, False)]
+    status = wait_for(executor, call_id)
+    assert status.state is CallState.FAILED and status.failure is not None
+    assert status.failure.kind is FailureKind.CANCELLED
+    assert status.failure.error_type == "RemoteError"
+    assert cloud.calls[call_id].invocations == 1  # a cancel is not retried
+    # Another process that never saw the cancel reads the same verdict from the call's record.
+    fresh = wait_for(executor_for(cloud), call_id)
+    assert fresh.failure is not None and fresh.failure.kind is FailureKind.CANCELLED
+    assert not fresh.failure.kind.counts_for_breaker
+
+
+def test_a_fresh_instance_cancels_by_id_and_cancel_never_raises(
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = GatedModel(hold_at=1)
+    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    call_id = executor_for(cloud).submit(make_request(clip[0]))
+    assert model.holding.wait(10)
+    executor_for(cloud).cancel(call_id)
+    assert cloud.calls[call_id].done.wait(10)
+    cloud.cancel_raises = modal_exc.ConnectionError("unreachable")
+    executor_for(cloud).cancel(call_id)  # logged, not raised: it runs in finally blocks
+    assert cloud.cancels[-3:] == [(call_id, False)] * 3
+
+
+@pytest.mark.parametrize(
+    ("server_error", "kind", "error_type", "billed_known"),
+    [
+        (
+            modal_exc.FunctionTimeoutError("timed out"),
+            FailureKind.TIMEOUT,
+            "FunctionTimeoutError",
+            False,
+        ),
+        (
+            modal_exc.InternalFailure("worker preempted"),
+            FailureKind.INFRASTRUCTURE,
+            "InternalFailure",
+            False,
+        ),
+        (modal_exc.RemoteError("worker lost"), FailureKind.INFRASTRUCTURE, "RemoteError", False),
+        (
+            modal_exc.ExecutionError("could not deserialize"),
+            FailureKind.INFRASTRUCTURE,
+            "ExecutionError",
+            False,
+        ),
+        (MemoryError("CUDA out of memory"), FailureKind.INFRASTRUCTURE, "MemoryError", False),
+        (Stalled("no progress"), FailureKind.TIMEOUT, "Stalled", True),
+        (ValueError("bad input"), FailureKind.USER_CODE, "ValueError", True),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_failures_from_the_server_are_classified(
+    cloud: FakeCloud,
+    clip: tuple[Path, GroundTruth],
+    server_error: BaseException,
+    kind: FailureKind,
+    error_type: str,
+    billed_known: bool,
+) -> None:
+    executor = executor_for(cloud)
+    call_id = executor.submit(make_request(clip[0]))
+    assert cloud.calls[call_id].done.wait(10)
+    cloud.get_raises = server_error
+    status = executor.poll(call_id, timeout_s=0.1)
+    assert status.state is CallState.FAILED and status.failure is not None
+    assert (status.failure.kind, status.failure.error_type) == (kind, error_type)
+    assert (status.failure.elapsed_s is not None) is billed_known
+
+
+def test_a_missing_video_is_user_code_after_modal_retries_it(
+    cloud: FakeCloud, settings: Settings, tmp_path: Path
+) -> None:
+    executor = executor_for(cloud)
+    call_id = executor.submit(make_request(tmp_path / "missing.mp4"))
+    status = wait_for(executor, call_id)
+    assert status.failure is not None
+    assert (status.failure.kind, status.failure.error_type) == (
+        FailureKind.USER_CODE,
+        "VideoNotFound",
+    )
+    assert not status.failure.kind.counts_for_breaker
+    assert cloud.calls[call_id].invocations == settings.gpu_attempts
+    assert status.failure.elapsed_s is not None and status.failure.elapsed_s >= 0
+
+
+def test_the_per_job_deadline_is_a_timeout_with_its_billed_seconds(
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth]
+) -> None:
+    executor = executor_for(cloud)
+    call_id = executor.submit(make_request(clip[0], batch_size=1, deadline_s=0.02))
+    status = wait_for(executor, call_id)
+    assert status.failure is not None
+    assert (status.failure.kind, status.failure.error_type) == (
+        FailureKind.TIMEOUT,
+        "DeadlineExceeded",
+    )
+    assert status.failure.elapsed_s is not None and status.failure.elapsed_s > 0
+    assert 0 < status.pairs_done < 40
+
+
+def test_classify_reads_the_stable_kind() -> None:
+    assert classify(DeadlineExceeded("x")) is FailureKind.TIMEOUT
+    assert classify(Stalled("x")) is FailureKind.TIMEOUT
+    assert classify(VideoNotFound("x")) is FailureKind.USER_CODE
+    assert classify(modal_app_module.AttemptsUnrecorded("x")) is FailureKind.INFRASTRUCTURE
+    assert classify(MemoryError()) is FailureKind.INFRASTRUCTURE
+
+
+# --- Exactly one retry layer ----------------------------------------------------------------------
+
+
+def test_the_spawning_task_never_retries_and_the_audit_sees_stacking(settings: Settings) -> None:
+    from flows.boundary_inference import boundary_inference_flow
+    from tasks.execute import run_job
+
+    assert run_job.retries == 0
+    assert not boundary_inference_flow.retries
+    assert retry_audit(settings, run_job, flows=[boundary_inference_flow]) == []
+
+    stacked = retry_audit(settings, run_job.with_options(retries=2))
+    assert len(stacked) == 1 and "could run 9 times, not 3" in stacked[0]
+    flow_retried = retry_audit(
+        settings, run_job, flows=[boundary_inference_flow.with_options(retries=1)]
+    )
+    assert len(flow_retried) == 1 and "flow retry" in flow_retried[0]
+    # The imported class was built from other settings than these: reported, not assumed.
+    other = get_settings(gpu_retries=1, allow_unreachable_cost_cap=True)
+    assert any("BoundaryInference has max_retries=2" in p for p in retry_audit(other, run_job))

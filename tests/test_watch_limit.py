@@ -1,0 +1,82 @@
+"""The flow's watch limit: a call that stays pending past every attempt's limit is cancelled.
+
+Modal retries a container that crashes before our code runs (a failing ``@modal.enter``, an image
+that cannot start) without end on deployed apps, and the attempt counter inside the function never
+sees those attempts. What bounds them is the watcher: past ``watch_limit_s`` the call is cancelled
+and charged its worst case. The Modal cloud is the test double of ``test_modal_executor``; the
+ledger, the executor and the task are the real ones.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import flow
+
+from boundary_inference.executor import CallState, FailureKind
+from boundary_inference.ledger import Ledger
+from config import get_settings
+from modal_app.models import BUILTIN
+from modal_app.types import InferenceRequest
+from tasks.execute import run_job
+from tests.test_modal_executor import FakeCloud, executor_for
+
+
+class StartupCrashLoop(FakeCloud):
+    """Every container dies in start-up, before ``run_call``; Modal starts another, forever."""
+
+    def _run(self, call: Any) -> None:
+        while not call.cancel_requested.wait(0.05):
+            call.invocations += 1
+
+
+def test_a_call_stuck_in_a_crash_loop_is_cancelled_at_the_watch_limit(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    settings = get_settings(executor="modal", poll_interval_s=0.1).model_copy(
+        update={"startup_timeout_s": 1, "abort_grace_s": 0.5, "gpu_retries": 0}
+    )
+    cloud = StartupCrashLoop(settings)
+    executor = executor_for(cloud)
+    ledger.upsert_video(id="v1", tenant_id="t1", frame_count=50, fps=25.0)
+    claim = ledger.claim_run(
+        video_id="v1", tenant_id="t1", frames_version="f1", model_version=BUILTIN
+    )
+    run_id = str(claim["run_id"])
+    ledger.transition_run(run_id=run_id, to_status="running")
+    request = InferenceRequest(
+        run_id=run_id,
+        video_uri=str(tmp_path / "never-read.mp4"),
+        frame_pairs=[(i, i + 1) for i in range(10)],
+        model_version=BUILTIN,
+        batch_size=8,
+        deadline_s=0.5,
+        heartbeat_timeout_s=30.0,
+    )
+    limit_s = settings.watch_limit_s(request.deadline_s)
+    assert limit_s == pytest.approx(2.0)
+
+    @flow
+    def watch() -> tuple[str, Any, float]:
+        started = time.monotonic()
+        call_id, status = run_job(executor, ledger, settings, request)
+        return call_id, status, time.monotonic() - started
+
+    try:
+        call_id, status, waited_s = watch()
+    finally:
+        for call in cloud.calls.values():
+            call.cancel_requested.set()
+        cloud.join()
+    assert status.state is CallState.FAILED
+    assert status.failure.kind is FailureKind.TIMEOUT
+    assert status.failure.error_type == "WatchLimitExceeded"
+    # Charged every attempt to its limit: what was reserved, since nobody knows what ran.
+    assert status.failure.elapsed_s == pytest.approx(limit_s)
+    assert limit_s <= waited_s < limit_s + 10
+    assert [cid for cid, _ in cloud.cancels] == [call_id]
+    assert cloud.calls[call_id].invocations > 1  # it really was crash-looping
+    assert ledger.get_run(run_id=run_id)["executor_call_id"] == call_id
