@@ -142,8 +142,13 @@ def ledger_costs_from_runs(
         value = tag(run) if callable(tag) else tag
         row = groups.setdefault(
             (day, value),
-            {"day": day, "tag": value, "runs": 0, "estimated_cost_usd": 0.0,
-             "actual_cost_usd": 0.0},
+            {
+                "day": day,
+                "tag": value,
+                "runs": 0,
+                "estimated_cost_usd": 0.0,
+                "actual_cost_usd": 0.0,
+            },
         )
         row["runs"] += 1
         row["estimated_cost_usd"] += float(run.get("estimated_cost_usd") or 0)

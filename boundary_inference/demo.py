@@ -56,10 +56,9 @@ def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
 def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None) -> int:
     console = console or Console()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from modal_app.synthetic import make_video
-
     from boundary_inference.services import get_services
     from config import get_settings
+    from modal_app.synthetic import make_video
 
     settings = get_settings()
     t0 = time.monotonic()

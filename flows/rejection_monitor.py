@@ -122,7 +122,9 @@ def _threshold(settings: Settings, name: str, default: float) -> float:
     return float(value) if value is not None else default
 
 
-def collect_metrics(ledger: Any, settings: Settings, now: dt.datetime | None = None) -> MonitorMetrics:
+def collect_metrics(
+    ledger: Any, settings: Settings, now: dt.datetime | None = None
+) -> MonitorMetrics:
     """Read the ledger once and compute every monitored number and which alerts are due.
 
     Failure rate and jobs in the last hour are computed here from ``list_runs`` (newest first,
@@ -171,7 +173,9 @@ def collect_metrics(ledger: Any, settings: Settings, now: dt.datetime | None = N
 
     failure_cutoff, burst_cutoff = now - FAILURE_WINDOW, now - BURST_WINDOW
     # A run that finished in the window may have been created up to gpu_timeout x attempts earlier.
-    scan_cutoff = failure_cutoff - dt.timedelta(seconds=settings.gpu_timeout_s * settings.gpu_attempts)
+    scan_cutoff = failure_cutoff - dt.timedelta(
+        seconds=settings.gpu_timeout_s * settings.gpu_attempts
+    )
     finished = failed = jobs_last_hour = 0
     for run in ledger.list_runs(limit=RUN_SCAN_LIMIT):
         created = _parse_ts(run.get("created_at"))
@@ -180,7 +184,11 @@ def collect_metrics(ledger: Any, settings: Settings, now: dt.datetime | None = N
         if created is not None and created >= burst_cutoff:
             jobs_last_hour += 1
         finished_at = _parse_ts(run.get("finished_at"))
-        if run.get("status") in _FINISHED and finished_at is not None and finished_at >= failure_cutoff:
+        if (
+            run.get("status") in _FINISHED
+            and finished_at is not None
+            and finished_at >= failure_cutoff
+        ):
             finished += 1
             failed += run.get("status") in _FAILED
     failure_rate = failed / finished if finished else None
@@ -313,8 +321,10 @@ def publish(m: MonitorMetrics) -> list[str]:
     """Artifacts for the UI, then one event per due alert. Returns the emitted event names."""
     create_table_artifact(
         table=[
-            {k: row[k] for k in ("type", "count", "oldest_age", "newest_age",
-                                 "total_estimated_cost_usd")}
+            {
+                k: row[k]
+                for k in ("type", "count", "oldest_age", "newest_age", "total_estimated_cost_usd")
+            }
             for row in m.rejections_by_type
         ]
         or [{"type": "(none)", "count": 0}],

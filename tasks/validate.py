@@ -71,7 +71,10 @@ def _range_spec(spec: dict[str, Any], frame_count: int) -> tuple[range | None, s
     """
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
-        return None, f"frame_pairs spec has unknown keys {sorted(unknown)}; allowed {sorted(_SPEC_KEYS)}"
+        return (
+            None,
+            f"frame_pairs spec has unknown keys {sorted(unknown)}; allowed {sorted(_SPEC_KEYS)}",
+        )
     values = {k: spec[k] for k in _SPEC_KEYS if k in spec}
     if any(not isinstance(v, int) or isinstance(v, bool) for v in values.values()):
         return None, "frame_pairs spec values must be integers"
@@ -128,6 +131,7 @@ def validate_request(
     frame_count = int(video["frame_count"])
     if frame_pairs is None:
         frame_pairs = {"start": 0, "step": 1, "gap": 1}
+    spec: range | None = None
     if isinstance(frame_pairs, dict):
         spec, reason = _range_spec(frame_pairs, frame_count)
         if spec is None:
@@ -141,7 +145,8 @@ def validate_request(
             f"{count} frame pairs requested; the limit is {max_frame_pairs} (max_frame_pairs)",
             details={"pairs": count, "max_frame_pairs": max_frame_pairs},
         )
-    if isinstance(frame_pairs, dict):
+    if spec is not None:
+        assert isinstance(frame_pairs, dict)
         gap = int(frame_pairs.get("gap", 1))
         frame_pairs = [(i, i + gap) for i in spec]
     pairs, reason = check_pairs(frame_pairs, frame_count)

@@ -9,6 +9,8 @@ ledger gets a fresh schema with the migrations applied, so tests never see each 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +24,24 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 @pytest.fixture(scope="session")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Short path: Unix socket names are limited to ~107 bytes.
-    return tmp_path_factory.mktemp("st")
+def state_dir() -> Iterator[Path]:
+    # Not under pytest's basetemp: a second pytest session started meanwhile (a developer's, a
+    # helper's) deletes all but the newest basetemps, and with them a live server's data
+    # directory. Short path: Unix socket names are limited to ~107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="bi-st-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def embedded_pg(state_dir: Path) -> EmbeddedPostgres:
-    return start_postgres(state_dir, stop_at_exit=True)
+def embedded_pg(state_dir: Path) -> Iterator[EmbeddedPostgres]:
+    server = start_postgres(state_dir)
+    yield server
+    # Stopped here, while the data directory still exists (it goes with state_dir next).
+    try:
+        server.stop()
+    except Exception as error:  # a fault test may have left it stopped already
+        print(f"embedded PostgreSQL not stopped cleanly: {error}")
 
 
 @pytest.fixture(scope="session")

@@ -29,14 +29,23 @@ D20, D21, D22 = dt.date(2026, 11, 20), dt.date(2026, 11, 21), dt.date(2026, 11, 
 
 def _run(day: dt.date, est: float, act: float, status: str = "succeeded") -> dict[str, Any]:
     finished = dt.datetime.combine(day, dt.time(13, 30), tzinfo=dt.UTC).isoformat()
-    return {"status": status, "finished_at": finished, "estimated_cost_usd": est,
-            "actual_cost_usd": act}
+    return {
+        "status": status,
+        "finished_at": finished,
+        "estimated_cost_usd": est,
+        "actual_cost_usd": act,
+    }
 
 
 RUNS = [
-    _run(D20, 0.15, 0.20), _run(D20, 0.15, 0.10), _run(D20, 0.15, 0.20, "failed"),
-    _run(D21, 0.30, 0.25), _run(D21, 0.30, 0.25), _run(D21, 0.30, 0.25),
-    _run(D21, 0.21, 0.20), _run(D21, 0.21, 0.20, "timed_out"),
+    _run(D20, 0.15, 0.20),
+    _run(D20, 0.15, 0.10),
+    _run(D20, 0.15, 0.20, "failed"),
+    _run(D21, 0.30, 0.25),
+    _run(D21, 0.30, 0.25),
+    _run(D21, 0.30, 0.25),
+    _run(D21, 0.21, 0.20),
+    _run(D21, 0.21, 0.20, "timed_out"),
     _run(D22, 0.10, 0.09),
     {"status": "rejected", "finished_at": None, "estimated_cost_usd": 5.0},
     {"status": "running", "finished_at": None, "estimated_cost_usd": 0.3},
@@ -45,8 +54,11 @@ RUNS = [
 
 def test_ledger_rows_group_finished_runs_by_day() -> None:
     rows = ledger_costs_from_runs(RUNS, tag=TAG)
-    assert [(r["day"], r["tag"], r["runs"]) for r in rows] == [(D20, TAG, 3), (D21, TAG, 5),
-                                                                (D22, TAG, 1)]
+    assert [(r["day"], r["tag"], r["runs"]) for r in rows] == [
+        (D20, TAG, 3),
+        (D21, TAG, 5),
+        (D22, TAG, 1),
+    ]
     assert rows[0]["estimated_cost_usd"] == pytest.approx(0.45)
     assert rows[1]["actual_cost_usd"] == pytest.approx(1.15)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from modal_app.synthetic import make_video
 
 from boundary_inference.embedded import start_postgres, start_redis
 from flows.boundary_inference import boundary_inference_flow
+from modal_app.synthetic import make_video
 from tests.flow_support import FlowEnv, configure
 
 MODEL = "builtin-textdiff-v1"

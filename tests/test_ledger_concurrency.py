@@ -19,7 +19,12 @@ from boundary_inference.ledger import Ledger
 from boundary_inference.ledger.bench import concurrency_figures, race
 
 T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
-KEY: dict[str, Any] = {"video_id": "v1", "tenant_id": "t1", "frames_version": "f1", "model_version": "m1"}
+KEY: dict[str, Any] = {
+    "video_id": "v1",
+    "tenant_id": "t1",
+    "frames_version": "f1",
+    "model_version": "m1",
+}
 BREAKER: dict[str, Any] = {"name": "modal", "threshold": 5, "window_s": 3600}
 
 
@@ -67,8 +72,14 @@ def test_50_threads_force_claim_after_success_one_rerun(ledger: Ledger) -> None:
 def test_100_reservations_of_50_cents_against_20_dollars_threads(ledger: Ledger) -> None:
     def call(lg: Ledger) -> list[dict]:
         return [
-            lg.reserve_budget(run_id=uuid.uuid4(), tenant_id="t1", amount_usd=0.5,
-                              daily_cap_usd=20.0, monthly_cap_usd=100.0, now=T0)
+            lg.reserve_budget(
+                run_id=uuid.uuid4(),
+                tenant_id="t1",
+                amount_usd=0.5,
+                daily_cap_usd=20.0,
+                monthly_cap_usd=100.0,
+                now=T0,
+            )
             for _ in range(2)
         ]
 
@@ -81,10 +92,20 @@ def test_100_reservations_of_50_cents_against_20_dollars_threads(ledger: Ledger)
 
 def test_same_run_reserved_concurrently_is_charged_once(ledger: Ledger) -> None:
     run_id = str(uuid.uuid4())
-    results = in_threads(ledger, [
-        lambda lg: lg.reserve_budget(run_id=run_id, tenant_id="t1", amount_usd=1.0,
-                                     daily_cap_usd=20.0, monthly_cap_usd=100.0, now=T0)
-    ] * 20)
+    results = in_threads(
+        ledger,
+        [
+            lambda lg: lg.reserve_budget(
+                run_id=run_id,
+                tenant_id="t1",
+                amount_usd=1.0,
+                daily_cap_usd=20.0,
+                monthly_cap_usd=100.0,
+                now=T0,
+            )
+        ]
+        * 20,
+    )
     assert all(r["ok"] for r in results)
     assert sum(not r["idempotent"] for r in results) == 1
     assert ledger.spend_summary(now=T0)["daily_committed_usd"] == 1.0
@@ -93,18 +114,17 @@ def test_same_run_reserved_concurrently_is_charged_once(ledger: Ledger) -> None:
 def test_20_threads_half_open_exactly_one_probe(ledger: Ledger) -> None:
     open_breaker(ledger)
     later = T0 + dt.timedelta(seconds=3700)
-    results = in_threads(ledger, [
-        lambda lg: lg.breaker_check(**BREAKER, open_s=3600, acquire_probe=True, now=later)
-    ] * 20)
+    results = in_threads(
+        ledger,
+        [lambda lg: lg.breaker_check(**BREAKER, open_s=3600, acquire_probe=True, now=later)] * 20,
+    )
     assert sum(r["probe"] for r in results) == 1
     assert sum(r["allowed"] for r in results) == 1
     assert {r["state"] for r in results if not r["allowed"]} == {"half_open"}
 
 
 def test_20_threads_record_failures_open_exactly_at_threshold(ledger: Ledger) -> None:
-    results = in_threads(ledger, [
-        lambda lg: lg.breaker_record(**BREAKER, ok=False, now=T0)
-    ] * 20)
+    results = in_threads(ledger, [lambda lg: lg.breaker_record(**BREAKER, ok=False, now=T0)] * 20)
     # The row lock serializes the records: the counts seen are 1..20, each exactly once.
     assert sorted(r["failures_in_window"] for r in results) == list(range(1, 21))
     assert ledger.breaker_status(name="modal", now=T0)["state"] == "open"
@@ -114,27 +134,44 @@ def test_20_threads_record_failures_open_exactly_at_threshold(ledger: Ledger) ->
 
 
 @pytest.mark.slow
-def test_separate_processes_race_claims_reservations_and_probe(
-    ledger: Ledger, pg_dsn: str
-) -> None:
+def test_separate_processes_race_claims_reservations_and_probe(ledger: Ledger, pg_dsn: str) -> None:
     """5 spawned processes x 10 threads, each caller on its own connection."""
     ledger.upsert_video(id="v1", tenant_id="t1", frame_count=100, fps=25.0)
     open_breaker(ledger)
     claims, reservations, probes = race(
-        pg_dsn, ledger.schema,
+        pg_dsn,
+        ledger.schema,
         [
             ("claim_run", [KEY] * 50),
-            ("reserve_budget", [
-                {"run_id": str(uuid.uuid4()), "tenant_id": "t1", "amount_usd": 0.5,
-                 "daily_cap_usd": 20.0, "monthly_cap_usd": 100.0, "now": T0}
-                for _ in range(100)
-            ]),
-            ("breaker_check", [
-                {**BREAKER, "open_s": 3600, "acquire_probe": True,
-                 "now": T0 + dt.timedelta(seconds=3700)}
-            ] * 20),
+            (
+                "reserve_budget",
+                [
+                    {
+                        "run_id": str(uuid.uuid4()),
+                        "tenant_id": "t1",
+                        "amount_usd": 0.5,
+                        "daily_cap_usd": 20.0,
+                        "monthly_cap_usd": 100.0,
+                        "now": T0,
+                    }
+                    for _ in range(100)
+                ],
+            ),
+            (
+                "breaker_check",
+                [
+                    {
+                        **BREAKER,
+                        "open_s": 3600,
+                        "acquire_probe": True,
+                        "now": T0 + dt.timedelta(seconds=3700),
+                    }
+                ]
+                * 20,
+            ),
         ],
-        processes=5, threads=10,
+        processes=5,
+        threads=10,
     )
     for phase in (claims, reservations, probes):
         assert not [r for r in phase["results"] if "error" in r]

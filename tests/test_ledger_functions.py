@@ -19,7 +19,12 @@ from boundary_inference.ledger import (
 )
 
 T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
-KEY: dict[str, Any] = {"video_id": "v1", "tenant_id": "t1", "frames_version": "f1", "model_version": "m1"}
+KEY: dict[str, Any] = {
+    "video_id": "v1",
+    "tenant_id": "t1",
+    "frames_version": "f1",
+    "model_version": "m1",
+}
 
 
 def at(seconds: float) -> dt.datetime:
@@ -120,12 +125,11 @@ def test_claim_unknown_video_or_wrong_tenant(ledger: Ledger, video: dict) -> Non
     assert info.value.code == "BI403"
 
 
-def test_partial_unique_index_backstops_the_lock(
-    ledger: Ledger, video: dict, pg_dsn: str
-) -> None:
+def test_partial_unique_index_backstops_the_lock(ledger: Ledger, video: dict, pg_dsn: str) -> None:
     ledger.claim_run(**KEY)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn, pytest.raises(
-        psycopg.errors.UniqueViolation
+    with (
+        psycopg.connect(pg_dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.UniqueViolation),
     ):
         conn.execute(
             f"INSERT INTO {ledger.schema}.boundary_inference_runs"
@@ -176,15 +180,23 @@ def test_state_machine_allows_exactly_the_legal_edges(ledger: Ledger) -> None:
 def test_transition_sets_fields_and_timestamps(ledger: Ledger, video: dict) -> None:
     run_id = ledger.claim_run(**KEY)["run_id"]
     running = ledger.transition_run(
-        run_id=run_id, to_status="running", now=at(0), executor_call_id="fc-1", attempts=1,
-        estimated_cost_usd=0.25, worst_case_cost_usd=0.9, reserved_cost_usd=0.9,
+        run_id=run_id,
+        to_status="running",
+        now=at(0),
+        executor_call_id="fc-1",
+        attempts=1,
+        estimated_cost_usd=0.25,
+        worst_case_cost_usd=0.9,
+        reserved_cost_usd=0.9,
     )
     assert running["started_at"] == at(0).isoformat()
     assert running["finished_at"] is None
     assert running["executor_call_id"] == "fc-1" and running["attempts"] == 1
     assert running["worst_case_cost_usd"] == 0.9
     done = ledger.transition_run(
-        run_id=run_id, to_status="succeeded", now=at(60),
+        run_id=run_id,
+        to_status="succeeded",
+        now=at(60),
         fields={"actual_cost_usd": 0.02, "gpu_seconds": 55.5, "pairs_per_s": 18.0},
     )
     assert done["started_at"] == at(0).isoformat()
@@ -253,8 +265,7 @@ def test_recent_throughput_averages_last_succeeded_runs(ledger: Ledger) -> None:
         ledger.upsert_video(id=vid, tenant_id="t1", frame_count=10, fps=1.0)
         run_id = ledger.claim_run(**{**KEY, "video_id": vid})["run_id"]
         ledger.transition_run(run_id=run_id, to_status="running", now=at(i))
-        ledger.transition_run(run_id=run_id, to_status="succeeded", now=at(i + 1),
-                              pairs_per_s=pps)
+        ledger.transition_run(run_id=run_id, to_status="succeeded", now=at(i + 1), pairs_per_s=pps)
     failed = _run_in(ledger, "running")
     ledger.transition_run(run_id=failed, to_status="failed", pairs_per_s=1000.0)
     assert ledger.recent_throughput(model_version="m1", runs=20) == {"pairs_per_s": 20.0, "runs": 3}
@@ -267,10 +278,20 @@ def test_recent_throughput_averages_last_succeeded_runs(ledger: Ledger) -> None:
 CAPS: dict[str, Any] = {"daily_cap_usd": 2.0, "monthly_cap_usd": 3.0}
 
 
-def reserve(ledger: Ledger, amount: float, *, now: dt.datetime = T0, tenant: str = "t1",
-            run_id: str | None = None, **caps: float) -> dict:
+def reserve(
+    ledger: Ledger,
+    amount: float,
+    *,
+    now: dt.datetime = T0,
+    tenant: str = "t1",
+    run_id: str | None = None,
+    **caps: float,
+) -> dict:
     return ledger.reserve_budget(
-        run_id=run_id or str(uuid.uuid4()), tenant_id=tenant, amount_usd=amount, now=now,
+        run_id=run_id or str(uuid.uuid4()),
+        tenant_id=tenant,
+        amount_usd=amount,
+        now=now,
         **{**CAPS, **caps},
     )
 
@@ -298,8 +319,12 @@ def test_reserve_days_are_utc(ledger: Ledger) -> None:
 
 
 def test_tenant_caps(ledger: Ledger) -> None:
-    caps = {"daily_cap_usd": 100.0, "monthly_cap_usd": 100.0, "tenant_daily_cap_usd": 1.0,
-            "tenant_monthly_cap_usd": 1.5}
+    caps = {
+        "daily_cap_usd": 100.0,
+        "monthly_cap_usd": 100.0,
+        "tenant_daily_cap_usd": 1.0,
+        "tenant_monthly_cap_usd": 1.5,
+    }
     assert reserve(ledger, 1.0, tenant="a", **caps)["ok"] is True
     assert reserve(ledger, 0.5, tenant="a", **caps)["reason"] == "tenant_daily_cap"
     assert reserve(ledger, 1.0, tenant="b", **caps)["ok"] is True  # another tenant's own cap
@@ -309,8 +334,12 @@ def test_tenant_caps(ledger: Ledger) -> None:
         "tenant_monthly_cap"
     )
     # Without tenant caps only the global caps apply.
-    assert reserve(ledger, 0.5, tenant="a", now=tomorrow, daily_cap_usd=100.0,
-                   monthly_cap_usd=100.0)["ok"] is True
+    assert (
+        reserve(ledger, 0.5, tenant="a", now=tomorrow, daily_cap_usd=100.0, monthly_cap_usd=100.0)[
+            "ok"
+        ]
+        is True
+    )
 
 
 def test_reserve_is_idempotent_per_run(ledger: Ledger) -> None:
@@ -377,8 +406,12 @@ def check(ledger: Ledger, seconds: float, acquire: bool = True) -> dict:
 
 
 def test_breaker_opens_after_threshold_failures_in_window(ledger: Ledger) -> None:
-    assert check(ledger, 0) == {"allowed": True, "state": "closed", "retry_after_s": None,
-                                "probe": False}
+    assert check(ledger, 0) == {
+        "allowed": True,
+        "state": "closed",
+        "retry_after_s": None,
+        "probe": False,
+    }
     for i in range(4):
         assert fail(ledger, i)["state"] == "closed"
     assert ledger.breaker_record(**BREAKER, ok=True, now=at(4))["state"] == "closed"
@@ -463,12 +496,17 @@ def test_breaker_reset_and_status(ledger: Ledger) -> None:
 
 def test_log_list_and_acknowledge_rejections(ledger: Ledger) -> None:
     a = ledger.log_rejection(
-        rejection_type="cost_exceeded", message="too dear", video_id="v1", tenant_id="t1",
-        frame_count=10, estimated_cost_usd=1.5, run_id=uuid.uuid4(),
-        details={"cap_usd": 1.0}, now=at(0),
+        rejection_type="cost_exceeded",
+        message="too dear",
+        video_id="v1",
+        tenant_id="t1",
+        frame_count=10,
+        estimated_cost_usd=1.5,
+        run_id=uuid.uuid4(),
+        details={"cap_usd": 1.0},
+        now=at(0),
     )
-    b = ledger.log_rejection(rejection_type="queue_full", message="full", tenant_id="t2",
-                             now=at(1))
+    b = ledger.log_rejection(rejection_type="queue_full", message="full", tenant_id="t2", now=at(1))
     rows = ledger.list_rejections()
     assert [r["id"] for r in rows] == [b["id"], a["id"]]
     assert rows[1]["details"] == {"cap_usd": 1.0} and rows[1]["estimated_cost_usd"] == 1.5
@@ -492,8 +530,12 @@ def test_rejection_insert_notifies(ledger: Ledger, pg_dsn: str) -> None:
     import json
 
     payload = json.loads(notes[0].payload)
-    assert payload == {"id": made["id"], "type": "cooldown", "video_id": "v9",
-                       "schema": ledger.schema}
+    assert payload == {
+        "id": made["id"],
+        "type": "cooldown",
+        "video_id": "v9",
+        "schema": ledger.schema,
+    }
 
 
 # --- predictions ----------------------------------------------------------------------------------
@@ -507,9 +549,11 @@ def test_save_predictions_is_an_idempotent_upsert(ledger: Ledger, video: dict) -
     ]
     assert ledger.save_predictions(run_id=run_id, rows=rows)["saved"] == 2
     assert ledger.save_predictions(run_id=run_id, rows=rows)["saved"] == 2
-    changed = [{**rows[1], "probability": 0.2, "is_boundary": False},
-               {"frame1": 2, "frame2": 3, "probability": 0.5, "is_boundary": True},
-               {"frame1": 2, "frame2": 3, "probability": 0.75, "is_boundary": True}]
+    changed = [
+        {**rows[1], "probability": 0.2, "is_boundary": False},
+        {"frame1": 2, "frame2": 3, "probability": 0.5, "is_boundary": True},
+        {"frame1": 2, "frame2": 3, "probability": 0.75, "is_boundary": True},
+    ]
     assert ledger.save_predictions(run_id=run_id, rows=changed)["saved"] == 2
     got = ledger.get_predictions(run_id=run_id)
     assert [(p["frame1"], p["frame2"], p["probability"], p["is_boundary"]) for p in got] == [
@@ -532,9 +576,7 @@ def test_unreachable_database_is_ledger_unavailable(tmp_path: object) -> None:
         dead.ping()
 
 
-def test_statement_timeout_is_ledger_unavailable(
-    ledger: Ledger, pg_dsn: str, video: dict
-) -> None:
+def test_statement_timeout_is_ledger_unavailable(ledger: Ledger, pg_dsn: str, video: dict) -> None:
     slow = Ledger(PsycopgTransport(pg_dsn, ledger.schema, timeout_s=0.3))
     try:
         with psycopg.connect(pg_dsn) as holder:

@@ -22,8 +22,12 @@ TENANT_TABLES = [
     "boundary_inference_rejections",
     "boundary_predictions",
 ]
-PRIVATE_TABLES = ["circuit_breakers", "circuit_breaker_events", "budget_reservations",
-                  "schema_migrations"]
+PRIVATE_TABLES = [
+    "circuit_breakers",
+    "circuit_breaker_events",
+    "budget_reservations",
+    "schema_migrations",
+]
 
 
 @pytest.fixture
@@ -31,14 +35,18 @@ def two_tenants(ledger: Ledger) -> Ledger:
     for tenant in ("t1", "t2"):
         video = f"video-{tenant}"
         ledger.upsert_video(id=video, tenant_id=tenant, frame_count=10, fps=1.0)
-        run = ledger.claim_run(video_id=video, tenant_id=tenant, frames_version="f",
-                               model_version="m")["run_id"]
-        ledger.save_predictions(run_id=run, rows=[
-            {"frame1": 0, "frame2": 1, "probability": 0.5, "is_boundary": True}])
-        ledger.log_rejection(rejection_type="cooldown", message="m", video_id=video,
-                             tenant_id=tenant)
-        ledger.reserve_budget(run_id=run, tenant_id=tenant, amount_usd=0.1, daily_cap_usd=10,
-                              monthly_cap_usd=10)
+        run = ledger.claim_run(
+            video_id=video, tenant_id=tenant, frames_version="f", model_version="m"
+        )["run_id"]
+        ledger.save_predictions(
+            run_id=run, rows=[{"frame1": 0, "frame2": 1, "probability": 0.5, "is_boundary": True}]
+        )
+        ledger.log_rejection(
+            rejection_type="cooldown", message="m", video_id=video, tenant_id=tenant
+        )
+        ledger.reserve_budget(
+            run_id=run, tenant_id=tenant, amount_usd=0.1, daily_cap_usd=10, monthly_cap_usd=10
+        )
         ledger.breaker_record(name="modal", ok=False, threshold=5, window_s=60)
     return ledger
 
@@ -71,8 +79,11 @@ def select_tenants(schema: str, table: str) -> sql.Composed:
 @pytest.mark.parametrize("table", TENANT_TABLES + PRIVATE_TABLES)
 def test_anon_is_denied(two_tenants: Ledger, conn: psycopg.Connection, table: str) -> None:
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        as_role(conn, "anon", sql.SQL("SELECT * FROM {}").format(
-            sql.Identifier(two_tenants.schema, table)))
+        as_role(
+            conn,
+            "anon",
+            sql.SQL("SELECT * FROM {}").format(sql.Identifier(two_tenants.schema, table)),
+        )
 
 
 @pytest.mark.parametrize("table", TENANT_TABLES)
@@ -91,12 +102,14 @@ def test_authenticated_reads_only_its_tenant(
     assert as_role(conn, "service_role", query) == [(2,)]
 
 
-def test_predictions_follow_their_runs_tenant(two_tenants: Ledger, conn: psycopg.Connection) -> None:
+def test_predictions_follow_their_runs_tenant(
+    two_tenants: Ledger, conn: psycopg.Connection
+) -> None:
     schema = two_tenants.schema
-    query = sql.SQL(
-        "SELECT r.tenant_id FROM {} p JOIN {} r ON r.id = p.run_id"
-    ).format(sql.Identifier(schema, "boundary_predictions"),
-             sql.Identifier(schema, "boundary_inference_runs"))
+    query = sql.SQL("SELECT r.tenant_id FROM {} p JOIN {} r ON r.id = p.run_id").format(
+        sql.Identifier(schema, "boundary_predictions"),
+        sql.Identifier(schema, "boundary_inference_runs"),
+    )
     assert as_role(conn, "authenticated", query, {"tenant_id": "t1"}) == [("t1",)]
 
 
@@ -105,14 +118,19 @@ def test_authenticated_cannot_read_private_tables(
     two_tenants: Ledger, conn: psycopg.Connection, table: str
 ) -> None:
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        as_role(conn, "authenticated", sql.SQL("SELECT * FROM {}").format(
-            sql.Identifier(two_tenants.schema, table)), {"tenant_id": "t1"})
+        as_role(
+            conn,
+            "authenticated",
+            sql.SQL("SELECT * FROM {}").format(sql.Identifier(two_tenants.schema, table)),
+            {"tenant_id": "t1"},
+        )
 
 
 @pytest.mark.parametrize("role", ["authenticated", "service_role"])
 def test_only_service_role_writes(two_tenants: Ledger, conn: psycopg.Connection, role: str) -> None:
     query = sql.SQL("UPDATE {} SET fps = 1 RETURNING id").format(
-        sql.Identifier(two_tenants.schema, "videos"))
+        sql.Identifier(two_tenants.schema, "videos")
+    )
     if role == "authenticated":
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             as_role(conn, role, query, {"tenant_id": "t1"})
@@ -152,7 +170,9 @@ def test_only_service_role_may_execute_functions(ledger: Ledger, conn: psycopg.C
 
 
 @pytest.mark.parametrize("role", ["anon", "authenticated"])
-def test_api_roles_cannot_call_functions(ledger: Ledger, conn: psycopg.Connection, role: str) -> None:
+def test_api_roles_cannot_call_functions(
+    ledger: Ledger, conn: psycopg.Connection, role: str
+) -> None:
     query = sql.SQL("SELECT {}.queue_depth()").format(sql.Identifier(ledger.schema))
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         as_role(conn, role, query, {"tenant_id": "t1"})
@@ -184,10 +204,12 @@ def test_every_table_has_rls(ledger: Ledger, conn: psycopg.Connection) -> None:
 
 
 def test_roles_exist_with_supabase_attributes(ledger: Ledger, conn: psycopg.Connection) -> None:
-    roles = dict(conn.execute(
-        "SELECT rolname, rolbypassrls FROM pg_roles"
-        " WHERE rolname IN ('anon', 'authenticated', 'service_role')"
-    ).fetchall())
+    roles = dict(
+        conn.execute(
+            "SELECT rolname, rolbypassrls FROM pg_roles"
+            " WHERE rolname IN ('anon', 'authenticated', 'service_role')"
+        ).fetchall()
+    )
     assert roles == {"anon": False, "authenticated": False, "service_role": True}
     usage = conn.execute(
         "SELECT has_schema_privilege('anon', %(s)s, 'USAGE'),"

@@ -38,66 +38,172 @@ NOW_S = NOW.isoformat()
 # (method, kwargs, expected JSON body). Every Ledger method appears at least once.
 CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("ping", {}, {}),
-    ("upsert_video",
-     {"id": "v1", "tenant_id": "t1", "frame_count": 10, "fps": 25.0, "source_uri": "s3://x",
-      "crop_box": {"x": 1, "y": 2, "width": 3, "height": 4}},
-     {"p_id": "v1", "p_tenant_id": "t1", "p_frame_count": 10, "p_fps": 25.0,
-      "p_source_uri": "s3://x", "p_crop_box": {"x": 1, "y": 2, "width": 3, "height": 4}}),
+    (
+        "upsert_video",
+        {
+            "id": "v1",
+            "tenant_id": "t1",
+            "frame_count": 10,
+            "fps": 25.0,
+            "source_uri": "s3://x",
+            "crop_box": {"x": 1, "y": 2, "width": 3, "height": 4},
+        },
+        {
+            "p_id": "v1",
+            "p_tenant_id": "t1",
+            "p_frame_count": 10,
+            "p_fps": 25.0,
+            "p_source_uri": "s3://x",
+            "p_crop_box": {"x": 1, "y": 2, "width": 3, "height": 4},
+        },
+    ),
     ("get_video", {"id": "v1"}, {"p_id": "v1"}),
-    ("claim_run",
-     {"video_id": "v1", "tenant_id": "t1", "frames_version": "f", "model_version": "m",
-      "pairs": 9, "priority": "high", "force": True, "flow_run_id": "fr"},
-     {"p_video_id": "v1", "p_tenant_id": "t1", "p_frames_version": "f", "p_model_version": "m",
-      "p_pairs": 9, "p_priority": "high", "p_force": True, "p_flow_run_id": "fr"}),
-    ("claim_run",
-     {"video_id": "v1", "tenant_id": "t1", "frames_version": "f", "model_version": "m"},
-     {"p_video_id": "v1", "p_tenant_id": "t1", "p_frames_version": "f", "p_model_version": "m",
-      "p_priority": "normal", "p_force": False}),
-    ("transition_run",
-     {"run_id": uuid.UUID(RUN), "to_status": "succeeded", "actual_cost_usd": 0.5,
-      "fields": {"gpu_seconds": 12.5}, "now": NOW},
-     {"p_run_id": RUN, "p_to_status": "succeeded",
-      "p_fields": {"gpu_seconds": 12.5, "actual_cost_usd": 0.5}, "p_now": NOW_S}),
+    (
+        "claim_run",
+        {
+            "video_id": "v1",
+            "tenant_id": "t1",
+            "frames_version": "f",
+            "model_version": "m",
+            "pairs": 9,
+            "priority": "high",
+            "force": True,
+            "flow_run_id": "fr",
+        },
+        {
+            "p_video_id": "v1",
+            "p_tenant_id": "t1",
+            "p_frames_version": "f",
+            "p_model_version": "m",
+            "p_pairs": 9,
+            "p_priority": "high",
+            "p_force": True,
+            "p_flow_run_id": "fr",
+        },
+    ),
+    (
+        "claim_run",
+        {"video_id": "v1", "tenant_id": "t1", "frames_version": "f", "model_version": "m"},
+        {
+            "p_video_id": "v1",
+            "p_tenant_id": "t1",
+            "p_frames_version": "f",
+            "p_model_version": "m",
+            "p_priority": "normal",
+            "p_force": False,
+        },
+    ),
+    (
+        "transition_run",
+        {
+            "run_id": uuid.UUID(RUN),
+            "to_status": "succeeded",
+            "actual_cost_usd": 0.5,
+            "fields": {"gpu_seconds": 12.5},
+            "now": NOW,
+        },
+        {
+            "p_run_id": RUN,
+            "p_to_status": "succeeded",
+            "p_fields": {"gpu_seconds": 12.5, "actual_cost_usd": 0.5},
+            "p_now": NOW_S,
+        },
+    ),
     ("set_call_id", {"run_id": RUN, "call_id": "fc-1"}, {"p_run_id": RUN, "p_call_id": "fc-1"}),
     ("get_run", {"run_id": RUN}, {"p_run_id": RUN}),
     ("list_runs", {"limit": 5, "status": "queued"}, {"p_limit": 5, "p_status": "queued"}),
     ("queue_depth", {}, {}),
-    ("recent_throughput", {"model_version": "m", "runs": 3},
-     {"p_model_version": "m", "p_runs": 3}),
-    ("reserve_budget",
-     {"run_id": RUN, "tenant_id": "t1", "amount_usd": 0.5, "daily_cap_usd": 20.0,
-      "monthly_cap_usd": 100.0, "tenant_daily_cap_usd": 5.0, "now": NOW},
-     {"p_run_id": RUN, "p_tenant_id": "t1", "p_amount_usd": 0.5, "p_daily_cap_usd": 20.0,
-      "p_monthly_cap_usd": 100.0, "p_tenant_daily_cap_usd": 5.0, "p_now": NOW_S}),
+    ("recent_throughput", {"model_version": "m", "runs": 3}, {"p_model_version": "m", "p_runs": 3}),
+    (
+        "reserve_budget",
+        {
+            "run_id": RUN,
+            "tenant_id": "t1",
+            "amount_usd": 0.5,
+            "daily_cap_usd": 20.0,
+            "monthly_cap_usd": 100.0,
+            "tenant_daily_cap_usd": 5.0,
+            "now": NOW,
+        },
+        {
+            "p_run_id": RUN,
+            "p_tenant_id": "t1",
+            "p_amount_usd": 0.5,
+            "p_daily_cap_usd": 20.0,
+            "p_monthly_cap_usd": 100.0,
+            "p_tenant_daily_cap_usd": 5.0,
+            "p_now": NOW_S,
+        },
+    ),
     ("settle_budget", {"run_id": RUN, "actual_usd": 0.1}, {"p_run_id": RUN, "p_actual_usd": 0.1}),
     ("release_budget", {"run_id": RUN}, {"p_run_id": RUN}),
     ("spend_summary", {"tenant_id": "t1", "now": NOW}, {"p_tenant_id": "t1", "p_now": NOW_S}),
     ("spend_by_day", {"days": 7}, {"p_days": 7}),
-    ("breaker_check",
-     {"name": "modal", "threshold": 5, "window_s": 3600, "open_s": 600, "acquire_probe": False},
-     {"p_name": "modal", "p_threshold": 5, "p_window_s": 3600, "p_open_s": 600,
-      "p_acquire_probe": False}),
-    ("breaker_record",
-     {"name": "modal", "ok": False, "kind": "oom", "threshold": 5, "window_s": 3600, "now": NOW},
-     {"p_name": "modal", "p_ok": False, "p_kind": "oom", "p_threshold": 5, "p_window_s": 3600,
-      "p_now": NOW_S}),
+    (
+        "breaker_check",
+        {"name": "modal", "threshold": 5, "window_s": 3600, "open_s": 600, "acquire_probe": False},
+        {
+            "p_name": "modal",
+            "p_threshold": 5,
+            "p_window_s": 3600,
+            "p_open_s": 600,
+            "p_acquire_probe": False,
+        },
+    ),
+    (
+        "breaker_record",
+        {"name": "modal", "ok": False, "kind": "oom", "threshold": 5, "window_s": 3600, "now": NOW},
+        {
+            "p_name": "modal",
+            "p_ok": False,
+            "p_kind": "oom",
+            "p_threshold": 5,
+            "p_window_s": 3600,
+            "p_now": NOW_S,
+        },
+    ),
     ("breaker_reset", {"name": "modal"}, {"p_name": "modal"}),
     ("breaker_status", {"name": "modal", "window_s": 60}, {"p_name": "modal", "p_window_s": 60}),
-    ("log_rejection",
-     {"rejection_type": "cost_exceeded", "message": "too dear", "video_id": "v1",
-      "tenant_id": "t1", "frame_count": 10, "estimated_cost_usd": 1.5, "run_id": RUN,
-      "details": {"cap_usd": 1.0}},
-     {"p_rejection_type": "cost_exceeded", "p_message": "too dear", "p_video_id": "v1",
-      "p_tenant_id": "t1", "p_frame_count": 10, "p_estimated_cost_usd": 1.5, "p_run_id": RUN,
-      "p_details": {"cap_usd": 1.0}}),
+    (
+        "log_rejection",
+        {
+            "rejection_type": "cost_exceeded",
+            "message": "too dear",
+            "video_id": "v1",
+            "tenant_id": "t1",
+            "frame_count": 10,
+            "estimated_cost_usd": 1.5,
+            "run_id": RUN,
+            "details": {"cap_usd": 1.0},
+        },
+        {
+            "p_rejection_type": "cost_exceeded",
+            "p_message": "too dear",
+            "p_video_id": "v1",
+            "p_tenant_id": "t1",
+            "p_frame_count": 10,
+            "p_estimated_cost_usd": 1.5,
+            "p_run_id": RUN,
+            "p_details": {"cap_usd": 1.0},
+        },
+    ),
     ("acknowledge_rejection", {"id": RUN, "by": "ops"}, {"p_id": RUN, "p_by": "ops"}),
-    ("list_rejections", {"unacknowledged_only": True, "limit": 3},
-     {"p_unacknowledged_only": True, "p_limit": 3}),
-    ("save_predictions",
-     {"run_id": RUN, "rows": [{"frame1": 0, "frame2": 1, "probability": 0.25,
-                               "is_boundary": False}]},
-     {"p_run_id": RUN, "p_rows": [{"frame1": 0, "frame2": 1, "probability": 0.25,
-                                   "is_boundary": False}]}),
+    (
+        "list_rejections",
+        {"unacknowledged_only": True, "limit": 3},
+        {"p_unacknowledged_only": True, "p_limit": 3},
+    ),
+    (
+        "save_predictions",
+        {
+            "run_id": RUN,
+            "rows": [{"frame1": 0, "frame2": 1, "probability": 0.25, "is_boundary": False}],
+        },
+        {
+            "p_run_id": RUN,
+            "p_rows": [{"frame1": 0, "frame2": 1, "probability": 0.25, "is_boundary": False}],
+        },
+    ),
     ("get_predictions", {"run_id": RUN}, {"p_run_id": RUN}),
 ]
 
@@ -117,15 +223,18 @@ def supa() -> Iterator[Ledger]:
 
 def test_every_ledger_method_is_covered() -> None:
     public = {
-        name for name in dir(Ledger)
-        if not name.startswith("_") and callable(getattr(Ledger, name))
+        name
+        for name in dir(Ledger)
+        if not name.startswith("_")
+        and callable(getattr(Ledger, name))
         and name not in {"close", "schema"}
     }
     assert public == {method for method, _, _ in CASES}
 
 
-@pytest.mark.parametrize(("method", "kwargs", "body"), CASES,
-                         ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("method", "kwargs", "body"), CASES, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(CASES)]
+)
 def test_request_shape(supa: Ledger, method: str, kwargs: dict, body: dict) -> None:
     answer: Any = [] if method in LIST_RESULTS else {"ok": True}
     with respx.mock(assert_all_called=True) as mock:
@@ -151,20 +260,27 @@ def test_timeout_is_an_httpx_timeout(supa: Ledger) -> None:
 
 
 def error(status: int, code: str, message: str = "m") -> httpx.Response:
-    return httpx.Response(status, json={"code": code, "message": message, "details": None,
-                                        "hint": None})
+    return httpx.Response(
+        status, json={"code": code, "message": message, "details": None, "hint": None}
+    )
 
 
 @pytest.mark.parametrize(
     ("response", "exc", "code"),
     [
-        (error(400, "BI409", "illegal transition succeeded -> running"), IllegalTransition,
-         "BI409"),
+        (
+            error(400, "BI409", "illegal transition succeeded -> running"),
+            IllegalTransition,
+            "BI409",
+        ),
         (error(400, "BI404", "unknown run"), RunNotFound, "BI404"),
         (error(400, "BI400"), LedgerError, "BI400"),
         (error(404, "PGRST202", "Could not find the function"), LedgerError, "PGRST202"),
-        (error(500, "57014", "canceling statement due to statement timeout"), LedgerUnavailable,
-         "57014"),
+        (
+            error(500, "57014", "canceling statement due to statement timeout"),
+            LedgerUnavailable,
+            "57014",
+        ),
         (error(503, "PGRST001", "Database client error"), LedgerUnavailable, "PGRST001"),
         (httpx.Response(502, text="<html>Bad gateway</html>"), LedgerUnavailable, "502"),
     ],
@@ -182,25 +298,30 @@ def test_api_errors_are_mapped(
 
 @pytest.mark.parametrize(
     ("failure", "code"),
-    [(httpx.ConnectError("refused"), "unavailable"), (httpx.ReadTimeout("slow"), "timeout"),
-     (httpx.ConnectTimeout("slow"), "timeout"), (httpx.RemoteProtocolError("eof"), "unavailable")],
+    [
+        (httpx.ConnectError("refused"), "unavailable"),
+        (httpx.ReadTimeout("slow"), "timeout"),
+        (httpx.ConnectTimeout("slow"), "timeout"),
+        (httpx.RemoteProtocolError("eof"), "unavailable"),
+    ],
 )
-def test_transport_failures_are_unavailable(
-    supa: Ledger, failure: Exception, code: str
-) -> None:
+def test_transport_failures_are_unavailable(supa: Ledger, failure: Exception, code: str) -> None:
     with respx.mock() as mock:
         mock.post(f"{URL}/rest/v1/rpc/reserve_budget").mock(side_effect=failure)
         with pytest.raises(LedgerUnavailable) as info:
-            supa.reserve_budget(run_id=RUN, tenant_id="t", amount_usd=1, daily_cap_usd=2,
-                                monthly_cap_usd=3)
+            supa.reserve_budget(
+                run_id=RUN, tenant_id="t", amount_usd=1, daily_cap_usd=2, monthly_cap_usd=3
+            )
     assert info.value.code == code
 
 
 def test_null_result_is_none(supa: Ledger) -> None:
     with respx.mock() as mock:
         mock.post(f"{URL}/rest/v1/rpc/get_run").mock(
-            return_value=httpx.Response(200, content=b"null",
-                                        headers={"content-type": "application/json"}))
+            return_value=httpx.Response(
+                200, content=b"null", headers={"content-type": "application/json"}
+            )
+        )
         assert supa.get_run(run_id=RUN) is None
 
 
@@ -212,7 +333,8 @@ def test_an_existing_client_is_pinned_to_the_schema() -> None:
         ledger = Ledger(SupabaseTransport(client=client, schema=SCHEMA))
         with respx.mock() as mock:
             route = mock.post(f"{URL}/rest/v1/rpc/queue_depth").mock(
-                return_value=httpx.Response(200, json={"queued": 0, "running": 0, "total": 0}))
+                return_value=httpx.Response(200, json={"queued": 0, "running": 0, "total": 0})
+            )
             ledger.queue_depth()
         assert route.calls.last.request.headers["content-profile"] == SCHEMA
 
@@ -235,8 +357,9 @@ def supa_on_postgres(pg_dsn: str, ledger_schema: str) -> Iterator[Ledger]:
         try:
             result = server.call(fn, json.loads(request.content))
         except LedgerError as exc:
-            return httpx.Response(400, json={"code": exc.code, "message": exc.message,
-                                             "details": None, "hint": None})
+            return httpx.Response(
+                400, json={"code": exc.code, "message": exc.message, "details": None, "hint": None}
+            )
         return httpx.Response(200, json=result)
 
     transport = SupabaseTransport(url=URL, key=KEY, schema=ledger_schema, timeout_s=10)
@@ -251,36 +374,61 @@ def test_guard_lifecycle_through_supabase_path(supa_on_postgres: Ledger) -> None
     lg = supa_on_postgres
     assert lg.ping()["ok"] is True
     assert lg.get_video(id="v1") is None
-    lg.upsert_video(id="v1", tenant_id="t1", frame_count=100, fps=25.0,
-                    crop_box={"x": 0, "y": 0, "width": 8, "height": 8})
-    claim = lg.claim_run(video_id="v1", tenant_id="t1", frames_version="f", model_version="m",
-                         pairs=99)
+    lg.upsert_video(
+        id="v1",
+        tenant_id="t1",
+        frame_count=100,
+        fps=25.0,
+        crop_box={"x": 0, "y": 0, "width": 8, "height": 8},
+    )
+    claim = lg.claim_run(
+        video_id="v1", tenant_id="t1", frames_version="f", model_version="m", pairs=99
+    )
     assert claim["created"] is True
-    assert lg.claim_run(video_id="v1", tenant_id="t1", frames_version="f",
-                        model_version="m")["created"] is False
+    assert (
+        lg.claim_run(video_id="v1", tenant_id="t1", frames_version="f", model_version="m")[
+            "created"
+        ]
+        is False
+    )
     run_id = claim["run_id"]
     assert lg.queue_depth() == {"queued": 1, "running": 0, "total": 1}
-    budget = lg.reserve_budget(run_id=run_id, tenant_id="t1", amount_usd=0.5,
-                               daily_cap_usd=0.75, monthly_cap_usd=10, now=NOW)
+    budget = lg.reserve_budget(
+        run_id=run_id,
+        tenant_id="t1",
+        amount_usd=0.5,
+        daily_cap_usd=0.75,
+        monthly_cap_usd=10,
+        now=NOW,
+    )
     assert budget["ok"] is True
-    refused = lg.reserve_budget(run_id=uuid.uuid4(), tenant_id="t1", amount_usd=0.5,
-                                daily_cap_usd=0.75, monthly_cap_usd=10, now=NOW)
+    refused = lg.reserve_budget(
+        run_id=uuid.uuid4(),
+        tenant_id="t1",
+        amount_usd=0.5,
+        daily_cap_usd=0.75,
+        monthly_cap_usd=10,
+        now=NOW,
+    )
     assert refused["reason"] == "daily_cap"
     assert lg.breaker_check(name="modal", threshold=5, window_s=60, open_s=60)["allowed"]
     lg.set_call_id(run_id=run_id, call_id="fc-1")
     lg.transition_run(run_id=run_id, to_status="running", attempts=1)
-    lg.save_predictions(run_id=run_id, rows=[
-        {"frame1": 0, "frame2": 1, "probability": 0.75, "is_boundary": True}])
-    done = lg.transition_run(run_id=run_id, to_status="succeeded", actual_cost_usd=0.01,
-                             pairs_per_s=120.0)
+    lg.save_predictions(
+        run_id=run_id, rows=[{"frame1": 0, "frame2": 1, "probability": 0.75, "is_boundary": True}]
+    )
+    done = lg.transition_run(
+        run_id=run_id, to_status="succeeded", actual_cost_usd=0.01, pairs_per_s=120.0
+    )
     assert done["status"] == "succeeded" and done["executor_call_id"] == "fc-1"
     assert lg.settle_budget(run_id=run_id, actual_usd=0.01, now=NOW)["freed_usd"] == 0.49
     assert lg.spend_summary(now=NOW)["daily_committed_usd"] == 0.01
     assert lg.get_predictions(run_id=run_id)[0]["is_boundary"] is True
     assert lg.recent_throughput(model_version="m") == {"pairs_per_s": 120.0, "runs": 1}
     assert lg.breaker_record(name="modal", ok=True, threshold=5, window_s=60)["state"] == "closed"
-    rejection = lg.log_rejection(rejection_type="cooldown", message="wait", video_id="v1",
-                                 tenant_id="t1")
+    rejection = lg.log_rejection(
+        rejection_type="cooldown", message="wait", video_id="v1", tenant_id="t1"
+    )
     assert lg.acknowledge_rejection(id=rejection["id"], by="ops")["acknowledged"] is True
     assert lg.list_rejections(unacknowledged_only=True) == []
     assert [r["id"] for r in lg.list_runs()] == [run_id]
@@ -291,8 +439,9 @@ def test_sql_errors_map_through_supabase_path(supa_on_postgres: Ledger) -> None:
     with pytest.raises(RunNotFound):
         lg.transition_run(run_id=uuid.uuid4(), to_status="running")
     lg.upsert_video(id="v1", tenant_id="t1", frame_count=100, fps=25.0)
-    run_id = lg.claim_run(video_id="v1", tenant_id="t1", frames_version="f",
-                          model_version="m")["run_id"]
+    run_id = lg.claim_run(video_id="v1", tenant_id="t1", frames_version="f", model_version="m")[
+        "run_id"
+    ]
     with pytest.raises(IllegalTransition):
         lg.transition_run(run_id=run_id, to_status="succeeded")
     with pytest.raises(LedgerError) as info:

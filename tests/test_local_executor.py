@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from modal_app.synthetic import make_video
 
 from boundary_inference.executor import CallState, FailureKind, LocalExecutor
+from modal_app.synthetic import make_video
 from modal_app.types import InferenceRequest
 
 

@@ -51,14 +51,14 @@ def test_substitution_replaces_only_the_schema_token() -> None:
         "CREATE TABLE boundary_inference.videos (); SET search_path = boundary_inference, pg_temp;"
         " SELECT * FROM boundary_inference.boundary_inference_runs;"
         " pg_notify('boundary_inference_rejections', '');  -- boundary_inference\n"
-        " \"boundary_inference\".x; xboundary_inference; boundary_inference2"
+        ' "boundary_inference".x; xboundary_inference; boundary_inference2'
     )
     out = substitute_schema(text, "tenant_x")
     assert out == (
         "CREATE TABLE tenant_x.videos (); SET search_path = tenant_x, pg_temp;"
         " SELECT * FROM tenant_x.boundary_inference_runs;"
         " pg_notify('boundary_inference_rejections', '');  -- tenant_x\n"
-        " \"tenant_x\".x; xboundary_inference; boundary_inference2"
+        ' "tenant_x".x; xboundary_inference; boundary_inference2'
     )
     assert substitute_schema(text, "boundary_inference") == text
 
@@ -72,10 +72,20 @@ def test_apply_is_idempotent_and_recorded(pg_dsn: str, fresh_schema: str) -> Non
     assert [r["checksum"] for r in recorded] == [
         checksum(p.read_text(encoding="utf-8")) for p in migration_files()
     ]
-    assert {"videos", "boundary_inference_runs", "boundary_inference_rejections",
-            "boundary_predictions", "circuit_breakers", "circuit_breaker_events",
-            "budget_reservations", "schema_migrations", "daily_cost", "expensive_videos",
-            "queue_health", "rejection_summary"} <= tables(pg_dsn, fresh_schema)
+    assert {
+        "videos",
+        "boundary_inference_runs",
+        "boundary_inference_rejections",
+        "boundary_predictions",
+        "circuit_breakers",
+        "circuit_breaker_events",
+        "budget_reservations",
+        "schema_migrations",
+        "daily_cost",
+        "expensive_videos",
+        "queue_health",
+        "rejection_summary",
+    } <= tables(pg_dsn, fresh_schema)
 
 
 def test_substituted_schema_leaves_no_trace_in_default_schema(
@@ -94,9 +104,7 @@ def test_substituted_schema_leaves_no_trace_in_default_schema(
         assert f"search_path={fresh_schema}" in (config or "").replace(" ", ""), name
 
 
-def test_changed_applied_file_is_refused(
-    pg_dsn: str, fresh_schema: str, tmp_path: Path
-) -> None:
+def test_changed_applied_file_is_refused(pg_dsn: str, fresh_schema: str, tmp_path: Path) -> None:
     for p in migration_files():
         shutil.copy(p, tmp_path / p.name)
     apply_migrations(pg_dsn, fresh_schema, directory=tmp_path)

@@ -124,15 +124,29 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api"
 
     def healthy() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"prefect server exited: {(home / 'server.log').read_text()[-3000:]}")
+            raise AssertionError(
+                f"prefect server exited: {(home / 'server.log').read_text()[-3000:]}"
+            )
         try:
             return httpx.get(f"{url}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
@@ -175,13 +189,22 @@ def _deployment(api: httpx.Client, name: str) -> dict[str, Any] | None:
 
 def _final_state(api: httpx.Client, flow_run_id: str) -> dict[str, Any] | None:
     state = api.get(f"flow_runs/{flow_run_id}").json()["state"]
-    return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+    return (
+        state
+        if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+        else None
+    )
 
 
 def _deployment_run(args: list[str], env: dict[str, str]) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "prefect", "deployment", "run", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     found = re.search(r"UUID:\s*([0-9a-f-]{36})", done.stdout)
@@ -196,8 +219,12 @@ def test_served_deployments_rejection_schedule_and_automations(
     child_env = _client_env(api_url, tmp_path / "client-home")
     serve_log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "flows.serve"], env=child_env, cwd=ROOT, stdout=serve_log,
-        stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "flows.serve"],
+        env=child_env,
+        cwd=ROOT,
+        stdout=serve_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         # While the deployments register: a notification block and the shipped automations.
@@ -208,7 +235,8 @@ def test_served_deployments_rejection_schedule_and_automations(
 
         with temporary_settings({PREFECT_API_URL: api_url}):
             CustomWebhookNotificationBlock(
-                name="bi-test", url=webhook.url,
+                name="bi-test",
+                url=webhook.url,
                 json_data={"subject": "{{subject}}", "body": "{{body}}"},
             ).save(BLOCK_NAME, overwrite=True)
             applied = apply_automations(BLOCK_NAME)
@@ -219,57 +247,80 @@ def test_served_deployments_rejection_schedule_and_automations(
         assert len(applied) == len(load_definitions())
 
         # An open rejection already in the ledger, so the monitor has something to alert on.
-        env.ledger.log_rejection(rejection_type="cost_exceeded", message="seeded",
-                                 video_id="seeded-video", estimated_cost_usd=2.5)
+        env.ledger.log_rejection(
+            rejection_type="cost_exceeded",
+            message="seeded",
+            video_id="seeded-video",
+            estimated_cost_usd=2.5,
+        )
 
         api = _api(api_url)
         _wait(
             "the served deployments",
-            lambda: serve.poll() is None
-            and _deployment(api, "boundary-inference/default")
-            and _deployment(api, "rejection-monitor/scheduled"),
+            lambda: (
+                serve.poll() is None
+                and _deployment(api, "boundary-inference/default")
+                and _deployment(api, "rejection-monitor/scheduled")
+            ),
             timeout_s=60,
         )
         assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
 
         inference_run = _deployment_run(
-            ["boundary-inference/default", "--param", "video_id=never-registered",
-             "--param", "frames_version=f1", "--param", f"model_version={MODEL}"],
+            [
+                "boundary-inference/default",
+                "--param",
+                "video_id=never-registered",
+                "--param",
+                "frames_version=f1",
+                "--param",
+                f"model_version={MODEL}",
+            ],
             child_env,
         )
         monitor_run = _deployment_run(["rejection-monitor/scheduled"], child_env)
 
-        state = _wait("the inference run to finish",
-                      lambda: _final_state(api, inference_run), timeout_s=90)
+        state = _wait(
+            "the inference run to finish", lambda: _final_state(api, inference_run), timeout_s=90
+        )
         assert (state["type"], state["name"]) == ("COMPLETED", "Rejected"), state
-        rejected = [r for r in env.ledger.list_rejections(limit=10)
-                    if r["video_id"] == "never-registered"]
+        rejected = [
+            r for r in env.ledger.list_rejections(limit=10) if r["video_id"] == "never-registered"
+        ]
         assert len(rejected) == 1 and rejected[0]["rejection_type"] == "validation_failed"
         assert "not registered" in rejected[0]["message"]
         assert env.ledger.list_runs(limit=10) == []  # refused before any run was claimed
 
-        monitor_state = _wait("the monitor run to finish",
-                              lambda: _final_state(api, monitor_run), timeout_s=90)
+        monitor_state = _wait(
+            "the monitor run to finish", lambda: _final_state(api, monitor_run), timeout_s=90
+        )
         assert monitor_state["type"] == "COMPLETED", (
-            monitor_state["message"], (tmp_path / "serve.log").read_text()[-4000:])
+            monitor_state["message"],
+            (tmp_path / "serve.log").read_text()[-4000:],
+        )
 
         # The shipped automations turned both events into notifications through the block.
         _wait(
             "notifications for the rejection and the monitor's alert",
-            lambda: any("never-registered" in s for s in webhook.subjects())
-            and any("unacknowledged rejections" in s for s in webhook.subjects()),
+            lambda: (
+                any("never-registered" in s for s in webhook.subjects())
+                and any("unacknowledged rejections" in s for s in webhook.subjects())
+            ),
             timeout_s=45,
         )
-        rejection_note = next(n for n in webhook.received
-                              if "never-registered" in str(n.get("subject")))
+        rejection_note = next(
+            n for n in webhook.received if "never-registered" in str(n.get("subject"))
+        )
         assert "validation_failed" in rejection_note["subject"]
         assert str(rejected[0]["id"]) in rejection_note["body"]
 
         # Deployment shapes: the monitor's cron, the inference concurrency and parameter docs.
         monitor = _deployment(api, "rejection-monitor/scheduled")
         assert monitor is not None
-        crons = [(s["schedule"].get("cron"), s["schedule"].get("timezone"), s["active"])
-                 for s in monitor["schedules"]]
+        crons = [
+            (s["schedule"].get("cron"), s["schedule"].get("timezone"), s["active"])
+            for s in monitor["schedules"]
+        ]
         assert crons == [("0 */12 * * *", "UTC", True)]
         inference = _deployment(api, "boundary-inference/default")
         assert inference is not None
@@ -279,7 +330,10 @@ def test_served_deployments_rejection_schedule_and_automations(
         properties = inference["parameter_openapi_schema"]["properties"]
         assert "registered" in properties["video_id"]["description"]
         assert set(inference["parameter_openapi_schema"]["required"]) == {
-            "video_id", "frames_version", "model_version"}
+            "video_id",
+            "frames_version",
+            "model_version",
+        }
     finally:
         _stop(serve)
         serve_log.close()
@@ -304,8 +358,13 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server: str, tmp_path: Pa
 
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "prefect", "--no-prompt", *args], env=env, cwd=ROOT,
-            capture_output=True, text=True, timeout=120, check=False,
+            [sys.executable, "-m", "prefect", "--no-prompt", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
@@ -313,8 +372,14 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server: str, tmp_path: Pa
     cli("work-pool", "create", "boundary-inference-pool", "--type", "process", "--overwrite")
     # `deploy --name` matches <entrypoint function>/<deployment>, not the flow's name.
     selectors = ["boundary_inference_flow/default", "rejection_monitor_flow/scheduled"]
-    cli("deploy", *(["--all"] if len(wanted) == 3 else
-                    [arg for name in selectors for arg in ("--name", name)]))
+    cli(
+        "deploy",
+        *(
+            ["--all"]
+            if len(wanted) == 3
+            else [arg for name in selectors for arg in ("--name", name)]
+        ),
+    )
 
     api = _api(prefect_server)
     for name in wanted:

@@ -38,8 +38,13 @@ def _seed_rejections(ledger: Ledger) -> None:
     ]
     for rejection_type, estimate, age in seeds:
         ledger.log_rejection(
-            rejection_type=rejection_type, message="no", video_id="v1", tenant_id="demo",
-            frame_count=1000, estimated_cost_usd=estimate, now=NOW - age,
+            rejection_type=rejection_type,
+            message="no",
+            video_id="v1",
+            tenant_id="demo",
+            frame_count=1000,
+            estimated_cost_usd=estimate,
+            now=NOW - age,
         )
     done = ledger.log_rejection(rejection_type="queue_full", message="old", video_id="v1")
     ledger.acknowledge_rejection(id=done["id"], by="test")
@@ -50,12 +55,19 @@ def test_metrics_and_alerts_from_a_seeded_ledger(
 ) -> None:
     ledger.upsert_video(id="v1", tenant_id="demo", frame_count=1000, fps=30.0)
     _seed_rejections(ledger)
-    _seed_runs(ledger, ["succeeded", "succeeded", "succeeded", "failed", "timed_out",
-                        "queued", "running"])
-    claim = ledger.claim_run(video_id="v1", tenant_id="demo", frames_version="spend",
-                             model_version="m")
-    ledger.reserve_budget(run_id=claim["run_id"], tenant_id="demo", amount_usd=21.0,
-                          daily_cap_usd=50.0, monthly_cap_usd=100.0)
+    _seed_runs(
+        ledger, ["succeeded", "succeeded", "succeeded", "failed", "timed_out", "queued", "running"]
+    )
+    claim = ledger.claim_run(
+        video_id="v1", tenant_id="demo", frames_version="spend", model_version="m"
+    )
+    ledger.reserve_budget(
+        run_id=claim["run_id"],
+        tenant_id="demo",
+        amount_usd=21.0,
+        daily_cap_usd=50.0,
+        monthly_cap_usd=100.0,
+    )
     monkeypatch.setattr(monitor, "JOB_BURST_ALERT", 5)
     settings = Settings(queue_depth_alert=2, queue_depth_block=50)
 
@@ -68,12 +80,16 @@ def test_metrics_and_alerts_from_a_seeded_ledger(
     assert by_type["cost_exceeded"]["oldest_age_s"] == pytest.approx(7200, abs=1)
     assert by_type["cost_exceeded"]["newest_age_s"] == pytest.approx(600, abs=1)
     assert (by_type["cost_exceeded"]["oldest_age"], by_type["cost_exceeded"]["newest_age"]) == (
-        "2h", "10m"
+        "2h",
+        "10m",
     )
     assert by_type["cooldown"]["total_estimated_cost_usd"] == 0
     assert "queue_full" not in by_type  # acknowledged
-    assert [row["type"] for row in m.unacknowledged] == ["cooldown", "cost_exceeded",
-                                                          "cost_exceeded"]
+    assert [row["type"] for row in m.unacknowledged] == [
+        "cooldown",
+        "cost_exceeded",
+        "cost_exceeded",
+    ]
     assert m.unacknowledged[0]["frames"] == 1000
 
     assert m.daily_spend_usd == pytest.approx(21.0)
@@ -83,8 +99,13 @@ def test_metrics_and_alerts_from_a_seeded_ledger(
     assert m.jobs_last_hour == 8
     assert (m.queue_depth, m.queue_queued, m.queue_running) == (3, 2, 1)  # spend claim is queued
 
-    assert m.alerts == ["daily_spend", "queue_depth", "failure_rate", "job_burst",
-                        "unacknowledged_rejections"]
+    assert m.alerts == [
+        "daily_spend",
+        "queue_depth",
+        "failure_rate",
+        "job_burst",
+        "unacknowledged_rejections",
+    ]
     payload = monitor.alert_payload("unacknowledged_rejections", m)
     assert payload["count"] == 3 and payload["by_type"] == {"cost_exceeded": 2, "cooldown": 1}
     assert monitor.alert_payload("daily_spend", m)["daily_spend_usd"] == pytest.approx(21.0)
@@ -105,8 +126,9 @@ def test_flow_publishes_artifacts_and_one_event_per_alert(
     asserting_events_worker: Any,
 ) -> None:
     env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
-    env.ledger.log_rejection(rejection_type="cost_exceeded", message="too big", video_id="v9",
-                             estimated_cost_usd=1.25)
+    env.ledger.log_rejection(
+        rejection_type="cost_exceeded", message="too big", video_id="v9", estimated_cost_usd=1.25
+    )
 
     summary = monitor.rejection_monitor_flow()
 
@@ -114,8 +136,9 @@ def test_flow_publishes_artifacts_and_one_event_per_alert(
     assert summary["events"] == ["boundary-inference.alert.unacknowledged-rejections"]
     asserting_events_worker.drain()
     client = AssertingEventsClient.last
-    alerts = [e for e in (client.events if client else [])
-              if e.event.startswith(monitor.ALERT_PREFIX)]
+    alerts = [
+        e for e in (client.events if client else []) if e.event.startswith(monitor.ALERT_PREFIX)
+    ]
     assert [e.event for e in alerts] == ["boundary-inference.alert.unacknowledged-rejections"]
     assert alerts[0].resource.id == "boundary-inference.monitor"
     assert alerts[0].payload["count"] == 1
@@ -127,13 +150,20 @@ def test_flow_publishes_artifacts_and_one_event_per_alert(
     with get_client(sync_client=True) as client_:
         found = client_.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["monitor-rejections-by-type",
-                                            "monitor-unacknowledged-rejections",
-                                            "monitor-summary"])
+                key=ArtifactFilterKey(
+                    any_=[
+                        "monitor-rejections-by-type",
+                        "monitor-unacknowledged-rejections",
+                        "monitor-summary",
+                    ]
+                )
             )
         )
-    assert {a.key for a in found} >= {"monitor-rejections-by-type",
-                                      "monitor-unacknowledged-rejections", "monitor-summary"}
+    assert {a.key for a in found} >= {
+        "monitor-rejections-by-type",
+        "monitor-unacknowledged-rejections",
+        "monitor-summary",
+    }
 
 
 def test_every_alert_and_the_rejection_event_have_a_shipped_automation() -> None:

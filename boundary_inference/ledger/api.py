@@ -103,14 +103,17 @@ class Ledger:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _call(self, fn: str, **params: Any) -> Any:
-        body = {f"p_{name}": _json_value(value) for name, value in params.items() if value is not None}
+        body = {
+            f"p_{name}": _json_value(value) for name, value in params.items() if value is not None
+        }
         return self.transport.call(fn, body)
 
     def _obj(self, fn: str, **params: Any) -> dict[str, Any]:
         result = self._call(fn, **params)
         if not isinstance(result, dict):
-            raise LedgerError(f"{fn} returned {type(result).__name__}, expected an object",
-                              code="bad_response")
+            raise LedgerError(
+                f"{fn} returned {type(result).__name__}, expected an object", code="bad_response"
+            )
         return result
 
     def _maybe_obj(self, fn: str, **params: Any) -> dict[str, Any] | None:
@@ -118,8 +121,9 @@ class Ledger:
         if result is None or result == []:  # PostgREST may send an empty body for NULL
             return None
         if not isinstance(result, dict):
-            raise LedgerError(f"{fn} returned {type(result).__name__}, expected an object",
-                              code="bad_response")
+            raise LedgerError(
+                f"{fn} returned {type(result).__name__}, expected an object", code="bad_response"
+            )
         return result
 
     def _list(self, fn: str, **params: Any) -> list[dict[str, Any]]:
@@ -127,8 +131,9 @@ class Ledger:
         if result is None:
             return []
         if not isinstance(result, list):
-            raise LedgerError(f"{fn} returned {type(result).__name__}, expected a list",
-                              code="bad_response")
+            raise LedgerError(
+                f"{fn} returned {type(result).__name__}, expected a list", code="bad_response"
+            )
         return result
 
     # -- health -------------------------------------------------------------------------------
@@ -151,8 +156,13 @@ class Ledger:
     ) -> dict[str, Any]:
         """Insert or update a video; a video id stays with its first tenant (``BI403``)."""
         return self._obj(
-            "upsert_video", id=id, tenant_id=tenant_id, frame_count=frame_count, fps=fps,
-            source_uri=source_uri, crop_box=crop_box,
+            "upsert_video",
+            id=id,
+            tenant_id=tenant_id,
+            frame_count=frame_count,
+            fps=fps,
+            source_uri=source_uri,
+            crop_box=crop_box,
         )
 
     def get_video(self, *, id: str) -> dict[str, Any] | None:
@@ -178,8 +188,14 @@ class Ledger:
         run is returned unless ``force``; otherwise a new queued run is created.
         """
         return self._obj(
-            "claim_run", video_id=video_id, tenant_id=tenant_id, frames_version=frames_version,
-            model_version=model_version, pairs=pairs, priority=priority, force=force,
+            "claim_run",
+            video_id=video_id,
+            tenant_id=tenant_id,
+            frames_version=frames_version,
+            model_version=model_version,
+            pairs=pairs,
+            priority=priority,
+            force=force,
             flow_run_id=flow_run_id,
         )
 
@@ -208,10 +224,15 @@ class Ledger:
             RunNotFound: no such run (``BI404``).
         """
         given = {
-            "executor_call_id": executor_call_id, "attempts": attempts,
-            "estimated_cost_usd": estimated_cost_usd, "worst_case_cost_usd": worst_case_cost_usd,
-            "reserved_cost_usd": reserved_cost_usd, "actual_cost_usd": actual_cost_usd,
-            "gpu_seconds": gpu_seconds, "pairs_per_s": pairs_per_s, "error": error,
+            "executor_call_id": executor_call_id,
+            "attempts": attempts,
+            "estimated_cost_usd": estimated_cost_usd,
+            "worst_case_cost_usd": worst_case_cost_usd,
+            "reserved_cost_usd": reserved_cost_usd,
+            "actual_cost_usd": actual_cost_usd,
+            "gpu_seconds": gpu_seconds,
+            "pairs_per_s": pairs_per_s,
+            "error": error,
             "failure_kind": failure_kind,
         }
         merged = dict(fields or {})
@@ -219,8 +240,9 @@ class Ledger:
         unknown = sorted(set(merged) - set(_RUN_FIELDS))
         if unknown:
             raise ValueError(f"unknown run fields: {', '.join(unknown)}")
-        return self._obj("transition_run", run_id=run_id, to_status=to_status, fields=merged,
-                         now=now)
+        return self._obj(
+            "transition_run", run_id=run_id, to_status=to_status, fields=merged, now=now
+        )
 
     def set_call_id(self, *, run_id: RunId, call_id: str) -> dict[str, Any]:
         """Record the executor call id of a live run (``BI409`` once the run has ended)."""
@@ -263,10 +285,15 @@ class Ledger:
         ``daily_cap``, ``monthly_cap``, ``tenant_daily_cap``, ``tenant_monthly_cap`` or None.
         """
         return self._obj(
-            "reserve_budget", run_id=run_id, tenant_id=tenant_id, amount_usd=amount_usd,
-            daily_cap_usd=daily_cap_usd, monthly_cap_usd=monthly_cap_usd,
+            "reserve_budget",
+            run_id=run_id,
+            tenant_id=tenant_id,
+            amount_usd=amount_usd,
+            daily_cap_usd=daily_cap_usd,
+            monthly_cap_usd=monthly_cap_usd,
             tenant_daily_cap_usd=tenant_daily_cap_usd,
-            tenant_monthly_cap_usd=tenant_monthly_cap_usd, now=now,
+            tenant_monthly_cap_usd=tenant_monthly_cap_usd,
+            now=now,
         )
 
     def settle_budget(
@@ -286,7 +313,9 @@ class Ledger:
         monthly_actual_usd}`` (all tenants when ``tenant_id`` is None)."""
         return self._obj("spend_summary", tenant_id=tenant_id, now=now)
 
-    def spend_by_day(self, *, days: int = 30, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    def spend_by_day(
+        self, *, days: int = 30, now: dt.datetime | None = None
+    ) -> list[dict[str, Any]]:
         """One row per UTC day, oldest first: ``{day, committed_usd, actual_usd, reservations}``."""
         return self._list("spend_by_day", days=days, now=now)
 
@@ -304,8 +333,13 @@ class Ledger:
     ) -> dict[str, Any]:
         """``{allowed, state, retry_after_s, probe}``; at most one caller gets the probe."""
         return self._obj(
-            "breaker_check", name=name, threshold=threshold, window_s=window_s, open_s=open_s,
-            acquire_probe=acquire_probe, now=now,
+            "breaker_check",
+            name=name,
+            threshold=threshold,
+            window_s=window_s,
+            open_s=open_s,
+            acquire_probe=acquire_probe,
+            now=now,
         )
 
     def breaker_record(
@@ -320,8 +354,13 @@ class Ledger:
     ) -> dict[str, Any]:
         """Record an outcome: ``{state, failures_in_window}``."""
         return self._obj(
-            "breaker_record", name=name, ok=ok, kind=kind, threshold=threshold,
-            window_s=window_s, now=now,
+            "breaker_record",
+            name=name,
+            ok=ok,
+            kind=kind,
+            threshold=threshold,
+            window_s=window_s,
+            now=now,
         )
 
     def breaker_reset(self, *, name: str, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -349,9 +388,16 @@ class Ledger:
     ) -> dict[str, Any]:
         """Store a refusal (and NOTIFY ``boundary_inference_rejections``): ``{id}``."""
         return self._obj(
-            "log_rejection", rejection_type=str(rejection_type), message=message,
-            video_id=video_id, tenant_id=tenant_id, frame_count=frame_count,
-            estimated_cost_usd=estimated_cost_usd, run_id=run_id, details=details, now=now,
+            "log_rejection",
+            rejection_type=str(rejection_type),
+            message=message,
+            video_id=video_id,
+            tenant_id=tenant_id,
+            frame_count=frame_count,
+            estimated_cost_usd=estimated_cost_usd,
+            run_id=run_id,
+            details=details,
+            now=now,
         )
 
     def acknowledge_rejection(
@@ -365,7 +411,9 @@ class Ledger:
     ) -> list[dict[str, Any]]:
         """Newest first."""
         return self._list(
-            "list_rejections", unacknowledged_only=unacknowledged_only, limit=limit,
+            "list_rejections",
+            unacknowledged_only=unacknowledged_only,
+            limit=limit,
             tenant_id=tenant_id,
         )
 

@@ -127,9 +127,7 @@ def race(
             except queue_mod.Empty:
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
                 if dead:
-                    raise RuntimeError(
-                        f"race: worker exited with {dead[0].exitcode}"
-                    ) from None
+                    raise RuntimeError(f"race: worker exited with {dead[0].exitcode}") from None
         for proc in procs:
             proc.join(timeout=30)
     finally:
@@ -183,7 +181,11 @@ def concurrency_figures(
             breaker: dict[str, Any] = {"name": "bench", "threshold": 5, "window_s": 3600}
             for i in range(5):
                 ledger.breaker_record(
-                    name="bench", threshold=5, window_s=3600, ok=False, kind="bench",
+                    name="bench",
+                    threshold=5,
+                    window_s=3600,
+                    ok=False,
+                    kind="bench",
                     now=t0 + dt.timedelta(seconds=i),
                 )
             opened = ledger.breaker_status(name="bench", now=t0 + dt.timedelta(seconds=5))
@@ -191,26 +193,34 @@ def concurrency_figures(
             transport.close()
 
         claim = {
-            "video_id": "bench-video", "tenant_id": "bench", "frames_version": "f1",
-            "model_version": "m1", "pairs": 999,
+            "video_id": "bench-video",
+            "tenant_id": "bench",
+            "frames_version": "f1",
+            "model_version": "m1",
+            "pairs": 999,
         }
         reserve_now = t0
         reserve = [
             {
-                "run_id": str(uuid.uuid4()), "tenant_id": f"tenant-{i % 3}", "amount_usd": 0.5,
-                "daily_cap_usd": 20.0, "monthly_cap_usd": 1000.0, "now": reserve_now,
+                "run_id": str(uuid.uuid4()),
+                "tenant_id": f"tenant-{i % 3}",
+                "amount_usd": 0.5,
+                "daily_cap_usd": 20.0,
+                "monthly_cap_usd": 1000.0,
+                "now": reserve_now,
             }
             for i in range(100)
         ]
         probe_now = t0 + dt.timedelta(seconds=3600 + 10)
         probe = [
-            {**breaker, "open_s": 3600, "acquire_probe": True, "now": probe_now}
-            for _ in range(20)
+            {**breaker, "open_s": 3600, "acquire_probe": True, "now": probe_now} for _ in range(20)
         ]
         claims, reservations, probes = race(
-            dsn, scratch,
+            dsn,
+            scratch,
             [("claim_run", [claim] * 50), ("reserve_budget", reserve), ("breaker_check", probe)],
-            processes=processes, threads=threads,
+            processes=processes,
+            threads=threads,
         )
         errors = [
             r["error"]

@@ -53,8 +53,9 @@ def apply_migrations(
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout_s)
     except psycopg.OperationalError as exc:
-        raise LedgerUnavailable(f"cannot connect to run migrations: {exc}",
-                                code="unavailable") from exc
+        raise LedgerUnavailable(
+            f"cannot connect to run migrations: {exc}", code="unavailable"
+        ) from exc
     applied_now: list[str] = []
     with conn:
         conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(_LOCK_TIMEOUT_S * 1000)))

@@ -94,8 +94,10 @@ class PsycopgTransport:
         except psycopg.Error as exc:
             if conn is not None:
                 conn.close()
-            raise LedgerUnavailable(f"cannot connect to the ledger database: {exc}",
-                                    code=_sqlstate(exc) or "unavailable") from exc
+            raise LedgerUnavailable(
+                f"cannot connect to the ledger database: {exc}",
+                code=_sqlstate(exc) or "unavailable",
+            ) from exc
         with self._lock:
             self._connections.append(conn)
         return conn
