@@ -28,7 +28,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TAG_NAME = "project"
+from modal_app.modal_config import BILLING_TAG_NAME
+
+DEFAULT_TAG_NAME = BILLING_TAG_NAME  # the tag modal_app.app puts on the deployed app
 UNTAGGED = "(untagged)"
 
 

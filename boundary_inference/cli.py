@@ -417,6 +417,75 @@ def bench(
     )
 
 
+@app.command()
+def reconcile(
+    since: Annotated[str, typer.Option(help="First UTC day, YYYY-MM-DD.")],
+    until: Annotated[
+        str | None, typer.Option(help="Day after the last, YYYY-MM-DD (default: now).")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="A saved Modal billing report (JSON) instead of Modal's.")
+    ] = None,
+    save: Annotated[
+        Path | None, typer.Option(help="Also save the report fetched from Modal here.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The ledger's estimates and charges against Modal's bill, per UTC day and app tag."""
+    from boundary_inference.billing import (
+        fetch_modal_billing,
+        ledger_costs_from_runs,
+        load_billing_report,
+        save_billing_report,
+    )
+    from boundary_inference.billing import reconcile as join
+
+    try:
+        start = datetime.fromisoformat(since).replace(tzinfo=UTC)
+        end = datetime.fromisoformat(until).replace(tzinfo=UTC) if until else None
+    except ValueError as error:
+        console.print(f"[red]bad date[/red]: {error}")
+        raise typer.Exit(2) from error
+    settings = _settings()
+    if report is not None:
+        bill = load_billing_report(report)
+    else:
+        try:
+            bill = fetch_modal_billing(start, end)
+        except Exception as error:  # no token, no network: say so, never guess
+            console.print(f"[red]cannot read Modal's billing report[/red]: {error}")
+            raise typer.Exit(1) from error
+        if save is not None:
+            save_billing_report(bill, save)
+    runs = [
+        run
+        for run in _services().ledger.list_runs(limit=100_000)
+        if run.get("finished_at") is not None
+        and start <= _as_utc(run["finished_at"]) < (end or datetime.max.replace(tzinfo=UTC))
+    ]
+    result = join(ledger_costs_from_runs(runs, tag=settings.modal_app_name), bill)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    columns = ["day", "tag", "runs", "estimated_usd", "ledger_actual_usd", "billed_usd"]
+    rows = [r.to_dict() for r in [*result.rows, result.totals]]
+    for row in rows:
+        for key in ("estimated_usd", "ledger_actual_usd", "billed_usd"):
+            row[key] = f"{row[key]:.4f}"
+        row["estimated_usd"] += _pct(row["estimate_error_pct"])
+        row["ledger_actual_usd"] += _pct(row["actual_error_pct"])
+    _table(f"ledger vs Modal bill (tag {result.tag_name})", rows, columns)
+
+
+def _as_utc(value: Any) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _pct(error_pct: float | None) -> str:
+    return "" if error_pct is None else f" ({error_pct:+.1f}%)"
+
+
 # --- Monitor and automations (appended by the operations work) ---------------------------------
 
 automations_app = typer.Typer(no_args_is_help=True, help="Alert automations on the Prefect server.")

@@ -35,6 +35,7 @@ from modal_app.errors import DeadlineExceeded, InferenceError, Stalled
 from modal_app.modal_config import (
     CONFIG_KEY,
     REFUSED,
+    app_tags,
     attempts_key,
     call_key,
     function_options,
@@ -47,7 +48,7 @@ from modal_app.types import InferenceRequest
 logger = logging.getLogger(__name__)
 
 settings = get_settings()
-app = modal.App(settings.modal_app_name)
+app = modal.App(settings.modal_app_name, tags=app_tags(settings))
 
 # Seconds a stalled or overdue attempt gets to honour the exception raised into it before the
 # container exits. Billed at most once per attempt, on top of the deadline or heartbeat.

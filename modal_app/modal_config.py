@@ -58,6 +58,14 @@ def call_key(call_id: str) -> str:
     return f"call:{call_id}"
 
 
+# Modal bills apps, not calls: this tag is how boundary_inference.billing tells our spend apart.
+BILLING_TAG_NAME = "project"
+
+
+def app_tags(settings: Settings) -> dict[str, str]:
+    return {BILLING_TAG_NAME: settings.modal_app_name}
+
+
 def models_mount_path(settings: Settings) -> str:
     """Where the models Volume is mounted in the container (absolute: Modal requires it)."""
     path = PurePosixPath(str(settings.models_dir).replace("\\", "/"))

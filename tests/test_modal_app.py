@@ -227,8 +227,18 @@ def test_the_module_decorates_the_class_with_exactly_function_options(
     assert len(seen) == 1
     used, expected = seen[0], function_options(module.settings)
     assert set(used) == set(expected)
-    for key in ("gpu", "timeout", "scaledown_window", "max_containers", "enable_memory_snapshot"):
+    for key in (
+        "gpu",
+        "timeout",
+        "startup_timeout",
+        "scaledown_window",
+        "max_containers",
+        "enable_memory_snapshot",
+    ):
         assert used[key] == expected[key], key
+    assert used["startup_timeout"] == module.settings.startup_timeout_s
+    # Billing is attributed by this tag (boundary_inference.billing's default tag name).
+    assert module.app._local_state.tags == {"project": module.settings.modal_app_name}
     assert vars(used["retries"]) == vars(expected["retries"])
     assert used["max_containers"] == module.settings.max_containers
     assert used["scaledown_window"] == module.settings.scaledown_window_s

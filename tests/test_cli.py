@@ -1,0 +1,118 @@
+"""The `boundary-inference` CLI on the real servers: the command names, exit codes and JSON fields
+that other tools script against (README, "CLI")."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from boundary_inference.cli import SUBMIT_FIELDS, app
+from modal_app.synthetic import make_video
+from tests.flow_support import FlowEnv, configure
+
+FRAMES = 60
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    path = tmp_path_factory.mktemp("cli") / "clip.mp4"
+    return path, make_video(path, seed=3, frame_count=FRAMES)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str) -> FlowEnv:
+    return configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout
+
+
+def as_json(*args: str) -> tuple[int, Any]:
+    code, out = cli(*args, "--json")
+    return code, json.loads(out)
+
+
+def test_videos_add_submit_skip_reject_and_read_back(env: FlowEnv, clip: Any) -> None:
+    path, truth = clip
+    box = truth.crop_box
+    crop = f"{box.x},{box.y},{box.width},{box.height}"
+    code, video = as_json("videos", "add", "v1", "--source", str(path), "--crop", crop)
+    assert code == 0 and video["frame_count"] == FRAMES
+
+    code, first = as_json("submit", "v1", "--frames-version", "f1")
+    assert code == 0, first
+    assert set(SUBMIT_FIELDS) <= set(first)
+    assert first["status"] == "succeeded" and first["rejection_type"] is None
+    assert first["actual_cost_usd"] > 0 and first["estimated_cost_usd"] > 0
+
+    code, again = as_json("submit", "v1", "--frames-version", "f1")
+    assert (code, again["status"], again["run_id"]) == (0, "skipped", first["run_id"])
+
+    code, bad = as_json("submit", "v1", "--frames-version", "f2", "--pairs", "[[5, 5]]")
+    assert (code, bad["status"], bad["rejection_type"]) == (3, "rejected", "validation_failed")
+    assert bad["run_id"] is None
+
+    code, runs = as_json("runs", "--video", "v1")
+    assert code == 0 and [r["id"] for r in runs] == [first["run_id"]]
+    code, open_rejections = as_json("rejections")
+    assert code == 0
+    (rejection,) = open_rejections
+    assert rejection["rejection_type"] == "validation_failed"
+
+    code, out = cli("ack", str(rejection["id"]), "--by", "tester")
+    assert code == 0 and "acknowledged" in out
+    assert as_json("rejections")[1] == []
+    code, out = cli("ack", str(rejection["id"]))
+    assert code == 1  # already acknowledged: said, and a non-zero exit for scripts
+
+    code, spend = as_json("spend")
+    assert code == 0
+    assert json.dumps(spend)  # a document, whatever its shape
+    code, breaker = as_json("breaker", "status")
+    assert code == 0 and breaker["state"] == "closed"
+
+
+def test_bad_usage_exits_2(env: FlowEnv) -> None:
+    code, _ = cli("submit", "v1", "--pairs", "not json")
+    assert code == 2
+    code, _ = cli("reconcile", "--since", "yesterday", "--report", str(DATA / "x.json"))
+    assert code == 2
+
+
+def test_estimate_matches_the_settings_formula(env: FlowEnv) -> None:
+    code, est = as_json("estimate", "10000")
+    assert code == 0
+    assert est["worst_case_cost_usd"] == pytest.approx(
+        env.settings.worst_case_cost_usd(10_000, env.settings.default_throughput_pairs_per_s)
+    )
+    assert est["admissible"] is True
+    code, big = as_json("estimate", str(env.settings.max_admissible_pairs + 1))
+    assert big["admissible"] is False
+
+
+def test_config_masks_secrets(env: FlowEnv) -> None:
+    code, out = cli("config", "--json")
+    assert code == 0
+    dsn = env.settings.database_url.get_secret_value()  # type: ignore[union-attr]
+    assert dsn not in out
+    assert json.loads(out)
+
+
+def test_reconcile_with_a_recorded_report(env: FlowEnv, tmp_path: Path) -> None:
+    report = tmp_path / "bill.json"
+    shutil.copy(DATA / "modal_billing_report.json", report)
+    code, result = as_json("reconcile", "--since", "2026-11-01", "--report", str(report))
+    assert code == 0
+    assert result["tag_name"] == "project"
+    billed = sum(r["billed_usd"] for r in result["rows"])
+    assert result["totals"]["billed_usd"] == pytest.approx(billed)
+    assert billed > 0
+    assert {r["tag"] for r in result["rows"]} >= {"boundary-inference", "(untagged)"}
