@@ -411,7 +411,7 @@ def _stacked_retry_layers(settings: Settings) -> list[str]:
 
     context = FlowRunContext.get()
     running = [context.flow] if context is not None and context.flow is not None else []
-    return retry_audit(settings, run_job, flows=running)
+    return retry_audit(settings, run_job, flows=running, modal_class=settings.executor == "modal")
 
 
 def _request(

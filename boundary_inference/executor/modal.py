@@ -370,7 +370,9 @@ def classify(error: BaseException) -> FailureKind:
     return FailureKind.USER_CODE
 
 
-def retry_audit(settings: Settings, task: Any, *, flows: Sequence[Any] = ()) -> list[str]:
+def retry_audit(
+    settings: Settings, task: Any, *, flows: Sequence[Any] = (), modal_class: bool = True
+) -> list[str]:
     """Problems that would stack a second retry layer on GPU work (empty: exactly one layer).
 
     ``task`` is the Prefect task that spawns (``tasks.execute.run_job``); ``flows`` the flows that
@@ -399,6 +401,8 @@ def retry_audit(settings: Settings, task: Any, *, flows: Sequence[Any] = ()) -> 
             f"the Modal retry policy has max_retries={policy.max_retries}, settings say"
             f" gpu_retries={settings.gpu_retries}"
         )
+    if not modal_class:  # the local executor: no Modal class is involved
+        return problems
     try:
         from modal_app.app import BoundaryInference
 

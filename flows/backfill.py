@@ -1,0 +1,381 @@
+"""``backfill_flow``: many registered videos, in waves no larger than the warm GPU capacity.
+
+Every video goes through :func:`flows.boundary_inference.boundary_inference_flow` as a subflow, so
+each one gets every safeguard (validation, dedup, breaker, queue depth, cost cap, cooldown, rate,
+budget) and leaves the same records (run row, rejection row, event, artifacts). The backfill adds
+only the orchestration around it:
+
+* **Bounded fan-out.** Videos are sent in waves of at most ``wave_size`` concurrent subflows, and
+  ``wave_size`` is clamped to ``settings.max_containers``: a burst larger than the autoscaler
+  ceiling only queues inputs behind cold containers (the cold-start storm) while their deadlines
+  run. A wave is finished before the next one starts.
+* **Stop the line.** Before every wave the breaker (the per-video flow's own read,
+  :func:`tasks.breaker.check_breaker`) and the committed spend (``spend_summary``) are read from the
+  ledger; the backfill stops when the circuit is open or when the budget left is below the
+  smallest worst case any job can reserve (then nothing more could be admitted). It also stops
+  after a wave in which a video was refused for a reason that is not about that video
+  (:data:`STOP_REJECTIONS`: ``circuit_open``, ``budget_exceeded``, and likewise ``rate_limited``,
+  ``queue_full``, ``guard_unavailable``). Refusals about one video (``validation_failed``,
+  ``cooldown``, ``cost_exceeded``, ...) are recorded for that video and the others go on.
+  Videos not submitted are reported with the reason.
+* **Progress.** A progress artifact (``backfill-progress``) moves as each video finishes; a table
+  artifact (``backfill-outcomes``) lists every video's outcome, and a markdown summary
+  (``backfill-summary``) says why the backfill stopped, if it did.
+
+Re-running a backfill is safe: dedup turns the videos already done into ``skipped`` (no quota).
+
+Batching small videos into one call is **not** done, on purpose. An ``InferenceRequest`` carries one
+``video_uri`` and one ``run_id``; the run, its dedup key, its budget reservation and settlement, its
+breaker outcome and its predictions are all per video. One call for several videos would either
+skip those per-video safeguards or need a new request/result type and a split settlement. It would
+also save little: the GPU function loads its model once per container (``@modal.enter``) and a warm
+container takes the next call without a cold start, so what one batched call saves is the cold
+start and idle tail of every *extra container*, and ``wave_size`` already controls that: with
+``wave_size=1`` all videos run back to back on one warm container, the container time of one
+batched call, with every safeguard per video. The summary artifact computes this trade (container
+minutes of overhead at the chosen wave size vs. one container) so the operator can choose.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.states import Completed, State
+from pydantic import Field
+
+from boundary_inference.outcome import JobOutcome, OutcomeStatus, RejectionType
+from boundary_inference.services import get_services
+from config import Settings, get_settings
+from flows.boundary_inference import GUARD_ERRORS, boundary_inference_flow
+from tasks import breaker
+from tasks._common import guard_task
+
+# One backfill is one Prefect flow run with a subflow per video; beyond this, split it (the global
+# rate limit, 20 jobs per hour by default, stops a larger backfill long before anyway).
+MAX_VIDEOS_PER_BACKFILL = 200
+NOT_SUBMITTED = "not_submitted"
+# Refusals that say nothing about the video itself: the next video would be refused the same way.
+STOP_REJECTIONS = frozenset(
+    {
+        RejectionType.CIRCUIT_OPEN,
+        RejectionType.BUDGET_EXCEEDED,
+        RejectionType.RATE_LIMITED,
+        RejectionType.QUEUE_FULL,
+        RejectionType.GUARD_UNAVAILABLE,
+    }
+)
+
+
+@dataclass
+class StopReason:
+    """Why the backfill submits no further videos."""
+
+    kind: str  # a RejectionType value
+    message: str
+
+
+@dataclass
+class _Backfill:
+    """Rows of the outcome table as the backfill goes. Private to this module."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    stop: StopReason | None = None
+
+    def add_outcome(self, wave: int, outcome: dict[str, Any]) -> None:
+        self.rows.append({"wave": wave, **outcome})
+
+    def add_unsubmitted(self, video_id: str, reason: str, message: str) -> None:
+        self.rows.append(
+            {
+                "wave": None,
+                "video_id": video_id,
+                "status": NOT_SUBMITTED,
+                "rejection_type": reason,
+                "message": message,
+            }
+        )
+
+    def table(self) -> list[dict[str, Any]]:
+        columns = (
+            "video_id",
+            "wave",
+            "status",
+            "rejection_type",
+            "run_id",
+            "estimated_cost_usd",
+            "actual_cost_usd",
+            "pairs",
+            "boundaries",
+            "message",
+        )
+        return [{c: row.get(c) for c in columns} for row in self.rows]
+
+    def counts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for row in self.rows:
+            found[str(row["status"])] = found.get(str(row["status"]), 0) + 1
+        return found
+
+
+def _outcome_dict(video_id: str, state: State, data: Any) -> dict[str, Any]:
+    if isinstance(data, dict) and "status" in data:
+        return data
+    # The subflow (or its task) crashed or was cancelled before it produced an outcome.
+    message = f"subflow ended {state.name}: {type(data).__name__}: {data}"[:1000]
+    return JobOutcome(OutcomeStatus.FAILED, video_id, message).to_dict()
+
+
+@task(
+    name="backfill-video",
+    task_run_name="video-{video_id}",
+    cache_policy=NO_CACHE,
+    # Never retried here: a retry is a second admission; the GPU's retries live in Modal only.
+    retries=0,
+)
+def backfill_video(
+    video_id: str,
+    frames_version: str,
+    model_version: str,
+    skip_if_exists: bool,
+    priority: str,
+    tenant_id: str | None,
+) -> dict[str, Any]:
+    """One video through the full per-video flow; its JobOutcome as a dict, whatever happened."""
+    state = boundary_inference_flow(
+        video_id=video_id,
+        frames_version=frames_version,
+        model_version=model_version,
+        skip_if_exists=skip_if_exists,
+        priority=priority,  # the subflow validates it
+        tenant_id=tenant_id,
+        return_state=True,
+    )
+    return _outcome_dict(video_id, state, state.result(raise_on_failure=False))
+
+
+@guard_task(name="backfill-gate", tags=["guard", "breaker", "budget"])
+def check_gate(ledger: Any, settings: Settings, tenant_id: str) -> StopReason | None:
+    """Between waves: may another wave be sent? Reads the breaker and the committed spend."""
+    refusal = breaker.check_breaker(ledger, settings)
+    if refusal is not None:
+        return StopReason(str(refusal.rejection_type), refusal.message)
+    # The least any job can reserve: a job of 0 pairs (every attempt at the deadline floor + tail).
+    smallest_usd = settings.worst_case_cost_usd(0, settings.default_throughput_pairs_per_s)
+    caps: list[tuple[str, str | None, float]] = [
+        ("daily", None, settings.daily_budget_usd),
+        ("monthly", None, settings.monthly_budget_usd),
+    ]
+    if settings.tenant_daily_budget_usd is not None:
+        caps.append(("tenant daily", tenant_id, settings.tenant_daily_budget_usd))
+    if settings.tenant_monthly_budget_usd is not None:
+        caps.append(("tenant monthly", tenant_id, settings.tenant_monthly_budget_usd))
+    summaries: dict[str | None, dict[str, Any]] = {}
+    for label, tenant, cap_usd in caps:
+        if tenant not in summaries:
+            summaries[tenant] = dict(ledger.spend_summary(tenant_id=tenant))
+        period = "daily" if label.endswith("daily") else "monthly"
+        committed_usd = float(summaries[tenant].get(f"{period}_committed_usd") or 0.0)
+        if cap_usd - committed_usd < smallest_usd:
+            return StopReason(
+                str(RejectionType.BUDGET_EXCEEDED),
+                f"{label} budget spent: ${committed_usd:.4f} of ${cap_usd:.2f} committed, less than"
+                f" the ${smallest_usd:.4f} the smallest job reserves is left",
+            )
+    return None
+
+
+def _container_note(settings: Settings, videos: int, wave_size: int) -> str:
+    """Container overhead (cold start + idle tail per container used) at this wave size vs. one."""
+    if videos == 0:
+        return "No video was submitted: no container time."
+    per_container_s = settings.cold_start_s + settings.scaledown_window_s
+    used = min(videos, wave_size)
+    overhead_min = used * per_container_s / 60.0
+    single_min = per_container_s / 60.0
+    saved_min = overhead_min - single_min
+    return (
+        f"Container overhead (cold start {settings.cold_start_s:.0f} s + idle tail"
+        f" {settings.scaledown_window_s} s per container): {used} container(s) ="
+        f" {overhead_min:.1f} container-min (${overhead_min * 60 * settings.gpu_price_usd_per_s:.2f})."
+        f" With wave_size=1 (one warm container, the container time of one batched call):"
+        f" {single_min:.1f} container-min, {saved_min:.1f} fewer, at the cost of running the"
+        " videos one after another."
+    )
+
+
+def _summary_markdown(
+    bf: _Backfill, settings: Settings, submitted: int, total: int, wave_size: int, waves: int
+) -> str:
+    lines = [
+        "# Backfill",
+        "",
+        f"{submitted} of {total} videos submitted in {waves} wave(s) of at most {wave_size}.",
+        "",
+        "| status | videos |",
+        "|---|---|",
+        *(f"| {status} | {count} |" for status, count in sorted(bf.counts().items())),
+        "",
+    ]
+    if bf.stop is not None:
+        lines += [f"**Stopped: `{bf.stop.kind}`** - {bf.stop.message}", ""]
+        unsubmitted = [r["video_id"] for r in bf.rows if r["status"] == NOT_SUBMITTED]
+        if unsubmitted:
+            lines += [f"Not submitted ({len(unsubmitted)}): " + ", ".join(unsubmitted), ""]
+    lines.append(_container_note(settings, submitted, wave_size))
+    return "\n".join(lines)
+
+
+@flow(name="backfill", flow_run_name="backfill-{frames_version}-{model_version}")
+def backfill_flow(
+    video_ids: Annotated[list[str], Field(min_length=1, max_length=MAX_VIDEOS_PER_BACKFILL)],
+    frames_version: Annotated[str, Field(min_length=1)],
+    model_version: Annotated[str, Field(min_length=1)],
+    wave_size: Annotated[int | None, Field(ge=1)] = None,
+    skip_if_exists: bool = True,
+    priority: Literal["high", "normal", "low"] = "low",
+    tenant_id: str | None = None,
+) -> State:
+    """Run caption-boundary inference on many registered videos, in bounded waves, each video
+    behind every safeguard; stop when the breaker opens or the budget is spent.
+
+    Args:
+        video_ids: Registered video ids, 1 to 200 (duplicates are sent once). Each video is
+            processed whole (every consecutive frame pair) by the boundary-inference flow.
+        frames_version: Version of the extracted frames, the same for every video (dedup key).
+        model_version: ``builtin-textdiff-v1`` or ``ckpt:<name>``, the same for every video.
+        wave_size: Videos run at once; default and maximum: the GPU autoscaler ceiling
+            (``max_containers``). A wave finishes before the next starts. 1 runs every video on
+            one warm container (least container time, longest wall time).
+        skip_if_exists: Videos already done for these versions are skipped (no quota used), so a
+            stopped backfill can simply be run again. False forces re-runs (cooldown applies).
+        priority: ``high``, ``normal`` or ``low`` (default), recorded on each run.
+        tenant_id: Owner of the videos; default from configuration.
+    """
+    settings = get_settings()
+    logger = get_run_logger()
+    tenant = tenant_id or settings.default_tenant_id
+    unique = list(dict.fromkeys(str(v) for v in video_ids))
+    if len(unique) < len(video_ids):
+        logger.info("%d duplicate video ids sent once", len(video_ids) - len(unique))
+    size = min(wave_size or settings.max_containers, settings.max_containers)
+    if wave_size is not None and wave_size > settings.max_containers:
+        logger.warning(
+            "wave_size %d lowered to max_containers=%d", wave_size, settings.max_containers
+        )
+    if len(unique) > settings.global_rate_limit_jobs:
+        logger.warning(
+            "%d videos but %d jobs per %d s are admitted: expect a rate_limited stop; run again"
+            " later (done videos are skipped)",
+            len(unique),
+            settings.global_rate_limit_jobs,
+            settings.global_rate_window_s,
+        )
+    waves = [unique[i : i + size] for i in range(0, len(unique), size)]
+    bf = _Backfill()
+    progress_id = create_progress_artifact(
+        progress=0.0,
+        key="backfill-progress",
+        description=f"{len(unique)} videos in {len(waves)} wave(s) of at most {size}",
+    )
+    assert isinstance(progress_id, uuid.UUID)  # sync context: the id, not a coroutine
+    finished = 0
+    submitted = 0
+    waves_sent = 0
+    for number, wave in enumerate(waves, start=1):
+        bf.stop = bf.stop or _gate(settings, tenant)
+        if bf.stop is not None:
+            for video_id in (v for later in waves[number - 1 :] for v in later):
+                bf.add_unsubmitted(video_id, bf.stop.kind, bf.stop.message)
+            logger.warning(
+                "backfill stopped before wave %d/%d (%s): %s",
+                number,
+                len(waves),
+                bf.stop.kind,
+                bf.stop.message,
+            )
+            break
+        waves_sent += 1
+        submitted += len(wave)
+        logger.info("wave %d/%d: %s", number, len(waves), ", ".join(wave))
+        futures = {
+            backfill_video.submit(
+                video_id,
+                frames_version,
+                model_version,
+                bool(skip_if_exists),
+                priority,
+                tenant_id,
+            ): video_id
+            for video_id in wave
+        }
+        for future in as_completed(list(futures)):
+            data = future.result(raise_on_failure=False)
+            outcome = _outcome_dict(futures[future], future.state, data)
+            bf.add_outcome(number, outcome)
+            finished += 1
+            update_progress_artifact(progress_id, round(100.0 * finished / len(unique), 1))
+            kind = outcome.get("rejection_type")
+            if bf.stop is None and kind in STOP_REJECTIONS:
+                bf.stop = StopReason(
+                    str(kind), f"video {outcome['video_id']} was refused: {outcome['message']}"
+                )
+    update_progress_artifact(progress_id, 100.0)
+
+    create_table_artifact(
+        table=bf.table(),
+        key="backfill-outcomes",
+        description=f"{len(unique)} videos: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(bf.counts().items())),
+    )
+    create_markdown_artifact(
+        markdown=_summary_markdown(bf, settings, submitted, len(unique), size, waves_sent),
+        key="backfill-summary",
+        description="stopped: " + bf.stop.kind if bf.stop else "all videos submitted",
+    )
+    summary = {
+        "videos": len(unique),
+        "submitted": submitted,
+        "waves": waves_sent,
+        "wave_size": size,
+        "counts": bf.counts(),
+        "stopped": None if bf.stop is None else {"kind": bf.stop.kind, "message": bf.stop.message},
+        "not_submitted": [
+            {"video_id": r["video_id"], "reason": r["rejection_type"], "message": r["message"]}
+            for r in bf.rows
+            if r["status"] == NOT_SUBMITTED
+        ],
+        "outcomes": [r for r in bf.rows if r["status"] != NOT_SUBMITTED],
+    }
+    message = f"{submitted}/{len(unique)} videos submitted; " + ", ".join(
+        f"{n} {s}" for s, n in sorted(bf.counts().items())
+    )
+    if bf.stop is not None:
+        return Completed(name="Stopped", message=f"{bf.stop.kind}: {message}", data=summary)
+    return Completed(message=message, data=summary)
+
+
+def _gate(settings: Settings, tenant_id: str) -> StopReason | None:
+    """The between-waves check, failing closed: a store that cannot be read stops the backfill."""
+    try:
+        return check_gate(get_services(settings).ledger, settings, tenant_id)
+    except GUARD_ERRORS as error:
+        return StopReason(
+            str(RejectionType.GUARD_UNAVAILABLE),
+            f"cannot read the breaker or the budget ({type(error).__name__}: {error})",
+        )
+    except Exception as error:  # get_services: the ledger or Redis is not reachable at all
+        return StopReason(str(RejectionType.GUARD_UNAVAILABLE), f"cannot reach the ledger: {error}")
+
+
+__all__ = ["MAX_VIDEOS_PER_BACKFILL", "STOP_REJECTIONS", "StopReason", "backfill_flow"]
