@@ -169,6 +169,18 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often the flow polls a running job for progress."
     )
     default_tenant_id: str = Field("demo", description="Tenant used when a request names none.")
+    stale_queued_s: int = Field(
+        3600,
+        ge=60,
+        description="A run still queued after this long lost its flow between claim and spawn;"
+        " the monitor cancels it and releases its reservation.",
+    )
+    stale_margin_s: int = Field(
+        600,
+        ge=0,
+        description="Added to the longest possible watch before a running run counts as stale"
+        " (its call is cancelled, its worst case charged).",
+    )
 
     # Escape hatch for the original bug's shape: refuse by default, allow when deliberate.
     allow_unreachable_cost_cap: bool = Field(

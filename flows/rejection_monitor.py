@@ -1,7 +1,9 @@
 """``rejection_monitor_flow``: what was refused, what was spent, and whether anything needs a human.
 
-Runs on a schedule (``rejection-monitor/scheduled``, every 12 h, see ``prefect.yaml``) and reads the
-ledger only. It publishes:
+Runs on a schedule (``rejection-monitor/scheduled``, every 12 h, see ``prefect.yaml``). It first ends
+the live runs whose flow died (:mod:`tasks.reaper`: a stale ``queued`` run blocks its video's
+dedup key; a stale ``running`` one may be a call nobody bounds), then reads the ledger. It
+publishes:
 
 * table artifacts ``monitor-rejections-by-type`` (type, count, oldest and newest age, total
   estimated cost) and ``monitor-unacknowledged-rejections`` (one row per open rejection, the same
@@ -36,6 +38,7 @@ ALERT_EVENTS = {
     "failure_rate": ALERT_PREFIX + "failure-rate",
     "job_burst": ALERT_PREFIX + "job-burst",
     "unacknowledged_rejections": ALERT_PREFIX + "unacknowledged-rejections",
+    "stale_runs": ALERT_PREFIX + "stale-runs",
 }
 # Defaults for thresholds that config.Settings does not (yet) carry; a Settings field of the same
 # name wins when present.
@@ -76,6 +79,8 @@ class MonitorMetrics:
     queue_queued: int
     queue_running: int
     queue_depth_alert: int
+    # Live runs with no flow behind them, ended by this pass (tasks.reaper); set by the flow.
+    stale_runs_reaped: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,6 +238,8 @@ def due_alerts(m: MonitorMetrics) -> list[str]:
         due.append("job_burst")
     if m.unacknowledged_rejections > 0:
         due.append("unacknowledged_rejections")
+    if m.stale_runs_reaped:
+        due.append("stale_runs")
     return due
 
 
@@ -275,6 +282,13 @@ def alert_payload(key: str, m: MonitorMetrics) -> dict[str, Any]:
                 sum(row["total_estimated_cost_usd"] for row in m.rejections_by_type), 4
             ),
         },
+        "stale_runs": {
+            "count": len(m.stale_runs_reaped),
+            "runs": [
+                {k: r[k] for k in ("run_id", "video_id", "status", "age_s", "action")}
+                for r in m.stale_runs_reaped[:20]
+            ],
+        },
     }
     return {"alert": key, **payloads[key]}
 
@@ -296,11 +310,16 @@ def _summary_markdown(m: MonitorMetrics) -> str:
         f"| queue depth | {m.queue_depth} ({m.queue_queued} queued, {m.queue_running} running)"
         f" | > {m.queue_depth_alert} |",
         f"| unacknowledged rejections | {m.unacknowledged_rejections} | > 0 |",
+        f"| stale runs ended by this pass | {len(m.stale_runs_reaped)} | > 0 |",
         "",
         "**Alerts:** " + (", ".join(f"`{ALERT_EVENTS[a]}`" for a in m.alerts) or "none"),
     ]
     if m.unacknowledged_rejections:
         lines += ["", "Acknowledge with `boundary-inference ack <id>` once handled."]
+    for run in m.stale_runs_reaped:
+        lines.append(
+            f"- stale {run['status']} run `{run['run_id']}` ({run['video_id']}): {run['action']}"
+        )
     return "\n".join(lines)
 
 
@@ -312,6 +331,28 @@ def collect(settings: Settings) -> MonitorMetrics:
     ledger = open_ledger(settings)
     try:
         return collect_metrics(ledger, settings)
+    finally:
+        ledger.close()
+
+
+def reap(settings: Settings) -> list[dict[str, Any]]:
+    """The monitor's one write: end the live runs whose flow died (see :mod:`tasks.reaper`).
+
+    A failure here is logged and the report goes on: the report is what tells a human.
+    """
+    from boundary_inference.services import open_executor, open_ledger
+    from tasks.reaper import reap_stale_runs
+
+    try:
+        ledger = open_ledger(settings)
+    except Exception as error:
+        get_run_logger().error("stale runs not reaped (ledger unavailable): %s", error)
+        return []
+    try:
+        return reap_stale_runs(ledger, open_executor(settings), settings)
+    except Exception as error:
+        get_run_logger().error("stale runs not reaped: %s", error)
+        return []
     finally:
         ledger.close()
 
@@ -368,7 +409,11 @@ def rejection_monitor_flow() -> dict[str, Any]:
         The metrics as a dict, with ``alerts`` (the due alert keys) and ``events`` (their names).
     """
     settings = get_settings()
+    # First, so the queue depth and the spend below already reflect what it ended.
+    reaped = reap(settings)
     metrics = collect(settings)
+    metrics.stale_runs_reaped = reaped
+    metrics.alerts = due_alerts(metrics)
     events = publish(metrics)
     logger = get_run_logger()
     if events:
