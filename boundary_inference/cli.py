@@ -59,18 +59,9 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def _age(created_at: Any) -> str:
-    try:
-        then = datetime.fromisoformat(str(created_at))
-    except ValueError:
-        return str(created_at)
-    seconds = (datetime.now(UTC) - then).total_seconds()
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
+    from boundary_inference.timefmt import age_s, format_age
+
+    return format_age(age_s(created_at, datetime.now(UTC))) or str(created_at)
 
 
 @app.command()
@@ -439,6 +430,7 @@ def reconcile(
         save_billing_report,
     )
     from boundary_inference.billing import reconcile as join
+    from boundary_inference.timefmt import parse_utc
 
     try:
         start = datetime.fromisoformat(since).replace(tzinfo=UTC)
@@ -457,12 +449,12 @@ def reconcile(
             raise typer.Exit(1) from error
         if save is not None:
             save_billing_report(bill, save)
-    runs = [
-        run
-        for run in _services().ledger.list_runs(limit=100_000)
-        if run.get("finished_at") is not None
-        and start <= _as_utc(run["finished_at"]) < (end or datetime.max.replace(tzinfo=UTC))
-    ]
+    until_ = end or datetime.max.replace(tzinfo=UTC)
+    runs = []
+    for run in _services().ledger.list_runs(limit=100_000):
+        finished = parse_utc(run.get("finished_at"))
+        if finished is not None and start <= finished < until_:
+            runs.append(run)
     result = join(ledger_costs_from_runs(runs, tag=settings.modal_app_name), bill)
     if as_json:
         _print_json(result.to_dict())
@@ -475,11 +467,6 @@ def reconcile(
         row["estimated_usd"] += _pct(row["estimate_error_pct"])
         row["ledger_actual_usd"] += _pct(row["actual_error_pct"])
     _table(f"ledger vs Modal bill (tag {result.tag_name})", rows, columns)
-
-
-def _as_utc(value: Any) -> datetime:
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _pct(error_pct: float | None) -> str:

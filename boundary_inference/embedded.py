@@ -22,6 +22,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from boundary_inference.processes import pid_alive
+
 _START_TIMEOUT_S = 60.0
 
 
@@ -70,25 +72,10 @@ class EmbeddedRedis:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         self.socket_path.unlink(missing_ok=True)
         self.pidfile.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); look at its state.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def start_postgres(state_dir: Path, *, stop_at_exit: bool = False) -> EmbeddedPostgres:

@@ -28,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from boundary_inference.timefmt import age_s, format_age, parse_utc
 from config import Settings, get_settings
 
 MONITOR_RESOURCE_ID = "boundary-inference.monitor"
@@ -87,37 +88,6 @@ class MonitorMetrics:
         return asdict(self)
 
 
-def _parse_ts(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        parsed = value
-    else:
-        try:
-            parsed = dt.datetime.fromisoformat(str(value))
-        except ValueError:
-            return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def _age_s(created_at: Any, now: dt.datetime) -> float | None:
-    then = _parse_ts(created_at)
-    return None if then is None else max(0.0, (now - then).total_seconds())
-
-
-def format_age(seconds: float | None) -> str:
-    """``95s``, ``12m``, ``5h``, ``3d``: the CLI's age format."""
-    if seconds is None:
-        return ""
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
-
-
 def _money(value: Any) -> float:
     return float(value) if value is not None else 0.0
 
@@ -141,7 +111,7 @@ def collect_metrics(
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     unacked: list[dict[str, Any]] = []
     for row in open_rejections:
-        age = _age_s(row.get("created_at"), now)
+        age = age_s(row.get("created_at"), now)
         groups[str(row.get("rejection_type"))].append({**row, "_age_s": age})
         estimate = row.get("estimated_cost_usd")
         unacked.append(
@@ -183,12 +153,12 @@ def collect_metrics(
     )
     finished = failed = jobs_last_hour = 0
     for run in ledger.list_runs(limit=RUN_SCAN_LIMIT):
-        created = _parse_ts(run.get("created_at"))
+        created = parse_utc(run.get("created_at"))
         if created is not None and created < scan_cutoff:
             break  # newest first: nothing older can matter
         if created is not None and created >= burst_cutoff:
             jobs_last_hour += 1
-        finished_at = _parse_ts(run.get("finished_at"))
+        finished_at = parse_utc(run.get("finished_at"))
         if (
             run.get("status") in _FINISHED
             and finished_at is not None

@@ -24,18 +24,12 @@ from typing import Any
 
 from prefect import get_run_logger
 
+from boundary_inference.timefmt import parse_utc
 from config import Settings
 from tasks._common import guard_task
 
 # Rows examined per state in one pass; a backlog larger than this is reaped over several passes.
 SCAN_LIMIT = 1000
-
-
-def _moment(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def stale_after_s(settings: Settings, status: str) -> float:
@@ -56,7 +50,7 @@ def reap_stale_runs(
     for status, since_field in (("queued", "created_at"), ("running", "started_at")):
         limit_s = stale_after_s(settings, status)
         for run in ledger.list_runs(limit=SCAN_LIMIT, status=status):
-            since = _moment(run.get(since_field)) or _moment(run.get("created_at"))
+            since = parse_utc(run.get(since_field)) or parse_utc(run.get("created_at"))
             if since is None or (now - since).total_seconds() <= limit_s:
                 continue
             age_s = (now - since).total_seconds()

@@ -23,6 +23,7 @@ from boundary_inference.executor.base import (
     ExecutorFailure,
     FailureKind,
 )
+from boundary_inference.processes import pid_alive
 from modal_app.types import InferenceRequest, InferenceResult
 
 # Seconds past the request's deadline before the watcher kills a child that has not stopped itself.
@@ -72,7 +73,7 @@ class LocalExecutor:
         if child is not None:
             return child.poll()
         pid = int((self._dir(call_id) / "pid").read_text())
-        if _pid_running(pid):
+        if pid_alive(pid):
             return None
         exit_file = self._dir(call_id) / "exit_code"
         return int(exit_file.read_text()) if exit_file.exists() else -1
@@ -181,17 +182,3 @@ def _read_progress(job_dir: Path) -> tuple[int, int]:
         return int(data["done"]), int(data["total"])
     except (FileNotFoundError, ValueError, KeyError):
         return 0, 0
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state != "Z"
