@@ -287,6 +287,11 @@ class Settings(BaseSettings):
                 f"queue_depth_alert ({self.queue_depth_alert}) must not exceed queue_depth_block"
                 f" ({self.queue_depth_block})"
             )
+        if self.cold_start_s > self.startup_timeout_s:
+            errors.append(
+                f"cold_start_s ({self.cold_start_s:g}) exceeds startup_timeout_s"
+                f" ({self.startup_timeout_s}): Modal would kill every start the estimate expects"
+            )
         if self.heartbeat_timeout_s >= self.gpu_timeout_s:
             errors.append(
                 f"heartbeat_timeout_s ({self.heartbeat_timeout_s}) must be below gpu_timeout_s"

@@ -59,7 +59,7 @@ from boundary_inference.services import get_services
 from config import Settings, get_settings
 from flows.boundary_inference import GUARD_ERRORS, boundary_inference_flow
 from tasks import breaker
-from tasks._common import guard_task
+from tasks._common import GUARD, guard_task
 
 # One backfill is one Prefect flow run with a subflow per video; beyond this, split it (the global
 # rate limit, 20 jobs per hour by default, stops a larger backfill long before anyway).
@@ -164,7 +164,7 @@ def backfill_video(
     return _outcome_dict(video_id, state, state.result(raise_on_failure=False))
 
 
-@guard_task(name="backfill-gate", tags=["guard", "breaker", "budget"])
+@guard_task(name="backfill-gate", tags=GUARD)
 def check_gate(ledger: Any, settings: Settings, tenant_id: str) -> StopReason | None:
     """Between waves: may another wave be sent? Reads the breaker and the committed spend."""
     refusal = breaker.check_breaker(ledger, settings)

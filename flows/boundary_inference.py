@@ -31,7 +31,7 @@ from boundary_inference.services import Services, get_services
 from config import Settings, get_settings
 from modal_app.types import InferenceRequest
 from tasks import breaker, budget, cost, dedup, limits, queue, rejections, validate
-from tasks._common import artifact_key, guard_task
+from tasks._common import GUARD, LEDGER, artifact_key, guard_task
 from tasks.execute import run_job
 
 # A guard whose backing service fails raises one of these; the flow turns it into guard_unavailable.
@@ -45,13 +45,13 @@ _FAILURE_STATUS = {
 }
 
 
-@guard_task(name="load-video", tags=["ledger"])
+@guard_task(name="load-video", tags=GUARD)
 def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
     found = ledger.get_video(id=video_id)
     return dict(found) if found else None
 
 
-@guard_task(name="persist-predictions", tags=["ledger"])
+@guard_task(name="persist-predictions", tags=LEDGER)
 def persist_predictions(ledger: Any, run_id: str, predictions: list[Any]) -> int:
     """Upsert keyed by (run, f1, f2): a retried flow writes the same rows again, harmlessly."""
     rows = [
@@ -113,6 +113,11 @@ class _Job:
         self.estimate: cost.CostEstimate | None = None
         self.admitted_limiter = False
         self.reserved_budget = False
+        # Set just before the spawn. From then on nothing is refunded or released: the call may
+        # run (and bill) whatever happens to this process, so a store error is a failure that
+        # keeps the worst case charged, never a "rejection, nothing spawned".
+        self.spawned = False
+        self.finished_unwatched = False
 
     def reject(self, rejected: Rejected) -> State:
         """Record the refusal everywhere, undo what this job had taken, and end the run."""
@@ -167,6 +172,8 @@ class _Job:
 
     def undo_admissions(self) -> None:
         """Give back quota this job took but will not use. Best effort; bounded if it fails."""
+        if self.spawned:  # it may be running: what it took, it uses
+            return
         assert self.services is not None or not (self.admitted_limiter or self.reserved_budget)
         if self.admitted_limiter and self.services and self.run_id:
             try:
@@ -238,6 +245,9 @@ def boundary_inference_flow(
             priority=priority,
         )
     except GUARD_ERRORS as error:
+        if job.spawned:
+            _finish_unwatched(job, error)
+            raise
         return job.reject(
             Rejected(
                 RejectionType.GUARD_UNAVAILABLE,
@@ -347,12 +357,14 @@ def _guarded_run(
     if refusal:
         return job.reject(refusal)
     job.admitted_limiter = True
+    # Marked before the call: if the answer is lost after the server committed, the reject path
+    # still releases it (release touches only an open reservation of this run).
+    job.reserved_budget = True
     refusal = budget.reserve(
         ledger, settings, run_id=run_id, tenant_id=job.tenant_id, amount_usd=est.worst_case_cost_usd
     )
     if refusal:
         return job.reject(refusal)
-    job.reserved_budget = True
     refusal, probe = breaker.admit_breaker(ledger, settings)
     if refusal:
         return job.reject(refusal)
@@ -398,8 +410,10 @@ def _guarded_run(
         return Failed(name="Failed", message=message, data=outcome.to_dict())
     except BaseException as error:
         # Cancelled, timed out or crashed while watching: run_job already cancelled the call.
+        job.spawned = True
         _finish_unwatched(job, error)
         raise
+    job.spawned = True
     return _settle(job, status, call_id, probe)
 
 
@@ -482,18 +496,30 @@ def _reattach(
 
 
 def _finish_unwatched(job: _Job, error: BaseException) -> None:
+    """End a spawned job whose outcome this flow will not see: the worst case stays charged.
+
+    Runs once per job (the inner handler and the flow's store-error handler may both see the
+    same error). Best effort: if the ledger is what failed, the run stays ``running`` with its
+    reservation at the worst case, and the monitor's stale-run reaper settles it later.
+    """
     assert job.services is not None and job.run_id is not None and job.estimate is not None
-    ledger = job.services.ledger
+    if job.finished_unwatched:
+        return
+    job.finished_unwatched = True
+    ledger, logger = job.services.ledger, get_run_logger()
     try:
         ledger.transition_run(
             run_id=job.run_id,
             to_status="cancelled",
             fields={"error": f"flow stopped watching: {type(error).__name__}: {error}"[:1000]},
         )
+    except Exception as inner:  # e.g. already succeeded, when settling it was what failed
+        logger.error("could not end run %s after %s: %s", job.run_id, error, inner)
+    try:
         # What ran is unknown: keep the whole worst case charged rather than under-count spend.
         ledger.settle_budget(run_id=job.run_id, actual_usd=job.estimate.worst_case_cost_usd)
     except Exception as inner:
-        get_run_logger().error("could not settle run %s after %s: %s", job.run_id, error, inner)
+        logger.error("could not settle run %s after %s: %s", job.run_id, error, inner)
 
 
 def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
@@ -506,7 +532,8 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
         saved = persist_predictions(ledger, job.run_id, result.predictions)
         # Every attempt's seconds (Modal reports them when it retried), not only the last one's.
         gpu_s = float(result.extra.get("billed_s") or metrics.elapsed_s)
-        actual = settings.billed_cost_usd(gpu_s)
+        # Never above the reservation: the worst case bounds every billed second already.
+        actual = min(settings.billed_cost_usd(gpu_s), job.estimate.worst_case_cost_usd)
         ledger.transition_run(
             run_id=job.run_id,
             to_status="succeeded",
@@ -544,8 +571,13 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
 
     failure = status.failure
     outcome_status = _FAILURE_STATUS[failure.kind]
-    elapsed = failure.elapsed_s if failure.elapsed_s is not None else job.estimate.deadline_s
-    actual = settings.billed_cost_usd(elapsed)
+    worst = job.estimate.worst_case_cost_usd
+    if failure.elapsed_s is None:
+        # After a crash, a hard timeout, a lost or cancelled call, how many attempts ran and for
+        # how long is unknown: charge what was reserved, never less.
+        elapsed, actual = None, worst
+    else:
+        elapsed, actual = failure.elapsed_s, min(settings.billed_cost_usd(failure.elapsed_s), worst)
     ledger.transition_run(
         run_id=job.run_id,
         to_status=str(outcome_status),
@@ -559,7 +591,9 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
     budget.settle(ledger, run_id=job.run_id, actual_usd=actual)
     if failure.kind.counts_for_breaker:
         breaker.record_outcome(ledger, settings, ok=False, kind=str(failure.kind))
-    elif probe:
+    elif probe and failure.kind is not FailureKind.CANCELLED:
+        # The service answered (the input was bad): the probe succeeded. A cancelled probe says
+        # nothing; unrecorded, its slot is handed out again after breaker_open_s.
         breaker.record_outcome(ledger, settings, ok=True, kind=f"probe:{failure.kind}")
     message = f"{failure.kind}: {failure.message}"
     logger.error("run %s %s: %s (call %s)", job.run_id, outcome_status, message, call_id)

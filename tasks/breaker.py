@@ -12,7 +12,7 @@ from typing import Any
 
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import guard_task
+from tasks._common import GUARD, LEDGER, guard_task
 
 BREAKER_NAME = "gpu-inference"
 
@@ -40,7 +40,7 @@ def _refusal(decision: dict[str, Any]) -> Rejected:
     )
 
 
-@guard_task(name="circuit-breaker-check", tags=["guard", "breaker"])
+@guard_task(name="circuit-breaker-check", tags=GUARD)
 def check_breaker(ledger: Any, settings: Settings) -> Rejected | None:
     """Cheap read before anything is reserved: refuse while the circuit is open."""
     decision = _check(ledger, settings, acquire_probe=False)
@@ -49,7 +49,7 @@ def check_breaker(ledger: Any, settings: Settings) -> Rejected | None:
     return _refusal(decision)
 
 
-@guard_task(name="circuit-breaker-admit", tags=["guard", "breaker"])
+@guard_task(name="circuit-breaker-admit", tags=GUARD)
 def admit_breaker(ledger: Any, settings: Settings) -> tuple[Rejected | None, bool]:
     """At admission: pass when closed; when open and due, take the single probe slot."""
     decision = _check(ledger, settings, acquire_probe=True)
@@ -58,7 +58,7 @@ def admit_breaker(ledger: Any, settings: Settings) -> tuple[Rejected | None, boo
     return _refusal(decision), False
 
 
-@guard_task(name="circuit-breaker-record", tags=["breaker"])
+@guard_task(name="circuit-breaker-record", tags=LEDGER)
 def record_outcome(ledger: Any, settings: Settings, *, ok: bool, kind: str) -> dict[str, Any]:
     return dict(
         ledger.breaker_record(

@@ -9,10 +9,10 @@ from typing import Any
 
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import guard_task
+from tasks._common import GUARD, LEDGER, guard_task
 
 
-@guard_task(name="budget-reserve", tags=["guard", "budget"])
+@guard_task(name="budget-reserve", tags=GUARD)
 def reserve(
     ledger: Any, settings: Settings, *, run_id: str, tenant_id: str, amount_usd: float
 ) -> Rejected | None:
@@ -39,11 +39,11 @@ def reserve(
     )
 
 
-@guard_task(name="budget-release", tags=["budget"])
+@guard_task(name="budget-release", tags=LEDGER)
 def release(ledger: Any, *, run_id: str) -> None:
     ledger.release_budget(run_id=run_id)
 
 
-@guard_task(name="budget-settle", tags=["budget"])
+@guard_task(name="budget-settle", tags=LEDGER)
 def settle(ledger: Any, *, run_id: str, actual_usd: float) -> None:
     ledger.settle_budget(run_id=run_id, actual_usd=actual_usd)

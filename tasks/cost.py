@@ -18,7 +18,7 @@ from typing import Any
 
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import guard_task
+from tasks._common import GUARD, guard_task
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def calibrated_throughput(ledger: Any, settings: Settings, model_version: str) -
     return settings.default_throughput_pairs_per_s, "default"
 
 
-@guard_task(name="cost-estimate", tags=["guard", "cost"])
+@guard_task(name="cost-estimate", tags=GUARD)
 def estimate_cost(
     ledger: Any, settings: Settings, *, model_version: str, pairs: int
 ) -> tuple[CostEstimate, Rejected | None]:

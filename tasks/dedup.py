@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks._common import guard_task
+from tasks._common import GUARD, guard_task
 
 
-@guard_task(name="dedup-claim", tags=["guard", "dedup"])
+@guard_task(name="dedup-claim", tags=GUARD)
 def claim_run(
     ledger: Any,
     *,

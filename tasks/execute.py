@@ -19,10 +19,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from boundary_inference.executor import CallState, CallStatus, ExecutorFailure, FailureKind
 from config import Settings
 from modal_app.types import InferenceRequest
-from tasks._common import artifact_key, guard_task
+from tasks._common import GPU, artifact_key, guard_task
 
 
-@guard_task(name="run-inference-job", tags=["gpu", "executor"])
+@guard_task(name="run-inference-job", tags=GPU)
 def run_job(
     executor: Any,
     ledger: Any,
@@ -31,49 +31,82 @@ def run_job(
     *,
     existing_call_id: str | None = None,
 ) -> tuple[str, CallStatus]:
-    """Spawn (or reattach to ``existing_call_id``) and poll until the call ends."""
+    """Spawn (or reattach to ``existing_call_id``) and poll until the call ends.
+
+    From the moment a call exists, every way out of this function either returns a finished
+    call or cancels it: a failure to record the call id, a Prefect API error, a flow timeout.
+    A call that ends FAILED is cancelled too (idempotent): a client-side error can look like a
+    failure while the attempt still runs, and nobody would watch it any more.
+    """
     logger = get_run_logger()
     if existing_call_id:
         call_id = existing_call_id
         logger.info("reattaching to call %s instead of spawning again", call_id)
     else:
         call_id = executor.submit(request)
-        ledger.set_call_id(run_id=request.run_id, call_id=call_id)
-        logger.info("spawned %s call %s for run %s", executor.name, call_id, request.run_id)
-    progress_id = create_progress_artifact(  # sync context: returns the id, not a coroutine
-        progress=0.0,
-        key=artifact_key("progress", request.run_id),
-        description=f"{len(request.frame_pairs)} frame pairs on {executor.name}",
-    )
-    assert isinstance(progress_id, uuid.UUID)
     finished = False
-    last_reported = -1.0
-    watch_limit_s = settings.watch_limit_s(request.deadline_s)
-    give_up_at = time.monotonic() + watch_limit_s
     try:
-        while True:
-            status = executor.poll(call_id, timeout_s=settings.poll_interval_s)
-            percent = round(100.0 * status.progress, 1)
-            if status.state is CallState.SUCCEEDED:
-                percent = 100.0
-            if percent != last_reported:
-                update_progress_artifact(progress_id, percent)
-                last_reported = percent
-            if status.state is not CallState.PENDING:
-                finished = True
-                return call_id, status
-            if time.monotonic() >= give_up_at:
-                # Every attempt would have ended by now: the call is stuck (a container that
-                # crash-loops before the attempt counter runs, a start-up that never ends).
-                executor.cancel(call_id)
-                finished = True
-                return call_id, _watch_limit_exceeded(status, watch_limit_s, settings)
-            time.sleep(0)  # poll() already waited; yield to cancellation
+        if not existing_call_id:
+            ledger.set_call_id(run_id=request.run_id, call_id=call_id)
+            logger.info("spawned %s call %s for run %s", executor.name, call_id, request.run_id)
+        status = _watch(executor, settings, request, call_id)
+        finished = status.state is CallState.SUCCEEDED
+        if not finished:
+            executor.cancel(call_id)
+            finished = True
+        return call_id, status
     finally:
         if not finished:
             # Flow timeout, cancellation or an error while watching: stop paying for it.
             logger.warning("stopping call %s: the flow is no longer watching it", call_id)
             executor.cancel(call_id)
+
+
+def _watch(
+    executor: Any, settings: Settings, request: InferenceRequest, call_id: str
+) -> CallStatus:
+    progress = _Progress(request, executor.name)
+    watch_limit_s = settings.watch_limit_s(request.deadline_s)
+    give_up_at = time.monotonic() + watch_limit_s
+    while True:
+        polled_at = time.monotonic()
+        status = executor.poll(call_id, timeout_s=settings.poll_interval_s)
+        progress.report(100.0 if status.state is CallState.SUCCEEDED else 100.0 * status.progress)
+        if status.state is not CallState.PENDING:
+            return status
+        if time.monotonic() >= give_up_at:
+            # Every attempt would have ended by now: the call is stuck (a container that
+            # crash-loops before the attempt counter runs, a start-up that never ends).
+            return _watch_limit_exceeded(status, watch_limit_s, settings)
+        # A poll that answers at once (the service unreachable) must not become a busy loop.
+        time.sleep(max(0.0, settings.poll_interval_s - (time.monotonic() - polled_at)))
+
+
+class _Progress:
+    """The live progress artifact. Advisory: a Prefect API error never stops a paying job."""
+
+    def __init__(self, request: InferenceRequest, executor_name: str) -> None:
+        self.artifact_id: uuid.UUID | None = None
+        self.last_percent = -1.0
+        try:
+            created = create_progress_artifact(  # sync context: returns the id
+                progress=0.0,
+                key=artifact_key("progress", request.run_id),
+                description=f"{len(request.frame_pairs)} frame pairs on {executor_name}",
+            )
+            self.artifact_id = created if isinstance(created, uuid.UUID) else None
+        except Exception as error:
+            get_run_logger().warning("progress artifact not created: %s", error)
+
+    def report(self, percent: float) -> None:
+        percent = round(percent, 1)
+        if self.artifact_id is None or percent == self.last_percent:
+            return
+        try:
+            update_progress_artifact(self.artifact_id, percent)
+            self.last_percent = percent
+        except Exception as error:
+            get_run_logger().warning("progress not updated: %s", error)
 
 
 def _watch_limit_exceeded(last: CallStatus, watch_limit_s: float, settings: Settings) -> CallStatus:

@@ -11,10 +11,10 @@ from typing import Any
 
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import guard_task
+from tasks._common import GUARD, LEDGER, guard_task
 
 
-@guard_task(name="cooldown-and-rate-limit", tags=["guard", "rate-limit"])
+@guard_task(name="cooldown-and-rate-limit", tags=GUARD)
 def admit(limiter: Any, settings: Settings, *, video_id: str, run_id: str) -> Rejected | None:
     decision = limiter.admit(
         video_id=video_id,
@@ -42,6 +42,6 @@ def admit(limiter: Any, settings: Settings, *, video_id: str, run_id: str) -> Re
     )
 
 
-@guard_task(name="refund-admission", tags=["rate-limit"])
+@guard_task(name="refund-admission", tags=LEDGER)
 def refund_admission(limiter: Any, *, video_id: str, run_id: str) -> bool:
     return bool(limiter.refund(video_id=video_id, token=run_id))

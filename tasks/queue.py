@@ -11,12 +11,12 @@ from prefect.events import emit_event
 
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
-from tasks._common import guard_task
+from tasks._common import GUARD, guard_task
 
 QUEUE_ALERT_EVENT = "boundary-inference.queue.depth-alert"
 
 
-@guard_task(name="queue-depth-check", tags=["guard", "queue"])
+@guard_task(name="queue-depth-check", tags=GUARD)
 def check_queue_depth(ledger: Any, settings: Settings, *, exclude_self: int = 1) -> Rejected | None:
     depth = dict(ledger.queue_depth())
     others = max(0, int(depth.get("total", 0)) - exclude_self)

@@ -11,6 +11,10 @@ A flow run that dies (SIGKILL, lost machine) and is never retried leaves its run
   and the reservation is **settled at the reserved worst case**: what ran is unknown, so the
   ledger never under-counts.
 
+Third, a reservation left open by a run that already ended (its settle or release was lost) keeps
+counting against the caps: it is settled at what was reserved when the run was spawned, released
+when it never was.
+
 Thresholds are chosen so that no live flow can be mistaken for a dead one: a flow moves a run from
 ``queued`` to ``running`` within its guards (seconds; ``stale_queued_s`` defaults to an hour), and
 watches a call for at most ``watch_limit_s(gpu_timeout_s)`` (the longest any call may take), so a
@@ -26,7 +30,7 @@ from prefect import get_run_logger
 
 from boundary_inference.timefmt import parse_utc
 from config import Settings
-from tasks._common import guard_task
+from tasks._common import LEDGER, guard_task
 
 # Rows examined per state in one pass; a backlog larger than this is reaped over several passes.
 SCAN_LIMIT = 1000
@@ -39,7 +43,7 @@ def stale_after_s(settings: Settings, status: str) -> float:
     return settings.watch_limit_s(float(settings.gpu_timeout_s)) + settings.stale_margin_s
 
 
-@guard_task(name="reap-stale-runs", tags=["ledger", "executor"])
+@guard_task(name="reap-stale-runs", tags=LEDGER)
 def reap_stale_runs(
     ledger: Any, executor: Any, settings: Settings, *, now: dt.datetime | None = None
 ) -> list[dict[str, Any]]:
@@ -64,7 +68,41 @@ def reap_stale_runs(
                     record["action"],
                 )
                 reaped.append(record)
+    reaped.extend(_close_orphan_reservations(ledger, settings, now))
     return reaped
+
+
+def _close_orphan_reservations(
+    ledger: Any, settings: Settings, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """Reservations left open by a run that ended (its settle or release call was lost)."""
+    closed = []
+    for orphan in ledger.orphan_reservations(
+        limit=SCAN_LIMIT, min_age_s=settings.stale_margin_s, now=now
+    ):
+        run_id, reserved = str(orphan["run_id"]), float(orphan["reserved_usd"])
+        if orphan.get("executor_call_id"):
+            # It was spawned: what it billed is unknown, so what was reserved is what it cost.
+            ledger.settle_budget(run_id=run_id, actual_usd=reserved, now=now)
+            action = f"open reservation settled at ${reserved:.4f} (run was spawned)"
+        else:
+            ledger.release_budget(run_id=run_id, now=now)
+            action = f"open reservation of ${reserved:.4f} released (run never spawned)"
+        get_run_logger().warning("run %s (%s): %s", run_id, orphan.get("run_status"), action)
+        closed.append(
+            {
+                "run_id": run_id,
+                "video_id": orphan.get("video_id"),
+                "status": f"{orphan.get('run_status')}, reservation open",
+                "age_s": round(
+                    (now - (parse_utc(orphan.get("reserved_at")) or now)).total_seconds(), 1
+                ),
+                "executor_call_id": orphan.get("executor_call_id"),
+                "action": action,
+                "cancel_error": None,
+            }
+        )
+    return closed
 
 
 def _reap(

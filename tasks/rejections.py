@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from boundary_inference.outcome import Rejected
-from tasks._common import artifact_key, guard_task
+from tasks._common import LEDGER, artifact_key, guard_task
 
 REJECTION_EVENT = "boundary-inference.job.rejected"
 
@@ -40,7 +40,7 @@ def _markdown(rejected: Rejected, video_id: str, estimate: dict[str, Any] | None
     return "\n".join(lines)
 
 
-@guard_task(name="record-rejection", tags=["rejection"])
+@guard_task(name="record-rejection", tags=LEDGER)
 def record_rejection(
     ledger: Any | None,
     rejected: Rejected,

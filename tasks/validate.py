@@ -13,7 +13,7 @@ import numpy as np
 
 from boundary_inference.outcome import Rejected, RejectionType
 from modal_app.types import CropBox
-from tasks._common import guard_task
+from tasks._common import GUARD, guard_task
 
 FRAMES_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
@@ -103,7 +103,7 @@ def _source_missing(uri: str) -> bool:
     return False  # remote sources (s3://, modal volume paths) are checked by the executor
 
 
-@guard_task(name="validate-request", tags=["guard", "validation"])
+@guard_task(name="validate-request", tags=GUARD)
 def validate_request(
     video: dict[str, Any] | None,
     *,

@@ -183,7 +183,7 @@ def test_budget_exceeded_refunds_the_cooldown(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
 ) -> None:
     # Small caps that still pass the coherence checks: ceiling = 1 attempt x (10 s start-up +
-    # 60 s + 1 s grace) + 2 s tail = $0.022.
+    # 60 s + 1 s grace) + 2 s tail = $0.022; this job's worst case is (10 + 30 + 1 + 2) s = $0.013.
     env = configure(
         monkeypatch,
         tmp_path,
@@ -193,6 +193,7 @@ def test_budget_exceeded_refunds_the_cooldown(
         gpu_timeout_s="60",
         startup_timeout_s="10",
         abort_grace_s="1",
+        cold_start_s="0",
         scaledown_window_s="2",
         min_deadline_s="30",
         heartbeat_timeout_s="30",

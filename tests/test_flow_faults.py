@@ -256,3 +256,62 @@ def test_retried_flow_run_reattaches_to_its_call_instead_of_spawning_again(
     assert float(spend["daily_committed_usd"]) == pytest.approx(
         float(settled["actual_cost_usd"]), rel=1e-6
     )
+
+
+def test_ledger_lost_after_the_spawn_is_a_failure_that_keeps_the_money_and_quota(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str, video: Any
+) -> None:
+    """PostgreSQL dies while the job runs; settling then fails. The job was spawned, so this is
+    no "rejection, nothing spawned": the reservation stays at the worst case, the cooldown is
+    not refunded, and the run stays live for the stale-run reaper."""
+    import threading
+
+    from boundary_inference.ledger import Ledger, PsycopgTransport
+    from boundary_inference.limiter import Limiter, open_redis_client
+
+    private = start_postgres(tmp_path / "p")
+    env = configure(
+        monkeypatch,
+        tmp_path,
+        dsn=private.dsn,
+        redis_url=redis_url,
+        guard_timeout_s="2",
+        min_deadline_s="3",
+        deadline_factor="1",
+        cold_start_s="0",
+    )
+    path, truth = video
+    env.register("v1", path, FRAMES, truth.crop_box)
+    fifo = tmp_path / "hang.mp4"
+    os.mkfifo(fifo)
+    env.register("v2", fifo, FRAMES, None)  # hangs until its 3 s deadline: time to kill the DB
+    result: dict[str, Any] = {}
+
+    def submit() -> None:
+        result["state"] = boundary_inference_flow(**base(video_id="v2"), return_state=True)
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    deadline = time.monotonic() + 120
+    run_row: dict[str, Any] | None = None
+    while time.monotonic() < deadline and run_row is None:
+        rows = env.ledger.list_runs(limit=5, video_id="v2")
+        run_row = rows[0] if rows and rows[0].get("executor_call_id") else None
+        time.sleep(0.05)
+    assert run_row is not None, "no call was spawned"
+    private.stop()
+    thread.join(timeout=120)
+    state = result["state"]
+    assert state.is_failed() and state.name != "Rejected", state
+
+    start_postgres(tmp_path / "p")
+    ledger = Ledger(PsycopgTransport(private.dsn, env.schema, timeout_s=5.0))  # a new connection
+    row = ledger.get_run(run_id=run_row["id"])
+    assert row["status"] == "running"  # for the reaper: nobody knows what the call billed
+    assert float(ledger.spend_summary()["daily_committed_usd"]) == pytest.approx(
+        float(row["worst_case_cost_usd"])
+    )
+    assert ledger.list_rejections(unacknowledged_only=False, limit=10) == []
+    limiter = Limiter(open_redis_client(redis_url, timeout_s=5), prefix=env.redis_prefix)
+    # The cooldown still holds: quota a spawned job took is not given back.
+    assert limiter.cooldown_remaining_s("v2") > 0

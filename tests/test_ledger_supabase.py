@@ -136,6 +136,11 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         },
     ),
     ("settle_budget", {"run_id": RUN, "actual_usd": 0.1}, {"p_run_id": RUN, "p_actual_usd": 0.1}),
+    (
+        "orphan_reservations",
+        {"limit": 10, "min_age_s": 60, "now": NOW},
+        {"p_limit": 10, "p_min_age_s": 60, "p_now": NOW_S},
+    ),
     ("release_budget", {"run_id": RUN}, {"p_run_id": RUN}),
     ("spend_summary", {"tenant_id": "t1", "now": NOW}, {"p_tenant_id": "t1", "p_now": NOW_S}),
     ("spend_by_day", {"days": 7}, {"p_days": 7}),
@@ -207,7 +212,13 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("get_predictions", {"run_id": RUN}, {"p_run_id": RUN}),
 ]
 
-LIST_RESULTS = {"list_runs", "spend_by_day", "list_rejections", "get_predictions"}
+LIST_RESULTS = {
+    "list_runs",
+    "spend_by_day",
+    "list_rejections",
+    "get_predictions",
+    "orphan_reservations",
+}
 
 
 def fn_of(method: str) -> str:

@@ -24,7 +24,13 @@ import pytest
 
 import modal_app.app as modal_app_module
 import modal_app.predictor as predictor
-from boundary_inference.executor import CallState, CallStatus, ExecutorUnavailable, FailureKind
+from boundary_inference.executor import (
+    CallState,
+    CallStatus,
+    ExecutorUnavailable,
+    FailureKind,
+    SpawnUncertain,
+)
 from boundary_inference.executor.modal import ModalExecutor, classify, has_credentials, retry_audit
 from config import Settings, get_settings
 from modal_app.app import deployed_config, run_call
@@ -389,6 +395,30 @@ def test_an_app_that_is_not_deployed_is_refused(cloud: FakeCloud) -> None:
     executor.preflight()  # the failed lookup was not cached
 
 
+def test_a_spawn_that_may_have_been_accepted_is_not_called_refused(
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only answers that prove Modal did not take the input mean "nothing runs"; a timeout or an
+    UNAVAILABLE after sending may leave a call running under an id we never saw."""
+    executor = executor_for(cloud)
+
+    def answer(error: BaseException) -> Any:
+        def spawn(request: dict[str, Any]) -> Any:
+            raise error
+
+        return spawn
+
+    monkeypatch.setattr(cloud, "spawn", answer(modal_exc.ServiceError("unavailable")))
+    with pytest.raises(SpawnUncertain, match="a call may be running"):
+        executor.submit(make_request(clip[0]))
+    monkeypatch.setattr(cloud, "spawn", answer(TimeoutError("deadline")))
+    with pytest.raises(SpawnUncertain):
+        executor.submit(make_request(clip[0]))
+    monkeypatch.setattr(cloud, "spawn", answer(modal_exc.NotFoundError("app not found")))
+    with pytest.raises(ExecutorUnavailable):
+        executor.submit(make_request(clip[0]))
+
+
 def test_a_deployment_that_allows_more_spend_is_refused(
     cloud: FakeCloud, settings: Settings
 ) -> None:
@@ -478,14 +508,25 @@ def test_an_unknown_call_id_is_a_failure_not_a_hang(cloud: FakeCloud) -> None:
     assert status.failure.kind is FailureKind.INFRASTRUCTURE
 
 
+@pytest.mark.parametrize(
+    "client_error",
+    [
+        modal_exc.ConnectionError("connection reset"),
+        # Client-side, not the job's: once classified "user code", and the call left running.
+        modal_exc.InternalError("internal"),
+        modal_exc.ResourceExhaustedError("slow down"),
+        modal_exc.ClientClosed("client closed"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_polls_that_cannot_reach_modal_stay_pending_then_give_up(
-    cloud: FakeCloud, clip: tuple[Path, GroundTruth]
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth], client_error: Exception
 ) -> None:
     now = [0.0]
     executor = executor_for(cloud, poll_error_limit_s=600.0, clock=lambda: now[0])
     call_id = executor.submit(make_request(clip[0]))
     cloud.calls[call_id].done.wait(10)
-    cloud.get_raises = modal_exc.ConnectionError("connection reset")
+    cloud.get_raises = client_error
     assert executor.poll(call_id, timeout_s=0.1).state is CallState.PENDING
     now[0] = 599.0
     assert executor.poll(call_id, timeout_s=0.1).state is CallState.PENDING

@@ -146,3 +146,32 @@ def test_the_scheduled_monitor_reaps_and_alerts(
     assert reaped["run_id"] == run_id and reaped["status"] == "queued"
     assert summary["queue_depth"] == 0  # measured after the reaping
     assert env.ledger.get_run(run_id=run_id)["status"] == "cancelled"
+
+
+def test_open_reservations_of_ended_runs_are_closed(ledger: Ledger, tmp_path: Path) -> None:
+    """A run ended but its settle or release was lost: the reservation would hold its share of
+    the caps for the rest of the day and month."""
+    settings = get_settings()
+    ledger.upsert_video(id="v1", tenant_id="demo", frame_count=100, fps=25.0)
+    spawned = _claim(ledger, "f-spawned")
+    _reserve(ledger, spawned, 0.40)
+    ledger.transition_run(run_id=spawned, to_status="running")
+    ledger.set_call_id(run_id=spawned, call_id="local-0123456789abcdef")
+    ledger.transition_run(run_id=spawned, to_status="failed")  # ...and its settle was lost
+    refused = _claim(ledger, "f-refused")
+    _reserve(ledger, refused, 0.25)
+    ledger.transition_run(run_id=refused, to_status="rejected")  # ...and its release was lost
+    executor = LocalExecutor(tmp_path / "jobs")
+
+    now = dt.datetime.now(dt.UTC)
+    assert _reap(ledger, executor, settings, now) == []  # just ended: their flows may be settling
+    assert float(ledger.spend_summary()["daily_committed_usd"]) == pytest.approx(0.65)
+
+    later = now + dt.timedelta(seconds=settings.stale_margin_s + 60)
+    closed = {r["run_id"]: r for r in _reap(ledger, executor, settings, later)}
+    assert set(closed) == {spawned, refused}
+    assert "settled" in closed[spawned]["action"] and "released" in closed[refused]["action"]
+    spend = ledger.spend_summary()
+    assert float(spend["daily_committed_usd"]) == pytest.approx(0.40)  # the spawned one, in full
+    assert float(spend["daily_actual_usd"]) == pytest.approx(0.40)
+    assert _reap(ledger, executor, settings, later) == []  # closed once

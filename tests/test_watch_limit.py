@@ -80,3 +80,39 @@ def test_a_call_stuck_in_a_crash_loop_is_cancelled_at_the_watch_limit(
     assert [cid for cid, _ in cloud.cancels] == [call_id]
     assert cloud.calls[call_id].invocations > 1  # it really was crash-looping
     assert ledger.get_run(run_id=run_id)["executor_call_id"] == call_id
+
+
+def test_a_call_that_ends_failed_is_cancelled_too(ledger: Ledger, tmp_path: Path) -> None:
+    """A failure seen by the client (here an error the poll cannot place) is not proof that the
+    attempt stopped: the call is cancelled before the flow settles and stops watching."""
+    settings = get_settings(executor="modal", poll_interval_s=0.1)
+    cloud = StartupCrashLoop(settings)  # stands for any call that is still running
+    executor = executor_for(cloud)
+    ledger.upsert_video(id="v1", tenant_id="t1", frame_count=50, fps=25.0)
+    claim = ledger.claim_run(
+        video_id="v1", tenant_id="t1", frames_version="f1", model_version=BUILTIN
+    )
+    run_id = str(claim["run_id"])
+    ledger.transition_run(run_id=run_id, to_status="running")
+    request = InferenceRequest(
+        run_id=run_id,
+        video_uri=str(tmp_path / "never-read.mp4"),
+        frame_pairs=[(0, 1)],
+        model_version=BUILTIN,
+        deadline_s=60.0,
+        heartbeat_timeout_s=30.0,
+    )
+
+    @flow
+    def watch() -> tuple[str, Any]:
+        return run_job(executor, ledger, settings, request)
+
+    cloud.get_raises = RuntimeError("a state the client cannot place")
+    try:
+        call_id, status = watch()
+    finally:
+        for call in cloud.calls.values():
+            call.cancel_requested.set()
+        cloud.join()
+    assert status.state is CallState.FAILED
+    assert [cid for cid, _ in cloud.cancels] == [call_id]

@@ -13,6 +13,7 @@ from boundary_inference.executor.base import (
     ExecutorFailure,
     ExecutorUnavailable,
     FailureKind,
+    SpawnUncertain,
 )
 from boundary_inference.executor.local import LocalExecutor
 
@@ -24,4 +25,5 @@ __all__ = [
     "ExecutorUnavailable",
     "FailureKind",
     "LocalExecutor",
+    "SpawnUncertain",
 ]

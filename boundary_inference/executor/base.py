@@ -54,6 +54,13 @@ class ExecutorUnavailable(Exception):
     """The executor cannot take work (no credentials, app not deployed). Raised before any spend."""
 
 
+class SpawnUncertain(Exception):
+    """The spawn failed in a way that does not prove nothing runs (a timeout after sending).
+
+    Never treated as "nothing ran": the job keeps its worst case charged.
+    """
+
+
 class Executor(Protocol):
     name: str
 

@@ -31,6 +31,7 @@ from boundary_inference.executor.base import (
     ExecutorFailure,
     ExecutorUnavailable,
     FailureKind,
+    SpawnUncertain,
 )
 from config import Settings
 from modal_app.modal_config import (
@@ -57,6 +58,20 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     modal_exc.ServiceError,
     ConnectionError,
     OSError,
+)
+# Answers to a spawn that mean Modal did not take the input: the app or class is missing, the
+# token is refused, no connection was made.
+_REFUSED_BEFORE_SENDING: tuple[type[BaseException], ...] = (
+    modal_exc.NotFoundError,
+    modal_exc.AuthError,
+    modal_exc.ConnectionError,
+)
+# Client-side trouble while polling (the API throttles, an internal gRPC error, a closed client):
+# the call's own state is unknown, so it stays pending until POLL_ERROR_LIMIT_S, like a lost network.
+_POLL_TRANSIENT: tuple[type[BaseException], ...] = (
+    modal_exc.InternalError,
+    modal_exc.ResourceExhaustedError,
+    modal_exc.ClientClosed,
 )
 # Polls that cannot reach Modal for this long end the watch (the call is cancelled best effort;
 # it is bounded by its own deadline anyway). Transient blips shorter than this are just PENDING.
@@ -220,9 +235,19 @@ class ModalExecutor:
 
     def submit(self, request: InferenceRequest) -> str:
         try:
-            call = self._lookup()().infer.spawn(request.to_dict())
+            method = self._lookup()().infer
         except _UNREACHABLE as error:
             raise ExecutorUnavailable(f"spawn refused by Modal: {error}") from error
+        try:
+            call = method.spawn(request.to_dict())
+        except _REFUSED_BEFORE_SENDING as error:
+            raise ExecutorUnavailable(f"spawn refused by Modal: {error}") from error
+        except Exception as error:
+            # A timeout or UNAVAILABLE may come after Modal accepted the input: a call may run
+            # under an id we never saw. Not "nothing ran": the caller keeps the worst case.
+            raise SpawnUncertain(
+                f"spawn outcome unknown ({type(error).__name__}: {error}); a call may be running"
+            ) from error
         call_id = str(call.object_id)
         self._run_ids[call_id] = request.run_id
         return call_id
@@ -269,7 +294,7 @@ class ModalExecutor:
                 f"unknown call {call_id}: {error}",
                 "NotFoundError",
             )
-        except _UNREACHABLE as error:
+        except (*_UNREACHABLE, *_POLL_TRANSIENT) as error:
             return self._unreachable(call_id, error)
         except Exception as error:  # raised by our code in the container, re-raised here
             return self._failed(

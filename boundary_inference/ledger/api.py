@@ -306,6 +306,13 @@ class Ledger:
         """Give an open reservation back: ``{released, status, freed_usd}``."""
         return self._obj("release_budget", run_id=run_id, now=now)
 
+    def orphan_reservations(
+        self, *, limit: int = 100, min_age_s: int = 600, now: dt.datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Open reservations of runs that ended at least ``min_age_s`` ago, oldest first:
+        ``{run_id, reserved_usd, reserved_at, run_status, executor_call_id, video_id}``."""
+        return self._list("orphan_reservations", limit=limit, min_age_s=min_age_s, now=now)
+
     def spend_summary(
         self, *, tenant_id: str | None = None, now: dt.datetime | None = None
     ) -> dict[str, Any]:
