@@ -545,7 +545,7 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
             },
         )
         budget.settle(ledger, run_id=job.run_id, actual_usd=actual)
-        breaker.record_outcome(ledger, settings, ok=True, kind="success")
+        breaker.record_outcome(ledger, settings, ok=True, kind="success", probe=probe)
         boundaries = sum(1 for p in result.predictions if p.is_boundary)
         logger.info(
             "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f",
@@ -590,11 +590,11 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
     )
     budget.settle(ledger, run_id=job.run_id, actual_usd=actual)
     if failure.kind.counts_for_breaker:
-        breaker.record_outcome(ledger, settings, ok=False, kind=str(failure.kind))
+        breaker.record_outcome(ledger, settings, ok=False, kind=str(failure.kind), probe=probe)
     elif probe and failure.kind is not FailureKind.CANCELLED:
         # The service answered (the input was bad): the probe succeeded. A cancelled probe says
         # nothing; unrecorded, its slot is handed out again after breaker_open_s.
-        breaker.record_outcome(ledger, settings, ok=True, kind=f"probe:{failure.kind}")
+        breaker.record_outcome(ledger, settings, ok=True, kind=f"probe:{failure.kind}", probe=True)
     message = f"{failure.kind}: {failure.message}"
     logger.error("run %s %s: %s (call %s)", job.run_id, outcome_status, message, call_id)
     outcome = JobOutcome(

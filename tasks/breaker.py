@@ -59,7 +59,10 @@ def admit_breaker(ledger: Any, settings: Settings) -> tuple[Rejected | None, boo
 
 
 @guard_task(name="circuit-breaker-record", tags=LEDGER)
-def record_outcome(ledger: Any, settings: Settings, *, ok: bool, kind: str) -> dict[str, Any]:
+def record_outcome(
+    ledger: Any, settings: Settings, *, ok: bool, kind: str, probe: bool
+) -> dict[str, Any]:
+    """``probe``: this job held the half-open probe; only its success closes the circuit."""
     return dict(
         ledger.breaker_record(
             name=BREAKER_NAME,
@@ -67,5 +70,6 @@ def record_outcome(ledger: Any, settings: Settings, *, ok: bool, kind: str) -> d
             kind=kind,
             threshold=settings.breaker_failure_threshold,
             window_s=settings.breaker_window_s,
+            probe=probe,
         )
     )

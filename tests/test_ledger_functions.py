@@ -456,6 +456,26 @@ def test_half_open_probe_failure_reopens(ledger: Ledger) -> None:
     assert again["allowed"] is False and again["retry_after_s"] == 220  # opened_at moved to 320
 
 
+def test_half_open_closes_only_on_the_probes_own_success(ledger: Ledger) -> None:
+    for i in range(5):
+        fail(ledger, i)
+    assert check(ledger, 304)["probe"] is True
+    # A job admitted before the circuit opened finishes late: says nothing about the service now.
+    late = ledger.breaker_record(**BREAKER, ok=True, kind="success", probe=False, now=at(306))
+    assert late["state"] == "half_open"
+    assert check(ledger, 307)["allowed"] is False  # the probe is still out
+    closed = ledger.breaker_record(**BREAKER, ok=True, kind="success", probe=True, now=at(310))
+    assert closed["state"] == "closed"
+
+
+def test_half_open_reopens_on_any_failure(ledger: Ledger) -> None:
+    for i in range(5):
+        fail(ledger, i)
+    assert check(ledger, 304)["probe"] is True
+    late = ledger.breaker_record(**BREAKER, ok=False, kind="timeout", probe=False, now=at(306))
+    assert late["state"] == "open"
+
+
 def test_lost_probe_is_replaced_after_open_s(ledger: Ledger) -> None:
     for i in range(5):
         fail(ledger, i)

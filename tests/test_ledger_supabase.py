@@ -167,6 +167,11 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             "p_now": NOW_S,
         },
     ),
+    (
+        "breaker_record",
+        {"name": "modal", "ok": True, "threshold": 5, "window_s": 3600, "probe": True},
+        {"p_name": "modal", "p_ok": True, "p_threshold": 5, "p_window_s": 3600, "p_probe": True},
+    ),
     ("breaker_reset", {"name": "modal"}, {"p_name": "modal"}),
     ("breaker_status", {"name": "modal", "window_s": 60}, {"p_name": "modal", "p_window_s": 60}),
     (

@@ -358,8 +358,13 @@ class Ledger:
         threshold: int,
         window_s: float,
         now: dt.datetime | None = None,
+        probe: bool | None = None,
     ) -> dict[str, Any]:
-        """Record an outcome: ``{state, failures_in_window}``."""
+        """Record an outcome: ``{state, failures_in_window}``.
+
+        ``probe``: whether this job held the half-open probe. Half-open closes only on the
+        probe's success (None: on any success, the rule before migration 20261126000004).
+        """
         return self._obj(
             "breaker_record",
             name=name,
@@ -368,6 +373,7 @@ class Ledger:
             threshold=threshold,
             window_s=window_s,
             now=now,
+            probe=probe,
         )
 
     def breaker_reset(self, *, name: str, now: dt.datetime | None = None) -> dict[str, Any]:
