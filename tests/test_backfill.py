@@ -21,6 +21,7 @@ from tests.flow_support import FlowEnv, configure
 
 MODEL = "builtin-textdiff-v1"
 FRAMES = 30
+LONGER_FRAMES = 2400
 # Small caps that pass the coherence checks; the amounts spent beforehand are computed from the
 # same settings (`spend_leaving`), so the tests follow the worst-case formula wherever it goes.
 TINY_BUDGET = {
@@ -138,11 +139,26 @@ def artifacts_of(flow_run_id: uuid.UUID) -> dict[str, Any]:
     return {a.key: a for a in found if a.key and a.key.startswith("backfill-")}
 
 
+@pytest.fixture(scope="module")
+def longer_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    # Long enough (a few seconds a job) that two subflows of one wave overlap in time for sure:
+    # a 30-frame job ends before the next thread has started its subflow.
+    path = tmp_path_factory.mktemp("bfvid-long") / "clip.mp4"
+    return path, make_video(path, seed=7, frame_count=LONGER_FRAMES)
+
+
 def test_waves_are_bounded_by_warm_capacity_and_a_bad_id_stops_nothing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    pg_dsn: str,
+    redis_url: str,
+    longer_video: Any,
 ) -> None:
     ids = ["v1", "v2", "v3"]
-    env = setup_env(monkeypatch, tmp_path, pg_dsn, redis_url, video, ids, max_containers="2")
+    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, max_containers="2")
+    path, truth = longer_video
+    for video_id in ids:
+        env.register(video_id, path, LONGER_FRAMES, truth.crop_box)
     # Asked for 10 at once: clamped to the autoscaler ceiling of 2.
     state, summary = backfill(video_ids=["v1", "nope", "v2", "v1", "v3"], wave_size=10)
 
