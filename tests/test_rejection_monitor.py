@@ -67,6 +67,7 @@ def test_metrics_and_alerts_from_a_seeded_ledger(
         amount_usd=21.0,
         daily_cap_usd=50.0,
         monthly_cap_usd=100.0,
+        now=NOW,  # the day the metrics are read for (a run across midnight once read 0 here)
     )
     monkeypatch.setattr(monitor, "JOB_BURST_ALERT", 5)
     settings = Settings(queue_depth_alert=2, queue_depth_block=50)
