@@ -53,12 +53,13 @@ def setup_env(
     redis_url: str,
     video: Any,
     ids: list[str],
+    frames: int = FRAMES,
     **overrides: Any,
 ) -> FlowEnv:
     env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, **overrides)
     path, truth = video
     for video_id in ids:
-        env.register(video_id, path, FRAMES, truth.crop_box)
+        env.register(video_id, path, frames, truth.crop_box)
     return env
 
 
@@ -155,10 +156,16 @@ def test_waves_are_bounded_by_warm_capacity_and_a_bad_id_stops_nothing(
     longer_video: Any,
 ) -> None:
     ids = ["v1", "v2", "v3"]
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, max_containers="2")
-    path, truth = longer_video
-    for video_id in ids:
-        env.register(video_id, path, LONGER_FRAMES, truth.crop_box)
+    env = setup_env(
+        monkeypatch,
+        tmp_path,
+        pg_dsn,
+        redis_url,
+        longer_video,
+        ids,
+        LONGER_FRAMES,
+        max_containers="2",
+    )
     # Asked for 10 at once: clamped to the autoscaler ceiling of 2.
     state, summary = backfill(video_ids=["v1", "nope", "v2", "v1", "v3"], wave_size=10)
 

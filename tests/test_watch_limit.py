@@ -33,6 +33,27 @@ class StartupCrashLoop(FakeCloud):
             call.invocations += 1
 
 
+def running_request(
+    ledger: Ledger, tmp_path: Path, *, pairs: int, deadline_s: float
+) -> InferenceRequest:
+    """A run claimed and moved to ``running`` in the real ledger, and the request for its job."""
+    ledger.upsert_video(id="v1", tenant_id="t1", frame_count=50, fps=25.0)
+    claim = ledger.claim_run(
+        video_id="v1", tenant_id="t1", frames_version="f1", model_version=BUILTIN
+    )
+    run_id = str(claim["run_id"])
+    ledger.transition_run(run_id=run_id, to_status="running")
+    return InferenceRequest(
+        run_id=run_id,
+        video_uri=str(tmp_path / "never-read.mp4"),
+        frame_pairs=[(i, i + 1) for i in range(pairs)],
+        model_version=BUILTIN,
+        batch_size=8,
+        deadline_s=deadline_s,
+        heartbeat_timeout_s=30.0,
+    )
+
+
 def test_a_call_stuck_in_a_crash_loop_is_cancelled_at_the_watch_limit(
     ledger: Ledger, tmp_path: Path
 ) -> None:
@@ -41,21 +62,8 @@ def test_a_call_stuck_in_a_crash_loop_is_cancelled_at_the_watch_limit(
     )
     cloud = StartupCrashLoop(settings)
     executor = executor_for(cloud)
-    ledger.upsert_video(id="v1", tenant_id="t1", frame_count=50, fps=25.0)
-    claim = ledger.claim_run(
-        video_id="v1", tenant_id="t1", frames_version="f1", model_version=BUILTIN
-    )
-    run_id = str(claim["run_id"])
-    ledger.transition_run(run_id=run_id, to_status="running")
-    request = InferenceRequest(
-        run_id=run_id,
-        video_uri=str(tmp_path / "never-read.mp4"),
-        frame_pairs=[(i, i + 1) for i in range(10)],
-        model_version=BUILTIN,
-        batch_size=8,
-        deadline_s=0.5,
-        heartbeat_timeout_s=30.0,
-    )
+    request = running_request(ledger, tmp_path, pairs=10, deadline_s=0.5)
+    run_id = request.run_id
     limit_s = settings.watch_limit_s(request.deadline_s)
     assert limit_s == pytest.approx(2.0)
 
@@ -88,20 +96,7 @@ def test_a_call_that_ends_failed_is_cancelled_too(ledger: Ledger, tmp_path: Path
     settings = get_settings(executor="modal", poll_interval_s=0.1)
     cloud = StartupCrashLoop(settings)  # stands for any call that is still running
     executor = executor_for(cloud)
-    ledger.upsert_video(id="v1", tenant_id="t1", frame_count=50, fps=25.0)
-    claim = ledger.claim_run(
-        video_id="v1", tenant_id="t1", frames_version="f1", model_version=BUILTIN
-    )
-    run_id = str(claim["run_id"])
-    ledger.transition_run(run_id=run_id, to_status="running")
-    request = InferenceRequest(
-        run_id=run_id,
-        video_uri=str(tmp_path / "never-read.mp4"),
-        frame_pairs=[(0, 1)],
-        model_version=BUILTIN,
-        deadline_s=60.0,
-        heartbeat_timeout_s=30.0,
-    )
+    request = running_request(ledger, tmp_path, pairs=1, deadline_s=60.0)
 
     @flow
     def watch() -> tuple[str, Any]:
