@@ -20,12 +20,13 @@ TENANT_TABLES = [
     "videos",
     "boundary_inference_runs",
     "boundary_inference_rejections",
-    "boundary_predictions",
+    "boundary_prediction_chunks",
 ]
 PRIVATE_TABLES = [
     "circuit_breakers",
     "circuit_breaker_events",
     "budget_reservations",
+    "budget_totals",
     "schema_migrations",
 ]
 
@@ -71,7 +72,7 @@ def as_role(
 
 
 def select_tenants(schema: str, table: str) -> sql.Composed:
-    if table == "boundary_predictions":
+    if table == "boundary_prediction_chunks":
         return sql.SQL("SELECT run_id::text FROM {}").format(sql.Identifier(schema, table))
     return sql.SQL("SELECT tenant_id FROM {}").format(sql.Identifier(schema, table))
 
@@ -96,7 +97,7 @@ def test_authenticated_reads_only_its_tenant(
     assert as_role(conn, "authenticated", query, {"tenant_id": "t3"}) == [(0,)]
     assert as_role(conn, "authenticated", query, {"sub": "no-tenant"}) == [(0,)]
     assert as_role(conn, "authenticated", query) == [(0,)]  # no claims at all
-    if table != "boundary_predictions":
+    if table != "boundary_prediction_chunks":
         rows = as_role(conn, "authenticated", select_tenants(schema, table), {"tenant_id": "t2"})
         assert rows == [("t2",)]
     assert as_role(conn, "service_role", query) == [(2,)]
@@ -107,7 +108,7 @@ def test_predictions_follow_their_runs_tenant(
 ) -> None:
     schema = two_tenants.schema
     query = sql.SQL("SELECT r.tenant_id FROM {} p JOIN {} r ON r.id = p.run_id").format(
-        sql.Identifier(schema, "boundary_predictions"),
+        sql.Identifier(schema, "boundary_prediction_chunks"),
         sql.Identifier(schema, "boundary_inference_runs"),
     )
     assert as_role(conn, "authenticated", query, {"tenant_id": "t1"}) == [("t1",)]
