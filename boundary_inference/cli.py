@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from boundary_inference.cli_ledger import ledger_app
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -25,6 +27,7 @@ videos_app = typer.Typer(no_args_is_help=True, help="Register and list videos.")
 breaker_app = typer.Typer(no_args_is_help=True, help="Inspect or reset the circuit breaker.")
 app.add_typer(videos_app, name="videos")
 app.add_typer(breaker_app, name="breaker")
+app.add_typer(ledger_app, name="ledger")
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

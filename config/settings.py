@@ -182,6 +182,20 @@ class Settings(BaseSettings):
         " (its call is cancelled, its worst case charged).",
     )
 
+    # --- Ledger size -------------------------------------------------------------------------------
+    predictions_batch_pairs: int = Field(
+        5000,
+        ge=1,
+        le=100_000,
+        description="Frame pairs per save_predictions call: one packed chunk, one bounded request.",
+    )
+    predictions_retention_days: int | None = Field(
+        None,
+        ge=0,
+        description="Predictions saved longer ago than this are deleted by the monitor; None keeps"
+        " them forever (runs, spend and rejections are kept either way).",
+    )
+
     # Escape hatch for the original bug's shape: refuse by default, allow when deliberate.
     allow_unreachable_cost_cap: bool = Field(
         False, description="Accept a per-job cap that no admissible job can ever exceed."

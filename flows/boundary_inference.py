@@ -25,6 +25,7 @@ from prefect.states import Completed, Failed, State
 
 from boundary_inference.executor import CallState, ExecutorUnavailable, FailureKind
 from boundary_inference.ledger import LedgerError
+from boundary_inference.ledger.predictions import DEFAULT_BATCH_PAIRS, save_in_batches
 from boundary_inference.limiter import LimiterUnavailable
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from boundary_inference.services import Services, get_services
@@ -52,23 +53,12 @@ def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
 
 
 @guard_task(name="persist-predictions", tags=LEDGER)
-def persist_predictions(ledger: Any, run_id: str, predictions: list[Any]) -> int:
-    """Upsert keyed by (run, f1, f2): a retried flow writes the same rows again, harmlessly."""
-    rows = [
-        {
-            "frame1": p.frame1,
-            "frame2": p.frame2,
-            "probability": p.probability,
-            "is_boundary": p.is_boundary,
-        }
-        for p in predictions
-    ]
-    saved = 0
-    for start in range(0, len(rows), 5000):
-        saved += int(
-            ledger.save_predictions(run_id=run_id, rows=rows[start : start + 5000])["saved"]
-        )
-    return saved
+def persist_predictions(
+    ledger: Any, run_id: str, predictions: list[Any], batch_pairs: int = DEFAULT_BATCH_PAIRS
+) -> int:
+    """Packed chunks of ``batch_pairs`` pairs, batch i as chunk i: a retried flow rewrites the
+    same chunks, harmlessly."""
+    return save_in_batches(ledger, run_id, predictions, batch_pairs=batch_pairs)
 
 
 def _known_model(model_version: str) -> bool:
@@ -529,7 +519,9 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
     if status.state is CallState.SUCCEEDED:
         result = status.result
         metrics = result.metrics
-        saved = persist_predictions(ledger, job.run_id, result.predictions)
+        saved = persist_predictions(
+            ledger, job.run_id, result.predictions, settings.predictions_batch_pairs
+        )
         # Every attempt's seconds (Modal reports them when it retried), not only the last one's.
         gpu_s = float(result.extra.get("billed_s") or metrics.elapsed_s)
         # Never above the reservation: the worst case bounds every billed second already.

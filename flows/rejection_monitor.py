@@ -30,6 +30,7 @@ from prefect.events import emit_event
 
 from boundary_inference.timefmt import age_s, format_age, parse_utc
 from config import Settings, get_settings
+from tasks.ledger_upkeep import run_upkeep
 
 MONITOR_RESOURCE_ID = "boundary-inference.monitor"
 ALERT_PREFIX = "boundary-inference.alert."
@@ -385,6 +386,7 @@ def rejection_monitor_flow() -> dict[str, Any]:
     metrics.stale_runs_reaped = reaped
     metrics.alerts = due_alerts(metrics)
     events = publish(metrics)
+    events += run_upkeep(settings)  # budget totals vs reservations (event on drift); retention
     logger = get_run_logger()
     if events:
         logger.warning("alerts: %s", ", ".join(events))

@@ -207,14 +207,38 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         "save_predictions",
         {
             "run_id": RUN,
-            "rows": [{"frame1": 0, "frame2": 1, "probability": 0.25, "is_boundary": False}],
+            "rows": [
+                {"frame1": 0, "frame2": 1, "probability": 0.25, "is_boundary": False},
+                {"frame1": 1, "frame2": 2, "probability": 0.75, "is_boundary": True},
+            ],
+            "chunk": 3,
         },
         {
             "p_run_id": RUN,
-            "p_rows": [{"frame1": 0, "frame2": 1, "probability": 0.25, "is_boundary": False}],
+            # Columns, not one object per pair: a quarter of the JSON through PostgREST.
+            "p_rows": {
+                "frame1": [0, 1],
+                "frame2": [1, 2],
+                "probability": [0.25, 0.75],
+                "is_boundary": [False, True],
+            },
+            "p_chunk": 3,
         },
     ),
     ("get_predictions", {"run_id": RUN}, {"p_run_id": RUN}),
+    ("get_predictions_packed", {"run_id": RUN}, {"p_run_id": RUN}),
+    (
+        "prune_predictions",
+        {"keep_days": 30, "limit": 10, "now": NOW},
+        {"p_keep_days": 30, "p_limit": 10, "p_now": NOW_S},
+    ),
+    (
+        "budget_totals_drift",
+        {"since": dt.date(2030, 1, 1), "limit": 5},
+        {"p_since": "2030-01-01", "p_limit": 5},
+    ),
+    ("budget_totals_rebuild", {}, {}),
+    ("ledger_size", {}, {}),
 ]
 
 LIST_RESULTS = {
@@ -223,6 +247,7 @@ LIST_RESULTS = {
     "list_rejections",
     "get_predictions",
     "orphan_reservations",
+    "ledger_size",
 }
 
 
@@ -440,6 +465,9 @@ def test_guard_lifecycle_through_supabase_path(supa_on_postgres: Ledger) -> None
     assert lg.settle_budget(run_id=run_id, actual_usd=0.01, now=NOW)["freed_usd"] == 0.49
     assert lg.spend_summary(now=NOW)["daily_committed_usd"] == 0.01
     assert lg.get_predictions(run_id=run_id)[0]["is_boundary"] is True
+    packed = lg.get_predictions_packed(run_id=run_id)
+    assert packed["frame1"] == [0] and packed["probability"] == [0.75] and packed["pairs"] == 1
+    assert lg.budget_totals_drift(now=NOW)["ok"] is True
     assert lg.recent_throughput(model_version="m") == {"pairs_per_s": 120.0, "runs": 1}
     assert lg.breaker_record(name="modal", ok=True, threshold=5, window_s=60)["state"] == "closed"
     rejection = lg.log_rejection(

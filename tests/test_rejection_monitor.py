@@ -171,12 +171,18 @@ def test_every_alert_and_the_rejection_event_have_a_shipped_automation() -> None
     import uuid
 
     from boundary_inference.automations import build_automations, load_definitions
+    from tasks.ledger_upkeep import BUDGET_DRIFT_EVENT
     from tasks.queue import QUEUE_ALERT_EVENT
     from tasks.rejections import REJECTION_EVENT
 
     block_id = uuid.uuid4()
     automations = build_automations(load_definitions(), block_id)
-    expected = {*monitor.ALERT_EVENTS.values(), REJECTION_EVENT, QUEUE_ALERT_EVENT}
+    expected = {
+        *monitor.ALERT_EVENTS.values(),
+        REJECTION_EVENT,
+        QUEUE_ALERT_EVENT,
+        BUDGET_DRIFT_EVENT,
+    }
     assert {e for a in automations for e in a.trigger.expect} == expected
     for automation in automations:
         assert [a.type for a in automation.actions] == ["send-notification"]

@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from boundary_inference.ledger.errors import LedgerError
+from boundary_inference.ledger.predictions import pack
 from boundary_inference.ledger.transport import Transport
 
 RunId = str | uuid.UUID
@@ -433,20 +434,48 @@ class Ledger:
     # -- predictions --------------------------------------------------------------------------
 
     def save_predictions(
-        self, *, run_id: RunId, rows: Iterable[Mapping[str, Any]]
+        self, *, run_id: RunId, rows: Iterable[Any], chunk: int | None = None
     ) -> dict[str, Any]:
-        """Upsert ``{frame1, frame2, probability, is_boundary}`` rows: ``{saved}``. Idempotent."""
-        payload = [
-            {
-                "frame1": int(row["frame1"]),
-                "frame2": int(row["frame2"]),
-                "probability": float(row["probability"]),
-                "is_boundary": bool(row["is_boundary"]),
-            }
-            for row in rows
-        ]
-        return self._obj("save_predictions", run_id=run_id, rows=payload)
+        """Store one batch of ``{frame1, frame2, probability, is_boundary}`` pairs (mappings or
+        objects with those attributes) as one packed chunk: ``{run_id, saved, chunk}``.
+
+        With ``chunk`` the call is idempotent (that chunk is replaced); without, it is appended.
+        A pair saved twice reads back with its last value. Sent as columns, not one object per
+        pair. For a whole run use :func:`boundary_inference.ledger.predictions.save_in_batches`.
+        """
+        return self._obj("save_predictions", run_id=run_id, rows=pack(rows), chunk=chunk)
 
     def get_predictions(self, *, run_id: RunId) -> list[dict[str, Any]]:
         """Ordered by (frame1, frame2)."""
         return self._list("get_predictions", run_id=run_id)
+
+    def get_predictions_packed(self, *, run_id: RunId) -> dict[str, Any]:
+        """The same pairs as columns: ``{run_id, pairs, frame1: [...], frame2: [...],
+        probability: [...], is_boundary: [...]}`` (a quarter of the JSON for a large run)."""
+        return self._obj("get_predictions_packed", run_id=run_id)
+
+    def prune_predictions(
+        self, *, keep_days: int, limit: int = 500, now: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """Delete the predictions of up to ``limit`` runs saved more than ``keep_days`` ago,
+        oldest first: ``{cutoff, runs, chunks, more}`` (call again while ``more``)."""
+        return self._obj("prune_predictions", keep_days=keep_days, limit=limit, now=now)
+
+    # -- ledger upkeep ------------------------------------------------------------------------
+
+    def budget_totals_drift(
+        self, *, since: dt.date | None = None, limit: int = 20, now: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """Budget totals that disagree with the reservations from ``since``'s month on (default:
+        the current month): ``{ok, since, checked_rows, drift_rows, drift: [...]}``."""
+        return self._obj("budget_totals_drift", since=since, limit=limit, now=now)
+
+    def budget_totals_rebuild(self, *, since: dt.date | None = None) -> dict[str, Any]:
+        """Recompute the budget totals from the reservations (all of history, or from
+        ``since``'s month on), under the budget lock: ``{since, deleted, written}``."""
+        return self._obj("budget_totals_rebuild", since=since)
+
+    def ledger_size(self) -> list[dict[str, Any]]:
+        """Every ledger table, largest first: ``{table, rows, total_bytes, table_bytes,
+        index_bytes}`` (rows as the planner estimates them)."""
+        return self._list("ledger_size")

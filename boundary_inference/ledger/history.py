@@ -196,7 +196,8 @@ INSERT INTO boundary_inference_runs
    actual_cost_usd, gpu_seconds, pairs_per_s, error, failure_kind, created_at, started_at,
    finished_at, updated_at)
 SELECT {_ID}, 'hv-' || lpad(v::text, 7, '0'),
-       'ht-' || lpad((v %% %(tenants)s)::text, 3, '0'), 'f' || ((i / %(videos)s) %% 3), 'hm-' || ((i / %(videos)s + v) %% {MODELS}),
+       'ht-' || lpad((v %% %(tenants)s)::text, 3, '0'), 'f' || ((i / %(videos)s) %% 3),
+       'hm-' || ((i / %(videos)s + v) %% {MODELS}),
        status, 'normal', pairs,
        CASE WHEN status NOT IN ('queued', 'rejected') THEN 'fc-h' || i END,
        CASE WHEN status IN ('queued', 'rejected') THEN 0 ELSE 1 END,
@@ -268,7 +269,8 @@ _REJECTIONS = sql.SQL(
 INSERT INTO boundary_inference_rejections
   (id, rejection_type, message, video_id, tenant_id, frame_count, estimated_cost_usd, details,
    created_at, acknowledged, acknowledged_at, acknowledged_by)
-SELECT {_ID}, kind, 'history: ' || kind, 'hv-' || lpad(v::text, 7, '0'), 'ht-' || lpad((v %% %(tenants)s)::text, 3, '0'),
+SELECT {_ID}, kind, 'history: ' || kind, 'hv-' || lpad(v::text, 7, '0'),
+       'ht-' || lpad((v %% %(tenants)s)::text, 3, '0'),
        1000 + i %% 20000, round(0.2 + (i %% 100) / 100.0, 4), '{{}}'::jsonb, created,
        created < %(now)s::timestamptz - interval '2 days',
        CASE WHEN created < %(now)s::timestamptz - interval '2 days'
