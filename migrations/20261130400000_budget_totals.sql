@@ -92,18 +92,27 @@ LANGUAGE plpgsql STABLE
 SET search_path = boundary_inference, pg_temp
 AS $$
 BEGIN
-  -- The contribution of a reservation as in _budget_totals_follow.
+  -- The contribution of a reservation as in _budget_totals_follow, summed per (day, tenant) first
+  -- (a few rows a day), then spread over the four scopes.
   RETURN QUERY EXECUTE $q$
-    SELECT k.scope, k.period, k.tenant_id,
-           sum(CASE b.status WHEN 'reserved' THEN b.reserved_usd
-                             WHEN 'settled' THEN coalesce(b.actual_usd, 0) ELSE 0 END),
-           sum(CASE WHEN b.status = 'settled' THEN coalesce(b.actual_usd, 0) ELSE 0 END),
-           count(*)
-    FROM budget_reservations b
-    CROSS JOIN LATERAL (VALUES ('day', b.day, ''), ('month', b.month, ''),
-                               ('tenant_day', b.day, b.tenant_id),
-                               ('tenant_month', b.month, b.tenant_id)) AS k(scope, period, tenant_id)
-    WHERE $1 IS NULL OR b.month >= date_trunc('month', $1)::date
+    WITH per_day AS (
+      SELECT b.day, b.month, b.tenant_id,
+             sum(CASE b.status WHEN 'reserved' THEN b.reserved_usd
+                               WHEN 'settled' THEN coalesce(b.actual_usd, 0) ELSE 0 END)
+               AS committed_usd,
+             sum(CASE WHEN b.status = 'settled' THEN coalesce(b.actual_usd, 0) ELSE 0 END)
+               AS actual_usd,
+             count(*) AS reservations
+      FROM budget_reservations b
+      WHERE $1 IS NULL OR b.month >= date_trunc('month', $1)::date
+      GROUP BY b.day, b.month, b.tenant_id
+    )
+    SELECT k.scope, k.period, k.tenant_id, sum(d.committed_usd), sum(d.actual_usd),
+           sum(d.reservations)::bigint
+    FROM per_day d
+    CROSS JOIN LATERAL (VALUES ('day', d.day, ''), ('month', d.month, ''),
+                               ('tenant_day', d.day, d.tenant_id),
+                               ('tenant_month', d.month, d.tenant_id)) AS k(scope, period, tenant_id)
     GROUP BY k.scope, k.period, k.tenant_id
   $q$ USING p_since;
 END $$;
@@ -147,7 +156,10 @@ DECLARE
   v_checked integer;
 BEGIN
   WITH expected AS (SELECT * FROM _budget_totals_expected(v_since)),
-  kept AS (SELECT * FROM budget_totals t WHERE t.period >= v_since),
+  kept AS (
+    SELECT * FROM budget_totals t
+    WHERE t.scope IN ('day', 'month', 'tenant_day', 'tenant_month') AND t.period >= v_since
+  ),
   diff AS (
     SELECT coalesce(e.scope, k.scope) AS scope, coalesce(e.period, k.period) AS period,
            coalesce(e.tenant_id, k.tenant_id) AS tenant_id,

@@ -64,11 +64,13 @@ DROP FUNCTION IF EXISTS boundary_inference.save_predictions(uuid, jsonb);
 -- array of {frame1, frame2, probability, is_boundary} rows (the earlier form). Guarantee: with
 -- p_chunk, idempotent (the chunk is replaced); without, appended after the run's last chunk;
 -- within one call a repeated (frame1, frame2) keeps the last value. Returns {run_id, saved, chunk}
--- (saved: distinct pairs in this batch; chunk NULL when nothing was saved).
+-- (saved: distinct pairs in this batch; chunk NULL when nothing was saved). p_now is the chunk's
+-- saved-at time, which retention counts from.
 CREATE OR REPLACE FUNCTION boundary_inference.save_predictions(
   p_run_id uuid,
   p_rows jsonb,
-  p_chunk integer DEFAULT NULL
+  p_chunk integer DEFAULT NULL,
+  p_now timestamptz DEFAULT now()
 ) RETURNS jsonb LANGUAGE plpgsql
 SET search_path = boundary_inference, pg_temp
 AS $$
@@ -150,8 +152,8 @@ BEGIN
       FROM boundary_prediction_chunks WHERE run_id = p_run_id;
   END IF;
   INSERT INTO boundary_prediction_chunks AS c
-    (run_id, chunk, pairs, frame1, frame2, probability, is_boundary)
-  VALUES (p_run_id, v_chunk, v_n, v_f1, v_f2, v_p, v_b)
+    (run_id, chunk, pairs, frame1, frame2, probability, is_boundary, created_at)
+  VALUES (p_run_id, v_chunk, v_n, v_f1, v_f2, v_p, v_b, p_now)
   ON CONFLICT (run_id, chunk) DO UPDATE
     SET pairs = EXCLUDED.pairs, frame1 = EXCLUDED.frame1, frame2 = EXCLUDED.frame2,
         probability = EXCLUDED.probability, is_boundary = EXCLUDED.is_boundary,
@@ -199,8 +201,8 @@ AS $$
   ) x
 $$;
 
--- Delete the predictions of up to p_limit runs whose predictions were saved more than
--- p_keep_days before p_now, oldest first, whole runs at a time. Returns {cutoff, runs, chunks,
+-- Delete the predictions of up to p_limit runs with a chunk saved more than p_keep_days before
+-- p_now, oldest first, whole runs at a time (a reader never sees half a run). Returns {cutoff, runs, chunks,
 -- more}; call again while more is true.
 CREATE OR REPLACE FUNCTION boundary_inference.prune_predictions(
   p_keep_days integer,
@@ -211,19 +213,26 @@ SET search_path = boundary_inference, pg_temp
 AS $$
 DECLARE
   v_cutoff timestamptz;
-  v_runs uuid[];
+  v_limit integer := greatest(coalesce(p_limit, 500), 1);
+  v_runs uuid[] := '{}';
+  v_run uuid;
   v_chunks integer;
 BEGIN
   IF p_keep_days IS NULL OR p_keep_days < 0 THEN
     RAISE EXCEPTION 'p_keep_days must be >= 0' USING ERRCODE = 'BI400';
   END IF;
   v_cutoff := p_now - make_interval(days => p_keep_days);
-  v_runs := ARRAY(
-    SELECT DISTINCT s.run_id FROM (
-      SELECT c.run_id FROM boundary_prediction_chunks c
-      WHERE c.created_at < v_cutoff
-      ORDER BY c.created_at
-      LIMIT greatest(coalesce(p_limit, 500), 1)) s);
+  -- Oldest chunks first, until p_limit distinct runs: reads about p_limit x (chunks per run)
+  -- index entries, however large the backlog.
+  FOR v_run IN
+    SELECT c.run_id FROM boundary_prediction_chunks c
+    WHERE c.created_at < v_cutoff ORDER BY c.created_at
+  LOOP
+    IF NOT v_run = ANY (v_runs) THEN
+      v_runs := v_runs || v_run;
+      EXIT WHEN cardinality(v_runs) >= v_limit;
+    END IF;
+  END LOOP;
   DELETE FROM boundary_prediction_chunks WHERE run_id = ANY (v_runs);
   GET DIAGNOSTICS v_chunks = ROW_COUNT;
   RETURN jsonb_build_object(

@@ -434,16 +434,22 @@ class Ledger:
     # -- predictions --------------------------------------------------------------------------
 
     def save_predictions(
-        self, *, run_id: RunId, rows: Iterable[Any], chunk: int | None = None
+        self,
+        *,
+        run_id: RunId,
+        rows: Iterable[Any],
+        chunk: int | None = None,
+        now: dt.datetime | None = None,
     ) -> dict[str, Any]:
         """Store one batch of ``{frame1, frame2, probability, is_boundary}`` pairs (mappings or
         objects with those attributes) as one packed chunk: ``{run_id, saved, chunk}``.
 
         With ``chunk`` the call is idempotent (that chunk is replaced); without, it is appended.
-        A pair saved twice reads back with its last value. Sent as columns, not one object per
-        pair. For a whole run use :func:`boundary_inference.ledger.predictions.save_in_batches`.
+        A pair saved twice reads back with its last value; ``now`` is when it counts as saved
+        (retention). Sent as columns, not one object per pair. For a whole run use
+        :func:`boundary_inference.ledger.predictions.save_in_batches`.
         """
-        return self._obj("save_predictions", run_id=run_id, rows=pack(rows), chunk=chunk)
+        return self._obj("save_predictions", run_id=run_id, rows=pack(rows), chunk=chunk, now=now)
 
     def get_predictions(self, *, run_id: RunId) -> list[dict[str, Any]]:
         """Ordered by (frame1, frame2)."""

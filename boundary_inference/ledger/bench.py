@@ -58,10 +58,12 @@ def _worker(
         for p, per_thread in enumerate(phases):
             barrier.wait(_BARRIER_TIMEOUT_S)
             start = time.time()
-            method = getattr(ledger, names[p])
             for kwargs in per_thread[t]:
+                # A call may name its own method ("_method"): one phase can mix methods.
+                args = dict(kwargs)
+                method = getattr(ledger, args.pop("_method", names[p]))
                 try:
-                    out[p][t].append(method(**kwargs))
+                    out[p][t].append(method(**args))
                 except Exception as exc:
                     out[p][t].append({"error": f"{type(exc).__name__}: {exc}"})
             spans[p].append((start, time.time()))
@@ -89,7 +91,9 @@ def race(
     """Run each phase's calls at once from ``processes`` x ``threads`` callers (spawned processes).
 
     Calls are dealt round-robin to the callers; every caller waits at a cross-process barrier
-    before each phase, so each phase's calls race. Returns one ``{"results": [...],
+    before each phase, so each phase's calls race. A call's kwargs may hold ``"_method"`` to
+    call another Ledger method than its phase's, so one phase can mix, say, reservations and
+    releases. Returns one ``{"results": [...],
     "seconds": wall}`` per phase; a call that raised appears as ``{"error": "..."}``.
     """
     ctx = mp.get_context("spawn")

@@ -32,7 +32,9 @@ def pack(rows: Iterable[Any]) -> dict[str, list[Any]]:
     for row in rows:
         columns["frame1"].append(int(_field(row, "frame1")))
         columns["frame2"].append(int(_field(row, "frame2")))
-        columns["probability"].append(float(_field(row, "probability")))
+        # Stored as real (float4): nine significant digits are all a float4 holds (a float4
+        # value, as models output, round-trips exactly), half the digits of a float64's repr.
+        columns["probability"].append(float(f"{float(_field(row, 'probability')):.9g}"))
         columns["is_boundary"].append(bool(_field(row, "is_boundary")))
     return columns
 
