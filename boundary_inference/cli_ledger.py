@@ -19,6 +19,7 @@ ledger_app = typer.Typer(
     no_args_is_help=True, help="Ledger size, budget totals check and repair, prediction retention."
 )
 console = Console()
+errors = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 SinceOpt = Annotated[
     str | None, typer.Option(help="First UTC day (YYYY-MM-DD); its whole month is included.")
@@ -32,7 +33,7 @@ def _open_ledger() -> Any:
     try:
         settings = get_settings()
     except ValueError as error:
-        console.print(f"[red]configuration error[/red]: {error}")
+        errors.print(f"[red]configuration error[/red]: {error}")
         raise typer.Exit(2) from error
     return settings, open_ledger(settings)
 
@@ -43,7 +44,7 @@ def _day(value: str | None) -> dt.date | None:
     try:
         return dt.date.fromisoformat(value)
     except ValueError as error:
-        console.print(f"[red]--since must be YYYY-MM-DD[/red]: {value!r}")
+        errors.print(f"[red]--since must be YYYY-MM-DD[/red]: {value!r}")
         raise typer.Exit(2) from error
 
 
@@ -139,7 +140,7 @@ def prune_predictions(
     days = keep_days if keep_days is not None else settings.predictions_retention_days
     if days is None:
         ledger.close()
-        console.print(
+        errors.print(
             "[red]no retention[/red]: pass --keep-days or set"
             " BOUNDARY_INFERENCE_PREDICTIONS_RETENTION_DAYS"
         )
