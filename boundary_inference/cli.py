@@ -393,9 +393,33 @@ def bench(
         help="Instead: inference on a synthetic video (F1, pairs/s, decode and model ratios).",
     ),
     pairs: int = typer.Option(25_000, min=10, help="Frame pairs for --inference."),
+    scale: bool = typer.Option(
+        False,
+        "--scale",
+        help="Instead: every ledger call and admissions/s at 0, 100k and 1M runs of history.",
+    ),
+    rows: str = typer.Option(
+        "0,100000,1000000", help="History sizes for --scale (runs), the first 0."
+    ),
+    admission_s: float = typer.Option(8.0, min=1.0, help="Seconds per admission round (--scale)."),
 ) -> None:
     """Concurrency figures measured on the real servers (claims, admissions, budget, breaker),
-    or with --inference the inference payload's accuracy and throughput on this machine."""
+    or with --inference the inference payload's accuracy and throughput on this machine, or with
+    --scale the ledger's calls and admissions per second against the size of its history."""
+    if scale:
+        from boundary_inference.scale_bench import format_report, run_scale_bench
+
+        try:
+            sizes = [int(v) for v in rows.split(",")]
+            report = run_scale_bench(_settings(), sizes=sizes, admission_s=admission_s)
+        except ValueError as error:
+            console.print(f"[red]--rows[/red]: {error}")
+            raise typer.Exit(2) from error
+        if as_json:
+            _print_json(report)
+        else:
+            console.print(format_report(report), highlight=False, soft_wrap=True)
+        return
     if inference:
         from modal_app.bench import main as inference_bench
 
