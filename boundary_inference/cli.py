@@ -401,7 +401,7 @@ def bench(
     rows: str = typer.Option(
         "0,100000,1000000", help="History sizes for --scale (runs), the first 0."
     ),
-    admission_s: float = typer.Option(8.0, min=1.0, help="Seconds per admission round (--scale)."),
+    admission_s: float = typer.Option(10.0, min=1.0, help="Seconds per admission round (--scale)."),
 ) -> None:
     """Concurrency figures measured on the real servers (claims, admissions, budget, breaker),
     or with --inference the inference payload's accuracy and throughput on this machine, or with

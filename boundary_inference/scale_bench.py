@@ -43,9 +43,9 @@ from config import Settings
 DEFAULT_SIZES = (0, 100_000, 1_000_000)
 ADMISSION_GOAL_PER_S = 1000
 # A call is timed until it has this many samples per size or has used its time budget.
-LATENCY_SAMPLES = 40
+LATENCY_SAMPLES = 100
 LATENCY_MIN_SAMPLES = 5
-LATENCY_BUDGET_S = 4.0
+LATENCY_BUDGET_S = 5.0
 _NO_CAP = 1e12
 _BARRIER_TIMEOUT_S = 120.0
 
@@ -492,8 +492,8 @@ def run_scale_bench(
     *,
     sizes: Sequence[int] = DEFAULT_SIZES,
     processes: int = 8,
-    admission_s: float = 8.0,
-    admission_rounds: int = 2,
+    admission_s: float = 10.0,
+    admission_rounds: int = 3,
     keep: bool = False,
 ) -> dict[str, Any]:
     from boundary_inference.services import embedded_dsn

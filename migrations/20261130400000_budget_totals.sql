@@ -14,7 +14,9 @@
 -- first. The global caps make every reservation of a day read and write the same two global rows,
 -- so a row lock on them would serialise exactly the same callers; the advisory lock does it with
 -- no lock-order question (a re-reserved reservation can move between days) and now guards a few
--- primary-key reads instead of a scan. reserve_budget reports how long it waited (lock_wait_ms).
+-- primary-key reads instead of a scan. It is still held until the commit is on disk (PostgreSQL
+-- releases locks after the commit's WAL flush), so reservations follow one another at most once per
+-- flush; `bench --scale` measures both. reserve_budget reports how long it waited (lock_wait_ms).
 --
 -- budget_totals_drift() compares the totals with the reservations (the monitor runs it) and
 -- budget_totals_rebuild() recomputes them under the lock (this migration's back-fill, and the

@@ -17,3 +17,7 @@ CREATE INDEX IF NOT EXISTS boundary_inference_runs_calibration_idx
 CREATE INDEX IF NOT EXISTS budget_reservations_open_idx
   ON boundary_inference.budget_reservations (created_at)
   WHERE status = 'reserved';
+
+-- The per-day sums this served (_committed, spend_by_day) are maintained in budget_totals now;
+-- nothing reads reservations by day any more, and every reservation paid for keeping it.
+DROP INDEX IF EXISTS boundary_inference.budget_reservations_day_idx;
