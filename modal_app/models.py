@@ -225,7 +225,10 @@ def get_model(model_version: str, models_dir: Path | None = None) -> LogisticMod
     if checkpoint_name(model_version) is not None:
         if models_dir is None:
             raise CheckpointError(f"{model_version} needs a models directory")
-        return load_checkpoint_file(checkpoint_path(Path(models_dir), model_version))  # type: ignore[no-any-return]
+        model: LogisticModel = load_checkpoint_file(
+            checkpoint_path(Path(models_dir), model_version)
+        )
+        return model
     raise UnknownModel(f"unknown model_version {model_version!r}; known: {BUILTIN}, ckpt:<name>")
 
 

@@ -278,12 +278,14 @@ def fetch_to(
                 f"{describe(ref)} is {current.size_bytes} bytes; the limit is {max_bytes}"
             )
         size, content_hash = _copy(chunks, dest, max_bytes, ref, on_chunk)
+    registered_hash = expected.get("content_hash")
     if size != current.size_bytes:
+        dest.unlink(missing_ok=True)
         raise SourceUnavailable(
             f"{describe(ref)}: the store announced {current.size_bytes} bytes and sent {size}"
         )
-    registered_hash = expected.get("content_hash")
     if registered_hash and registered_hash != content_hash:
+        dest.unlink(missing_ok=True)
         raise VideoChanged(
             f"{describe(ref)} changed since registration: content hash {registered_hash} ->"
             f" {content_hash}"
@@ -315,11 +317,11 @@ def materialize(
         current = stat_local(ref.path)
         differences = changes(expected, current)
         if differences:
-            raise VideoChanged(
-                f"{ref.path} changed since registration: {'; '.join(differences)}"
-            )
+            raise VideoChanged(f"{ref.path} changed since registration: {'; '.join(differences)}")
         if current.size_bytes > max_bytes:
-            raise SourceTooLarge(f"{ref.path} is {current.size_bytes} bytes; the limit is {max_bytes}")
+            raise SourceTooLarge(
+                f"{ref.path} is {current.size_bytes} bytes; the limit is {max_bytes}"
+            )
         return ref.path
     work_dir.mkdir(parents=True, exist_ok=True)
     registered_size = (expected or {}).get("size_bytes")
@@ -357,7 +359,9 @@ def _copy(
             for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
-                    raise SourceTooLarge(f"{describe(ref)} is larger than the {max_bytes}-byte limit")
+                    raise SourceTooLarge(
+                        f"{describe(ref)} is larger than the {max_bytes}-byte limit"
+                    )
                 digest.update(chunk)
                 out.write(chunk)
                 if on_chunk is not None:
@@ -406,7 +410,9 @@ def _s3_error(error: Exception, ref: SourceRef) -> InferenceError:
         if status == 404 or code in ("404", "NoSuchKey", "NoSuchBucket", "NoSuchVersion"):
             return VideoNotFound(f"{where} does not exist ({code or status})")
         if status == 412 or code == "PreconditionFailed":
-            return VideoChanged(f"{where} changed since registration (its ETag is not the registered one)")
+            return VideoChanged(
+                f"{where} changed since registration (its ETag is not the registered one)"
+            )
         if status in (401, 403):
             return SourceAccessDenied(f"{where}: access denied ({code}); check the S3 credentials")
         if status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout"):
@@ -417,7 +423,9 @@ def _s3_error(error: Exception, ref: SourceRef) -> InferenceError:
             f"{where}: no S3 credentials (set BOUNDARY_INFERENCE_S3_ACCESS_KEY_ID and"
             " _SECRET_ACCESS_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
         )
-    return SourceUnavailable(f"{where}: cannot reach the S3 store ({type(error).__name__}: {error})")
+    return SourceUnavailable(
+        f"{where}: cannot reach the S3 store ({type(error).__name__}: {error})"
+    )
 
 
 def _stat_s3(ref: SourceRef, config: StorageConfig) -> SourceStat:
@@ -544,12 +552,15 @@ def _open_url(
             ) from error
 
     try:
-        with _http_client(config) as client, client.stream(
-            "GET", url, headers={"Accept-Encoding": "identity"}
-        ) as response:
+        with (
+            _http_client(config) as client,
+            client.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response,
+        ):
             _raise_for_status(response, ref)
             if response.status_code != 200:
-                raise InvalidSource(f"{describe(ref)}: expected HTTP 200, got {response.status_code}")
+                raise InvalidSource(
+                    f"{describe(ref)}: expected HTTP 200, got {response.status_code}"
+                )
             yield _url_stat(response, ref, _total_size(response, ref)), chunks(response)
     except httpx.HTTPError as error:
         raise SourceUnavailable(

@@ -189,7 +189,9 @@ class Ledger:
     def get_video(self, *, id: str) -> dict[str, Any] | None:
         return self._maybe_obj("get_video", id=id)
 
-    def list_videos(self, *, tenant_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_videos(
+        self, *, tenant_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         """Registered videos ordered by id (all tenants when ``tenant_id`` is None)."""
         return self._list("list_videos", tenant_id=tenant_id, limit=limit)
 
