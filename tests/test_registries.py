@@ -426,3 +426,96 @@ def test_models_add_to_modal_uploads_to_the_models_volume(env: FlowEnv, tmp_path
         )
     assert caught.value.exit_code == 1
     assert env.ledger.get_model(model_version="ckpt:other") is None
+
+
+# --- Concurrency: one name, one content ------------------------------------------------------------
+
+
+def test_racing_registrations_of_one_name_keep_one_content(env: FlowEnv) -> None:
+    from boundary_inference.ledger import LedgerError
+    from tests.test_ledger_concurrency import in_threads
+
+    def same(ledger: Any) -> Any:
+        return ledger.register_model(
+            model_version="ckpt:raced",
+            format="boundary-logistic-v1",
+            size_bytes=900,
+            sha256="a" * 64,
+            file_name="raced.npz",
+            location="local:/m",
+        )
+
+    results = in_threads(env.ledger, [same] * 16)
+    assert sum(bool(r["created"]) for r in results) == 1
+    assert {tuple(r["locations"]) for r in results} == {("local:/m",)}
+
+    def other(digit: str) -> Callable[[Any], Any]:
+        def call(ledger: Any) -> Any:
+            try:
+                return ledger.register_model(
+                    model_version="ckpt:contested",
+                    format="boundary-logistic-v1",
+                    size_bytes=900,
+                    sha256=digit * 64,
+                    file_name="contested.npz",
+                )
+            except LedgerError as error:
+                return error.code
+
+        return call
+
+    outcomes = in_threads(env.ledger, [other(d) for d in "0123456789abcdef"])
+    winners = [o for o in outcomes if isinstance(o, dict)]
+    assert len(winners) == 1 and winners[0]["created"] is True
+    assert sorted(o for o in outcomes if not isinstance(o, dict)) == ["BI409"] * 15
+    assert env.ledger.get_model(model_version="ckpt:contested")["sha256"] == winners[0]["sha256"]
+
+
+# --- Admission guards, per executor ---------------------------------------------------------------
+
+
+def test_with_modal_a_checkpoint_must_be_in_the_volume_and_a_video_readable_there(
+    env: FlowEnv, tmp_path: Path, clip: Path
+) -> None:
+    from boundary_inference.outcome import Rejected
+    from config import get_settings
+    from tasks.model_registry import check_model
+    from tasks.source_check import check_source
+
+    modal_settings = get_settings(executor="modal")
+    register_model(
+        env.ledger, env.settings, model_version="ckpt:tiny", file=_checkpoint(tmp_path / "t.npz")
+    )
+    local_only = check_model.fn(env.ledger, modal_settings, "ckpt:tiny")
+    assert isinstance(local_only, Rejected) and "not in the Modal Volume" in local_only.message
+    assert check_model.fn(env.ledger, env.settings, "ckpt:tiny")["sha256"]
+    assert check_model.fn(env.ledger, modal_settings, "builtin-textdiff-v1") == {}
+
+    code, out, _ = cli("videos", "add", "v1", "--source", str(clip), "--json")
+    assert code == 0
+    video = json.loads(out)
+    refused = check_source.fn(video, modal_settings)
+    assert isinstance(refused, Rejected) and "cannot read" in refused.message
+    from modal_app.modal_config import models_mount_path
+
+    in_volume = {**video, "source_uri": f"{models_mount_path(modal_settings)}/videos/clip.mp4"}
+    assert check_source.fn(in_volume, modal_settings)["size_bytes"] == clip.stat().st_size
+
+
+def test_submit_refuses_an_unregistered_checkpoint_and_a_changed_video_with_exit_3(
+    env: FlowEnv, clip: Path, tmp_path: Path
+) -> None:
+    video = tmp_path / "v.mp4"
+    video.write_bytes(clip.read_bytes())
+    assert cli("videos", "add", "v1", "--source", str(video))[0] == 0
+    code, out, _ = cli("submit", "v1", "--model-version", "ckpt:nonexistent", "--json")
+    first = json.loads(out)
+    assert (code, first["status"], first["rejection_type"]) == (3, "rejected", "validation_failed")
+    video.write_bytes(clip.read_bytes()[:1000])  # truncated after registration
+    code, out, _ = cli("submit", "v1", "--json")
+    second = json.loads(out)
+    assert (code, second["rejection_type"]) == (3, "validation_failed")
+    assert "source changed since registration" in second["message"]
+    assert second["actual_cost_usd"] is None and second["run_id"] is None
+    assert len(env.ledger.list_rejections(limit=10)) == 2
+    assert env.executor_calls() == 0
