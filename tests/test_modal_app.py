@@ -696,7 +696,7 @@ def test_a_swapped_checkpoint_is_returned_typed_before_any_frame_is_decoded(
 
 
 def test_a_store_that_does_not_answer_is_raised_for_modal_to_retry(
-    monkeypatch: pytest.MonkeyPatch,
+    refused_port: int,
 ) -> None:
     from pydantic import SecretStr
 
@@ -704,7 +704,7 @@ def test_a_store_that_does_not_answer_is_raised_for_modal_to_retry(
     from modal_app.sources import StorageConfig
 
     down = StorageConfig(
-        s3_endpoint_url="http://127.0.0.1:9",
+        s3_endpoint_url=f"http://127.0.0.1:{refused_port}",
         s3_region="us-east-1",
         s3_access_key_id=SecretStr("k"),
         s3_secret_access_key=SecretStr("s"),

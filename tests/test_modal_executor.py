@@ -728,11 +728,11 @@ def test_a_user_error_is_returned_typed_and_not_retried(
 
 
 def test_an_unreachable_video_store_still_raises_and_is_retried(
-    cloud: FakeCloud, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    cloud: FakeCloud, settings: Settings, refused_port: int
 ) -> None:
     """Infrastructure, not input: another attempt may succeed, so Modal's retries apply."""
     down = StorageConfig(
-        s3_endpoint_url="http://127.0.0.1:9",  # the discard port: nothing listens
+        s3_endpoint_url=f"http://127.0.0.1:{refused_port}",
         s3_region="us-east-1",
         s3_access_key_id=SecretStr("k"),
         s3_secret_access_key=SecretStr("s"),

@@ -61,6 +61,7 @@ def env(
         dsn=pg_dsn,
         redis_url=redis_url,
         models_dir=str(tmp_path / "models"),
+        source_timeout_s="120",  # a loaded machine answers late, never wrongly
         **s3.env(),
     )
 
