@@ -28,6 +28,7 @@ PRIVATE_TABLES = [
     "budget_reservations",
     "budget_totals",
     "schema_migrations",
+    "models",
 ]
 
 
