@@ -262,14 +262,13 @@ def find_subjects(conn: psycopg.Connection[Any], schema: str) -> Subjects:
     try:
         queued = conn.execute(
             sql.SQL(
+                # Any live run will do; the live-runs index finds one whatever the history.
                 "SELECT id::text, video_id, tenant_id, frames_version, model_version FROM {}"
-                " WHERE status = 'queued' ORDER BY created_at LIMIT 1"
+                " WHERE status = 'queued' LIMIT 1"
             ).format(table)
         ).fetchone()
         running = conn.execute(
-            sql.SQL(
-                "SELECT id::text FROM {} WHERE status = 'running' ORDER BY created_at LIMIT 1"
-            ).format(table)
+            sql.SQL("SELECT id::text FROM {} WHERE status = 'running' LIMIT 1").format(table)
         ).fetchone()
         predicted = conn.execute(
             sql.SQL("SELECT run_id::text FROM {} LIMIT 1").format(
