@@ -3,19 +3,21 @@
 * ``builtin-textdiff-v1`` needs no weights: it binarises the bright caption text in the crop and
   measures how much of the text changed between the two frames (XOR over union of text pixels),
   mapped through a calibrated logistic to a probability.
-* ``ckpt:<name>`` loads ``<models_dir>/<name>.npz``: a logistic classifier over the same pair
-  features, a real checkpoint format that NumPy alone can read (and torch can run on a GPU).
+* ``ckpt:<name>`` loads the one file ``<models_dir>/<name>.{npz,pt,safetensors}``:
+  - ``.npz``: a logistic classifier over the same pair features (NumPy alone reads it);
+  - ``.pt`` / ``.safetensors``: a torch model (:mod:`modal_app.torch_models`, the ``torch``
+    extra), whose architecture is named in the checkpoint's config; it runs on CUDA when the
+    machine has it.
 
-One implementation of the math, in NumPy, serves every executor (the local worker and the Modal
-function alike): the features are a few byte-wise passes over small caption crops, cheap next to
-decoding. ``modal_app.bench`` times the same math in torch on a GPU, where one is available.
+Every executor (the local worker and the Modal function alike) loads models here, and
+:func:`inspect_checkpoint` is how a file is checked before it is registered. torch is imported
+only for a torch checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,15 +157,128 @@ def fit_logistic(
     return LogisticModel(name, w.astype(np.float32), bias)
 
 
-def get_model(model_version: str, models_dir: Path | None = None) -> LogisticModel:
+CHECKPOINT_SUFFIXES = (".npz", ".pt", ".safetensors")
+FORMAT_NPZ = "boundary-logistic-v1"
+
+
+def checkpoint_path(models_dir: Path, name: str) -> Path:
+    """The one file ``name`` stands for in ``models_dir``; none or several is a CheckpointError."""
+    found = [Path(models_dir) / f"{name}{suffix}" for suffix in CHECKPOINT_SUFFIXES]
+    present = [path for path in found if path.exists()]
+    if not present:
+        raise CheckpointError(
+            f"checkpoint {Path(models_dir) / name}.{{npz,pt,safetensors}} does not exist"
+        )
+    if len(present) > 1:
+        names = ", ".join(path.name for path in present)
+        raise CheckpointError(f"checkpoint name {name!r} is ambiguous: {names}")
+    return present[0]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`inspect_checkpoint` found: enough to register the file and to trust it loads."""
+
+    path: Path
+    format: str  # "boundary-logistic-v1" (.npz), "torch-pt" (.pt) or "safetensors"
+    architecture: str  # "logistic" or the torch factory "module:callable"
+    name: str
+    threshold: float
+    parameters: int
+    config: dict[str, Any]
+
+
+def _torch_options() -> tuple[tuple[str, ...], str, bool]:
+    """(factory prefixes, precision, compile) from the settings, read when a torch model loads."""
+    from config import get_settings
+    from modal_app.torch_models.checkpoint import parse_prefixes
+
+    settings = get_settings()
+    prefixes = parse_prefixes(settings.model_factory_prefixes)
+    return prefixes, settings.torch_precision, settings.torch_compile
+
+
+def _require_torch(path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise CheckpointError(
+            f"checkpoint {path} is a torch checkpoint and torch is not installed here"
+            " (pip install -e '.[torch]')"
+        )
+
+
+def inspect_checkpoint(path: Path | str) -> CheckpointInfo:
+    """Load any checkpoint file fully (weights read, architecture built) and describe it.
+
+    Raises :class:`CheckpointError` for anything that would fail at inference: unknown suffix,
+    unreadable file, pickled code in a ``.pt``, a factory outside the allowed prefixes, weights
+    that do not fit the architecture, non-finite values. Torch checkpoints need the torch extra.
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        model = load_checkpoint(path)
+        return CheckpointInfo(
+            path, FORMAT_NPZ, "logistic", model.name, model.threshold, len(FEATURES) + 1, {}
+        )
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise CheckpointError(
+            f"checkpoint {path} has suffix {path.suffix!r}; expected one of"
+            f" {', '.join(CHECKPOINT_SUFFIXES)}"
+        )
+    _require_torch(path)
+    from modal_app.torch_models.checkpoint import load_torch_checkpoint
+
+    prefixes, _, _ = _torch_options()
+    loaded = load_torch_checkpoint(path, prefixes)
+    return CheckpointInfo(
+        path,
+        loaded.format,
+        str(loaded.config["architecture"]),
+        str(loaded.config.get("name", path.stem)),
+        float(loaded.config.get("threshold", 0.5)),
+        loaded.parameters,
+        dict(loaded.config),
+    )
+
+
+# Torch models are loaded once per file version per process (a Modal container serves many
+# jobs): keyed by path, size and modification time, so a replaced file is read again.
+_TORCH_CACHE: dict[tuple[str, int, int], Any] = {}
+
+
+def _load_torch_model(path: Path) -> Any:
+    _require_torch(path)
+    from modal_app.torch_models.checkpoint import load_torch_checkpoint
+    from modal_app.torch_models.runner import TorchPairModel, plan_for_this_machine
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _TORCH_CACHE:
+        prefixes, precision, compile_module = _torch_options()
+        loaded = load_torch_checkpoint(path, prefixes)
+        name = str(loaded.config.get("name", path.stem))
+        _TORCH_CACHE.clear()  # one model resident at a time: GPU memory is the scarce part
+        _TORCH_CACHE[key] = TorchPairModel(
+            name,
+            loaded.module,
+            loaded.config,
+            plan_for_this_machine(precision),
+            compile_module=compile_module,
+        )
+    return _TORCH_CACHE[key]
+
+
+def get_model(model_version: str, models_dir: Path | None = None) -> Any:
+    """The model for ``model_version``: ``predict_proba(a, b)`` and ``threshold``, at least."""
     if model_version == BUILTIN:
         return BUILTIN_MODEL
     match = _CKPT.match(model_version)
     if match:
         if models_dir is None:
             raise CheckpointError(f"{model_version} needs a models directory")
-        return load_checkpoint(Path(models_dir) / f"{match.group(1)}.npz")
+        path = checkpoint_path(Path(models_dir), match.group(1))
+        if path.suffix == ".npz":
+            return load_checkpoint(path)
+        return _load_torch_model(path)
     raise UnknownModel(f"unknown model_version {model_version!r}; known: {BUILTIN}, ckpt:<name>")
-
-
-Predictor = Callable[[np.ndarray, np.ndarray], Any]

@@ -89,7 +89,9 @@ def test_metrics_are_present_and_sane(video: tuple[Path, GroundTruth]) -> None:
     assert metrics.pairs == 240
     assert metrics.frames_decoded == FRAMES  # shared frames decoded once
     assert metrics.decode_s > 0 and metrics.model_s > 0
-    assert metrics.decode_s + metrics.model_s <= metrics.elapsed_s + 0.01
+    # Decoding runs on its own thread, overlapping the model: each fits in the job, not the sum.
+    assert metrics.decode_s <= metrics.elapsed_s and metrics.model_s <= metrics.elapsed_s
+    assert 0 <= metrics.decode_wait_s <= metrics.elapsed_s
     assert metrics.pairs_per_s == pytest.approx(240 / metrics.elapsed_s)
     assert 10 < metrics.peak_rss_mb < 100_000
     assert metrics.device == "cpu"
@@ -151,7 +153,16 @@ def test_stop_request(video: tuple[Path, GroundTruth]) -> None:
         )
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_heartbeat_fires_once_without_beats() -> None:
+    clock = FakeClock()
     fired = threading.Event()
     count = [0]
 
@@ -159,32 +170,35 @@ def test_heartbeat_fires_once_without_beats() -> None:
         count[0] += 1
         fired.set()
 
-    with Heartbeat(0.2, on_stall) as heartbeat:
-        assert fired.wait(3.0)
-        time.sleep(0.2)
+    with Heartbeat(10.0, on_stall, clock=clock) as heartbeat:
+        clock.now += 10.5  # past the timeout on the job's clock, with no beat
+        assert fired.wait(30.0)  # an upper bound on waiting, not a measurement
+        clock.now += 100.0
+        heartbeat._thread.join(30.0)  # the watch ends after firing: it cannot fire twice
         assert heartbeat.stalled and count[0] == 1
         with pytest.raises(Stalled, match="no progress"):
             heartbeat.beat()
 
 
 def test_heartbeat_stays_quiet_while_beating() -> None:
+    clock = FakeClock()
     fired = threading.Event()
-    with Heartbeat(0.3, fired.set) as heartbeat:
-        for _ in range(12):
-            time.sleep(0.05)
+    with Heartbeat(1.0, fired.set, clock=clock) as heartbeat:
+        for _ in range(40):
+            clock.now += 0.5  # 20 s of the job's clock in all, never 1 s without a beat
             heartbeat.beat()
-    time.sleep(0.2)
+            time.sleep(0.01)  # let the watch look in between
     assert not fired.is_set() and not heartbeat.stalled
 
 
 def test_heartbeat_follows_its_clock() -> None:
-    now = [100.0]
+    clock = FakeClock()
     fired = threading.Event()
-    with Heartbeat(0.2, fired.set, clock=lambda: now[0]) as heartbeat:
+    with Heartbeat(0.2, fired.set, clock=clock) as heartbeat:
         time.sleep(0.3)  # real time passes, the job's clock does not
         assert not fired.is_set()
-        now[0] += 1.0
-        assert fired.wait(3.0)
+        clock.now += 1.0
+        assert fired.wait(30.0)
         assert heartbeat.stalled
 
 
