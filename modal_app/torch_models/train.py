@@ -25,6 +25,7 @@ from modal_app.frames import FrameSource
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.torch_models.checkpoint import apply_lora, save_torch_checkpoint
 from modal_app.torch_models.resnet_pair import BOUNDARY_CLASSES, CLASSES, build, default_config
+from modal_app.torch_models.runner import cpu_threads
 from modal_app.types import InferenceRequest
 
 F1_GOAL = 0.95
@@ -168,6 +169,7 @@ def train_synthetic(
     from modal_app.predictor import run_inference
 
     out = Path(out)
+    torch.set_num_threads(cpu_threads())  # trains on the CPU
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     with tempfile.TemporaryDirectory(prefix="bi-train-") as scratch:
