@@ -161,7 +161,8 @@ def baked_environment(settings: Settings) -> dict[str, str]:
 
 def extra_python_sources(settings: Settings) -> tuple[str, ...]:
     """A team's own packages (their model architectures) shipped into the image."""
-    return tuple(s.strip() for s in settings.model_python_sources.split(",") if s.strip())
+    names = (s.strip() for s in settings.model_python_sources.split(","))
+    return tuple(dict.fromkeys(n for n in names if n and n not in ("modal_app", "config")))
 
 
 def build_image(settings: Settings) -> modal.Image:

@@ -93,7 +93,7 @@ def resolve_factory(
         raise CheckpointError(
             f"architecture {architecture!r}: {attribute!r} is not a callable of {module_name}"
         )
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def validate_config(config: Any, path: Path) -> dict[str, Any]:

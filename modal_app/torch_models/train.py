@@ -246,12 +246,14 @@ def train_synthetic(
                 frame_count=config.frames_per_video,
                 **size,
             )
-            pairs = [(i, i + 1) for i in range(config.frames_per_video - 1)]
+            eval_pairs: list[tuple[int, int]] = [
+                (i, i + 1) for i in range(config.frames_per_video - 1)
+            ]
             result = run_inference(
                 InferenceRequest(
                     f"eval-{k}",
                     str(path),
-                    pairs,
+                    eval_pairs,
                     f"ckpt:{out.stem}",
                     truth.crop_box,
                     config.eval_batch_size,
@@ -259,7 +261,7 @@ def train_synthetic(
                 models_dir=out.parent,
             )
             predicted += [p.is_boundary for p in result.predictions]
-            actual += truth.labels_for(pairs)
+            actual += truth.labels_for(eval_pairs)
             eval_s += result.metrics.elapsed_s
             decode_s += result.metrics.decode_s
             model_s += result.metrics.model_s
