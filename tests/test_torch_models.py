@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -386,3 +387,23 @@ def test_bench_model_prints_quality_throughput_and_the_decode_model_split(
         cli_app, ["bench", "--inference", "--model", "ckpt:absent", "--models-dir", str(models_dir)]
     )
     assert missing.exit_code == 2 and "does not exist" in missing.stdout
+
+
+def test_the_local_executor_runs_the_checkpoint_in_its_child_process(
+    reference_checkpoint: tuple[Path, dict[str, Any]],
+    held_out: tuple[Path, GroundTruth],
+    tmp_path: Path,
+) -> None:
+    from boundary_inference.executor import CallState, LocalExecutor
+
+    executor = LocalExecutor(tmp_path / "jobs", models_dir=reference_checkpoint[0])
+    call_id = executor.submit(
+        _request(held_out, "ckpt:ref", frame_pairs=[(i, i + 1) for i in range(60)])
+    )
+    end = time.monotonic() + 240  # bounds a failing test on a loaded machine; measures nothing
+    status = executor.poll(call_id, timeout_s=0.5)
+    while status.state is CallState.PENDING and time.monotonic() < end:
+        status = executor.poll(call_id, timeout_s=0.5)
+    assert status.state is CallState.SUCCEEDED, status.failure
+    assert status.result is not None and len(status.result.predictions) == 60
+    assert status.result.metrics.device == "cpu/float32"
