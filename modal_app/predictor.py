@@ -154,7 +154,8 @@ class _Prefetcher:
         self._thread.join()
 
 
-def _stack(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _unprepared(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy models take the stacked batches as they are."""
     return a, b
 
 
@@ -188,7 +189,7 @@ def run_inference(
     done = 0
     prefetcher = _Prefetcher(
         source.iter_pairs(request.frame_pairs, request.batch_size),
-        getattr(model, "prepare", _stack),
+        getattr(model, "prepare", _unprepared),
         prefetch_batches,
     )
     with prefetcher as batches:
