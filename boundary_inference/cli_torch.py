@@ -3,6 +3,7 @@
 Trains the bundled ResNet pair model (:mod:`modal_app.torch_models.train`) on synthetic caption
 videos, writes ``.pt`` or ``.safetensors``, and reports F1 on held-out synthetic videos. Needs the
 torch extra (``pip install -e '.[torch]'``; ``./run.sh`` installs it for this command).
+Registered on the registry's ``models`` group (``boundary_inference.cli_models``) in ``cli.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from typing import Annotated
 
 import typer
 
-models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints.")
-
 
 def _input_size(text: str) -> tuple[int, int]:
     try:
@@ -28,7 +27,6 @@ def _input_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-@models_app.command("train-synthetic")
 def train_synthetic(
     out: Annotated[
         Path | None,
@@ -91,6 +89,6 @@ def train_synthetic(
         f" decode {report.eval_decode_s:.2f} s, model {report.eval_model_s:.2f} s"
     )
     typer.echo(
-        f"use it: model_version={report.model_version} with models_dir={target.parent}"
-        f" (modal volume put <models volume> {target} /{target.name})"
+        f"register it: boundary-inference models add {report.model_version} --file {target}"
+        " [--to modal]"
     )

@@ -72,7 +72,7 @@ def load_models(
     match = re.fullmatch(r"ckpt:([A-Za-z0-9][A-Za-z0-9._-]{0,63})", model_version)
     if not match:
         raise CheckpointError(f"--model takes ckpt:<name>, not {model_version!r}")
-    path = checkpoint_path(models_dir, match.group(1))
+    path = checkpoint_path(models_dir, model_version)
     if path.suffix == ".npz":
         raise CheckpointError(
             f"{path} is a NumPy logistic checkpoint; --model benchmarks torch ones"

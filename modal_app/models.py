@@ -16,11 +16,15 @@ only for a torch checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
-from dataclasses import dataclass
+import stat as stat_mode
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -88,6 +92,7 @@ class LogisticModel:
     weights: np.ndarray
     bias: float
     threshold: float = 0.5
+    format: ClassVar[str] = "boundary-logistic-v1"
 
     def predict_proba(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _sigmoid(pair_features(a, b) @ self.weights + self.bias)
@@ -112,9 +117,25 @@ class LogisticModel:
 BUILTIN_MODEL = LogisticModel(BUILTIN, np.array([20.0, 0.0, 0.0], dtype=np.float32), -6.0)
 
 
+def _require_regular_file(path: Path) -> None:
+    """A checkpoint is a regular file (symlinks followed); say precisely what it is otherwise."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise CheckpointError(f"checkpoint {path} is a symlink loop") from error
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise CheckpointError(f"checkpoint {path} does not exist") from error
+        raise CheckpointError(f"checkpoint {path} cannot be read: {error.strerror}") from error
+    if not stat_mode.S_ISREG(info.st_mode):
+        kind = "a directory" if stat_mode.S_ISDIR(info.st_mode) else "not a regular file"
+        raise CheckpointError(f"checkpoint {path} is {kind}")
+    if info.st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+
+
 def load_checkpoint(path: Path) -> LogisticModel:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    _require_regular_file(path)
     try:
         with np.load(path) as data:
             header = json.loads(bytes(data["header"]).decode())
@@ -157,35 +178,7 @@ def fit_logistic(
     return LogisticModel(name, w.astype(np.float32), bias)
 
 
-CHECKPOINT_SUFFIXES = (".npz", ".pt", ".safetensors")
-FORMAT_NPZ = "boundary-logistic-v1"
-
-
-def checkpoint_path(models_dir: Path, name: str) -> Path:
-    """The one file ``name`` stands for in ``models_dir``; none or several is a CheckpointError."""
-    found = [Path(models_dir) / f"{name}{suffix}" for suffix in CHECKPOINT_SUFFIXES]
-    present = [path for path in found if path.exists()]
-    if not present:
-        raise CheckpointError(
-            f"checkpoint {Path(models_dir) / name}.{{npz,pt,safetensors}} does not exist"
-        )
-    if len(present) > 1:
-        names = ", ".join(path.name for path in present)
-        raise CheckpointError(f"checkpoint name {name!r} is ambiguous: {names}")
-    return present[0]
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What :func:`inspect_checkpoint` found: enough to register the file and to trust it loads."""
-
-    path: Path
-    format: str  # "boundary-logistic-v1" (.npz), "torch-pt" (.pt) or "safetensors"
-    architecture: str  # "logistic" or the torch factory "module:callable"
-    name: str
-    threshold: float
-    parameters: int
-    config: dict[str, Any]
+TORCH_SUFFIXES = (".pt", ".safetensors")
 
 
 def _torch_options() -> tuple[tuple[str, ...], str, bool]:
@@ -208,46 +201,14 @@ def _require_torch(path: Path) -> None:
         )
 
 
-def inspect_checkpoint(path: Path | str) -> CheckpointInfo:
-    """Load any checkpoint file fully (weights read, architecture built) and describe it.
-
-    Raises :class:`CheckpointError` for anything that would fail at inference: unknown suffix,
-    unreadable file, pickled code in a ``.pt``, a factory outside the allowed prefixes, weights
-    that do not fit the architecture, non-finite values. Torch checkpoints need the torch extra.
-    """
-    path = Path(path)
-    if path.suffix == ".npz":
-        model = load_checkpoint(path)
-        return CheckpointInfo(
-            path, FORMAT_NPZ, "logistic", model.name, model.threshold, len(FEATURES) + 1, {}
-        )
-    if path.suffix not in CHECKPOINT_SUFFIXES:
-        raise CheckpointError(
-            f"checkpoint {path} has suffix {path.suffix!r}; expected one of"
-            f" {', '.join(CHECKPOINT_SUFFIXES)}"
-        )
-    _require_torch(path)
-    from modal_app.torch_models.checkpoint import load_torch_checkpoint
-
-    prefixes, _, _ = _torch_options()
-    loaded = load_torch_checkpoint(path, prefixes)
-    return CheckpointInfo(
-        path,
-        loaded.format,
-        str(loaded.config["architecture"]),
-        str(loaded.config.get("name", path.stem)),
-        float(loaded.config.get("threshold", 0.5)),
-        loaded.parameters,
-        dict(loaded.config),
-    )
-
-
 # Torch models are loaded once per file version per process (a Modal container serves many
 # jobs): keyed by path, size and modification time, so a replaced file is read again.
 _TORCH_CACHE: dict[tuple[str, int, int], Any] = {}
 
 
-def _load_torch_model(path: Path) -> Any:
+def load_torch_model(path: Path) -> Any:
+    """A torch checkpoint (:mod:`modal_app.torch_models`) on this machine's device, cached."""
+    _require_regular_file(path)
     _require_torch(path)
     from modal_app.torch_models.checkpoint import load_torch_checkpoint
     from modal_app.torch_models.runner import TorchPairModel, plan_for_this_machine
@@ -269,16 +230,107 @@ def _load_torch_model(path: Path) -> Any:
     return _TORCH_CACHE[key]
 
 
+# Checkpoint formats by file suffix: the loader of each, in the order a ``ckpt:<name>`` is looked
+# up in the models directory. Another family registers its suffix and loader here; the registry
+# (``models add``) and the function's checksum check go through these functions only.
+CHECKPOINT_LOADERS: dict[str, Callable[[Path], Any]] = {
+    ".npz": load_checkpoint,
+    ".pt": load_torch_model,
+    ".safetensors": load_torch_model,
+}
+# Checkpoint formats by file suffix: the loader of each, in the order a ``ckpt:<name>`` is looked
+# up in the models directory. Another family registers its suffix and loader here; the registry
+# (``models add``) and the function's checksum check go through these functions only.
+CHECKPOINT_LOADERS: dict[str, Callable[[Path], Any]] = {".npz": load_checkpoint}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`inspect_checkpoint` found: enough to register the file and trust it loads."""
+
+    format: str  # "boundary-logistic-v1" (.npz), "torch-pt" (.pt) or "safetensors"
+    suffix: str  # its file suffix, which selects the loader
+    architecture: str = "logistic"  # or the torch factory "package.module:callable"
+    name: str = ""
+    threshold: float = 0.5
+    parameters: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_name(model_version: str) -> str | None:
+    """``ckpt:<name>`` -> ``<name>``; None for anything else."""
+    match = _CKPT.match(model_version)
+    return match.group(1) if match else None
+
+
+def _candidates(models_dir: Path, model_version: str) -> list[Path]:
+    name = checkpoint_name(model_version)
+    if name is None:
+        raise UnknownModel(f"{model_version!r} is not a checkpoint reference (ckpt:<name>)")
+    return [Path(models_dir) / f"{name}{suffix}" for suffix in CHECKPOINT_LOADERS]
+
+
+def checkpoint_path(models_dir: Path, model_version: str) -> Path:
+    """Where a ``ckpt:`` model's file is: ``<name><suffix>`` for the first known suffix present."""
+    candidates = _candidates(models_dir, model_version)
+    return next((path for path in candidates if os.path.lexists(path)), candidates[0])
+
+
+def load_checkpoint_file(path: Path) -> Any:
+    """Load a checkpoint of any known format (chosen by its suffix), every weight checked."""
+    loader = CHECKPOINT_LOADERS.get(path.suffix)
+    if loader is None:
+        raise CheckpointError(
+            f"checkpoint {path.name} has suffix {path.suffix!r}; known formats:"
+            f" {', '.join(CHECKPOINT_LOADERS)}"
+        )
+    return loader(path)
+
+
+def inspect_checkpoint(path: Path | str) -> CheckpointInfo:
+    """Load ``path`` as the function would and say what it is; raises ``CheckpointError``.
+
+    For a torch checkpoint: weights read without unpickling code, the architecture's factory
+    checked against the allowed prefixes and built, the state dict loaded strictly, all on the
+    CPU (nothing cached, no GPU touched). Torch checkpoints need the torch extra.
+    """
+    path = Path(path)
+    if path.suffix not in TORCH_SUFFIXES:
+        model = load_checkpoint_file(path)
+        return CheckpointInfo(
+            str(getattr(model, "format", path.suffix.lstrip("."))),
+            path.suffix,
+            name=str(getattr(model, "name", path.stem)),
+            threshold=float(getattr(model, "threshold", 0.5)),
+            parameters=len(FEATURES) + 1,
+        )
+    _require_regular_file(path)
+    _require_torch(path)
+    from modal_app.torch_models.checkpoint import load_torch_checkpoint
+
+    prefixes, _, _ = _torch_options()
+    loaded = load_torch_checkpoint(path, prefixes)
+    return CheckpointInfo(
+        loaded.format,
+        path.suffix,
+        architecture=str(loaded.config["architecture"]),
+        name=str(loaded.config.get("name", path.stem)),
+        threshold=float(loaded.config.get("threshold", 0.5)),
+        parameters=loaded.parameters,
+        config=dict(loaded.config),
+    )
+
+
 def get_model(model_version: str, models_dir: Path | None = None) -> Any:
     """The model for ``model_version``: ``predict_proba(a, b)`` and ``threshold``, at least."""
     if model_version == BUILTIN:
         return BUILTIN_MODEL
-    match = _CKPT.match(model_version)
-    if match:
+    if checkpoint_name(model_version) is not None:
         if models_dir is None:
             raise CheckpointError(f"{model_version} needs a models directory")
-        path = checkpoint_path(Path(models_dir), match.group(1))
-        if path.suffix == ".npz":
-            return load_checkpoint(path)
-        return _load_torch_model(path)
+        present = [p for p in _candidates(Path(models_dir), model_version) if os.path.lexists(p)]
+        if len(present) > 1:  # which file runs must never be a guess
+            names = ", ".join(p.name for p in present)
+            raise CheckpointError(f"checkpoint {model_version} is ambiguous: {names}")
+        return load_checkpoint_file(checkpoint_path(Path(models_dir), model_version))
     raise UnknownModel(f"unknown model_version {model_version!r}; known: {BUILTIN}, ckpt:<name>")

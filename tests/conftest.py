@@ -112,6 +112,10 @@ def ledger(pg_dsn: str, ledger_schema: str) -> Iterator[Ledger]:
     transport.close()
 
 
+# --- Video stores (appended by the registries work) -----------------------------------------------
+
+from tests.storage_support import refused_port  # noqa: E402, F401 - a fixture for every test module
+
 # --- Torch (appended by the torch work) ---------------------------------------------------------
 
 
