@@ -238,11 +238,6 @@ CHECKPOINT_LOADERS: dict[str, Callable[[Path], Any]] = {
     ".pt": load_torch_model,
     ".safetensors": load_torch_model,
 }
-# Checkpoint formats by file suffix: the loader of each, in the order a ``ckpt:<name>`` is looked
-# up in the models directory. Another family registers its suffix and loader here; the registry
-# (``models add``) and the function's checksum check go through these functions only.
-CHECKPOINT_LOADERS: dict[str, Callable[[Path], Any]] = {".npz": load_checkpoint}
-
 
 @dataclass(frozen=True)
 class CheckpointInfo:
