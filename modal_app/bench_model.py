@@ -73,6 +73,8 @@ def load_models(
     if not match:
         raise CheckpointError(f"--model takes ckpt:<name>, not {model_version!r}")
     path = checkpoint_path(models_dir, model_version)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint {match.group(1)}.{{pt,safetensors}} in {models_dir}")
     if path.suffix == ".npz":
         raise CheckpointError(
             f"{path} is a NumPy logistic checkpoint; --model benchmarks torch ones"

@@ -239,6 +239,7 @@ CHECKPOINT_LOADERS: dict[str, Callable[[Path], Any]] = {
     ".safetensors": load_torch_model,
 }
 
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """What :func:`inspect_checkpoint` found: enough to register the file and trust it loads."""

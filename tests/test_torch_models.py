@@ -386,7 +386,7 @@ def test_bench_model_prints_quality_throughput_and_the_decode_model_split(
     missing = CliRunner().invoke(
         cli_app, ["bench", "--inference", "--model", "ckpt:absent", "--models-dir", str(models_dir)]
     )
-    assert missing.exit_code == 2 and "does not exist" in missing.stdout
+    assert missing.exit_code == 2 and "no checkpoint absent" in missing.stdout
 
 
 def test_the_local_executor_runs_the_checkpoint_in_its_child_process(
