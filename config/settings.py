@@ -165,6 +165,23 @@ class Settings(BaseSettings):
     models_dir: Path = Field(
         Path("models"), description="Checkpoint directory (the Modal Volume mount in production)."
     )
+    torch_precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="Autocast of torch models on CUDA (auto: fp16); the CPU always runs fp32.",
+    )
+    torch_compile: bool = Field(
+        False, description="torch.compile torch models (measure with bench first: compile time)."
+    )
+    model_factory_prefixes: str = Field(
+        "modal_app.torch_models",
+        description="Comma-separated module prefixes a checkpoint's architecture factory may come"
+        " from. Loading a factory runs its code: list only modules you deploy and trust.",
+    )
+    model_python_sources: str = Field(
+        "",
+        description="Comma-separated local Python packages added to the Modal image (a team's"
+        " own architecture modules); they must also be under model_factory_prefixes.",
+    )
     poll_interval_s: float = Field(
         2.0, gt=0, description="How often the flow polls a running job for progress."
     )
