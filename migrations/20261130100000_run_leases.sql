@@ -140,7 +140,7 @@ BEGIN
     IF NOT (_lease_expired(r, NULL, NULL)
             OR (v_owner IS NOT NULL AND r.lease_owner = v_owner)) THEN
       RETURN jsonb_build_object('run_id', r.id, 'created', false, 'status', r.status,
-                                'rerun_of', r.rerun_of, 'taken_over', false);
+                                'rerun_of', r.rerun_of, 'taken_over', false, 'ended_run', NULL);
     END IF;
     IF r.executor_call_id IS NOT NULL THEN
       UPDATE boundary_inference_runs
@@ -151,7 +151,7 @@ BEGIN
        WHERE id = r.id
       RETURNING * INTO r;
       RETURN jsonb_build_object('run_id', r.id, 'created', false, 'status', r.status,
-                                'rerun_of', r.rerun_of, 'taken_over', true,
+                                'rerun_of', r.rerun_of, 'taken_over', true, 'ended_run', NULL,
                                 'executor_call_id', r.executor_call_id);
     END IF;
     v_ended := _end_abandoned_run(r, format(
@@ -190,7 +190,7 @@ BEGIN
    WHERE video_id = p_video_id AND frames_version = p_frames_version
      AND model_version = p_model_version AND status IN ('queued', 'running');
   RETURN jsonb_build_object('run_id', r.id, 'created', false, 'status', r.status,
-                            'rerun_of', r.rerun_of, 'taken_over', false);
+                            'rerun_of', r.rerun_of, 'taken_over', false, 'ended_run', v_ended);
 END $$;
 
 -- Extend the lease of a live run held by p_owner to now() + p_lease_s (0: let it expire now).
