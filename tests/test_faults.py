@@ -329,3 +329,27 @@ def test_a_new_submission_takes_over_a_killed_watcher_s_call(
     assert float(run_row["actual_cost_usd"]) < float(run_row["worst_case_cost_usd"])
     assert len(env.ledger.get_predictions(run_id=row["id"])) == FRAMES - 1
     assert json.dumps(outcome)  # a plain, serialisable outcome
+
+
+# --- The bench's faults section measures what these tests claim ------------------------------------
+
+
+def test_the_bench_fault_figures(pg_dsn: str) -> None:
+    from boundary_inference.faults_bench import fault_figures
+
+    figures = fault_figures(pg_dsn)
+    kill9 = figures["redis_kill9"]
+    assert kill9["cooldowns_kept"] == kill9["cooldowns_written"] == kill9["window_kept"] == 50
+    empty = figures["redis_restarted_empty"]
+    assert empty["admissions_recorded"] == 20 and empty["refused_until_rebuilt"]
+    assert empty["allowed_past_limit_after_restart"] == 0
+    assert empty["resubmission_in_cooldown"] == "cooldown"
+    frozen = figures["redis_frozen"]
+    assert frozen["unavailable"] and frozen["servers_after_3_starts"] == 1
+    assert frozen["status"] == "frozen"
+    pg = figures["postgres_killed"]
+    assert pg["ended_run"] == "released" and pg["dead_run_reservation_left_usd"] == 0.0
+    watcher = figures["watcher_killed"]
+    assert watcher["reaped"] == 1 and watcher["settled_status"] == "succeeded"
+    assert watcher["predictions_saved"] == 59
+    assert 0 < watcher["charged_usd"] < watcher["worst_case_usd"]
