@@ -272,7 +272,7 @@ def _watcher_killed(directory: Path, dsn: str) -> dict[str, Any]:
         "lease_s": _LEASE_S,
         "lease_expired_after_kill_s": round(expired_after_s, 2),
         "job_state": str(job.state),
-        "reaper_pass_s": round(reap_s, 2),
+        "reaper_pass_incl_prefect_start_s": round(reap_s, 2),
         "reaped": len(reaped),
         "settled_status": row.get("status"),
         "predictions_saved": predictions,
