@@ -139,6 +139,7 @@ def _redis_restarted_empty(directory: Path, dsn: str) -> dict[str, Any]:
 def _redis_frozen(directory: Path) -> dict[str, Any]:
     from boundary_inference.embedded import redis_status, start_redis
     from boundary_inference.limiter import LimiterUnavailable
+    from boundary_inference.processes import process_state
 
     guard_timeout_s = 1.0
     server = start_redis(directory)
@@ -147,6 +148,8 @@ def _redis_frozen(directory: Path) -> dict[str, Any]:
     limiter = _limiter(server.url, "fb", timeout_s=guard_timeout_s)
     limiter.rebuild(lambda: [], cooldown_s=600, window_s=3600, wait_s=10)
     os.kill(pid, signal.SIGSTOP)
+    while process_state(pid) != "T":  # delivery is asynchronous
+        time.sleep(0.01)
     try:
         t0 = time.perf_counter()
         try:
@@ -195,7 +198,12 @@ def _postgres_killed(directory: Path) -> dict[str, Any]:
     apply_migrations(server.dsn, "fb")
     ledger = Ledger(PsycopgTransport(server.dsn, "fb", timeout_s=5))
     ledger.upsert_video(id="v", tenant_id="t", frame_count=10, fps=25.0)
-    key = {"video_id": "v", "tenant_id": "t", "frames_version": "f", "model_version": "m"}
+    key: dict[str, Any] = {
+        "video_id": "v",
+        "tenant_id": "t",
+        "frames_version": "f",
+        "model_version": "m",
+    }
     first = ledger.claim_run(**key, lease_s=_LEASE_S, lease_owner="dead-flow")
     ledger.reserve_budget(
         run_id=first["run_id"],

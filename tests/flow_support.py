@@ -77,3 +77,17 @@ def configure(
     settings = get_settings()
     ledger = Ledger(PsycopgTransport(dsn, schema, timeout_s=5.0))
     return FlowEnv(settings, ledger, tmp_path / "state", schema, prefix)
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until the kernel has stopped it (delivery is asynchronous: a
+    request sent right after the kill could otherwise still be answered)."""
+    import os
+    import signal
+    import time
+
+    from boundary_inference.processes import process_state
+
+    os.kill(pid, signal.SIGSTOP)
+    while process_state(pid) != "T":
+        time.sleep(0.01)

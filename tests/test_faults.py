@@ -34,7 +34,7 @@ from boundary_inference.services import reset_services
 from flows.boundary_inference import boundary_inference_flow
 from flows.lease_reaper import lease_reaper_flow
 from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, configure, freeze
 
 MODEL = "builtin-textdiff-v1"
 FRAMES = 60
@@ -133,7 +133,7 @@ def test_a_frozen_redis_is_unavailable_and_never_gets_a_second_server(
     assert status.state == "running" and status.pid is not None
     socket_path = env.state_dir.resolve() / "redis" / "redis.sock"
     assert redis_servers(socket_path) == [status.pid]
-    os.kill(status.pid, signal.SIGSTOP)
+    freeze(status.pid)
     try:
         reset_services()  # as a new process would: no cached client
         refused = run(**base(video_id="v2"))

@@ -28,6 +28,7 @@ from boundary_inference.limiter import (
 )
 from boundary_inference.limiter.bench import concurrency_figures, fresh_limiter
 from boundary_inference.processes import pid_alive
+from tests.flow_support import freeze
 
 HOUR_S = 3600.0
 
@@ -233,7 +234,7 @@ def test_hung_server_is_unavailable_within_the_timeout(tmp_path: Path) -> None:
     assert pid is not None
     try:
         assert admit(limiter, "a").allowed
-        os.kill(pid, signal.SIGSTOP)
+        freeze(pid)
         started = time.monotonic()
         with pytest.raises(LimiterUnavailable, match="Timeout"):
             admit(limiter, "b")
