@@ -66,9 +66,17 @@ class LeaseKeeper:
         return self
 
     def _run(self) -> None:
-        while not self._stopped.wait(self.renew_every_s):
-            if not self.renew_once():
-                return
+        try:
+            while not self._stopped.wait(self.renew_every_s):
+                if not self.renew_once():
+                    return
+        finally:
+            # psycopg keeps one connection per thread: this thread's dies with it.
+            close = getattr(
+                getattr(self.ledger, "transport", None), "close_thread_connection", None
+            )
+            if callable(close):
+                close()
 
     def renew_once(self) -> bool:
         """Renew now; False once the lease is lost (the run ended or was taken over)."""

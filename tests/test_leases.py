@@ -6,6 +6,7 @@ past with SQL (never a sleep that a slow machine could outlast)."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -274,3 +275,20 @@ def test_admissions_are_recorded_for_the_rebuild(ledger: Ledger, pg_dsn: str, vi
     assert [r["run_id"] for r in ledger.recent_admissions(window_s=600)] == [a["run_id"]]
     with pytest.raises(IllegalTransition):
         ledger.record_admission(run_id=c["run_id"])
+
+
+def test_the_keeper_thread_closes_its_connection(ledger: Ledger, video: None) -> None:
+    """One connection per thread in psycopg: a worker running many flows must not keep one per
+    finished lease keeper."""
+    claim = ledger.claim_run(**KEY, lease_s=60, lease_owner="me")
+    transport = ledger.transport
+    assert isinstance(transport, PsycopgTransport)
+    ledger.ping()
+    before = len(transport._connections)
+    keeper = LeaseKeeper(ledger, claim["run_id"], "me", lease_s=60, renew_every_s=0.01)
+    keeper.start()
+    while keeper.renewals == 0:
+        time.sleep(0.01)
+    assert len(transport._connections) == before + 1
+    keeper.stop()
+    assert len(transport._connections) == before

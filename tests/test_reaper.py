@@ -309,3 +309,36 @@ def test_open_reservations_of_ended_runs_are_closed(
     assert float(spend["daily_committed_usd"]) == pytest.approx(0.40)  # the spawned one, in full
     assert float(spend["daily_actual_usd"]) == pytest.approx(0.40)
     assert _reap(ledger, executor, settings) == {}  # closed once
+
+
+def test_a_modal_call_is_asked_by_its_id_from_another_process(
+    ledger: Ledger, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The Modal side: the watcher spawned a call and died; the reaper, a fresh executor that knows
+    only the call id (``FunctionCall.from_id`` on the signature-checked double of
+    test_modal_executor, the function body real), settles it from its result, at the seconds the
+    function recorded over its attempts."""
+    from tests.test_modal_executor import FakeCloud, executor_for, make_request
+
+    settings = get_settings(executor="modal")
+    clip = tmp_path / "clip.mp4"
+    make_video(clip, seed=6, frame_count=41)
+    ledger.upsert_video(id="v1", tenant_id="demo", frame_count=41, fps=25.0, source_uri=str(clip))
+    run_id = _claim(ledger, "f-modal")
+    worst = settings.worst_case_cost_usd(40, settings.default_throughput_pairs_per_s)
+    _start(ledger, run_id, worst)
+    cloud = FakeCloud(settings)
+    call_id = executor_for(cloud).submit(make_request(clip, run_id=run_id))
+    ledger.set_call_id(run_id=run_id, call_id=call_id)
+    cloud.join()  # the call finished; its watcher is gone
+    _watcher_died(ledger, pg_dsn, run_id)
+
+    reaped = _reap(ledger, executor_for(cloud), settings)
+
+    assert reaped[run_id]["settled_status"] == "succeeded"
+    row = ledger.get_run(run_id=run_id)
+    assert row["status"] == "succeeded" and len(ledger.get_predictions(run_id=run_id)) == 40
+    assert float(row["actual_cost_usd"]) == pytest.approx(
+        settings.billed_cost_usd(float(row["gpu_seconds"]))
+    )
+    assert float(row["actual_cost_usd"]) < worst
