@@ -518,7 +518,7 @@ def _reattach(
     )
     job.estimate = est
     get_run_logger().warning(
-        "run %s already has call %s from this flow run (its process died): reattaching",
+        "run %s: reattaching to its call %s (the flow that spawned it died)",
         run_id,
         call_id,
     )
