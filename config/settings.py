@@ -198,6 +198,13 @@ class Settings(BaseSettings):
         description="Added to the longest possible watch before a running run counts as stale"
         " (its call is cancelled, its worst case charged).",
     )
+    run_lease_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=3600.0,
+        description="A live run's lease: its flow renews it every run_lease_s / 6 (database clock);"
+        " once it has expired the run has no watcher, and a new claim or the reaper takes it over.",
+    )
 
     # --- Registries: video sources and checkpoints -----------------------------------------------
     video_max_bytes: int = Field(
@@ -290,6 +297,11 @@ class Settings(BaseSettings):
         for the whole grace; then the idle tail is billed."""
         deadline = self.deadline_s(pairs, throughput_pairs_per_s)
         return self.worst_case_gpu_s(deadline) * self.gpu_price_usd_per_s
+
+    @property
+    def lease_renew_s(self) -> float:
+        """How often a flow renews its run's lease: five renewals may fail before it expires."""
+        return self.run_lease_s / 6.0
 
     def watch_limit_s(self, deadline_s: float) -> float:
         """How long the flow watches a call before it cancels it as lost: every attempt to its

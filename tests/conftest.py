@@ -33,6 +33,15 @@ def state_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A directory for a test's own server (a private PostgreSQL or Redis to kill), outside
+    pytest's basetemp for the reason above: a server's data must not vanish under it."""
+    path = Path(tempfile.mkdtemp(prefix="bi-sv-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def embedded_pg(state_dir: Path) -> Iterator[EmbeddedPostgres]:
     server = start_postgres(state_dir)
