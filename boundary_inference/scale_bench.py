@@ -9,7 +9,8 @@ Then, interleaved so that the machine's load falls on every size alike:
   after round over the sizes; p50 and p99 per size, and ``ratio_p50_1m_to_empty`` per call;
 * **admissions per second**: ``processes`` spawned processes, each with its own ledger connection
   and Redis client, admit jobs for ``admission_s`` seconds through every guard in the flow's order
-  (claim, cooldown + rate limit, budget reservation, breaker probe check, transition to running),
+  (claim with a lease, cooldown + rate limit and its record in the ledger, budget reservation,
+  breaker probe check, transition to running),
   committed as in production; rounds alternate between the empty ledger and the largest one. Each
   admission's time is split into its steps, the client's Python CPU, the Postgres backend's CPU
   (read from ``/proc``, embedded server only), Redis's CPU (``INFO cpu``) and the time spent
@@ -223,6 +224,8 @@ def _admission_worker(
                 frames_version=f"a{worker}-{n}-{uuid.uuid4().hex[:8]}",
                 model_version=model_version,
                 pairs=1000,
+                lease_s=60,
+                lease_owner=f"bench-{worker}",
             )
             run_id = str(claim["run_id"])
             t1 = time.perf_counter()
@@ -233,6 +236,8 @@ def _admission_worker(
                 rate_limit=10**9,
                 window_s=3600,
             )
+            if decision.allowed:  # as tasks.limits.admit: the ledger records every admission
+                ledger.record_admission(run_id=run_id)
             t2 = time.perf_counter()
             budget = ledger.reserve_budget(
                 run_id=run_id,
@@ -318,11 +323,14 @@ def admission_round(
 ) -> dict[str, Any]:
     """One round: ``processes`` spawned processes admitting for ``duration_s`` seconds."""
     from boundary_inference.ledger.calls import find_subjects
+    from boundary_inference.limiter.bench import fresh_limiter
 
     with psycopg.connect(dsn) as conn:
         subjects = find_subjects(conn, scratch.schema)
     subject = (subjects.video_id, subjects.tenant_id, subjects.model_version)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
+    # A limiter synced with nothing admitted before, as a new deployment's.
+    fresh_limiter(redis_url, prefix).client.close()
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(processes + 1)
     out = ctx.Queue()
@@ -602,8 +610,8 @@ def format_report(report: dict[str, Any]) -> str:
     adm = report["admissions"]
     lines.append("")
     lines.append(
-        f"admissions per second, {adm['processes']} processes, every guard (claim, cooldown +"
-        f" rate, reserve, breaker, transition), goal {adm['goal_per_s']}:"
+        f"admissions per second, {adm['processes']} processes, every guard (claim with lease,"
+        f" cooldown + rate + record, reserve, breaker, transition), goal {adm['goal_per_s']}:"
     )
     for label, value in adm["admissions_per_s"].items():
         rounds = ", ".join(f"{r['admissions_per_s']:.0f}" for r in adm["rounds"][label])

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-Path = Literal["admission", "monitor", "reaper", "predictions"]
+Path = Literal["admission", "monitor", "reaper", "limiter", "predictions"]
 # Caps no call reaches: the benchmark measures the work of a reservation, not a refusal.
 _NO_CAP = 1e12
 
@@ -35,6 +35,7 @@ class Subjects:
     model_version: str
     queued_run: str
     queued_key: tuple[str, str, str]  # its (video_id, frames_version, model_version)
+    queued_owner: str | None  # the owner of its lease
     running_run: str
     predictions_run: str | None
 
@@ -54,6 +55,8 @@ class LedgerCall:
 
 
 BREAKER = {"p_name": "gpu-inference", "p_threshold": 5, "p_window_s": 3600, "p_open_s": 3600}
+# The flow claims with a lease it renews while it watches the run (faults' run leases).
+LEASE = {"p_lease_s": 60, "p_lease_owner": "bench-flow"}
 
 CATALOGUE: tuple[LedgerCall, ...] = (
     # --- one admission, in the flow's order -------------------------------------------------
@@ -69,6 +72,7 @@ CATALOGUE: tuple[LedgerCall, ...] = (
             "p_tenant_id": s.tenant_id,
             "p_frames_version": s.queued_key[1],
             "p_model_version": s.queued_key[2],
+            **LEASE,
         },
         owner="faults",
     ),
@@ -82,6 +86,7 @@ CATALOGUE: tuple[LedgerCall, ...] = (
             "p_frames_version": f"bench-{uuid.uuid4().hex[:12]}",
             "p_model_version": s.model_version,
             "p_pairs": 1000,
+            **LEASE,
         },
         owner="faults",
     ),
@@ -99,6 +104,13 @@ CATALOGUE: tuple[LedgerCall, ...] = (
         "admission",
         lambda s: {"p_model_version": s.model_version, "p_runs": 20},
         owner="requests",
+    ),
+    LedgerCall(
+        "record_admission",
+        "record_admission",
+        "admission",
+        lambda s: {"p_run_id": s.queued_run},
+        owner="faults",
     ),
     LedgerCall(
         "reserve_budget",
@@ -173,6 +185,13 @@ CATALOGUE: tuple[LedgerCall, ...] = (
         },
         owner="-",
     ),
+    LedgerCall(
+        "renew_lease",
+        "renew_lease",
+        "admission",
+        lambda s: {"p_run_id": s.queued_run, "p_owner": s.queued_owner, "p_lease_s": 60},
+        owner="faults",
+    ),
     # --- the monitor's pass and the CLI's reports ---------------------------------------------
     LedgerCall("spend_summary", "spend_summary", "monitor", lambda s: {}),
     LedgerCall(
@@ -218,26 +237,34 @@ CATALOGUE: tuple[LedgerCall, ...] = (
     ),
     # --- the reaper -----------------------------------------------------------------------------
     LedgerCall(
-        "list_runs (queued)",
-        "list_runs",
+        "expired_leases",
+        "expired_leases",
         "reaper",
-        lambda s: {"p_limit": 1000, "p_status": "queued"},
-        max_rows_read=1100,
-        owner="- (unowned)",
+        lambda s: {"p_limit": 100, "p_legacy_queued_s": 3600, "p_legacy_running_s": 12_000},
+        owner="faults",
     ),
     LedgerCall(
-        "list_runs (running)",
-        "list_runs",
+        "take_expired_lease (not expired)",
+        "take_expired_lease",
         "reaper",
-        lambda s: {"p_limit": 1000, "p_status": "running"},
-        max_rows_read=1100,
-        owner="- (unowned)",
+        lambda s: {"p_run_id": s.running_run, "p_owner": "bench-reaper", "p_lease_s": 60},
+        owner="faults",
     ),
     LedgerCall(
         "orphan_reservations",
         "orphan_reservations",
         "reaper",
         lambda s: {"p_limit": 1000, "p_min_age_s": 600},
+    ),
+    # --- the limiter's rebuild from the ledger (Redis lost its state) ---------------------------
+    LedgerCall(
+        "recent_admissions (1 h)",
+        "recent_admissions",
+        "limiter",
+        lambda s: {"p_window_s": 3600},
+        max_rows_read=5000,
+        max_pages=1000,
+        owner="faults",
     ),
     # --- predictions ----------------------------------------------------------------------------
     LedgerCall(
@@ -263,8 +290,8 @@ def find_subjects(conn: psycopg.Connection[Any], schema: str) -> Subjects:
         queued = conn.execute(
             sql.SQL(
                 # Any live run will do; the live-runs index finds one whatever the history.
-                "SELECT id::text, video_id, tenant_id, frames_version, model_version FROM {}"
-                " WHERE status = 'queued' LIMIT 1"
+                "SELECT id::text, video_id, tenant_id, frames_version, model_version, lease_owner"
+                " FROM {} WHERE status = 'queued' LIMIT 1"
             ).format(table)
         ).fetchone()
         running = conn.execute(
@@ -286,6 +313,7 @@ def find_subjects(conn: psycopg.Connection[Any], schema: str) -> Subjects:
         model_version=queued[4],
         queued_run=queued[0],
         queued_key=(queued[1], queued[3], queued[4]),
+        queued_owner=queued[5],
         running_run=running[0],
         predictions_run=predicted[0] if predicted else None,
     )

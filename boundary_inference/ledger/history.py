@@ -8,7 +8,8 @@ relative to ``now`` so that "today" and "this month" hold what they would in pro
 * ``runs`` spread evenly over ``months`` months before ``now``, over ``tenants`` tenants, about five
   runs per video (frames and model versions vary), five model versions;
 * most runs finished: 90 % succeeded, 4 % failed, 2 % timed out, 2 % cancelled, 2 % rejected; the
-  newest ``live_runs`` are queued or running (minutes old);
+  newest ``live_runs`` are queued or running (minutes old, their flow's lease valid for an hour);
+  every run but the rejected ones passed the limiter (``admitted_at``);
 * one budget reservation per admitted run (settled, released for a cancelled run, open for a live
   one) and ``orphans`` open reservations of finished runs (what the reaper closes);
 * ``rejections_per_run`` rejections per run over the same span, acknowledged when older than two
@@ -194,7 +195,7 @@ INSERT INTO boundary_inference_runs
   (id, video_id, tenant_id, frames_version, model_version, status, priority, pairs,
    executor_call_id, attempts, estimated_cost_usd, worst_case_cost_usd, reserved_cost_usd,
    actual_cost_usd, gpu_seconds, pairs_per_s, error, failure_kind, created_at, started_at,
-   finished_at, updated_at)
+   finished_at, updated_at, admitted_at, lease_expires_at, lease_owner)
 SELECT {_ID}, 'hv-' || lpad(v::text, 7, '0'),
        'ht-' || lpad((v %% %(tenants)s)::text, 3, '0'), 'f' || ((i / %(videos)s) %% 3),
        'hm-' || ((i / %(videos)s + v) %% {MODELS}),
@@ -214,7 +215,12 @@ SELECT {_ID}, 'hv-' || lpad(v::text, 7, '0'),
        CASE WHEN status NOT IN ('queued', 'running')
             THEN created + make_interval(secs => gpu_s + 40) END,
        CASE WHEN status NOT IN ('queued', 'running')
-            THEN created + make_interval(secs => gpu_s + 40) ELSE created END
+            THEN created + make_interval(secs => gpu_s + 40) ELSE created END,
+       CASE WHEN status <> 'rejected' THEN created + interval '1 s' END,
+       -- Live runs are watched: their flow's lease runs an hour past the history's end.
+       CASE WHEN status IN ('queued', 'running')
+            THEN %(now)s::timestamptz + interval '1 hour' END,
+       CASE WHEN status IN ('queued', 'running') THEN 'history-flow-' || i END
 FROM (
   SELECT i, v, created, pairs, pps, round(pairs / pps, 3) AS gpu_s,
          round((pairs / pps + 330) * 1.1 / 3600, 6) AS actual,
