@@ -153,9 +153,9 @@ def _deployment_id() -> str | None:
     # do not pay Prefect's import for this question.
     if "prefect" not in sys.modules:
         return None
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment
 
-    deployment_id = flow_run.deployment_id
+    deployment_id = deployment.id  # the running flow run's deployment, None outside of one
     return str(deployment_id) if deployment_id else None
 
 
