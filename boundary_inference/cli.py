@@ -528,6 +528,12 @@ def bench(
         help="Instead: inference on a synthetic video (F1, pairs/s, decode and model ratios).",
     ),
     pairs: int = typer.Option(25_000, min=10, help="Frame pairs for --inference."),
+    submit: bool = typer.Option(
+        True,
+        "--submit/--no-submit",
+        help="Also: concurrent `submit` processes (20 on one key, 50 against 5/h) and one"
+        " submission's wall time, CPU and memory against `runs --json`.",
+    ),
 ) -> None:
     """Concurrency figures measured on the real servers (claims, admissions, budget, breaker),
     or with --inference the inference payload's accuracy and throughput on this machine."""
@@ -538,6 +544,10 @@ def bench(
     from boundary_inference.bench import run_bench
 
     figures = run_bench(_settings())
+    if submit:
+        from boundary_inference.bench_submit import submit_figures
+
+        figures.update(submit_figures(_settings()))
     if as_json:
         _print_json(figures)
         return

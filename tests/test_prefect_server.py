@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -536,6 +537,95 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
         assert "ParameterBindError" not in log_text
     finally:
         _stop(worker)
+
+
+DOCS = ROOT / "docs"
+
+
+def _submit(api_url: str, home: Path, *args: str) -> dict[str, Any]:
+    """``boundary-inference submit --json`` as a user runs it, against this server."""
+    done = subprocess.run(
+        [sys.executable, "-m", "boundary_inference.cli", "submit", *args, "--json"],
+        env=_client_env(api_url, home),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode in (0, 3), done.stdout[-2000:] + done.stderr[-3000:]
+    return dict(json.loads(done.stdout))
+
+
+def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
+    prefect_server: str, env: FlowEnv, tmp_path: Path
+) -> None:
+    """The Prefect UI of the real server, in Chromium: a rejected run found by its name, its
+    ``Rejected`` state and its rejection artifact (reason and the exact ``ack`` command); an
+    admitted run's estimate and progress artifacts. Screenshots go to docs/ (README shows them)."""
+    from playwright.sync_api import Page, sync_playwright
+
+    from modal_app.synthetic import make_video
+
+    api_url = prefect_server
+    ui_url = api_url.removesuffix("/api")
+    clip = tmp_path / "ui.mp4"
+    truth = make_video(clip, seed=5, frame_count=40)
+    env.register("lecture-42", clip, 40, truth.crop_box)
+    admitted = _submit(api_url, tmp_path / "h1", "lecture-42", "--frames-version", "f1")
+    rejected = _submit(
+        api_url, tmp_path / "h2", "lecture-42", "--frames-version", "f2", "--pairs", "[[0,1],[7,3]]"
+    )
+    assert admitted["status"] == "succeeded", admitted
+    assert rejected["rejection_type"] == "validation_failed", rejected
+    api = _api(api_url)
+
+    def run_name(result: dict[str, Any]) -> str:
+        flow_run_id = str(result["flow_run_url"]).rsplit("/", 1)[-1]
+        return str(api.get(f"flow_runs/{flow_run_id}").json()["name"])
+
+    def open_run(page: Page, name: str) -> None:
+        page.goto(f"{ui_url}/runs")
+        page.locator("input[placeholder='Search by flow run name']:visible").first.fill(name)
+        page.get_by_role("link", name=name).first.click()
+        page.wait_for_url("**/runs/flow-run/**")
+        page.get_by_text("Artifacts", exact=True).first.click()
+
+    rejection_id = rejected["details"]["rejection_id"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"), args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # The UI is a single-page app loading from a server on a shared, loaded machine.
+            page.set_default_timeout(120_000)
+
+            name = run_name(rejected)
+            assert name.startswith("lecture-42-f2-builtin-textdiff-v1-")
+            open_run(page, name)
+            page.get_by_text("Rejected", exact=True).first.wait_for()
+            page.get_by_text("rejection-lecture-42", exact=True).first.wait_for()
+            page.screenshot(path=str(DOCS / "ui-rejected-run.png"))
+            page.get_by_text("rejection-lecture-42", exact=True).first.click()
+            page.get_by_text(f"boundary-inference ack {rejection_id}").first.wait_for()
+            body = page.inner_text("body")
+            assert "Rejected: validation_failed" in body, body[-3000:]
+            assert "[7, 3]" in body, body[-3000:]
+            page.screenshot(path=str(DOCS / "ui-rejection-artifact.png"))
+
+            name = run_name(admitted)
+            open_run(page, name)
+            page.get_by_text("Completed", exact=True).first.wait_for()
+            page.get_by_text("estimate-lecture-42", exact=True).first.wait_for()
+            progress_key = f"progress-{admitted['run_id']}"
+            page.get_by_text(progress_key, exact=True).first.wait_for()
+            page.screenshot(path=str(DOCS / "ui-admitted-artifacts.png"))
+            page.get_by_text("estimate-lecture-42", exact=True).first.click()
+            page.get_by_text("worst case (reserved)").first.wait_for()
+            assert "Admitted: lecture-42" in page.inner_text("body")
+        finally:
+            browser.close()
 
 
 def test_server_log_has_no_service_errors(prefect_server: str, server_log: Path) -> None:
