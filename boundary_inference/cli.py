@@ -30,7 +30,11 @@ class _OneLineErrors(TyperGroup):
             reason = _operator_problem(error)
             if reason is None:
                 raise
-            Console(stderr=True).print(f"[red]error[/red]: {reason}", highlight=False)
+            from rich.markup import escape
+
+            Console(stderr=True, soft_wrap=True).print(
+                f"[red]error[/red]: {escape(reason)}", highlight=False
+            )
             raise typer.Exit(2) from None
 
 
@@ -42,7 +46,7 @@ def _operator_problem(error: BaseException) -> str | None:
     from boundary_inference.limiter import LimiterUnavailable
     from boundary_inference.services import EmbeddedNotAllowed
 
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    first_line = " ".join(str(error).split())[:400] or type(error).__name__
     if isinstance(error, LedgerError):
         return f"the ledger (PostgreSQL) failed: {first_line}"
     if isinstance(error, LimiterUnavailable):
