@@ -1,4 +1,4 @@
-"""``boundary-inference services status|stop``: the embedded daemons of the state directory.
+"""``boundary-inference services status|env|stop``: the embedded daemons of the state directory.
 
 PostgreSQL (``state/pg``), Redis (``state/redis``) and the Prefect server (``state/prefect``) keep
 running after the command that started them, so that the next one joins them in milliseconds.
@@ -169,6 +169,17 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     prefect = rows[-1]
     if prefect.state == "running" and prefect.ui_url:
         console.print(f"Prefect UI: {prefect.ui_url}", soft_wrap=True)
+
+
+@services_app.command("env")
+def env() -> None:
+    """Print ``export PREFECT_API_URL=...`` for the state dir's Prefect server (started if needed),
+    so that ``prefect`` commands in this shell use it: ``eval "$(boundary-inference services env)"``."""
+    from boundary_inference.embedded_prefect import start_prefect
+
+    server = start_prefect(_state_dir())
+    sys.stdout.write(f"export PREFECT_API_URL={server.api_url}\n")
+    sys.stderr.write(f"# Prefect UI: {server.ui_url}\n")
 
 
 @services_app.command("stop")
