@@ -468,8 +468,8 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
     prefect_server: str, deployed: Path, env: FlowEnv, tmp_path: Path
 ) -> None:
     """A process worker started as the docs say runs ``prefect deployment run`` with no
-    parameters, with mistyped ones, and a job that fails after admission: the first two end
-    Completed/Rejected and recorded, the last Failed with a readable message, and the worker's
+    parameters, with mistyped ones, with a misspelt one, and a job that fails after admission: the
+    first three end Completed/Rejected and recorded, the last Failed with a readable message, and the worker's
     log carries no ``TypeError: Unexpected result for failed state``."""
     api_url = prefect_server
     worker_env = _client_env(api_url, tmp_path / "worker-home")
@@ -500,6 +500,15 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
             ],
             worker_env,
         )
+        unknown = _deployment_run(
+            [
+                "boundary-inference/default",
+                *("--param", "vidoe_id=v1"),
+                *("--param", "frames_version=f1"),
+                *("--param", f"model_version={MODEL}"),
+            ],
+            worker_env,
+        )
         failing = _deployment_run(
             [
                 "boundary-inference/default",
@@ -515,16 +524,20 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
             for name, run in [
                 ("no-parameters", no_parameters),
                 ("mistyped", mistyped),
+                ("unknown", unknown),
                 ("failing", failing),
             ]
         }
         log_text = worker_log.read_text(errors="replace")
-        for name in ("no-parameters", "mistyped"):
+        for name in ("no-parameters", "mistyped", "unknown"):
             state = states[name]
             assert (state["type"], state["name"]) == ("COMPLETED", "Rejected"), (state, log_text)
         rejections = {r["message"]: r for r in env.ledger.list_rejections(limit=20)}
         missing = [m for m in rejections if m.startswith("missing required parameter")]
         assert missing == ["missing required parameter(s): video_id, frames_version, model_version"]
+        (misspelt,) = [m for m in rejections if m.startswith("unknown parameter")]
+        assert misspelt.startswith("unknown parameter(s): vidoe_id (the flow takes video_id,")
+        assert misspelt.endswith("; missing required parameter(s): video_id")
         (typed,) = [m for m in rejections if "skip_if_exists" in m]
         assert "video_id=123" in typed and "skip_if_exists='maybe'" in typed, typed
         assert all(r["rejection_type"] == "validation_failed" for r in rejections.values())
@@ -537,6 +550,7 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
         assert "Unexpected result for failed state" not in log_text
         assert "TypeError" not in log_text
         assert "ParameterBindError" not in log_text
+        assert "SignatureMismatchError" not in log_text
     finally:
         _stop(worker)
 
