@@ -3,8 +3,10 @@ one submission against the warm embedded Prefect server compared with a ``runs -
 
 Everything runs in a throw-away ledger schema and Redis key prefix on the state dir's servers (or
 the configured ones), with the state dir's Prefect server (or ``PREFECT_API_URL``'s): the servers
-are warm, as they are for a user's second command. Each child's wall time, CPU time and peak
-resident memory come from ``wait4`` (the kernel's accounting of that process alone).
+are warm, as they are for a user's second command. Each child's CPU time and peak resident memory
+come from ``wait4`` in a minimal launcher (``python -S``, about 10 MiB): waited for by this
+process directly, a child's peak would start at this process's own size (Linux carries the
+parent's high-water mark across the exec).
 """
 
 from __future__ import annotations
@@ -37,34 +39,46 @@ class _Child:
     max_rss_mib: float
 
 
-def _spawn(args: list[str], env: dict[str, str], out_dir: Path) -> tuple[Any, Path, Path, float]:
-    tag = uuid.uuid4().hex[:8]
-    out, err = out_dir / f"{tag}.out", out_dir / f"{tag}.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
+_LAUNCHER = """
+import json, os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump([usage.ru_utime + usage.ru_stime, usage.ru_maxrss], out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _spawn(args: list[str], env: dict[str, str], out_dir: Path) -> tuple[Any, Path, float]:
+    tag = out_dir / uuid.uuid4().hex[:8]
+    command = [sys.executable, "-m", "boundary_inference.cli", *args]
+    with tag.with_suffix(".out").open("wb") as stdout, tag.with_suffix(".err").open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "boundary_inference.cli", *args],
+            [sys.executable, "-S", "-c", _LAUNCHER, str(tag.with_suffix(".usage")), *command],
             env=env,
             stdout=stdout,
-            stderr=stderr,
+            stderr=err,
         )
-    return proc, out, err, time.monotonic()
+    return proc, tag, time.monotonic()
 
 
-def _reap(started: list[tuple[Any, Path, Path, float]]) -> list[_Child]:
-    """Wait for each child with ``wait4``: its own wall, CPU and peak RSS (KiB on Linux)."""
+def _reap(started: list[tuple[Any, Path, float]]) -> list[_Child]:
+    """Wait for each child: its wall time here, its CPU time and peak RSS (KiB) from wait4."""
+    import json
+
     children = []
-    for proc, out, err, t0 in started:
-        _, status, usage = os.wait4(proc.pid, 0)
+    for proc, tag, t0 in started:
+        code = proc.wait(timeout=_CHILD_TIMEOUT_S)
         wall = time.monotonic() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        cpu_s, max_rss_kib = json.loads(tag.with_suffix(".usage").read_text())
         children.append(
             _Child(
-                code=proc.returncode,
-                stdout=out.read_text(errors="replace"),
-                stderr=err.read_text(errors="replace"),
+                code=code,
+                stdout=tag.with_suffix(".out").read_text(errors="replace"),
+                stderr=tag.with_suffix(".err").read_text(errors="replace"),
                 wall_s=wall,
-                cpu_s=usage.ru_utime + usage.ru_stime,
-                max_rss_mib=usage.ru_maxrss / 1024,
+                cpu_s=cpu_s,
+                max_rss_mib=max_rss_kib / 1024,
             )
         )
     return children
@@ -163,6 +177,7 @@ def submit_figures(
         figures["submit.one_key.skipped"] = statuses.count("skipped")
         figures["submit.one_key.exit_0"] = sum(c.code == 0 for c in same)
         figures["submit.one_key.tracebacks"] = sum("Traceback" in c.stderr for c in same)
+        figures["submit.one_key.errors"] = _errors(same)
         figures["submit.one_key.wall_s"] = round(time.monotonic() - t0, 1)
 
         # 2. Many videos against a global rate: exactly `rate` admitted.
@@ -182,14 +197,18 @@ def submit_figures(
         kinds = [_rejection(c) for c in many]
         figures["submit.rate.processes"] = videos
         figures["submit.rate.limit_per_h"] = rate
+        # Admitted = the ledger's runs of these videos that got past the guards (not rejected).
+        rows = [r for r in ledger.list_runs(limit=1000) if str(r["video_id"]).startswith("bench-v")]
         figures["submit.rate.admitted"] = sum(
-            _status(c) in ("succeeded", "failed", "timed_out") for c in many
+            r["status"] not in ("rejected", "queued") for r in rows
         )
         figures["submit.rate.rate_limited"] = kinds.count("rate_limited")
-        figures["submit.rate.other"] = (
-            videos - figures["submit.rate.admitted"] - kinds.count("rate_limited")
-        )
+        figures["submit.rate.exit_0_or_3"] = sum(c.code in (0, 3) for c in many)
         figures["submit.rate.tracebacks"] = sum("Traceback" in c.stderr for c in many)
+        figures["submit.rate.errors"] = _errors(many)
+        figures["submit.rate.statuses"] = {
+            s: [_status(c) for c in many].count(s) for s in sorted({_status(c) for c in many})
+        }
         figures["submit.rate.wall_s"] = round(time.monotonic() - t0, 1)
 
         # 3. One submission at a time against the warm servers, and a `runs --json` the same way.
@@ -216,6 +235,17 @@ def submit_figures(
         figures.update(_import_costs())
     _drop_schema(dsn, schema)
     return figures
+
+
+def _errors(children: list[_Child]) -> dict[str, int]:
+    """The last line of each child's traceback or one-line error, counted."""
+    found: dict[str, int] = {}
+    for child in children:
+        lines = [x for x in child.stderr.splitlines() if x.strip()]
+        if "Traceback" in child.stderr or child.code not in (0, 3):
+            key = (lines[-1] if lines else f"exit {child.code}")[:200]
+            found[key] = found.get(key, 0) + 1
+    return found
 
 
 def _per_process(name: str, children: list[_Child]) -> dict[str, Any]:

@@ -609,7 +609,7 @@ def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
         for attempt in range(5):  # the list may re-render while loading and drop what was typed
             search.fill(name)
             try:
-                link.wait_for(timeout=30_000)
+                link.wait_for(timeout=120_000)
                 break
             except PageTimeout:
                 page.screenshot(path=str(tmp_path / f"search-{attempt}.png"))
