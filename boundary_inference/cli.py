@@ -130,7 +130,9 @@ def _print_json(data: Any) -> None:
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        # An id is what `ack` and people copy: never cut, whatever the terminal's width.
+        short = column == "id"
+        table.add_column(column, no_wrap=short, min_width=8 if short else None)
     for row in rows:
         table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
     console.print(table)
@@ -641,6 +643,8 @@ def monitor(as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(summary)
         return
+    for row in summary["rejections_by_type"]:
+        row["total_estimated_cost_usd"] = _usd(row.get("total_estimated_cost_usd"))
     _table(
         "unacknowledged rejections by type",
         summary["rejections_by_type"],
@@ -691,6 +695,10 @@ app.add_typer(services_app, name="services")
 
 
 def main() -> None:
+    import warnings
+
+    # pgserver's platformdirs asks for XDG_RUNTIME_DIR, unset in many shells: noise on every line.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     app()
 
 

@@ -165,7 +165,7 @@ def run_demo(
             str(row["rejection_type"]),
             str(row["video_id"]),
             str(row.get("frame_count") or ""),
-            f"${float(row['estimated_cost_usd']):.2f}" if row.get("estimated_cost_usd") else "",
+            f"${float(row['estimated_cost_usd']):.4f}" if row.get("estimated_cost_usd") else "",
             str(row["message"])[:90],
         )
     console.print(table)
