@@ -188,6 +188,41 @@ class Settings(BaseSettings):
         " (its call is cancelled, its worst case charged).",
     )
 
+    # --- Registries: video sources and checkpoints -----------------------------------------------
+    video_max_bytes: int = Field(
+        8 * 1024**3,
+        ge=1,
+        description="Largest video source accepted at registration and downloaded by the function.",
+    )
+    video_max_pixels: int = Field(
+        7680 * 4320,
+        ge=1,
+        description="Largest frame (width x height) accepted at registration: bounds decode memory.",
+    )
+    checkpoint_max_bytes: int = Field(
+        4 * 1024**3, ge=1, description="Largest checkpoint file `models add` accepts."
+    )
+    source_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Connect/read timeout for a video store (S3, HTTPS, Supabase).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint for s3:// sources (Wasabi, R2, MinIO); None: AWS.",
+    )
+    s3_region: str | None = Field(None, description="Region for s3:// sources.")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="S3 key id; None: boto3's chain (AWS_ACCESS_KEY_ID, ~/.aws, a role)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
+    sources_secret_name: str | None = Field(
+        None,
+        description="Modal Secret attached to the GPU function that holds the store credentials"
+        " (e.g. BOUNDARY_INFERENCE_S3_ACCESS_KEY_ID, ..._SECRET_ACCESS_KEY); never in a request.",
+    )
+
     # Escape hatch for the original bug's shape: refuse by default, allow when deliberate.
     allow_unreachable_cost_cap: bool = Field(
         False, description="Accept a per-job cap that no admissible job can ever exceed."
@@ -307,6 +342,8 @@ class Settings(BaseSettings):
             errors.append("supabase_url is set but supabase_service_role_key is not")
         if self.redis_url is not None and self.redis_block:
             errors.append("set redis_url or redis_block, not both")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            errors.append("set both s3_access_key_id and s3_secret_access_key, or neither")
         return errors
 
     def coherence_warnings(self) -> list[str]:
