@@ -155,7 +155,12 @@ def prefect_server(server_log: Path) -> Iterator[str]:
     env = _base_env(home)
     # Every service on (the scheduler, late runs, foreman...) and the UI: the server users run.
     # Only the scheduler's main loop is shortened; the schedule itself is the shipped one.
-    env.update(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5")
+    env.update(
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
+        # The UI finds its API from these settings, not from --port (else it calls :4200).
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+    )
     log = server_log.open("wb")
     proc = subprocess.Popen(
         [
