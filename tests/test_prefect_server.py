@@ -505,15 +505,16 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
             ],
             worker_env,
         )
-        unknown = _deployment_run(
-            [
-                "boundary-inference/default",
-                *("--param", "vidoe_id=v1"),
-                *("--param", "frames_version=f1"),
-                *("--param", f"model_version={MODEL}"),
-            ],
-            worker_env,
+        # `prefect deployment run` refuses an unknown --param itself; the API and the UI's JSON
+        # editor do not: such a run reaches the worker.
+        deployment = _deployment(api, "boundary-inference/default")
+        assert deployment is not None
+        created = api.post(
+            f"deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": {"vidoe_id": "v1", "frames_version": "f1", "model_version": MODEL}},
         )
+        assert created.status_code == 201, created.text
+        unknown = str(created.json()["id"])
         failing = _deployment_run(
             [
                 "boundary-inference/default",
