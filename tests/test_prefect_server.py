@@ -509,12 +509,17 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
         # editor do not: such a run reaches the worker.
         deployment = _deployment(api, "boundary-inference/default")
         assert deployment is not None
-        created = api.post(
-            f"deployments/{deployment['id']}/create_flow_run",
-            json={"parameters": {"vidoe_id": "v1", "frames_version": "f1", "model_version": MODEL}},
-        )
-        assert created.status_code == 201, created.text
-        unknown = str(created.json()["id"])
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        # Prefect's client, as an API caller would use it (it retries the server's 503s).
+        with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as c:
+            unknown = str(
+                c.create_flow_run_from_deployment(
+                    deployment["id"],
+                    parameters={"vidoe_id": "v1", "frames_version": "f1", "model_version": MODEL},
+                ).id
+            )
         failing = _deployment_run(
             [
                 "boundary-inference/default",
