@@ -27,9 +27,10 @@ from prefect.states import Completed, Failed, State
 from boundary_inference.executor import ExecutorUnavailable
 from boundary_inference.ledger import LedgerError
 from boundary_inference.limiter import LimiterUnavailable
-from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
-from boundary_inference.services import Services, get_services
+from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, Rejected, RejectionType
+from boundary_inference.services import EmbeddedNotAllowed, Services, get_services
 from config import Settings, get_settings
+from flows.parameters import bind_leniently
 from modal_app.types import InferenceRequest
 from tasks import (
     breaker,
@@ -198,11 +199,22 @@ class _Job:
                 get_run_logger().error("budget release failed: %s", error)
 
 
+def _run_name() -> str:
+    """``<video>-<frames>-<model>-<first 8 of the flow run id>``: runs of one video told apart,
+    and findable in the UI's search by any of the parts."""
+    parameters = runtime.flow_run.parameters or {}
+    parts = [
+        str(parameters.get(key) or "?")[:48]
+        for key in ("video_id", "frames_version", "model_version")
+    ]
+    return "-".join([*parts, str(runtime.flow_run.id or "")[:8]])
+
+
 @flow(
     name="boundary-inference",
-    flow_run_name="{video_id}-{model_version}",
+    flow_run_name=_run_name,
     # Bad parameters must reach our validation (recorded, typed rejection) rather than fail in
-    # Prefect's parameter validation, which records nothing in the ledger.
+    # Prefect's parameter validation, which records nothing in the ledger (see bind_leniently).
     validate_parameters=False,
 )
 def boundary_inference_flow(
@@ -234,6 +246,10 @@ def boundary_inference_flow(
     video_id = str(video_id)
     try:
         services = get_services(settings)
+    except EmbeddedNotAllowed as error:
+        return _Job(None, settings, video_id, tenant).reject(
+            Rejected(RejectionType.GUARD_UNAVAILABLE, str(error))
+        )
     except Exception as error:
         job = _Job(None, settings, video_id, tenant)
         return job.reject(
@@ -277,7 +293,7 @@ def _taken_over(job: _Job, error: LeaseLost) -> State:
     message = f"stopped watching: {error}"
     get_run_logger().error(message)
     outcome = JobOutcome(OutcomeStatus.FAILED, job.video_id, message, run_id=job.run_id)
-    return Failed(name="TakenOver", message=message, data=outcome.to_dict())
+    return Failed(name="TakenOver", message=message, data=JobFailed(outcome.to_dict()))
 
 
 def _reap_at_start(services: Services, settings: Settings) -> None:
@@ -469,7 +485,7 @@ def _guarded_run(
             estimated_cost_usd=est.estimated_cost_usd,
             actual_cost_usd=0.0,
         )
-        return Failed(name="Failed", message=message, data=outcome.to_dict())
+        return Failed(name="Failed", message=message, data=JobFailed(outcome.to_dict()))
     except LeaseLost:
         job.spawned = True
         raise
@@ -634,5 +650,32 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
     return Failed(
         name=str(settled.status).replace("_", " ").title().replace(" ", ""),
         message=settled.message,
-        data=outcome.to_dict(),
+        data=JobFailed(outcome.to_dict()),
     )
+
+
+def _reject_parameters(parameters: dict[str, Any], problems: list[str]) -> State:
+    """Missing or mistyped parameters: recorded like any other refusal, before any guard runs."""
+    settings = get_settings()
+    video_id = parameters.get("video_id")
+    tenant_id = parameters.get("tenant_id")
+    job = _Job(
+        None,
+        settings,
+        video_id
+        if isinstance(video_id, str)
+        else "(missing)"
+        if video_id is None
+        else repr(video_id),
+        tenant_id if isinstance(tenant_id, str) else settings.default_tenant_id,
+    )
+    try:
+        job.services = get_services(settings)
+    except Exception as error:  # recorded as an event and an artifact still
+        get_run_logger().error("cannot reach the ledger to record the rejection: %s", error)
+    return job.reject(Rejected(RejectionType.VALIDATION_FAILED, "; ".join(problems)))
+
+
+# frame_pairs has two shapes (pairs or a range spec) whose checks name the offending pair:
+# tasks.validate owns them, so its value arrives untouched.
+bind_leniently(boundary_inference_flow, _reject_parameters, unchecked=["frame_pairs"])

@@ -30,6 +30,7 @@ import pytest
 
 from boundary_inference.embedded import redis_status, start_postgres, start_redis, stop_redis
 from boundary_inference.ledger import Ledger, PsycopgTransport
+from boundary_inference.outcome import outcome_of
 from boundary_inference.processes import pid_alive
 from boundary_inference.services import reset_services
 from flows.boundary_inference import boundary_inference_flow
@@ -49,7 +50,9 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 def run(**params: Any) -> dict[str, Any]:
     state = boundary_inference_flow(**params, return_state=True)
-    return dict(state.result(raise_on_failure=False))
+    outcome = outcome_of(state)
+    assert outcome is not None, state
+    return outcome
 
 
 def base(**extra: Any) -> dict[str, Any]:

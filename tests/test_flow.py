@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prefect.events.clients import AssertingEventsClient
 
+from boundary_inference.outcome import outcome_of
 from flows.boundary_inference import boundary_inference_flow
 from modal_app.synthetic import make_video
 from tests.flow_support import FlowEnv, configure
@@ -39,7 +40,7 @@ def env(
 
 def run(**params: Any) -> tuple[Any, dict[str, Any]]:
     state = boundary_inference_flow(**params, return_state=True)
-    return state, state.result(raise_on_failure=False)
+    return state, outcome_of(state)
 
 
 def base(**extra: Any) -> dict[str, Any]:
@@ -274,7 +275,7 @@ def test_a_flow_with_retries_is_refused_before_any_quota(env: FlowEnv) -> None:
     the worst case does not count. The start-up audit refuses the job before admission."""
     retried = boundary_inference_flow.with_options(retries=2)
     state = retried(**base(), return_state=True)
-    outcome = state.result(raise_on_failure=False)
+    outcome = outcome_of(state)
     assert state.name == "Rejected"
     assert outcome["rejection_type"] == "guard_unavailable"
     assert "retries=2" in outcome["message"]

@@ -259,6 +259,11 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {"p_unacknowledged_only": True, "p_limit": 3},
     ),
     (
+        "find_rejections_by_prefix",
+        {"prefix": "3f2a9c1b", "limit": 10},
+        {"p_prefix": "3f2a9c1b", "p_limit": 10},
+    ),
+    (
         "save_predictions",
         {
             "run_id": RUN,
@@ -325,6 +330,7 @@ LIST_RESULTS = {
     "list_runs",
     "spend_by_day",
     "list_rejections",
+    "find_rejections_by_prefix",
     "get_predictions",
     "orphan_reservations",
     "expired_leases",

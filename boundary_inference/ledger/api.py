@@ -565,6 +565,11 @@ class Ledger:
             tenant_id=tenant_id,
         )
 
+    def find_rejections_by_prefix(self, *, prefix: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Rejections whose id starts with ``prefix`` (lower-case hex and dashes), newest first:
+        ``{id, rejection_type, video_id, created_at, acknowledged}``."""
+        return self._list("find_rejections_by_prefix", prefix=prefix, limit=limit)
+
     # -- predictions --------------------------------------------------------------------------
 
     def save_predictions(
