@@ -22,13 +22,16 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
+from pydantic import ValidationError
 
 from boundary_inference.executor import CallState, ExecutorUnavailable, FailureKind
+from boundary_inference.identifiers import coerce_identifier, display_identifier
 from boundary_inference.ledger import LedgerError
 from boundary_inference.limiter import LimiterUnavailable
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from boundary_inference.services import Services, get_services
 from config import Settings, get_settings
+from config.settings import configuration_problems, settings_for_recording
 from modal_app.types import InferenceRequest
 from tasks import breaker, budget, cost, dedup, limits, queue, rejections, validate
 from tasks._common import GUARD, LEDGER, artifact_key, guard_task
@@ -77,14 +80,16 @@ def _known_model(model_version: str) -> bool:
     return bool(is_known_model_version(model_version))
 
 
-def _estimate_markdown(video_id: str, est: cost.CostEstimate, probe: bool) -> str:
+def _estimate_markdown(
+    video_id: str, est: cost.CostEstimate, probe: bool, duplicate_pairs: int = 0
+) -> str:
     return "\n".join(
         [
             f"# Admitted: `{video_id}`",
             "",
             "| | value |",
             "|---|---|",
-            f"| frame pairs | {est.pairs} |",
+            f"| frame pairs | {est.pairs} distinct ({duplicate_pairs} duplicates dropped) |",
             f"| throughput | {est.throughput_pairs_per_s:.1f} pairs/s ({est.throughput_source}) |",
             f"| expected GPU time | {est.expected_gpu_s:.1f} s (+ {est.billed_s - est.expected_gpu_s:.0f} s"
             " billed idle tail) |",
@@ -118,10 +123,14 @@ class _Job:
         # keeps the worst case charged, never a "rejection, nothing spawned".
         self.spawned = False
         self.finished_unwatched = False
+        # Where to record a refusal when there are no services (the settings were refused).
+        self.recording_ledger: Any | None = None
+        # Distinct pairs, and the copies the request repeated (dropped before the estimate).
+        self.duplicate_pairs: int | None = None
 
     def reject(self, rejected: Rejected) -> State:
         """Record the refusal everywhere, undo what this job had taken, and end the run."""
-        ledger = self.services.ledger if self.services else None
+        ledger = self.services.ledger if self.services else self.recording_ledger
         if rejected.rejection_type is RejectionType.GUARD_UNAVAILABLE:
             ledger = self._ledger_if_reachable()
         self.undo_admissions()
@@ -154,6 +163,7 @@ class _Job:
             retry_after_s=rejected.retry_after_s,
             estimated_cost_usd=estimate["estimated_cost_usd"] if estimate else None,
             worst_case_cost_usd=estimate["worst_case_cost_usd"] if estimate else None,
+            duplicate_pairs=self.duplicate_pairs,
         )
         return Completed(
             name="Rejected",
@@ -162,13 +172,14 @@ class _Job:
         )
 
     def _ledger_if_reachable(self) -> Any | None:
-        if self.services is None:
+        ledger = self.services.ledger if self.services else self.recording_ledger
+        if ledger is None:
             return None
         try:
-            self.services.ledger.ping()
+            ledger.ping()
         except Exception:
             return None
-        return self.services.ledger
+        return ledger
 
     def undo_admissions(self) -> None:
         """Give back quota this job took but will not use. Best effort; bounded if it fails."""
@@ -222,24 +233,42 @@ def boundary_inference_flow(
         priority: ``high``, ``normal`` or ``low``; recorded on the run.
         tenant_id: Owner of the video; default from configuration.
     """
-    settings = get_settings()
-    tenant = tenant_id or settings.default_tenant_id
-    video_id = str(video_id)
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        return _refuse_configuration(error, video_id, tenant_id)
+    # Identifiers as given (an all-digit id may arrive as a JSON int); checked against the one
+    # grammar before any store is read with them.
+    ids: dict[str, Any] = {
+        "video_id": coerce_identifier(video_id),
+        "tenant_id": settings.default_tenant_id
+        if tenant_id is None
+        else coerce_identifier(tenant_id),
+        "frames_version": coerce_identifier(frames_version),
+        "model_version": coerce_identifier(model_version),
+    }
+    # Recorded with a refusal (row, event, artifact): the id itself when valid, else a short
+    # escaped stand-in, so a bad id never reaches a store or an event resource as it is.
+    video_id = display_identifier(ids["video_id"])
+    shown_tenant = display_identifier(ids["tenant_id"])
     try:
         services = get_services(settings)
     except Exception as error:
-        job = _Job(None, settings, video_id, tenant)
+        job = _Job(None, settings, video_id, shown_tenant)
         return job.reject(
             Rejected(RejectionType.GUARD_UNAVAILABLE, f"cannot reach the ledger or Redis: {error}")
         )
-    job = _Job(services, settings, video_id, tenant)
+    job = _Job(services, settings, video_id, shown_tenant)
+    refused = validate.identifier_rejection(**ids)
+    if refused is not None:
+        return job.reject(refused)
     try:
         return _guarded_run(
             job,
             services,
             settings,
-            frames_version=frames_version,
-            model_version=model_version,
+            frames_version=ids["frames_version"],
+            model_version=ids["model_version"],
             frame_pairs=frame_pairs,
             skip_if_exists=bool(skip_if_exists),
             priority=priority,
@@ -255,6 +284,40 @@ def boundary_inference_flow(
                 " nothing was spawned",
             )
         )
+
+
+def _refuse_configuration(error: ValidationError, video_id: Any, tenant_id: Any) -> State:
+    """The settings were refused at start: nothing can be admitted. Record why (one line per
+    problem) in the ledger, when the connection settings alone are readable."""
+    problems = configuration_problems(error)
+    logger = get_run_logger()
+    ledger = None
+    try:
+        recording = settings_for_recording()
+    except ValidationError as bad:
+        recording = Settings.model_construct()
+        logger.error("configuration refused, connection settings too: %s", bad)
+    else:
+        try:
+            from boundary_inference.services import open_ledger
+
+            ledger = open_ledger(recording)
+        except Exception as unreachable:
+            logger.error("configuration refused; the ledger is not reachable: %s", unreachable)
+    tenant = "" if tenant_id is None else display_identifier(coerce_identifier(tenant_id))
+    job = _Job(None, recording, display_identifier(coerce_identifier(video_id)), tenant)
+    job.recording_ledger = ledger
+    try:
+        return job.reject(
+            Rejected(
+                RejectionType.GUARD_UNAVAILABLE,
+                "configuration refused at start, nothing can be admitted: " + "; ".join(problems),
+                details={"configuration_problems": problems},
+            )
+        )
+    finally:
+        if ledger is not None:
+            ledger.close()
 
 
 def _guarded_run(
@@ -291,7 +354,15 @@ def _guarded_run(
     )
     if isinstance(verdict, Rejected):
         return job.reject(verdict)
-    request_pairs = verdict.frame_pairs
+    request_pairs = verdict.frame_pairs  # distinct: what is estimated, billed and run
+    job.duplicate_pairs = verdict.duplicate_pairs
+    if verdict.duplicate_pairs:
+        logger.info(
+            "%d of %d requested pairs were duplicates, dropped: %d distinct pairs",
+            verdict.duplicate_pairs,
+            verdict.requested_pairs,
+            len(request_pairs),
+        )
 
     # 2. Dedup: one atomic claim.
     claim = dedup.claim_run(
@@ -370,6 +441,7 @@ def _guarded_run(
         return job.reject(refusal)
 
     # 5. Spend: the admitted worst case is reserved; run, watch, settle.
+    executor_name, gpu_type = cost.calibration_key(settings)
     ledger.transition_run(
         run_id=run_id,
         to_status="running",
@@ -377,10 +449,15 @@ def _guarded_run(
             "estimated_cost_usd": est.estimated_cost_usd,
             "worst_case_cost_usd": est.worst_case_cost_usd,
             "reserved_cost_usd": est.worst_case_cost_usd,
+            # What calibration reads back: where it ran, and how many distinct pairs.
+            "executor": executor_name,
+            "gpu_type": gpu_type,
+            "unique_pairs": len(request_pairs),
+            "duplicate_pairs": verdict.duplicate_pairs,
         },
     )
     create_markdown_artifact(
-        markdown=_estimate_markdown(job.video_id, est, probe),
+        markdown=_estimate_markdown(job.video_id, est, probe, verdict.duplicate_pairs),
         key=artifact_key("estimate", job.video_id),
         description=f"expected ${est.estimated_cost_usd:.4f}, worst ${est.worst_case_cost_usd:.4f}",
     )
@@ -547,6 +624,7 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
         budget.settle(ledger, run_id=job.run_id, actual_usd=actual)
         breaker.record_outcome(ledger, settings, ok=True, kind="success", probe=probe)
         boundaries = sum(1 for p in result.predictions if p.is_boundary)
+        dropped = f"; {job.duplicate_pairs} duplicate pairs dropped" if job.duplicate_pairs else ""
         logger.info(
             "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f",
             job.run_id,
@@ -558,7 +636,7 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
         outcome = JobOutcome(
             OutcomeStatus.SUCCEEDED,
             job.video_id,
-            f"{saved} pairs, {boundaries} boundaries",
+            f"{saved} pairs, {boundaries} boundaries{dropped}",
             run_id=job.run_id,
             estimated_cost_usd=job.estimate.estimated_cost_usd,
             worst_case_cost_usd=job.estimate.worst_case_cost_usd,
@@ -566,6 +644,7 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
             pairs=saved,
             boundaries=boundaries,
             metrics={k: v for k, v in vars(metrics).items()},
+            duplicate_pairs=job.duplicate_pairs,
         )
         return Completed(message=outcome.message, data=outcome.to_dict())
 
