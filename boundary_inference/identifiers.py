@@ -27,7 +27,10 @@ _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 RULES: dict[str, IdentifierRule] = {
     "video_id": IdentifierRule(
-        "video_id", re.compile(_NAME), 128, "letters, digits, '.', '_', '-' (first a letter or digit)"
+        "video_id",
+        re.compile(_NAME),
+        128,
+        "letters, digits, '.', '_', '-' (first a letter or digit)",
     ),
     "frames_version": IdentifierRule(
         "frames_version",
@@ -42,7 +45,10 @@ RULES: dict[str, IdentifierRule] = {
         "letters, digits, '.', '_', ':', '+', '-' (first a letter or digit)",
     ),
     "tenant_id": IdentifierRule(
-        "tenant_id", re.compile(_NAME), 64, "letters, digits, '.', '_', '-' (first a letter or digit)"
+        "tenant_id",
+        re.compile(_NAME),
+        64,
+        "letters, digits, '.', '_', '-' (first a letter or digit)",
     ),
 }
 

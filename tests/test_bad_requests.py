@@ -263,3 +263,34 @@ def test_the_installed_cli_refuses_a_bad_configuration_but_still_helps(
         [*exe, "config", "--help"], env=bad, capture_output=True, text=True, timeout=300
     )
     assert helped.returncode == 0 and "Show the effective limits" in helped.stdout
+
+
+def test_the_longest_durations_the_settings_accept_are_ones_redis_takes(redis_url: str) -> None:
+    """VIDEO_COOLDOWN_S beyond what Redis accepts made every admission fail in the Lua script.
+    The settings stop at MAX_DURATION_S; the real limiter on the real Redis takes that much."""
+    import uuid
+
+    from boundary_inference.limiter import Limiter, LimiterUnavailable, open_redis_client
+    from config.settings import MAX_DURATION_S
+
+    client = open_redis_client(redis_url, timeout_s=5)
+    prefix = f"exp{uuid.uuid4().hex[:8]}"
+    limiter = Limiter(client, prefix=prefix)
+    try:
+        admission = limiter.admit(
+            video_id="v",
+            token="t1",
+            cooldown_s=MAX_DURATION_S,
+            rate_limit=1,
+            window_s=MAX_DURATION_S,
+        )
+        assert admission.allowed
+        assert client.pttl(f"{{{prefix}}}:cooldown:v") > (MAX_DURATION_S - 60) * 1000
+        assert client.pttl(f"{{{prefix}}}:window") > (MAX_DURATION_S - 60) * 1000
+        # Why there is a bound: far enough past it, the script fails every admission.
+        with pytest.raises(LimiterUnavailable, match="not an integer or out of range"):
+            limiter.admit(video_id="w", token="t2", cooldown_s=10**14, rate_limit=9, window_s=1)
+    finally:
+        for key in client.scan_iter(match=f"{{{prefix}}}:*"):
+            client.delete(key)
+        client.close()

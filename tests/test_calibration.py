@@ -223,3 +223,43 @@ def test_a_duplicate_pair_job_is_billed_and_calibrated_as_its_distinct_pairs(
     )
     assert found["samples"] == pytest.approx([2 / float(run["gpu_seconds"])])
     assert env.executor_calls() == 1
+
+
+# --- the bench's calibration figures ----------------------------------------------------------
+
+
+def test_bench_calibration_figures(pg_dsn: str, schema_name: str) -> None:
+    """Real inference on this machine; only what holds at any machine speed is asserted."""
+    from boundary_inference.calibration_bench import REFERENCE_PAIRS, calibration_figures
+
+    settings = Settings(_env_file=None)
+    figures = {
+        k.removeprefix("calibration."): v
+        for k, v in calibration_figures(pg_dsn, schema_name, settings, frames=60).items()
+    }
+    print(figures)
+    baseline = figures["baseline_runs_pairs_per_s"]
+    assert len(baseline) == settings.calibration_min_runs
+    assert figures["after_baseline.source"].startswith("calibrated: p20 of 5 runs on local/cpu")
+    # Pairs are a set: the 15,000 copies ran, were recorded and calibrate as one pair.
+    assert (figures["duplicate_job.requested_pairs"], figures["duplicate_job.unique_pairs"]) == (
+        15_000,
+        1,
+    )
+    assert (
+        figures["after_duplicate_job.pairs_per_s"]
+        <= figures["after_baseline.pairs_per_s"] * settings.calibration_max_rise + 0.1
+    )
+    # The same decode for fewer predictions: slower per pair than every ordinary job, and the
+    # estimate goes down with it, lengthening the deadline.
+    assert figures["slow_run.pairs_per_s"] < min(baseline)
+    assert figures["after_slow_run.pairs_per_s"] <= figures["after_duplicate_job.pairs_per_s"]
+    assert figures["after_slow_run.deadline_s"] >= figures["after_duplicate_job.deadline_s"]
+    assert figures["after_slow_run.deadline_s"] == pytest.approx(
+        settings.deadline_s(REFERENCE_PAIRS, figures["after_slow_run.pairs_per_s"]), abs=1.0
+    )
+    with psycopg.connect(pg_dsn) as conn:  # the scratch schema is gone
+        left = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE %s", (f"{schema_name}_calib_%",)
+        ).fetchone()
+    assert left == (0,)
