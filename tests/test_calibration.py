@@ -250,8 +250,8 @@ def test_bench_calibration_figures(pg_dsn: str, schema_name: str) -> None:
     # the slow run compares with the others depends on this machine's load: printed, not asserted.)
     stages = ["after_baseline", "after_duplicate_job", "after_slow_run"]
     for before, after in itertools.pairwise(stages):
-        rise = figures[f"{after}.pairs_per_s"] / figures[f"{before}.pairs_per_s"]
-        assert rise <= settings.calibration_max_rise + 1e-3, (before, after)
+        bound = figures[f"{before}.pairs_per_s"] * settings.calibration_max_rise
+        assert figures[f"{after}.pairs_per_s"] <= bound + 0.2, (before, after)  # 0.1 rounding
     assert figures["after_slow_run.deadline_s"] == pytest.approx(
         settings.deadline_s(REFERENCE_PAIRS, figures["after_slow_run.pairs_per_s"]), abs=1.0
     )
