@@ -270,7 +270,7 @@ def boundary_inference_flow(
             frames_version=ids["frames_version"],
             model_version=ids["model_version"],
             frame_pairs=frame_pairs,
-            skip_if_exists=bool(skip_if_exists),
+            skip_if_exists=skip_if_exists,
             priority=priority,
         )
     except GUARD_ERRORS as error:
@@ -328,14 +328,22 @@ def _guarded_run(
     frames_version: str,
     model_version: str,
     frame_pairs: Any,
-    skip_if_exists: bool,
-    priority: str,
+    skip_if_exists: Any,
+    priority: Any,
 ) -> State:
     ledger, limiter, executor = services.ledger, services.limiter, services.executor
     logger = get_run_logger()
-    if priority not in PRIORITIES:
+    if not isinstance(priority, str) or priority not in PRIORITIES:
         return job.reject(
             Rejected(RejectionType.VALIDATION_FAILED, f"priority must be one of {PRIORITIES}")
+        )
+    if not isinstance(skip_if_exists, bool):
+        # bool("false") is True and bool(0) is False: guess neither, a re-run is a paid decision.
+        return job.reject(
+            Rejected(
+                RejectionType.VALIDATION_FAILED,
+                f"skip_if_exists must be true or false; got {type(skip_if_exists).__name__}",
+            )
         )
 
     # 1. Validation: reads only.

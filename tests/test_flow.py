@@ -222,7 +222,14 @@ def test_global_rate_limit(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
 ) -> None:
     env = configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, global_rate_limit_jobs="1"
+        monkeypatch,
+        tmp_path,
+        dsn=pg_dsn,
+        redis_url=redis_url,
+        global_rate_limit_jobs="1",
+        # At 1 job an hour at most 2 can fail inside one breaker window: a threshold of 5 could
+        # never open the circuit, and is refused at start.
+        breaker_failure_threshold="2",
     )
     path, truth = video
     env.register("v1", path, FRAMES, truth.crop_box)
