@@ -18,10 +18,10 @@ import math
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from boundary_inference.identifiers import identifier_problem
 
@@ -149,11 +149,13 @@ class Settings(BaseSettings):
     monthly_budget_usd: float = Field(
         100.0, gt=0, description="Reservations of one UTC month may not exceed this (global)."
     )
-    monthly_spend_alert_tiers_usd: tuple[float, ...] = Field(
+    # NoDecode: read "25,50,75" (or "[25, 50, 75]", or the "(25.0, 50.0, 75.0)" that str() of the
+    # value gives, as the Modal image's baked environment writes it) by _tiers below, not as JSON.
+    monthly_spend_alert_tiers_usd: Annotated[tuple[float, ...], NoDecode] = Field(
         (25.0, 50.0, 75.0),
         max_length=10,
         description="The monitor raises the monthly-spend alert when this month's committed spend"
-        " reaches a tier (JSON list in the environment); each below monthly_budget_usd.",
+        " reaches a tier (comma-separated in the environment); each below monthly_budget_usd.",
     )
     tenant_daily_budget_usd: float | None = Field(
         None, gt=0, description="Optional per-tenant daily cap; None means only the global cap."
@@ -330,6 +332,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{value!r} must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63)"
             )
+        return value
+
+    @field_validator("monthly_spend_alert_tiers_usd", mode="before")
+    @classmethod
+    def _tiers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            inner = value.strip().removeprefix("[").removesuffix("]")
+            inner = inner.removeprefix("(").removesuffix(")")
+            return tuple(part.strip() for part in inner.split(",") if part.strip())
         return value
 
     @field_validator("default_tenant_id")

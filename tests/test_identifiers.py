@@ -90,3 +90,16 @@ def test_display_identifier_is_short_printable_and_never_a_valid_id() -> None:
         assert shown.isascii() and shown.isprintable() and len(shown) <= 80
         assert identifier_problem("video_id", shown) is not None
     assert display_identifier("v1") == "v1"
+
+
+def test_sql_identifiers_are_matched_whole_in_every_adapter() -> None:
+    """`^...$` with re.match accepted 'boundary_inference\\n' as a schema name."""
+    from boundary_inference.ledger import PsycopgTransport, SupabaseTransport, apply_migrations
+
+    bad = "boundary_inference\n"
+    with pytest.raises(ValueError, match="identifier"):
+        PsycopgTransport("postgresql://127.0.0.1:1/none", bad)
+    with pytest.raises(ValueError, match="identifier"):
+        SupabaseTransport(url="https://x.supabase.co", key="k", schema=bad)
+    with pytest.raises(ValueError, match="identifier"):
+        apply_migrations("postgresql://127.0.0.1:1/none", bad)
