@@ -21,9 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="GPU batch inference that cannot run away with your money.",
 )
-videos_app = typer.Typer(no_args_is_help=True, help="Register and list videos.")
 breaker_app = typer.Typer(no_args_is_help=True, help="Inspect or reset the circuit breaker.")
-app.add_typer(videos_app, name="videos")
 app.add_typer(breaker_app, name="breaker")
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -162,47 +160,6 @@ def _outcome_from_state(state: Any) -> dict[str, Any]:
     if isinstance(data, dict) and "status" in data:
         return data
     return {"status": "failed", "message": state.message or str(data), "run_id": None}
-
-
-@videos_app.command("add")
-def videos_add(
-    video_id: str,
-    source: Annotated[Path, typer.Option(help="Video file (any container ffmpeg reads).")],
-    tenant: Annotated[str | None, typer.Option(help="Tenant id.")] = None,
-    crop: Annotated[
-        str | None, typer.Option(help="Caption crop box x,y,width,height in pixels.")
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Register a video: frame count and fps are read from the file."""
-    from modal_app.frames import probe_video
-
-    settings = _settings()
-    try:
-        info = probe_video(source)
-    except Exception as error:
-        console.print(f"[red]cannot read {source}[/red]: {error}")
-        raise typer.Exit(2) from error
-    crop_box = None
-    if crop:
-        try:
-            x, y, w, h = (int(v) for v in crop.split(","))
-        except ValueError as error:
-            console.print("[red]--crop must be x,y,width,height[/red]")
-            raise typer.Exit(2) from error
-        crop_box = {"x": x, "y": y, "width": w, "height": h}
-    row = _services().ledger.upsert_video(
-        id=video_id,
-        tenant_id=tenant or settings.default_tenant_id,
-        frame_count=info.frame_count,
-        fps=info.fps,
-        source_uri=str(source.resolve()),
-        crop_box=crop_box,
-    )
-    if as_json:
-        _print_json(row)
-    else:
-        console.print(f"registered {video_id}: {info.frame_count} frames at {info.fps:.2f} fps")
 
 
 @app.command()
@@ -553,6 +510,15 @@ def automations_apply(
         _print_json(rows)
         return
     _table("automations", rows, ["name", "action", "id"])
+
+
+# --- Registries: videos and models (boundary_inference.cli_videos, cli_models) ----------------
+
+from boundary_inference.cli_models import models_app  # noqa: E402
+from boundary_inference.cli_videos import videos_app  # noqa: E402
+
+app.add_typer(videos_app, name="videos")
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:

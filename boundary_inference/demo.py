@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 MODEL = "builtin-textdiff-v1"
-NEW_MODEL = "ckpt:lecture-large-v1"  # well-formed, never run: no calibration
+NEW_MODEL = "ckpt:lecture-large-v1"  # registered, never run: no calibration
 
 
 def _f1(predicted: list[bool], truth: list[bool]) -> tuple[float, float, float]:
@@ -57,8 +57,11 @@ def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
 def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None) -> int:
     console = console or Console()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from boundary_inference.model_registry import register_model
     from boundary_inference.services import get_services
+    from boundary_inference.videos import register_video
     from config import get_settings
+    from modal_app.models import BUILTIN_MODEL
     from modal_app.synthetic import make_video
 
     settings = get_settings()
@@ -78,13 +81,13 @@ def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None
     path = videos_dir / f"{video_id}.mp4"
     truth = make_video(path, seed=seed, frame_count=frames)
     crop = truth.crop_box
-    ledger.upsert_video(
-        id=video_id,
-        tenant_id=settings.default_tenant_id,
-        frame_count=frames,
-        fps=30.0,
-        source_uri=str(path),
-        crop_box={"x": crop.x, "y": crop.y, "width": crop.width, "height": crop.height},
+    # The registry measures the file: frames, size, codec, and the fingerprint admission checks.
+    register_video(
+        ledger,
+        settings,
+        video_id=video_id,
+        source=str(path),
+        crop=f"{crop.x},{crop.y},{crop.width},{crop.height}",
     )
     console.print(
         f"  synthetic video {path.name}: {frames} frames, {len(truth.boundary_frames)} caption"
@@ -110,6 +113,13 @@ def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None
         console, "3. forced re-run (skip_if_exists=False)", **base, skip_if_exists=False
     )
 
+    # A real checkpoint, registered (hashed, placed in the models directory) like any other.
+    if ledger.get_model(model_version=NEW_MODEL) is None:
+        new_model = videos_dir / "lecture-large-v1.npz"
+        BUILTIN_MODEL.save(new_model)
+        register_model(
+            ledger, settings, model_version=NEW_MODEL, file=new_model, destination="local"
+        )
     long_id = f"{video_id}-lecture"
     ledger.upsert_video(
         id=long_id,

@@ -93,10 +93,10 @@ def open_executor(settings: Settings) -> Executor:
         return ModalExecutor.from_settings(settings)
     from boundary_inference.executor import LocalExecutor
 
-    models_dir = Path(settings.models_dir)
+    # Always passed, existing or not: `models add` may create it after this process started.
     return LocalExecutor(
         Path(settings.state_dir).resolve() / "jobs",
-        models_dir=models_dir.resolve() if models_dir.exists() else None,
+        models_dir=Path(settings.models_dir).resolve(),
     )
 
 

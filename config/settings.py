@@ -34,6 +34,8 @@ MAX_COUNT = 2**31 - 1
 # refused with "value is not an integer or out of range", failing every admission). int4 seconds,
 # about 68 years, is inside every one of those limits.
 MAX_DURATION_S = 2**31 - 1
+# Byte sizes are bigint (int8) in the ledger.
+MAX_BYTES = 2**63 - 1
 
 
 class IncoherentConfiguration(ValueError):
@@ -307,6 +309,47 @@ class Settings(BaseSettings):
         " (its call is cancelled, its worst case charged).",
     )
 
+    # --- Registries: video sources and checkpoints -----------------------------------------------
+    video_max_bytes: int = Field(
+        8 * 1024**3,
+        ge=1,
+        le=MAX_BYTES,
+        description="Largest video source accepted at registration and downloaded by the function.",
+    )
+    video_max_pixels: int = Field(
+        7680 * 4320,
+        ge=1,
+        le=MAX_COUNT,
+        description="Largest frame (width x height) accepted at registration: bounds decode memory.",
+    )
+    checkpoint_max_bytes: int = Field(
+        4 * 1024**3,
+        ge=1,
+        le=MAX_BYTES,
+        description="Largest checkpoint file `models add` accepts.",
+    )
+    source_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Connect/read timeout for a video store (S3, HTTPS, Supabase).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint for s3:// sources (Wasabi, R2, MinIO); None: AWS.",
+    )
+    s3_region: str | None = Field(None, description="Region for s3:// sources.")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="S3 key id; None: boto3's chain (AWS_ACCESS_KEY_ID, ~/.aws, a role)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
+    sources_secret_name: str | None = Field(
+        None,
+        description="Modal Secret attached to the GPU function that holds the store credentials"
+        " (e.g. BOUNDARY_INFERENCE_S3_ACCESS_KEY_ID, ..._SECRET_ACCESS_KEY); never in a request.",
+    )
+
     # --- Monitor ----------------------------------------------------------------------------------
     failure_rate_alert: float = Field(
         0.20,
@@ -473,6 +516,8 @@ class Settings(BaseSettings):
             errors.append("supabase_url is set but supabase_service_role_key is not")
         if self.redis_url is not None and self.redis_block:
             errors.append("set redis_url or redis_block, not both")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            errors.append("set both s3_access_key_id and s3_secret_access_key, or neither")
         return errors
 
     def _cost_errors(self, smallest_worst: float) -> list[str]:
@@ -654,13 +699,10 @@ def configuration_problems(error: ValidationError) -> list[str]:
         where = f"{field} ({ENV_PREFIX}{field.upper()})"
         if len(loc) > 1:
             where += f" item {'.'.join(loc[1:])}"
-        secret = field in _SECRET_FIELDS
+        secret = "SecretStr" in str(getattr(Settings.model_fields.get(field), "annotation", ""))
         shown = "" if secret or "input" not in item else f" = {_short(item['input'])}"
         lines.append(f"{where}{shown}: {message}")
     return [" ".join(line.split()) for line in lines]
-
-
-_SECRET_FIELDS = frozenset({"database_url", "supabase_service_role_key", "redis_url"})
 
 
 def _short(value: Any) -> str:

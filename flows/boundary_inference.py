@@ -2,7 +2,8 @@
 
 Order (cheap reads first, quota consumed only at admission, each step one atomic call):
 
-1. validate the request (video, tenant, versions, every frame pair, size limit);
+1. validate the request (video, tenant, versions, every frame pair, size limit), then the
+   registries: the checkpoint is registered, the video's source is still what was registered;
 2. dedup claim of (video, frames version, model version) -- a duplicate is a skip;
 3. circuit breaker (read), queue depth, cost estimate against the per-job cap;
 4. admission: cooldown + global rate (one Redis script), budget reservation of the worst case (one
@@ -33,7 +34,18 @@ from boundary_inference.services import Services, get_services
 from config import Settings, get_settings
 from config.settings import configuration_problems, settings_for_recording
 from modal_app.types import InferenceRequest
-from tasks import breaker, budget, cost, dedup, limits, queue, rejections, validate
+from tasks import (
+    breaker,
+    budget,
+    cost,
+    dedup,
+    limits,
+    model_registry,
+    queue,
+    rejections,
+    source_check,
+    validate,
+)
 from tasks._common import GUARD, LEDGER, artifact_key, guard_task
 from tasks.execute import run_job
 
@@ -358,7 +370,7 @@ def _guarded_run(
         frame_pairs=frame_pairs,
         max_frame_pairs=settings.max_frame_pairs,
         known_model=_known_model(model_version) if isinstance(model_version, str) else False,
-        check_source_exists=settings.executor == "local",
+        check_source_exists=False,  # tasks.source_check, against the registered fingerprint
     )
     if isinstance(verdict, Rejected):
         return job.reject(verdict)
@@ -371,6 +383,15 @@ def _guarded_run(
             verdict.requested_pairs,
             len(request_pairs),
         )
+    # The registries, still before any quota: the checkpoint is registered where this executor
+    # reads it, and the video's source is still what was registered.
+    model = model_registry.check_model(ledger, settings, model_version)
+    if isinstance(model, Rejected):
+        return job.reject(model)
+    assert video is not None  # validation refuses an unregistered video
+    source = source_check.check_source(video, settings)
+    if isinstance(source, Rejected):
+        return job.reject(source)
 
     # 2. Dedup: one atomic claim.
     claim = dedup.claim_run(
@@ -469,7 +490,15 @@ def _guarded_run(
         key=artifact_key("estimate", job.video_id),
         description=f"expected ${est.estimated_cost_usd:.4f}, worst ${est.worst_case_cost_usd:.4f}",
     )
-    request = _request(settings, verdict, model_version, run_id, est)
+    request = _request(
+        settings,
+        verdict,
+        model_version,
+        run_id,
+        est,
+        model_sha256=model.get("sha256"),
+        source=source or None,
+    )
     try:
         call_id, status = run_job(executor, ledger, settings, request)
     except ExecutorUnavailable as error:
@@ -514,7 +543,14 @@ def _stacked_retry_layers(settings: Settings) -> list[str]:
 
 
 def _request(
-    settings: Settings, verdict: Any, model_version: str, run_id: str, est: cost.CostEstimate
+    settings: Settings,
+    verdict: Any,
+    model_version: str,
+    run_id: str,
+    est: cost.CostEstimate,
+    *,
+    model_sha256: str | None = None,
+    source: dict[str, Any] | None = None,
 ) -> InferenceRequest:
     return InferenceRequest(
         run_id=run_id,
@@ -525,6 +561,8 @@ def _request(
         batch_size=settings.batch_size,
         deadline_s=est.deadline_s,
         heartbeat_timeout_s=float(settings.heartbeat_timeout_s),
+        model_sha256=model_sha256,
+        source=source,
     )
 
 

@@ -31,9 +31,10 @@ from typing import Any, Protocol
 import modal
 
 from config import Settings, get_settings
-from modal_app.errors import DeadlineExceeded, InferenceError, Stalled
+from modal_app.errors import DeadlineExceeded, InferenceError, Stalled, UserInputError
 from modal_app.modal_config import (
     CONFIG_KEY,
+    FAILED,
     REFUSED,
     app_tags,
     attempts_key,
@@ -43,6 +44,7 @@ from modal_app.modal_config import (
     models_volume_name,
     progress_dict_name,
 )
+from modal_app.sources import StorageConfig
 from modal_app.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
@@ -276,6 +278,8 @@ def run_call(
     max_attempts: int,
     models_dir: Path | None,
     call_id: str | None = None,
+    storage: StorageConfig | None = None,
+    max_source_bytes: int | None = None,
     hard_exit: Callable[[int], None] = os._exit,
     abort_grace_s: float = ABORT_GRACE_S,
     clock: Callable[[], float] = time.monotonic,
@@ -284,10 +288,14 @@ def run_call(
     """One attempt of one job: the body of ``BoundaryInference.infer``, free of Modal objects.
 
     Returns ``InferenceResult.to_dict()`` (plus ``extra.attempts`` and ``extra.billed_s``), or
-    ``{"refused": {...}}`` when the attempt cap is reached: a *return*, not a raise, so Modal sees
-    the call finished and retries nothing further. Inference errors are raised (Modal's retry policy
-    applies to them: these are the ``gpu_retries``).
+    ``{"refused": {...}}`` when the attempt cap is reached, or ``{"failed": {...}}`` for an error
+    in the request itself (:class:`~modal_app.errors.UserInputError`: a missing or changed video, a
+    bad checkpoint or checksum, an empty crop, a frame out of range). Those are *returns*, not
+    raises, so Modal sees the call finished and retries nothing: another attempt on the same input
+    cannot succeed, and each would be billed. Every other error is raised and Modal's retry policy
+    applies to it (these are the ``gpu_retries``).
     """
+    from modal_app.inputs import prepared
     from modal_app.predictor import run_inference
 
     request = InferenceRequest.from_dict(request_dict)
@@ -327,19 +335,46 @@ def run_call(
             )
             progress.publish(0, force=True)
             try:
-                result = run_inference(
+                with prepared(
                     request,
                     models_dir=models_dir,
-                    progress=progress,
-                    should_stop=lambda: watchdog.error is not None,
-                    clock=clock,
-                )
+                    storage=storage or StorageConfig.from_settings(settings),
+                    max_source_bytes=max_source_bytes or settings.video_max_bytes,
+                    # A download makes no batch progress; its chunks keep the heartbeat alive.
+                    on_chunk=lambda _: watchdog.heartbeat.beat(),
+                ) as ready:
+                    result = run_inference(
+                        ready,
+                        models_dir=models_dir,
+                        progress=progress,
+                        should_stop=lambda: watchdog.error is not None,
+                        clock=clock,
+                    )
             finally:
                 watchdog.stop()
     except _Abort:
         error = watchdog.error or Stalled("aborted by the watchdog")
     except InterruptedError as stopped:
         error = watchdog.error or InferenceError(str(stopped))
+    except UserInputError as bad_input:
+        if watchdog.error is not None:
+            error = watchdog.error
+        else:
+            elapsed = clock() - started
+            _end_attempt(store, request.run_id, elapsed, bad_input)
+            if progress is not None:
+                progress.publish(progress.done, state="failed", force=True)
+            logger.warning("run %s: %s (returned, not retried)", request.run_id, bad_input)
+            return {
+                FAILED: {
+                    "kind": bad_input.kind,
+                    "error_type": type(bad_input).__name__,
+                    "message": str(bad_input)[:2000],
+                    "attempts": attempt,
+                    "billed_s": float(record.get("billed_s", 0.0)) + elapsed,
+                    "call_id": call_id,
+                }
+            }
     except BaseException as raised:  # InputCancellation included: record, then let it through
         if watchdog.error is None:
             _end_attempt(store, request.run_id, clock() - started, raised)
@@ -401,10 +436,12 @@ class BoundaryInference:
 
 def _reload_models_if_missing(request_dict: dict[str, Any], models_dir: Path) -> None:
     """A checkpoint uploaded after this container started is not visible until a reload."""
+    from modal_app.models import checkpoint_name, checkpoint_path
+
     version = str(request_dict.get("model_version", ""))
-    if not version.startswith("ckpt:") or modal.is_local():
+    if checkpoint_name(version) is None or modal.is_local():
         return
-    if not (models_dir / f"{version.removeprefix('ckpt:')}.npz").exists():
+    if not checkpoint_path(models_dir, version).exists():
         try:
             modal.Volume.from_name(models_volume_name(settings)).reload()
         except Exception as error:

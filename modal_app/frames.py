@@ -24,6 +24,7 @@ class VideoInfo:
     fps: float
     width: int
     height: int
+    codec: str = ""
 
 
 def _open(path: Path) -> Any:
@@ -58,6 +59,53 @@ def probe_video(path: Path | str) -> VideoInfo:
         raise CorruptVideo(f"cannot read {path}: {error}") from error
     finally:
         container.close()
+
+
+def inspect_video(path: Path | str) -> VideoInfo:
+    """What registration records, checked harder than :func:`probe_video`.
+
+    A video stream must exist (an audio-only file is refused), every packet is counted (a file
+    cut short holds fewer than its header declares: refused), and the first frame must decode.
+    Raises :class:`CorruptVideo` or :class:`VideoNotFound`.
+    """
+    import av
+
+    path = Path(path)
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            audio = " (it has only audio)" if container.streams.audio else ""
+            raise CorruptVideo(f"{path.name} has no video stream{audio}")
+        stream = container.streams.video[0]
+        declared = int(stream.frames or 0)
+        packets = sum(1 for packet in container.demux(stream) if packet.size)
+        codec = str(stream.codec_context.name or "")
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+    except CorruptVideo:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as error:
+        raise CorruptVideo(f"cannot read {path.name}: {error}") from error
+    finally:
+        container.close()
+    if packets == 0:
+        raise CorruptVideo(f"{path.name} has a video stream with no frames")
+    if declared and packets < declared:
+        raise CorruptVideo(
+            f"{path.name} declares {declared} frames but holds {packets}: the file is cut short"
+        )
+    if width <= 0 or height <= 0:
+        raise CorruptVideo(f"{path.name} has no frame size ({width}x{height})")
+    container = _open(path)
+    try:
+        first = next(container.decode(video=0), None)
+    except (av.error.FFmpegError, OSError, ValueError) as error:
+        raise CorruptVideo(f"{path.name}: the first frame does not decode: {error}") from error
+    finally:
+        container.close()
+    if first is None:
+        raise CorruptVideo(f"{path.name}: no frame decodes")
+    return VideoInfo(declared or packets, fps, width, height, codec)
 
 
 @dataclass

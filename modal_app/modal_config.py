@@ -28,6 +28,10 @@ IMAGE_PACKAGES = (
     "av==18.1.0",
     "pydantic==2.14.3",
     "pydantic-settings==2.16.3",
+    # Video sources by URI (modal_app.sources): S3-compatible stores, URLs, Supabase Storage.
+    "boto3==1.44.8",
+    "httpx==0.28.1",
+    "supabase==2.34.1",
 )
 # The container re-imports modal_app.app and so re-reads Settings (it needs the attempt cap and the
 # models directory). Every setting except connections is baked into the image's environment at
@@ -41,6 +45,8 @@ NOT_BAKED = frozenset(
         "redis_url",
         "redis_block",
         "state_dir",
+        "s3_access_key_id",
+        "s3_secret_access_key",
     }
 )
 
@@ -48,6 +54,7 @@ NOT_BAKED = frozenset(
 # Keys of the progress ``modal.Dict``, shared by the function (writer) and the executor (reader).
 CONFIG_KEY = "__deployed_config__"
 REFUSED = "refused"  # key of the refusal a call returns instead of a result
+FAILED = "failed"  # key of the typed user failure a call returns instead of raising it
 
 
 def attempts_key(run_id: str) -> str:
@@ -128,7 +135,12 @@ def function_options(settings: Settings) -> dict[str, Any]:
                 models_volume_name(settings), create_if_missing=True
             )
         },
-        # The function reads no secret: videos come by URI, results go back as the return value.
-        "secrets": [],
+        # Store credentials for s3:// and supabase:// videos, from a Secret named in the settings;
+        # a request never carries any. No Secret is attached when none is named.
+        "secrets": (
+            [modal.Secret.from_name(settings.sources_secret_name)]
+            if settings.sources_secret_name
+            else []
+        ),
         "image": build_image(settings),
     }

@@ -13,12 +13,15 @@ decoding. ``modal_app.bench`` times the same math in torch on a GPU, where one i
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat as stat_mode
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -86,6 +89,7 @@ class LogisticModel:
     weights: np.ndarray
     bias: float
     threshold: float = 0.5
+    format: ClassVar[str] = "boundary-logistic-v1"
 
     def predict_proba(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _sigmoid(pair_features(a, b) @ self.weights + self.bias)
@@ -110,9 +114,25 @@ class LogisticModel:
 BUILTIN_MODEL = LogisticModel(BUILTIN, np.array([20.0, 0.0, 0.0], dtype=np.float32), -6.0)
 
 
+def _require_regular_file(path: Path) -> None:
+    """A checkpoint is a regular file (symlinks followed); say precisely what it is otherwise."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise CheckpointError(f"checkpoint {path} is a symlink loop") from error
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise CheckpointError(f"checkpoint {path} does not exist") from error
+        raise CheckpointError(f"checkpoint {path} cannot be read: {error.strerror}") from error
+    if not stat_mode.S_ISREG(info.st_mode):
+        kind = "a directory" if stat_mode.S_ISDIR(info.st_mode) else "not a regular file"
+        raise CheckpointError(f"checkpoint {path} is {kind}")
+    if info.st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+
+
 def load_checkpoint(path: Path) -> LogisticModel:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    _require_regular_file(path)
     try:
         with np.load(path) as data:
             header = json.loads(bytes(data["header"]).decode())
@@ -155,14 +175,60 @@ def fit_logistic(
     return LogisticModel(name, w.astype(np.float32), bias)
 
 
+# Checkpoint formats by file suffix: the loader of each, in the order a ``ckpt:<name>`` is looked
+# up in the models directory. Another family registers its suffix and loader here; the registry
+# (``models add``) and the function's checksum check go through these functions only.
+CHECKPOINT_LOADERS: dict[str, Callable[[Path], Any]] = {".npz": load_checkpoint}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    format: str  # what the file says it is, e.g. "boundary-logistic-v1"
+    suffix: str  # its file suffix, which selects the loader
+
+
+def checkpoint_name(model_version: str) -> str | None:
+    """``ckpt:<name>`` -> ``<name>``; None for anything else."""
+    match = _CKPT.match(model_version)
+    return match.group(1) if match else None
+
+
+def checkpoint_path(models_dir: Path, model_version: str) -> Path:
+    """Where a ``ckpt:`` model's file is: ``<name><suffix>`` for the first known suffix present."""
+    name = checkpoint_name(model_version)
+    if name is None:
+        raise UnknownModel(f"{model_version!r} is not a checkpoint reference (ckpt:<name>)")
+    candidates = [Path(models_dir) / f"{name}{suffix}" for suffix in CHECKPOINT_LOADERS]
+    return next((path for path in candidates if os.path.lexists(path)), candidates[0])
+
+
+def load_checkpoint_file(path: Path) -> Any:
+    """Load a checkpoint of any known format (chosen by its suffix), every weight checked."""
+    loader = CHECKPOINT_LOADERS.get(path.suffix)
+    if loader is None:
+        raise CheckpointError(
+            f"checkpoint {path.name} has suffix {path.suffix!r}; known formats:"
+            f" {', '.join(CHECKPOINT_LOADERS)}"
+        )
+    return loader(path)
+
+
+def inspect_checkpoint(path: Path) -> CheckpointInfo:
+    """Load ``path`` as the function would and say what it is; raises ``CheckpointError``."""
+    model = load_checkpoint_file(path)
+    return CheckpointInfo(str(getattr(model, "format", path.suffix.lstrip("."))), path.suffix)
+
+
 def get_model(model_version: str, models_dir: Path | None = None) -> LogisticModel:
     if model_version == BUILTIN:
         return BUILTIN_MODEL
-    match = _CKPT.match(model_version)
-    if match:
+    if checkpoint_name(model_version) is not None:
         if models_dir is None:
             raise CheckpointError(f"{model_version} needs a models directory")
-        return load_checkpoint(Path(models_dir) / f"{match.group(1)}.npz")
+        model: LogisticModel = load_checkpoint_file(
+            checkpoint_path(Path(models_dir), model_version)
+        )
+        return model
     raise UnknownModel(f"unknown model_version {model_version!r}; known: {BUILTIN}, ckpt:<name>")
 
 

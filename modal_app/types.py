@@ -30,6 +30,11 @@ class InferenceRequest:
     deadline_s: float = 3600.0
     # The function ends itself when no batch completes for this long: hang protection.
     heartbeat_timeout_s: float = 120.0
+    # What was registered, checked by the function before it decodes or predicts anything: the
+    # checkpoint's SHA-256 (``ckpt:`` models) and the video source's fingerprint (size_bytes,
+    # content_hash, etag, version_id, modified). None: registered before these were recorded.
+    model_sha256: str | None = None
+    source: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -48,6 +53,8 @@ class InferenceRequest:
             batch_size=int(data.get("batch_size", 256)),
             deadline_s=float(data.get("deadline_s", 3600.0)),
             heartbeat_timeout_s=float(data.get("heartbeat_timeout_s", 120.0)),
+            model_sha256=str(data["model_sha256"]) if data.get("model_sha256") else None,
+            source=dict(data["source"]) if data.get("source") else None,
         )
 
 

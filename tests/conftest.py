@@ -110,3 +110,8 @@ def ledger(pg_dsn: str, ledger_schema: str) -> Iterator[Ledger]:
     transport = PsycopgTransport(pg_dsn, ledger_schema, timeout_s=30)
     yield Ledger(transport)
     transport.close()
+
+
+# --- Video stores (appended by the registries work) -----------------------------------------------
+
+from tests.storage_support import refused_port  # noqa: E402, F401 - a fixture for every test module

@@ -27,6 +27,7 @@ PRIVATE_TABLES = [
     "circuit_breaker_events",
     "budget_reservations",
     "schema_migrations",
+    "models",
 ]
 
 

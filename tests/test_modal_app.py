@@ -29,8 +29,9 @@ import modal_app.app as modal_app_module
 import modal_app.predictor as predictor
 from config import get_settings
 from modal_app.app import EXIT_ABORTED, AttemptsUnrecorded, run_call
-from modal_app.errors import DeadlineExceeded, Stalled, VideoNotFound
+from modal_app.errors import DeadlineExceeded, Stalled
 from modal_app.modal_config import (
+    FAILED,
     IMAGE_PACKAGES,
     NOT_BAKED,
     REFUSED,
@@ -585,18 +586,25 @@ def test_an_attempt_that_cannot_be_counted_does_not_run(
 # --- Errors the client classifies -----------------------------------------------------------------
 
 
-def test_user_errors_and_cancellation_are_recorded_then_raised(
+def test_user_errors_are_returned_typed_and_cancellation_is_raised(
     tmp_path: Path, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store: dict[str, Any] = {}
-    with pytest.raises(VideoNotFound):
-        run_call(
-            make_request(tmp_path / "missing.mp4", run_id="gone").to_dict(),
-            store=store,
-            max_attempts=3,
-            models_dir=None,
-        )
+    store: dict[str, Any] = {attempts_key("gone"): {"count": 1, "billed_s": 4.0}}
+    out = run_call(
+        make_request(tmp_path / "missing.mp4", run_id="gone").to_dict(),
+        store=store,
+        max_attempts=3,
+        models_dir=None,
+        call_id="fc-gone",
+    )
+    failed = out[FAILED]  # a value, not an exception: Modal's retry policy never sees it
+    assert (failed["kind"], failed["error_type"]) == ("video_not_found", "VideoNotFound")
+    assert "missing.mp4" in failed["message"]
+    assert failed["attempts"] == 2 and failed["call_id"] == "fc-gone"
+    assert failed["billed_s"] >= 4.0  # every attempt's seconds, this one's included
     assert store[attempts_key("gone")]["last_error_kind"] == "video_not_found"
+    assert store[attempts_key("gone")]["billed_s"] == pytest.approx(failed["billed_s"])
+    assert store["gone"]["state"] == "failed"
 
     # Modal raises InputCancellation (a BaseException) inside the running input on a cancel.
     use_model(monkeypatch, FailingModel(lambda: modal_exc.InputCancellation("cancelled")))
@@ -652,3 +660,71 @@ def test_modal_deploy_can_import_the_app_file_offline() -> None:
     )
     expected = f"app {expected}"
     assert done.stdout.split("\n")[-2] == expected
+
+
+# --- What the function checks before it runs ------------------------------------------------------
+
+
+def test_a_swapped_checkpoint_is_returned_typed_before_any_frame_is_decoded(
+    clip: tuple[Path, GroundTruth], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    from dataclasses import replace
+
+    from modal_app.models import LogisticModel
+
+    decoded: list[str] = []
+    real_source = predictor.FrameSource
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        decoded.append("opened")
+        return real_source(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "FrameSource", counting)
+    path = tmp_path / "m.npz"
+    LogisticModel("m", np.array([20.0, 0.0, 0.0], np.float32), -6.0).save(path)
+    registered = hashlib.sha256(path.read_bytes()).hexdigest()
+    request = replace(make_request(clip[0]), model_version="ckpt:m", model_sha256=registered)
+    ok = run_call(request.to_dict(), store={}, max_attempts=3, models_dir=tmp_path)
+    assert FAILED not in ok and len(ok["predictions"]) == 60
+    LogisticModel("m", np.array([1.0, 1.0, 1.0], np.float32), 0.0).save(path)  # swapped
+    decoded.clear()
+    out = run_call(request.to_dict(), store={}, max_attempts=3, models_dir=tmp_path)
+    assert out[FAILED]["error_type"] == "ChecksumMismatch"
+    assert "not the registered ckpt:m" in out[FAILED]["message"]
+    assert decoded == []  # refused before the video was opened
+
+
+def test_a_store_that_does_not_answer_is_raised_for_modal_to_retry(
+    refused_port: int,
+) -> None:
+    from pydantic import SecretStr
+
+    from modal_app.errors import SourceUnavailable
+    from modal_app.sources import StorageConfig
+
+    down = StorageConfig(
+        s3_endpoint_url=f"http://127.0.0.1:{refused_port}",
+        s3_region="us-east-1",
+        s3_access_key_id=SecretStr("k"),
+        s3_secret_access_key=SecretStr("s"),
+        timeout_s=0.5,
+    )
+    store: dict[str, Any] = {}
+    request = make_request("s3://videos/clip.mp4")
+    with pytest.raises(SourceUnavailable):
+        run_call(request.to_dict(), store=store, max_attempts=3, models_dir=None, storage=down)
+    assert store[attempts_key("run-1")]["last_error_kind"] == "source_unavailable"
+
+
+def test_the_sources_secret_is_attached_only_when_named() -> None:
+    assert function_options(get_settings())["secrets"] == []
+    options = function_options(get_settings(sources_secret_name="video-stores"))
+    (secret,) = options["secrets"]
+    assert isinstance(secret, modal.Secret)
+    # Store keys are never baked into the image's environment.
+    env = baked_environment(
+        get_settings(s3_access_key_id="AKIA-secret-id", s3_secret_access_key="very-secret")
+    )
+    assert not any("secret" in value.lower() for value in env.values())
+    assert "BOUNDARY_INFERENCE_S3_SECRET_ACCESS_KEY" not in env

@@ -14,6 +14,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ import modal
 import modal.exception as modal_exc
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 import modal_app.app as modal_app_module
 import modal_app.predictor as predictor
@@ -36,9 +38,10 @@ from config import Settings, get_settings
 from modal_app.app import deployed_config, run_call
 from modal_app.errors import DeadlineExceeded, Stalled, VideoNotFound
 from modal_app.modal_config import CONFIG_KEY, attempts_key, function_options
-from modal_app.models import BUILTIN, BUILTIN_MODEL
+from modal_app.models import BUILTIN, BUILTIN_MODEL, LogisticModel
+from modal_app.sources import StorageConfig
 from modal_app.synthetic import GroundTruth, make_video
-from modal_app.types import InferenceRequest
+from modal_app.types import CropBox, InferenceRequest
 
 # --- The test double ------------------------------------------------------------------------------
 
@@ -75,6 +78,7 @@ class FakeCloud:
         self.cancel_raises: BaseException | None = None
         self._ids = itertools.count(1)
         self._threads: list[threading.Thread] = []
+        self.run_kwargs: dict[str, Any] = {}  # more keyword arguments of run_call (the container)
         bound = {"cloud": self}
         self.Cls: type[FakeCls] = type("BoundCls", (FakeCls,), bound)
         self.FunctionCall: type[FakeFunctionCall] = type(
@@ -105,8 +109,8 @@ class FakeCloud:
                         call.request,
                         store=self.store,
                         max_attempts=self.settings.gpu_attempts,
-                        models_dir=None,
                         call_id=call.object_id,
+                        **{"models_dir": None, **self.run_kwargs},
                     )
                     return
                 except ContainerCrash:
@@ -662,20 +666,97 @@ def test_failures_from_the_server_are_classified(
     assert (status.failure.elapsed_s is not None) is billed_known
 
 
-def test_a_missing_video_is_user_code_after_modal_retries_it(
-    cloud: FakeCloud, settings: Settings, tmp_path: Path
+def _user_error_request(case: str, clip: Path, tmp_path: Path) -> InferenceRequest:
+    """A request that no attempt can run, one per class of user error."""
+    if case == "missing-video":
+        return make_request(tmp_path / "missing.mp4")
+    if case == "video-changed":
+        copy = tmp_path / "clip.mp4"
+        copy.write_bytes(clip.read_bytes())
+        registered = {"size_bytes": copy.stat().st_size + 1, "modified": "1"}
+        return make_request(copy, source=registered)
+    if case == "checksum-mismatch":
+        LogisticModel("m", np.array([20.0, 0.0, 0.0], np.float32), -6.0).save(tmp_path / "m.npz")
+        return replace(make_request(clip), model_version="ckpt:m", model_sha256="0" * 64)
+    if case == "bad-checkpoint":
+        (tmp_path / "m.npz").write_bytes(b"not a checkpoint")
+        return replace(make_request(clip), model_version="ckpt:m")
+    if case == "empty-crop":
+        return make_request(clip, crop_box=CropBox(0, 600, 1280, 120))  # below a 320x180 frame
+    assert case == "frame-out-of-range"
+    return replace(make_request(clip), frame_pairs=[(0, 1), (48, 500)])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing-video",
+        "video-changed",
+        "checksum-mismatch",
+        "bad-checkpoint",
+        "empty-crop",
+        "frame-out-of-range",
+    ],
+)
+def test_a_user_error_is_returned_typed_and_not_retried(
+    cloud: FakeCloud, clip: tuple[Path, GroundTruth], tmp_path: Path, case: str
 ) -> None:
+    """``modal.Retries`` retries every raised exception, each attempt billed: an error that no
+    attempt can fix is returned, so the call runs once and is charged the seconds it used."""
+    cloud.run_kwargs = {"models_dir": tmp_path}
     executor = executor_for(cloud)
-    call_id = executor.submit(make_request(tmp_path / "missing.mp4"))
+    call_id = executor.submit(_user_error_request(case, clip[0], tmp_path))
     status = wait_for(executor, call_id)
+    assert status.state is CallState.FAILED and status.failure is not None
+    assert status.failure.kind is FailureKind.USER_CODE, status.failure
+    assert not status.failure.kind.counts_for_breaker
+    assert cloud.calls[call_id].invocations == 1
+    record = cloud.store[attempts_key("run-1")]
+    assert record["count"] == 1
+    # The seconds of its one attempt: what the flow settles at (plus start-up and idle tail).
+    assert status.failure.elapsed_s == pytest.approx(record["billed_s"])
+    expected_type = {
+        "missing-video": "VideoNotFound",
+        "video-changed": "VideoChanged",
+        "checksum-mismatch": "ChecksumMismatch",
+        "bad-checkpoint": "CheckpointError",
+        "empty-crop": "EmptyCrop",
+        "frame-out-of-range": "FrameOutOfRange",
+    }[case]
+    assert status.failure.error_type == expected_type
+    assert cloud.store["run-1"]["state"] == "failed"
+
+
+def test_an_unreachable_video_store_still_raises_and_is_retried(
+    cloud: FakeCloud, settings: Settings, refused_port: int
+) -> None:
+    """Infrastructure, not input: another attempt may succeed, so Modal's retries apply."""
+    down = StorageConfig(
+        s3_endpoint_url=f"http://127.0.0.1:{refused_port}",
+        s3_region="us-east-1",
+        s3_access_key_id=SecretStr("k"),
+        s3_secret_access_key=SecretStr("s"),
+        timeout_s=0.5,
+    )
+    cloud.run_kwargs = {"storage": down}
+    executor = executor_for(cloud)
+    call_id = executor.submit(
+        InferenceRequest(
+            run_id="run-1",
+            video_uri="s3://videos/clip.mp4",
+            frame_pairs=[(0, 1)],
+            model_version=BUILTIN,
+            source={"size_bytes": 1000, "etag": '"e"'},
+        )
+    )
+    status = wait_for(executor, call_id, limit_s=120)
     assert status.failure is not None
     assert (status.failure.kind, status.failure.error_type) == (
-        FailureKind.USER_CODE,
-        "VideoNotFound",
+        FailureKind.INFRASTRUCTURE,
+        "SourceUnavailable",
     )
-    assert not status.failure.kind.counts_for_breaker
+    assert status.failure.kind.counts_for_breaker
     assert cloud.calls[call_id].invocations == settings.gpu_attempts
-    assert status.failure.elapsed_s is not None and status.failure.elapsed_s >= 0
 
 
 def test_the_per_job_deadline_is_a_timeout_with_its_billed_seconds(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from boundary_inference.executor.base import FailureKind
 from boundary_inference.executor.local import _DEADLINE_GRACE_S, EXIT_DEADLINE
+from modal_app.errors import SourceUnavailable
 from modal_app.types import InferenceRequest
 
 
@@ -39,7 +40,7 @@ def _failure_kind(error: BaseException) -> FailureKind:
     kind = getattr(error, "kind", None)
     if kind in ("deadline_exceeded", "stalled"):
         return FailureKind.TIMEOUT
-    if isinstance(error, MemoryError):
+    if isinstance(error, MemoryError | SourceUnavailable):
         return FailureKind.INFRASTRUCTURE
     return FailureKind.USER_CODE
 
@@ -62,9 +63,22 @@ def main(argv: list[str] | None = None) -> int:
             _write_json(job_dir / "progress.json", {"done": done, "total": total})
 
     try:
+        from config import get_settings
+        from modal_app.inputs import prepared
         from modal_app.predictor import run_inference
+        from modal_app.sources import StorageConfig
 
-        result = run_inference(request, models_dir=args.models_dir, progress=progress)
+        settings = get_settings()
+        # The same checks as the GPU function: the registered checkpoint and video, or a typed
+        # user failure after one attempt, charged for the seconds it used.
+        with prepared(
+            request,
+            models_dir=args.models_dir,
+            storage=StorageConfig.from_settings(settings),
+            max_source_bytes=settings.video_max_bytes,
+            work_dir=job_dir,
+        ) as ready:
+            result = run_inference(ready, models_dir=args.models_dir, progress=progress)
     except Exception as error:  # every failure is reported, typed, to the watcher
         _write_json(
             job_dir / "error.json",

@@ -36,6 +36,7 @@ from boundary_inference.executor.base import (
 from config import Settings
 from modal_app.modal_config import (
     CONFIG_KEY,
+    FAILED,
     REFUSED,
     attempts_key,
     call_key,
@@ -48,8 +49,11 @@ logger = logging.getLogger(__name__)
 
 # Errors of our own inference code (``modal_app.errors``) that mean "took too long".
 TIMEOUT_KINDS = frozenset({"deadline_exceeded", "stalled"})
-# Refusals and bookkeeping failures of the function itself: the service, not the input.
-INFRASTRUCTURE_KINDS = frozenset({"attempts_exhausted", "attempts_unrecorded"})
+# Refusals and bookkeeping failures of the function itself, and a video store that did not
+# answer: the service, not the input.
+INFRASTRUCTURE_KINDS = frozenset(
+    {"attempts_exhausted", "attempts_unrecorded", "source_unavailable"}
+)
 # Lookup/transport failures: nothing was spawned (at submit), or the call is merely unobservable.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     modal_exc.AuthError,
@@ -310,6 +314,19 @@ class ModalExecutor:
                 "AttemptsExhausted",
                 known_elapsed=False,
             )
+        if isinstance(value, dict) and FAILED in value:
+            # An error in the request itself, returned by the function so that Modal did not
+            # retry it: one attempt, billed for the seconds it used.
+            failed = value[FAILED]
+            done, total = self._progress_of(call_id)
+            billed = failed.get("billed_s")
+            failure = ExecutorFailure(
+                FailureKind.USER_CODE,
+                str(failed.get("message") or failed.get("kind") or "failed"),
+                str(failed.get("error_type") or "UserInputError"),
+                elapsed_s=float(billed) if billed is not None else self._billed_s(call_id),
+            )
+            return CallStatus(CallState.FAILED, done, total, failure=failure)
         result = InferenceResult.from_dict(value)
         pairs = len(result.predictions)
         return CallStatus(CallState.SUCCEEDED, pairs, pairs, result=result)

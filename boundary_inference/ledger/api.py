@@ -158,8 +158,21 @@ class Ledger:
         fps: float,
         source_uri: str | None = None,
         crop_box: Mapping[str, Any] | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        codec: str | None = None,
+        size_bytes: int | None = None,
+        content_hash: str | None = None,
+        etag: str | None = None,
+        version_id: str | None = None,
+        modified: str | None = None,
     ) -> dict[str, Any]:
-        """Insert or update a video; a video id stays with its first tenant (``BI403``)."""
+        """Insert or update a video; a video id stays with its first tenant (``BI403``).
+
+        ``width``..``modified`` are what registration measured (``videos add``): the frame size
+        a crop box must fit in (``BI400`` otherwise) and the source's fingerprint that admission
+        compares. An update replaces them all.
+        """
         return self._obj(
             "upsert_video",
             id=id,
@@ -168,10 +181,59 @@ class Ledger:
             fps=fps,
             source_uri=source_uri,
             crop_box=crop_box,
+            width=width,
+            height=height,
+            codec=codec,
+            size_bytes=size_bytes,
+            content_hash=content_hash,
+            etag=etag,
+            version_id=version_id,
+            modified=modified,
         )
 
     def get_video(self, *, id: str) -> dict[str, Any] | None:
         return self._maybe_obj("get_video", id=id)
+
+    def list_videos(
+        self, *, tenant_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Registered videos ordered by id (all tenants when ``tenant_id`` is None)."""
+        return self._list("list_videos", tenant_id=tenant_id, limit=limit)
+
+    # -- models -------------------------------------------------------------------------------
+
+    def register_model(
+        self,
+        *,
+        model_version: str,
+        format: str,
+        size_bytes: int,
+        sha256: str,
+        file_name: str,
+        location: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        now: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """Register a checkpoint by content: the row plus ``created``. The same content again
+        adds ``location``; another content under the same name raises ``BI409``."""
+        return self._obj(
+            "register_model",
+            model_version=model_version,
+            format=format,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            file_name=file_name,
+            location=location,
+            details=details,
+            now=now,
+        )
+
+    def get_model(self, *, model_version: str) -> dict[str, Any] | None:
+        return self._maybe_obj("get_model", model_version=model_version)
+
+    def list_models(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Registered checkpoints ordered by model version."""
+        return self._list("list_models", limit=limit)
 
     # -- runs ---------------------------------------------------------------------------------
 
