@@ -163,7 +163,8 @@ def test_every_float_setting_refuses_infinity_and_every_int_an_overflow(
             if "tuple" in annotation:
                 values = ["[1, Infinity]"]
         elif info.annotation is int:
-            values = [str(MAX_COUNT + 1), str(10**30)]
+            # Past int8 (the widest ledger column); int4 fields stop at MAX_COUNT (below).
+            values = [str(2**63), str(10**30)]
         else:
             continue
         for value in values:
@@ -174,6 +175,12 @@ def test_every_float_setting_refuses_infinity_and_every_int_an_overflow(
             checked += 1
         monkeypatch.delenv(f"BOUNDARY_INFERENCE_{name.upper()}")
     assert checked > 40
+    int4 = [n for n, f in Settings.model_fields.items() if f.annotation is int and "bytes" not in n]
+    for name in int4:  # counts and durations: PostgreSQL integer, Redis expiries
+        monkeypatch.setenv(f"BOUNDARY_INFERENCE_{name.upper()}", str(MAX_COUNT + 1))
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None)
+        monkeypatch.delenv(f"BOUNDARY_INFERENCE_{name.upper()}")
 
 
 def test_a_refusal_is_one_line_per_problem_naming_the_variable_never_a_secret(
