@@ -84,18 +84,18 @@ def calibrate(
     """Throughput for the estimate from recent runs' throughput ``samples`` (oldest first).
 
     * fewer than ``min_runs`` samples: ``default``;
-    * otherwise the ``percentile`` (linear, as SQL's percentile_cont) of the samples seen so far,
-      replayed run by run from ``default``, where each run may raise the value by at most a
-      factor ``max_rise`` and lower it without limit (a slow run must lengthen deadlines at
-      once; one fast run cannot shorten them much).
+    * then the ``percentile`` (linear, as SQL's percentile_cont) of the first ``min_runs``, and
+      from there, run by run, the percentile of the samples seen so far, except that one run may
+      raise the value by at most a factor ``max_rise`` (it may lower it without limit: a slow run
+      must lengthen deadlines at once, while one fast run cannot shorten them much).
 
     Pure: the same numbers for the flow, the CLI's ``estimate`` and the bench.
     """
     usable = [float(x) for x in samples if x is not None and np.isfinite(x) and x > 0]
     if len(usable) < min_runs:
         return default, f"default ({len(usable)} of {min_runs} runs needed to calibrate)"
-    value = default
-    for seen in range(1, len(usable) + 1):
+    value = float(np.percentile(usable[:min_runs], percentile * 100.0))
+    for seen in range(min_runs + 1, len(usable) + 1):
         target = float(np.percentile(usable[:seen], percentile * 100.0))
         value = min(target, value * max_rise)
     return value, f"calibrated: p{percentile * 100:g} of {len(usable)} runs"

@@ -230,7 +230,7 @@ def test_a_duplicate_pair_job_is_billed_and_calibrated_as_its_distinct_pairs(
 
 def test_bench_calibration_figures(pg_dsn: str, schema_name: str) -> None:
     """Real inference on this machine; only what holds at any machine speed is asserted."""
-    from boundary_inference.calibration_bench import REFERENCE_PAIRS, calibration_figures
+    from boundary_inference.calibration_bench import calibration_figures
 
     settings = Settings(_env_file=None)
     figures = {
@@ -253,7 +253,8 @@ def test_bench_calibration_figures(pg_dsn: str, schema_name: str) -> None:
         bound = figures[f"{before}.pairs_per_s"] * settings.calibration_max_rise
         assert figures[f"{after}.pairs_per_s"] <= bound + 0.2, (before, after)  # 0.1 rounding
     assert figures["after_slow_run.deadline_s"] == pytest.approx(
-        settings.deadline_s(REFERENCE_PAIRS, figures["after_slow_run.pairs_per_s"]), abs=1.0
+        settings.deadline_s(settings.max_frame_pairs, figures["after_slow_run.pairs_per_s"]),
+        abs=1.0,
     )
     with psycopg.connect(pg_dsn) as conn:  # the scratch schema is gone
         left = conn.execute(
