@@ -13,6 +13,19 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --no-deps -e "$here"
   rm -f "$venv"/.installed-*; touch "$stamp"
 fi
+# The torch extra (requirements-torch.lock, several GB) goes in only for what needs it: the tests
+# (which run the torch model family on the CPU), the benchmarks and `cli models train-synthetic`.
+# Its own stamp: the base install above is never touched by it.
+torch_stamp="$venv/.torch-$(sha1sum "$here/requirements.lock" "$here/requirements-torch.lock" | sha1sum | cut -c1-12)"
+case "${1:-} ${2:-} ${3:-}" in
+  "test "*|"bench "*|"cli models train-synthetic") need_torch=1 ;;
+  *) need_torch=0 ;;
+esac
+if [ "$need_torch" = 1 ] && [ ! -f "$torch_stamp" ]; then
+  echo "[run.sh] installing the torch extra into .venv (first run only, a few minutes)" >&2
+  "$venv/bin/python" -m pip install -q -r "$here/requirements-torch.lock"
+  rm -f "$venv"/.torch-*; touch "$torch_stamp"
+fi
 # No telemetry from an offline machine; no Prefect server needed for local runs (ephemeral mode).
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
 export DO_NOT_TRACK="${DO_NOT_TRACK:-1}"

@@ -3,6 +3,8 @@
 Runs in a throw-away schema and a throw-away Redis key prefix, so it never touches live state:
 50 concurrent claims of one key, 200 concurrent admissions against 20/hour, 100 concurrent $0.50
 reservations against a $20 cap, and 20 concurrent half-open probes, all from separate processes;
+then the ``faults`` section (:mod:`boundary_inference.faults_bench`): Redis killed, restarted empty
+and frozen, PostgreSQL killed, a watcher killed after its spawn, each on private servers;
 then the calibration figures (:mod:`boundary_inference.calibration_bench`): the estimate's
 throughput and deadline after real runs, a duplicate-pair job and a slow run.
 """
@@ -37,6 +39,9 @@ def run_bench(settings: Settings) -> dict[str, Any]:
 
         redis_url = start_redis(Path(settings.state_dir)).url
     figures.update({f"limiter.{k}": v for k, v in limiter_figures(redis_url).items()})
+    from boundary_inference.faults_bench import fault_figures
+
+    figures["faults"] = fault_figures(dsn)
     from boundary_inference.calibration_bench import calibration_figures
 
     figures.update(calibration_figures(dsn, settings.db_schema, settings))

@@ -370,14 +370,31 @@ def bench(
         "--inference",
         help="Instead: inference on a synthetic video (F1, pairs/s, decode and model ratios).",
     ),
-    pairs: int = typer.Option(25_000, min=10, help="Frame pairs for --inference."),
+    pairs: int | None = typer.Option(
+        None, min=10, help="Frame pairs for --inference (default 25000; 1500 with --model)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="With --inference: benchmark this torch checkpoint (ckpt:<name>)."
+    ),
+    models_dir: Annotated[
+        Path | None, typer.Option(help="Where --model lives (default: settings).")
+    ] = None,
+    gpu_pairs: int = typer.Option(
+        20_000, min=10, help="With --model on CUDA: pairs per batch size."
+    ),
+    compile_: bool = typer.Option(False, "--compile", help="With --model: also torch.compile."),
 ) -> None:
     """Concurrency figures measured on the real servers (claims, admissions, budget, breaker),
     or with --inference the inference payload's accuracy and throughput on this machine."""
     if inference:
         from modal_app.bench import main as inference_bench
 
-        raise typer.Exit(inference_bench(["--pairs", str(pairs), *(["--json"] if as_json else [])]))
+        args = ["--pairs", str(pairs or (1500 if model else 25_000))]
+        if model is not None:
+            args += ["--model", model, "--gpu-pairs", str(gpu_pairs)]
+            args += ["--models-dir", str(models_dir)] if models_dir else []
+            args += ["--compile"] if compile_ else []
+        raise typer.Exit(inference_bench([*args, *(["--json"] if as_json else [])]))
     from boundary_inference.bench import run_bench
 
     figures = run_bench(_settings())
@@ -515,7 +532,10 @@ def automations_apply(
 # --- Registries: videos and models (boundary_inference.cli_videos, cli_models) ----------------
 
 from boundary_inference.cli_models import models_app  # noqa: E402
+from boundary_inference.cli_torch import train_synthetic  # noqa: E402
 from boundary_inference.cli_videos import videos_app  # noqa: E402
+
+models_app.command("train-synthetic")(train_synthetic)
 
 app.add_typer(videos_app, name="videos")
 app.add_typer(models_app, name="models")

@@ -19,3 +19,12 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state != "Z"
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state in ``/proc/<pid>/stat`` (``R``, ``S``, ``T`` stopped by a signal,
+    ``Z``...), or None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None

@@ -290,6 +290,23 @@ class Settings(BaseSettings):
     models_dir: Path = Field(
         Path("models"), description="Checkpoint directory (the Modal Volume mount in production)."
     )
+    torch_precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="Autocast of torch models on CUDA (auto: fp16); the CPU always runs fp32.",
+    )
+    torch_compile: bool = Field(
+        False, description="torch.compile torch models (measure with bench first: compile time)."
+    )
+    model_factory_prefixes: str = Field(
+        "modal_app.torch_models",
+        description="Comma-separated module prefixes a checkpoint's architecture factory may come"
+        " from. Loading a factory runs its code: list only modules you deploy and trust.",
+    )
+    model_python_sources: str = Field(
+        "",
+        description="Comma-separated local Python packages added to the Modal image (a team's"
+        " own architecture modules); they must also be under model_factory_prefixes.",
+    )
     poll_interval_s: float = Field(
         2.0, gt=0, le=300, description="How often the flow polls a running job for progress."
     )
@@ -307,6 +324,13 @@ class Settings(BaseSettings):
         le=MAX_DURATION_S,
         description="Added to the longest possible watch before a running run counts as stale"
         " (its call is cancelled, its worst case charged).",
+    )
+    run_lease_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=3600.0,
+        description="A live run's lease: its flow renews it every run_lease_s / 6 (database clock);"
+        " once it has expired the run has no watcher, and a new claim or the reaper takes it over.",
     )
 
     # --- Registries: video sources and checkpoints -----------------------------------------------
@@ -444,6 +468,11 @@ class Settings(BaseSettings):
         for the whole grace; then the idle tail is billed."""
         deadline = self.deadline_s(pairs, throughput_pairs_per_s)
         return self.worst_case_gpu_s(deadline) * self.gpu_price_usd_per_s
+
+    @property
+    def lease_renew_s(self) -> float:
+        """How often a flow renews its run's lease: five renewals may fail before it expires."""
+        return self.run_lease_s / 6.0
 
     def watch_limit_s(self, deadline_s: float) -> float:
         """How long the flow watches a call before it cancels it as lost: every attempt to its

@@ -25,7 +25,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import ValidationError
 
-from boundary_inference.executor import CallState, ExecutorUnavailable, FailureKind
+from boundary_inference.executor import ExecutorUnavailable
 from boundary_inference.identifiers import coerce_identifier, display_identifier
 from boundary_inference.ledger import LedgerError
 from boundary_inference.limiter import LimiterUnavailable
@@ -46,44 +46,23 @@ from tasks import (
     source_check,
     validate,
 )
-from tasks._common import GUARD, LEDGER, artifact_key, guard_task
+from tasks._common import GUARD, artifact_key, guard_task
 from tasks.execute import run_job
+from tasks.lease import LeaseKeeper, LeaseLost, lease_owner
+from tasks.reaper import reap_stale_runs
+from tasks.settlement import settle_call
 
 # A guard whose backing service fails raises one of these; the flow turns it into guard_unavailable.
 GUARD_ERRORS: tuple[type[BaseException], ...] = (LedgerError, LimiterUnavailable)
 PRIORITIES = ("high", "normal", "low")
-_FAILURE_STATUS = {
-    FailureKind.TIMEOUT: OutcomeStatus.TIMED_OUT,
-    FailureKind.CANCELLED: OutcomeStatus.CANCELLED,
-    FailureKind.INFRASTRUCTURE: OutcomeStatus.FAILED,
-    FailureKind.USER_CODE: OutcomeStatus.FAILED,
-}
+# Expired leases examined at each flow start (the reaper deployment takes care of a backlog).
+REAP_AT_START = 5
 
 
 @guard_task(name="load-video", tags=GUARD)
 def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
     found = ledger.get_video(id=video_id)
     return dict(found) if found else None
-
-
-@guard_task(name="persist-predictions", tags=LEDGER)
-def persist_predictions(ledger: Any, run_id: str, predictions: list[Any]) -> int:
-    """Upsert keyed by (run, f1, f2): a retried flow writes the same rows again, harmlessly."""
-    rows = [
-        {
-            "frame1": p.frame1,
-            "frame2": p.frame2,
-            "probability": p.probability,
-            "is_boundary": p.is_boundary,
-        }
-        for p in predictions
-    ]
-    saved = 0
-    for start in range(0, len(rows), 5000):
-        saved += int(
-            ledger.save_predictions(run_id=run_id, rows=rows[start : start + 5000])["saved"]
-        )
-    return saved
 
 
 def _known_model(model_version: str) -> bool:
@@ -139,6 +118,22 @@ class _Job:
         self.recording_ledger: Any | None = None
         # Distinct pairs, and the copies the request repeated (dropped before the estimate).
         self.duplicate_pairs: int | None = None
+        # Renews the run's lease while this flow watches it (tasks.lease); stopped at the end.
+        self.lease: LeaseKeeper | None = None
+
+    def hold_lease(self, run_id: str, owner: str) -> None:
+        assert self.services is not None
+        self.lease = LeaseKeeper(
+            self.services.ledger,
+            run_id,
+            owner,
+            lease_s=self.settings.run_lease_s,
+            renew_every_s=self.settings.lease_renew_s,
+        ).start()
+
+    def release_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.stop(release=True)
 
     def reject(self, rejected: Rejected) -> State:
         """Record the refusal everywhere, undo what this job had taken, and end the run."""
@@ -285,6 +280,8 @@ def boundary_inference_flow(
             skip_if_exists=skip_if_exists,
             priority=priority,
         )
+    except LeaseLost as error:
+        return _taken_over(job, error)
     except GUARD_ERRORS as error:
         if job.spawned:
             _finish_unwatched(job, error)
@@ -296,6 +293,31 @@ def boundary_inference_flow(
                 " nothing was spawned",
             )
         )
+    finally:
+        # Whatever happened, this flow watches nothing any more: a run still live (the ledger
+        # was unreachable when it should have ended it) is left to the next claim or the reaper
+        # at once instead of after its lease.
+        job.release_lease()
+
+
+def _taken_over(job: _Job, error: LeaseLost) -> State:
+    """This flow stalled past its lease and another watcher took the run and its call over: that
+    watcher settles it; this one neither cancels nor charges anything."""
+    message = f"stopped watching: {error}"
+    get_run_logger().error(message)
+    outcome = JobOutcome(OutcomeStatus.FAILED, job.video_id, message, run_id=job.run_id)
+    return Failed(name="TakenOver", message=message, data=outcome.to_dict())
+
+
+def _reap_at_start(services: Services, settings: Settings) -> None:
+    """The cheap check at every flow start: end or settle a few runs whose watcher died (one
+    indexed read when there are none). Best effort: the guards below decide this submission."""
+    try:
+        reap_stale_runs(
+            services.ledger, services.executor, settings, limit=REAP_AT_START, orphans=False
+        )
+    except Exception as error:
+        get_run_logger().warning("expired leases not checked at start: %s", error)
 
 
 def _refuse_configuration(error: ValidationError, video_id: Any, tenant_id: Any) -> State:
@@ -393,7 +415,10 @@ def _guarded_run(
     if isinstance(source, Rejected):
         return job.reject(source)
 
-    # 2. Dedup: one atomic claim.
+    # 2. Dedup: one atomic claim, with a lease this flow renews while it watches the run.
+    _reap_at_start(services, settings)
+    this_flow_run = runtime.flow_run.id
+    owner = lease_owner(this_flow_run)
     claim = dedup.claim_run(
         ledger,
         video_id=job.video_id,
@@ -403,9 +428,16 @@ def _guarded_run(
         pairs=len(request_pairs),
         priority=priority,
         skip_if_exists=skip_if_exists,
-        flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
+        flow_run_id=str(this_flow_run) if this_flow_run else None,
+        lease_s=settings.run_lease_s,
+        lease_owner=owner,
     )
     run_id = str(claim["run_id"])
+    if claim.get("taken_over"):
+        # Its watcher died (its lease expired) after the spawn: this flow is its watcher now.
+        job.hold_lease(run_id, owner)
+        logger.warning("run %s had no watcher (lease expired): taking over its call", run_id)
+        return _reattach(job, settings, verdict, model_version, run_id, claim["executor_call_id"])
     if not claim["created"]:
         own_call = _own_live_call(ledger, run_id)
         if own_call is not None:
@@ -417,6 +449,7 @@ def _guarded_run(
         outcome = JobOutcome(OutcomeStatus.SKIPPED, job.video_id, message, run_id=run_id)
         return Completed(name="Skipped", message=message, data=outcome.to_dict())
     job.run_id = run_id
+    job.hold_lease(run_id, owner)
 
     # 3. Cheap refusals before any quota is taken.
     refusal = breaker.check_breaker(ledger, settings)
@@ -453,7 +486,7 @@ def _guarded_run(
         )
 
     # 4. Admission: each step atomic; a later refusal gives back what earlier steps took.
-    refusal = limits.admit(limiter, settings, video_id=job.video_id, run_id=run_id)
+    refusal = limits.admit(limiter, settings, video_id=job.video_id, run_id=run_id, ledger=ledger)
     if refusal:
         return job.reject(refusal)
     job.admitted_limiter = True
@@ -500,7 +533,7 @@ def _guarded_run(
         source=source or None,
     )
     try:
-        call_id, status = run_job(executor, ledger, settings, request)
+        call_id, status = run_job(executor, ledger, settings, request, lease=job.lease)
     except ExecutorUnavailable as error:
         # Refused at spawn: nothing ran, so nothing is charged and the quota is given back.
         ledger.transition_run(
@@ -522,6 +555,9 @@ def _guarded_run(
             actual_cost_usd=0.0,
         )
         return Failed(name="Failed", message=message, data=outcome.to_dict())
+    except LeaseLost:
+        job.spawned = True
+        raise
     except BaseException as error:
         # Cancelled, timed out or crashed while watching: run_job already cancelled the call.
         job.spawned = True
@@ -605,13 +641,18 @@ def _reattach(
     )
     job.estimate = est
     get_run_logger().warning(
-        "run %s already has call %s from this flow run (its process died): reattaching",
+        "run %s: reattaching to its call %s (the flow that spawned it died)",
         run_id,
         call_id,
     )
     request = _request(settings, verdict, model_version, run_id, est)
+    job.spawned = True
     try:
-        call_id, status = run_job(executor, ledger, settings, request, existing_call_id=call_id)
+        call_id, status = run_job(
+            executor, ledger, settings, request, existing_call_id=call_id, lease=job.lease
+        )
+    except LeaseLost:
+        raise
     except BaseException as error:
         _finish_unwatched(job, error)
         raise
@@ -626,8 +667,8 @@ def _finish_unwatched(job: _Job, error: BaseException) -> None:
     reservation at the worst case, and the monitor's stale-run reaper settles it later.
     """
     assert job.services is not None and job.run_id is not None and job.estimate is not None
-    if job.finished_unwatched:
-        return
+    if job.finished_unwatched or (job.lease is not None and job.lease.lost):
+        return  # ...or another watcher has it now, and settles it
     job.finished_unwatched = True
     ledger, logger = job.services.ledger, get_run_logger()
     try:
@@ -647,92 +688,38 @@ def _finish_unwatched(job: _Job, error: BaseException) -> None:
 
 def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
     assert job.services is not None and job.run_id is not None and job.estimate is not None
-    settings, ledger = job.settings, job.services.ledger
-    logger = get_run_logger()
-    if status.state is CallState.SUCCEEDED:
-        result = status.result
-        metrics = result.metrics
-        saved = persist_predictions(ledger, job.run_id, result.predictions)
-        # Every attempt's seconds (Modal reports them when it retried), not only the last one's.
-        gpu_s = float(result.extra.get("billed_s") or metrics.elapsed_s)
-        # Never above the reservation: the worst case bounds every billed second already.
-        actual = min(settings.billed_cost_usd(gpu_s), job.estimate.worst_case_cost_usd)
-        ledger.transition_run(
-            run_id=job.run_id,
-            to_status="succeeded",
-            fields={
-                "gpu_seconds": gpu_s,
-                "pairs_per_s": metrics.pairs_per_s,
-                "actual_cost_usd": actual,
-                "attempts": int(result.extra.get("attempts", 1)),
-            },
-        )
-        budget.settle(ledger, run_id=job.run_id, actual_usd=actual)
-        breaker.record_outcome(ledger, settings, ok=True, kind="success", probe=probe)
-        boundaries = sum(1 for p in result.predictions if p.is_boundary)
-        dropped = f"; {job.duplicate_pairs} duplicate pairs dropped" if job.duplicate_pairs else ""
-        logger.info(
-            "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f",
-            job.run_id,
-            saved,
-            boundaries,
-            metrics.pairs_per_s,
-            actual,
-        )
-        outcome = JobOutcome(
-            OutcomeStatus.SUCCEEDED,
-            job.video_id,
-            f"{saved} pairs, {boundaries} boundaries{dropped}",
-            run_id=job.run_id,
-            estimated_cost_usd=job.estimate.estimated_cost_usd,
-            worst_case_cost_usd=job.estimate.worst_case_cost_usd,
-            actual_cost_usd=actual,
-            pairs=saved,
-            boundaries=boundaries,
-            metrics={k: v for k, v in vars(metrics).items()},
-            duplicate_pairs=job.duplicate_pairs,
-        )
-        return Completed(message=outcome.message, data=outcome.to_dict())
-
-    failure = status.failure
-    outcome_status = _FAILURE_STATUS[failure.kind]
-    worst = job.estimate.worst_case_cost_usd
-    if failure.elapsed_s is None:
-        # After a crash, a hard timeout, a lost or cancelled call, how many attempts ran and for
-        # how long is unknown: charge what was reserved, never less.
-        elapsed, actual = None, worst
-    else:
-        elapsed, actual = failure.elapsed_s, min(settings.billed_cost_usd(failure.elapsed_s), worst)
-    ledger.transition_run(
+    if job.lease is not None:
+        job.lease.confirm()  # taken over while this flow stalled: its new watcher settles it
+    settled = settle_call(
+        job.services.ledger,
+        job.settings,
         run_id=job.run_id,
-        to_status=str(outcome_status),
-        fields={
-            "error": f"{failure.error_type}: {failure.message}"[:1000],
-            "failure_kind": str(failure.kind),
-            "gpu_seconds": elapsed,
-            "actual_cost_usd": actual,
-        },
+        status=status,
+        worst_case_usd=job.estimate.worst_case_cost_usd,
+        probe=probe,
     )
-    budget.settle(ledger, run_id=job.run_id, actual_usd=actual)
-    if failure.kind.counts_for_breaker:
-        breaker.record_outcome(ledger, settings, ok=False, kind=str(failure.kind), probe=probe)
-    elif probe and failure.kind is not FailureKind.CANCELLED:
-        # The service answered (the input was bad): the probe succeeded. A cancelled probe says
-        # nothing; unrecorded, its slot is handed out again after breaker_open_s.
-        breaker.record_outcome(ledger, settings, ok=True, kind=f"probe:{failure.kind}", probe=True)
-    message = f"{failure.kind}: {failure.message}"
-    logger.error("run %s %s: %s (call %s)", job.run_id, outcome_status, message, call_id)
+    succeeded = settled.status is OutcomeStatus.SUCCEEDED
+    dropped = f"; {job.duplicate_pairs} duplicate pairs dropped" if job.duplicate_pairs else ""
     outcome = JobOutcome(
-        outcome_status,
+        settled.status,
         job.video_id,
-        message,
+        settled.message + (dropped if succeeded else ""),
         run_id=job.run_id,
         estimated_cost_usd=job.estimate.estimated_cost_usd,
         worst_case_cost_usd=job.estimate.worst_case_cost_usd,
-        actual_cost_usd=actual,
+        actual_cost_usd=settled.actual_cost_usd,
+        pairs=settled.pairs if succeeded else None,
+        boundaries=settled.boundaries if succeeded else None,
+        metrics=settled.metrics if succeeded else {},
+        duplicate_pairs=job.duplicate_pairs,
+    )
+    if succeeded:
+        return Completed(message=outcome.message, data=outcome.to_dict())
+    get_run_logger().error(
+        "run %s %s: %s (call %s)", job.run_id, settled.status, settled.message, call_id
     )
     return Failed(
-        name=str(outcome_status).replace("_", " ").title().replace(" ", ""),
-        message=message,
+        name=str(settled.status).replace("_", " ").title().replace(" ", ""),
+        message=settled.message,
         data=outcome.to_dict(),
     )

@@ -2,8 +2,9 @@
 
     python -m flows.serve            # needs PREFECT_API_URL pointing at a running server
 
-The same three deployments as ``prefect.yaml`` (``boundary-inference/default``,
-``rejection-monitor/scheduled`` with its 12-hourly cron, ``backfill/default``); each flow run is
+The same four deployments as ``prefect.yaml`` (``boundary-inference/default``,
+``rejection-monitor/scheduled`` with its 12-hourly cron, ``lease-reaper/every-2-minutes``,
+``backfill/default``); each flow run is
 a child process of this one. Stop with Ctrl-C: the monitor's schedule is paused on shutdown, and
 runs created while nothing serves them wait in Scheduled/Late until it is back.
 """
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 def build_deployments() -> list[Any]:
     """``RunnerDeployment`` objects mirroring ``prefect.yaml``."""
     from flows.boundary_inference import boundary_inference_flow
+    from flows.lease_reaper import REAPER_CRON, lease_reaper_flow
     from flows.rejection_monitor import rejection_monitor_flow
 
     deployments = [
@@ -50,6 +52,15 @@ def build_deployments() -> list[Any]:
             entrypoint_type=ENTRYPOINT,
             tags=["boundary-inference", "monitor"],
             schedules=[Cron(MONITOR_CRON, timezone="UTC")],
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+            ),
+        ),
+        lease_reaper_flow.to_deployment(
+            name="every-2-minutes",
+            entrypoint_type=ENTRYPOINT,
+            tags=["boundary-inference", "reaper"],
+            schedules=[Cron(REAPER_CRON, timezone="UTC")],
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
             ),

@@ -125,6 +125,7 @@ class _Watchdog:
         self._hard_exit = hard_exit
         self._grace_s = grace_s
         self._timers: list[threading.Timer] = []
+        self._watches: list[Heartbeat] = []
         self.heartbeat = Heartbeat(
             request.heartbeat_timeout_s,
             lambda: self.abort(
@@ -135,22 +136,24 @@ class _Watchdog:
             ),
             clock=clock,
         )
-        # The predictor checks the deadline between batches; this fires even inside a batch.
-        deadline = threading.Timer(
+        # The predictor checks the deadline between batches; this fires even inside a batch. A
+        # heartbeat that is never beaten, on the same clock as the predictor's own check, so
+        # tests drive both with one injected clock.
+        self.deadline = Heartbeat(
             request.deadline_s,
             lambda: self.abort(
                 DeadlineExceeded(
                     f"deadline {request.deadline_s:g} s passed inside a batch (deadline watchdog)"
                 )
             ),
+            clock=clock,
+            name="deadline",
         )
-        deadline.daemon = True
-        self._timers.append(deadline)
+        self._watches = [self.heartbeat, self.deadline]
 
     def __enter__(self) -> _Watchdog:
-        self.heartbeat.__enter__()
-        for timer in self._timers:
-            timer.start()
+        for watch in self._watches:
+            watch.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -182,7 +185,8 @@ class _Watchdog:
             if self.error is not None:
                 # An abort raised a moment ago may still be pending: clear it, the caller decides.
                 _raise_in_thread(self._target, None)
-        self.heartbeat.__exit__(None, None, None)
+        for watch in self._watches:
+            watch.__exit__(None, None, None)
         for timer in self._timers:
             timer.cancel()
 
@@ -406,10 +410,17 @@ class BoundaryInference:
 
     @modal.enter(snap=True)
     def load(self) -> None:
-        # Imports and the builtin model go into the memory snapshot: restores skip them.
+        # Imports and the builtin model go into the memory snapshot: restores skip them. torch
+        # is imported here too when the image has it (CUDA itself is initialised only after the
+        # restore, when the first torch model is loaded onto the GPU).
+        import importlib.util
+
         from modal_app.models import BUILTIN, get_model
 
         get_model(BUILTIN)
+        if importlib.util.find_spec("torch") is not None:
+            import modal_app.torch_models.checkpoint
+            import modal_app.torch_models.runner  # noqa: F401
         self.models_dir = Path(models_mount_path(settings))
         self.max_attempts = settings.gpu_attempts
 

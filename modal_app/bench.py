@@ -277,7 +277,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU measurement")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument(
+        "--model", default=None, help="benchmark this torch checkpoint (ckpt:<name>) instead"
+    )
+    parser.add_argument("--models-dir", type=Path, default=None, help="where --model lives")
+    parser.add_argument("--gpu-pairs", type=int, default=20_000, help="pairs per GPU batch size")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
     args = parser.parse_args(argv)
+    if args.model is not None:
+        return _model_main(args)
     numbers = run_inference_bench(
         args.pairs,
         seed=args.seed,
@@ -286,6 +294,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpu=not args.no_gpu,
     )
     print(json.dumps(numbers, indent=2) if args.json else format_report(numbers))
+    return 0
+
+
+def _model_main(args: argparse.Namespace) -> int:
+    """``--model``: the torch checkpoint benchmark (:mod:`modal_app.bench_model`)."""
+    import importlib.util
+
+    from modal_app.errors import CheckpointError
+
+    if importlib.util.find_spec("torch") is None:
+        print("--model needs the torch extra: pip install -e '.[torch]' (./run.sh bench does it)")
+        return 2
+    from config import get_settings
+    from modal_app.bench_model import format_model_report, run_model_bench
+
+    models_dir = args.models_dir or get_settings().models_dir
+    try:
+        numbers = run_model_bench(
+            args.model,
+            Path(models_dir),
+            pairs=args.pairs,
+            gpu_pairs=args.gpu_pairs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            compile_module=args.compile,
+            gpu=not args.no_gpu,
+            workdir=args.workdir,
+        )
+    except CheckpointError as error:
+        print(f"cannot benchmark {args.model}: {error}")
+        return 2
+    print(json.dumps(numbers, indent=2) if args.json else format_model_report(numbers))
     return 0
 
 

@@ -21,8 +21,7 @@ from config import Settings
 
 PYTHON_VERSION = "3.11"
 # Exactly what the function imports (modal_app.frames/models/predictor + config); pinned to the
-# versions of requirements.lock so the GPU image runs the code the tests ran. No torch: the builtin
-# and checkpoint models are NumPy; add torch here (and only here) when a model needs it.
+# versions of requirements.lock so the GPU image runs the code the tests ran.
 IMAGE_PACKAGES = (
     "numpy==2.4.6",
     "av==18.1.0",
@@ -32,6 +31,73 @@ IMAGE_PACKAGES = (
     "boto3==1.44.8",
     "httpx==0.28.1",
     "supabase==2.34.1",
+)
+# The torch extra, exactly requirements-torch.lock (a test keeps them equal): torch's CUDA build
+# from PyPI and everything it pulls in, so the GPU runs the versions the CPU tests ran. Its own
+# image layer, after the small one above.
+TORCH_IMAGE_PACKAGES = (
+    "accelerate==1.15.0",
+    "annotated-doc==0.0.7",
+    "annotated-types==0.8.0",
+    "anyio==4.16.0",
+    "click==8.5.1",
+    "cuda-bindings==13.5.0",
+    "cuda-pathfinder==1.9.1",
+    "cuda-toolkit==13.0.3.0",
+    "filelock==4.2.12",
+    "fsspec==2026.9.0",
+    "h11==0.16.0",
+    "hf-xet==1.8.0",
+    "httpcore2==2.16.2",
+    "httpx2==2.16.2",
+    "huggingface_hub==2.4.0",
+    "idna==3.20",
+    "Jinja2==3.1.6",
+    "markdown-it-py==4.3.0",
+    "MarkupSafe==3.0.4",
+    "mdurl==0.1.2",
+    "mpmath==1.3.0",
+    "networkx==3.6.1",
+    "numpy==2.4.6",
+    "nvidia-cublas==13.1.1.3",
+    "nvidia-cuda-cupti==13.0.85",
+    "nvidia-cuda-nvrtc==13.0.88",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cudnn-cu13==9.24.0.43",
+    "nvidia-cufft==12.0.0.61",
+    "nvidia-cufile==1.15.1.6",
+    "nvidia-curand==10.4.0.35",
+    "nvidia-cusolver==12.0.4.66",
+    "nvidia-cusparse==12.6.3.3",
+    "nvidia-cusparselt-cu13==0.8.1",
+    "nvidia-nccl-cu13==2.30.7",
+    "nvidia-nvjitlink==13.5.37",
+    "nvidia-nvshmem-cu13==3.4.5",
+    "nvidia-nvtx==13.0.85",
+    "packaging==26.3",
+    "peft==0.21.2",
+    "pillow==13.0.0",
+    "psutil==7.2.2",
+    "pydantic==2.14.3",
+    "pydantic_core==2.50.4",
+    "Pygments==2.21.0",
+    "PyYAML==6.0.3",
+    "regex==2026.11.15",
+    "rich==15.0.0",
+    "safetensors==0.8.0",
+    "setuptools==84.2.1",
+    "shellingham==1.5.4",
+    "sympy==1.14.0",
+    "tokenizers==0.23.3",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "tqdm==4.70.1",
+    "transformers==5.24.0",
+    "triton==3.8.0",
+    "truststore==0.10.5",
+    "typer==0.29.2",
+    "typing-inspection==0.4.5",
+    "typing_extensions==4.16.0",
 )
 # The container re-imports modal_app.app and so re-reads Settings (it needs the attempt cap and the
 # models directory). Every setting except connections is baked into the image's environment at
@@ -100,13 +166,20 @@ def baked_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def extra_python_sources(settings: Settings) -> tuple[str, ...]:
+    """A team's own packages (their model architectures) shipped into the image."""
+    names = (s.strip() for s in settings.model_python_sources.split(","))
+    return tuple(dict.fromkeys(n for n in names if n and n not in ("modal_app", "config")))
+
+
 def build_image(settings: Settings) -> modal.Image:
     return (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
         .uv_pip_install(*IMAGE_PACKAGES)
+        .uv_pip_install(*TORCH_IMAGE_PACKAGES)
         .env(baked_environment(settings))
         # Last, and not copied: code changes do not rebuild the package layers.
-        .add_local_python_source("modal_app", "config")
+        .add_local_python_source("modal_app", "config", *extra_python_sources(settings))
     )
 
 

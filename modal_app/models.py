@@ -3,12 +3,15 @@
 * ``builtin-textdiff-v1`` needs no weights: it binarises the bright caption text in the crop and
   measures how much of the text changed between the two frames (XOR over union of text pixels),
   mapped through a calibrated logistic to a probability.
-* ``ckpt:<name>`` loads ``<models_dir>/<name>.npz``: a logistic classifier over the same pair
-  features, a real checkpoint format that NumPy alone can read (and torch can run on a GPU).
+* ``ckpt:<name>`` loads the one file ``<models_dir>/<name>.{npz,pt,safetensors}``:
+  - ``.npz``: a logistic classifier over the same pair features (NumPy alone reads it);
+  - ``.pt`` / ``.safetensors``: a torch model (:mod:`modal_app.torch_models`, the ``torch``
+    extra), whose architecture is named in the checkpoint's config; it runs on CUDA when the
+    machine has it.
 
-One implementation of the math, in NumPy, serves every executor (the local worker and the Modal
-function alike): the features are a few byte-wise passes over small caption crops, cheap next to
-decoding. ``modal_app.bench`` times the same math in torch on a GPU, where one is available.
+Every executor (the local worker and the Modal function alike) loads models here, and
+:func:`inspect_checkpoint` is how a file is checked before it is registered. torch is imported
+only for a torch checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import re
 import stat as stat_mode
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -175,16 +178,79 @@ def fit_logistic(
     return LogisticModel(name, w.astype(np.float32), bias)
 
 
+TORCH_SUFFIXES = (".pt", ".safetensors")
+
+
+def _torch_options() -> tuple[tuple[str, ...], str, bool]:
+    """(factory prefixes, precision, compile) from the settings, read when a torch model loads."""
+    from config import get_settings
+    from modal_app.torch_models.checkpoint import parse_prefixes
+
+    settings = get_settings()
+    prefixes = parse_prefixes(settings.model_factory_prefixes)
+    return prefixes, settings.torch_precision, settings.torch_compile
+
+
+def _require_torch(path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise CheckpointError(
+            f"checkpoint {path} is a torch checkpoint and torch is not installed here"
+            " (pip install -e '.[torch]')"
+        )
+
+
+# Torch models are loaded once per file version per process (a Modal container serves many
+# jobs): keyed by path, size and modification time, so a replaced file is read again.
+_TORCH_CACHE: dict[tuple[str, int, int], Any] = {}
+
+
+def load_torch_model(path: Path) -> Any:
+    """A torch checkpoint (:mod:`modal_app.torch_models`) on this machine's device, cached."""
+    _require_regular_file(path)
+    _require_torch(path)
+    from modal_app.torch_models.checkpoint import load_torch_checkpoint
+    from modal_app.torch_models.runner import TorchPairModel, plan_for_this_machine
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _TORCH_CACHE:
+        prefixes, precision, compile_module = _torch_options()
+        loaded = load_torch_checkpoint(path, prefixes)
+        name = str(loaded.config.get("name", path.stem))
+        _TORCH_CACHE.clear()  # one model resident at a time: GPU memory is the scarce part
+        _TORCH_CACHE[key] = TorchPairModel(
+            name,
+            loaded.module,
+            loaded.config,
+            plan_for_this_machine(precision),
+            compile_module=compile_module,
+        )
+    return _TORCH_CACHE[key]
+
+
 # Checkpoint formats by file suffix: the loader of each, in the order a ``ckpt:<name>`` is looked
 # up in the models directory. Another family registers its suffix and loader here; the registry
 # (``models add``) and the function's checksum check go through these functions only.
-CHECKPOINT_LOADERS: dict[str, Callable[[Path], Any]] = {".npz": load_checkpoint}
+CHECKPOINT_LOADERS: dict[str, Callable[[Path], Any]] = {
+    ".npz": load_checkpoint,
+    ".pt": load_torch_model,
+    ".safetensors": load_torch_model,
+}
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    format: str  # what the file says it is, e.g. "boundary-logistic-v1"
+    """What :func:`inspect_checkpoint` found: enough to register the file and trust it loads."""
+
+    format: str  # "boundary-logistic-v1" (.npz), "torch-pt" (.pt) or "safetensors"
     suffix: str  # its file suffix, which selects the loader
+    architecture: str = "logistic"  # or the torch factory "package.module:callable"
+    name: str = ""
+    threshold: float = 0.5
+    parameters: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_name(model_version: str) -> str | None:
@@ -193,12 +259,16 @@ def checkpoint_name(model_version: str) -> str | None:
     return match.group(1) if match else None
 
 
-def checkpoint_path(models_dir: Path, model_version: str) -> Path:
-    """Where a ``ckpt:`` model's file is: ``<name><suffix>`` for the first known suffix present."""
+def _candidates(models_dir: Path, model_version: str) -> list[Path]:
     name = checkpoint_name(model_version)
     if name is None:
         raise UnknownModel(f"{model_version!r} is not a checkpoint reference (ckpt:<name>)")
-    candidates = [Path(models_dir) / f"{name}{suffix}" for suffix in CHECKPOINT_LOADERS]
+    return [Path(models_dir) / f"{name}{suffix}" for suffix in CHECKPOINT_LOADERS]
+
+
+def checkpoint_path(models_dir: Path, model_version: str) -> Path:
+    """Where a ``ckpt:`` model's file is: ``<name><suffix>`` for the first known suffix present."""
+    candidates = _candidates(models_dir, model_version)
     return next((path for path in candidates if os.path.lexists(path)), candidates[0])
 
 
@@ -213,23 +283,50 @@ def load_checkpoint_file(path: Path) -> Any:
     return loader(path)
 
 
-def inspect_checkpoint(path: Path) -> CheckpointInfo:
-    """Load ``path`` as the function would and say what it is; raises ``CheckpointError``."""
-    model = load_checkpoint_file(path)
-    return CheckpointInfo(str(getattr(model, "format", path.suffix.lstrip("."))), path.suffix)
+def inspect_checkpoint(path: Path | str) -> CheckpointInfo:
+    """Load ``path`` as the function would and say what it is; raises ``CheckpointError``.
+
+    For a torch checkpoint: weights read without unpickling code, the architecture's factory
+    checked against the allowed prefixes and built, the state dict loaded strictly, all on the
+    CPU (nothing cached, no GPU touched). Torch checkpoints need the torch extra.
+    """
+    path = Path(path)
+    if path.suffix not in TORCH_SUFFIXES:
+        model = load_checkpoint_file(path)
+        return CheckpointInfo(
+            str(getattr(model, "format", path.suffix.lstrip("."))),
+            path.suffix,
+            name=str(getattr(model, "name", path.stem)),
+            threshold=float(getattr(model, "threshold", 0.5)),
+            parameters=len(FEATURES) + 1,
+        )
+    _require_regular_file(path)
+    _require_torch(path)
+    from modal_app.torch_models.checkpoint import load_torch_checkpoint
+
+    prefixes, _, _ = _torch_options()
+    loaded = load_torch_checkpoint(path, prefixes)
+    return CheckpointInfo(
+        loaded.format,
+        path.suffix,
+        architecture=str(loaded.config["architecture"]),
+        name=str(loaded.config.get("name", path.stem)),
+        threshold=float(loaded.config.get("threshold", 0.5)),
+        parameters=loaded.parameters,
+        config=dict(loaded.config),
+    )
 
 
-def get_model(model_version: str, models_dir: Path | None = None) -> LogisticModel:
+def get_model(model_version: str, models_dir: Path | None = None) -> Any:
+    """The model for ``model_version``: ``predict_proba(a, b)`` and ``threshold``, at least."""
     if model_version == BUILTIN:
         return BUILTIN_MODEL
     if checkpoint_name(model_version) is not None:
         if models_dir is None:
             raise CheckpointError(f"{model_version} needs a models directory")
-        model: LogisticModel = load_checkpoint_file(
-            checkpoint_path(Path(models_dir), model_version)
-        )
-        return model
+        present = [p for p in _candidates(Path(models_dir), model_version) if os.path.lexists(p)]
+        if len(present) > 1:  # which file runs must never be a guess
+            names = ", ".join(p.name for p in present)
+            raise CheckpointError(f"checkpoint {model_version} is ambiguous: {names}")
+        return load_checkpoint_file(checkpoint_path(Path(models_dir), model_version))
     raise UnknownModel(f"unknown model_version {model_version!r}; known: {BUILTIN}, ckpt:<name>")
-
-
-Predictor = Callable[[np.ndarray, np.ndarray], Any]

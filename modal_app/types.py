@@ -76,6 +76,9 @@ class InferenceMetrics:
     pairs_per_s: float
     peak_rss_mb: float
     device: str = "cpu"
+    # Seconds the model loop waited for a decoded batch (decoding overlaps the model): near 0
+    # when decoding keeps up, near elapsed_s - model_s when the model starves.
+    decode_wait_s: float = 0.0
 
 
 @dataclass(frozen=True)

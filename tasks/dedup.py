@@ -4,6 +4,10 @@
 index as backstop): of any number of concurrent submissions exactly one creates the run. A
 duplicate is a *skip*, not a rejection. ``force=True`` (``skip_if_exists=False``) is an explicit,
 recorded re-run of a finished job; it never creates a second *live* run.
+
+The claimed run carries a lease (``lease_s``, held by ``lease_owner``) that the flow renews; a live
+run whose lease has expired has no watcher and is never a duplicate: the claim takes it over
+(``taken_over``: reattach to its call) or ends it and claims anew (see ``migrations/*_run_leases``).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ def claim_run(
     priority: str,
     skip_if_exists: bool,
     flow_run_id: str | None,
+    lease_s: float | None = None,
+    lease_owner: str | None = None,
 ) -> dict[str, Any]:
-    """Returns the ledger's claim: ``{run_id, created, status, rerun_of}``."""
+    """Returns the ledger's claim: ``{run_id, created, status, rerun_of, taken_over, ...}``."""
     return dict(
         ledger.claim_run(
             video_id=video_id,
@@ -37,5 +43,7 @@ def claim_run(
             priority=priority,
             force=not skip_if_exists,
             flow_run_id=flow_run_id,
+            lease_s=lease_s,
+            lease_owner=lease_owner,
         )
     )

@@ -4,13 +4,18 @@ This task never retries (``retries=0``): GPU retries live in exactly one layer, 
 so the worst case admitted by the cost guard is the worst case paid. The call id is stored on the
 run *before* waiting, so a crashed flow can be reattached or cancelled from its run row; any exit
 other than a finished call (flow timeout, cancellation, crash of this process while it can still
-run code) cancels the call.
+run code) cancels the call. The one exception is :class:`~tasks.lease.LeaseLost`: another watcher
+took the run over while this one was stalled, and that watcher owns the call now.
+
+The watch loop's clock and sleep are parameters, so the watch limit is tested by advancing a
+clock, not by waiting for it.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
@@ -20,6 +25,7 @@ from boundary_inference.executor import CallState, CallStatus, ExecutorFailure, 
 from config import Settings
 from modal_app.types import InferenceRequest
 from tasks._common import GPU, artifact_key, guard_task
+from tasks.lease import LeaseLost
 
 
 @guard_task(name="run-inference-job", tags=GPU)
@@ -30,6 +36,9 @@ def run_job(
     request: InferenceRequest,
     *,
     existing_call_id: str | None = None,
+    lease: Any = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[str, CallStatus]:
     """Spawn (or reattach to ``existing_call_id``) and poll until the call ends.
 
@@ -49,12 +58,15 @@ def run_job(
         if not existing_call_id:
             ledger.set_call_id(run_id=request.run_id, call_id=call_id)
             logger.info("spawned %s call %s for run %s", executor.name, call_id, request.run_id)
-        status = _watch(executor, settings, request, call_id)
+        status = _watch(executor, settings, request, call_id, lease, clock, sleep)
         finished = status.state is CallState.SUCCEEDED
         if not finished:
             executor.cancel(call_id)
             finished = True
         return call_id, status
+    except LeaseLost:
+        finished = True  # not ours to cancel any more: its new watcher watches it
+        raise
     finally:
         if not finished:
             # Flow timeout, cancellation or an error while watching: stop paying for it.
@@ -63,23 +75,31 @@ def run_job(
 
 
 def _watch(
-    executor: Any, settings: Settings, request: InferenceRequest, call_id: str
+    executor: Any,
+    settings: Settings,
+    request: InferenceRequest,
+    call_id: str,
+    lease: Any,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
 ) -> CallStatus:
     progress = _Progress(request, executor.name)
     watch_limit_s = settings.watch_limit_s(request.deadline_s)
-    give_up_at = time.monotonic() + watch_limit_s
+    give_up_at = clock() + watch_limit_s
     while True:
-        polled_at = time.monotonic()
+        if lease is not None:
+            lease.check()
+        polled_at = clock()
         status = executor.poll(call_id, timeout_s=settings.poll_interval_s)
         progress.report(100.0 if status.state is CallState.SUCCEEDED else 100.0 * status.progress)
         if status.state is not CallState.PENDING:
             return status
-        if time.monotonic() >= give_up_at:
+        if clock() >= give_up_at:
             # Every attempt would have ended by now: the call is stuck (a container that
             # crash-loops before the attempt counter runs, a start-up that never ends).
-            return _watch_limit_exceeded(status, watch_limit_s, settings)
+            return watch_limit_exceeded(status, watch_limit_s, settings)
         # A poll that answers at once (the service unreachable) must not become a busy loop.
-        time.sleep(max(0.0, settings.poll_interval_s - (time.monotonic() - polled_at)))
+        sleep(max(0.0, settings.poll_interval_s - (clock() - polled_at)))
 
 
 class _Progress:
@@ -109,7 +129,8 @@ class _Progress:
             get_run_logger().warning("progress not updated: %s", error)
 
 
-def _watch_limit_exceeded(last: CallStatus, watch_limit_s: float, settings: Settings) -> CallStatus:
+def watch_limit_exceeded(last: CallStatus, watch_limit_s: float, settings: Settings) -> CallStatus:
+    """The status of a call cancelled because it was still pending at its watch limit."""
     message = (
         f"still pending after {watch_limit_s:.0f} s, the longest its"
         f" {settings.gpu_attempts} attempts can take: cancelled as stuck"

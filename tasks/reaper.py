@@ -1,92 +1,197 @@
-"""Safeguard: stale runs. A run whose flow died is ended, its call cancelled, its budget settled.
+"""Safeguard: runs nobody watches. A live run whose watcher died is ended, or its call is asked.
 
-A flow run that dies (SIGKILL, lost machine) and is never retried leaves its run row live:
+Every live run carries a lease its watching flow renews every few seconds (:mod:`tasks.lease`).
+When the flow dies (``kill -9``, a lost machine, a frozen process), the lease runs out after
+``run_lease_s`` and this reaper takes the run over (one atomic ``take_expired_lease``: of any
+number of reapers and claimers exactly one gets it) and does what its watcher would have done:
 
-* ``queued``: it died between the dedup claim and the spawn. The live row blocks every later
-  submission of the same (video, frames, model) as a "duplicate", counts towards the queue-depth
-  guard, and may hold a budget reservation. Nothing was spawned (the spawn follows ``running``), so
-  the reservation is **released**.
-* ``running``: it died while watching. Its call may be crash-looping before the function body runs
-  (deployed Modal apps retry that without end), which only a watcher bounds. It is **cancelled**,
-  and the reservation is **settled at the reserved worst case**: what ran is unknown, so the
-  ledger never under-counts.
+* ``queued`` (no call: it died between the dedup claim and the spawn): the run is **cancelled** and
+  its reservation **released**; its key is free again.
+* a call exists: the executor is **asked** (``poll`` of the local job directory, or Modal's
+  ``FunctionCall.from_id``):
 
-Third, a reservation left open by a run that already ended (its settle or release was lost) keeps
-counting against the caps: it is settled at what was reserved when the run was spawned, released
-when it never was.
+  - finished: the run is **settled from its real result** (:func:`tasks.settlement.settle_call`,
+    the flow's own arithmetic): predictions saved, the measured seconds charged;
+  - still running: left running, asked again at the next pass; at its **watch limit** (every
+    attempt to its limit, what its admission priced) it is cancelled and charged its worst case;
+  - unknowable (a lost job, an expired result): charged its worst case, as a failure with
+    unknown seconds always is.
 
-Thresholds are chosen so that no live flow can be mistaken for a dead one: a flow moves a run from
-``queued`` to ``running`` within its guards (seconds; ``stale_queued_s`` defaults to an hour), and
-watches a call for at most ``watch_limit_s(gpu_timeout_s)`` (the longest any call may take), so a
-``running`` row older than that plus ``stale_margin_s`` has no watcher.
+* ``running`` without a call id (it died between ``running`` and recording the call, so a call
+  may run under an id nobody saw): **cancelled** and charged its **worst case**.
+
+Third, a reservation left open by a run that already ended (its settle or release was lost) is
+settled at what was reserved when the run was spawned, released when it never was.
+
+Every age is measured by the database (``now()``), never by this host's clock: a monitor on a host
+whose clock is hours off ends nothing that is alive. Runs claimed without a lease (before the lease
+migration) keep the age rule: queued longer than ``stale_queued_s``, running longer than the
+longest possible watch plus ``stale_margin_s``.
+
+Who runs it: each flow start (a few runs, one indexed read when there are none), the monitor, and
+the ``lease-reaper`` deployment every two minutes; so a dead watcher's run is settled within
+``run_lease_s`` + two minutes.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import uuid
 from typing import Any
 
 from prefect import get_run_logger
 
-from boundary_inference.timefmt import parse_utc
+from boundary_inference.executor import CallState, CallStatus
 from config import Settings
 from tasks._common import LEDGER, guard_task
+from tasks.execute import watch_limit_exceeded
+from tasks.settlement import settle_call
 
-# Rows examined per state in one pass; a backlog larger than this is reaped over several passes.
+# Rows examined in one pass; a backlog larger than this is reaped over several passes.
 SCAN_LIMIT = 1000
 
 
 def stale_after_s(settings: Settings, status: str) -> float:
-    """Age (seconds) past which a live run in ``status`` cannot have a live flow behind it."""
+    """Age (seconds) past which a live run *without a lease* cannot have a live flow behind it."""
     if status == "queued":
         return float(settings.stale_queued_s)
     return settings.watch_limit_s(float(settings.gpu_timeout_s)) + settings.stale_margin_s
 
 
+def watch_limit_of(run: dict[str, Any], settings: Settings) -> float:
+    """The longest its admission allowed this run's call to be watched: every attempt to its
+    limit. Recovered from the worst case reserved for it (worst case = watch limit + idle tail,
+    at the GPU price), so a run admitted with a short deadline is not watched for an hour."""
+    worst = run.get("worst_case_cost_usd") or run.get("reserved_cost_usd")
+    if worst is None:
+        return settings.watch_limit_s(float(settings.gpu_timeout_s))
+    return max(
+        float(worst) / settings.gpu_price_usd_per_s - settings.scaledown_window_s,
+        0.0,
+    )
+
+
 @guard_task(name="reap-stale-runs", tags=LEDGER)
 def reap_stale_runs(
-    ledger: Any, executor: Any, settings: Settings, *, now: dt.datetime | None = None
+    ledger: Any,
+    executor: Any,
+    settings: Settings,
+    *,
+    limit: int = SCAN_LIMIT,
+    orphans: bool = True,
 ) -> list[dict[str, Any]]:
-    """End every stale live run; return one record per run reaped."""
+    """Take over every live run nobody watches and end or settle it; then (``orphans``) close
+    reservations left open by ended runs. Returns one record per run acted on."""
     logger = get_run_logger()
-    now = now or dt.datetime.now(dt.UTC)
+    owner = f"reaper:{uuid.uuid4().hex[:12]}"
+    legacy = {
+        "legacy_queued_s": stale_after_s(settings, "queued"),
+        "legacy_running_s": stale_after_s(settings, "running"),
+    }
     reaped: list[dict[str, Any]] = []
-    for status, since_field in (("queued", "created_at"), ("running", "started_at")):
-        limit_s = stale_after_s(settings, status)
-        for run in ledger.list_runs(limit=SCAN_LIMIT, status=status):
-            since = parse_utc(run.get(since_field)) or parse_utc(run.get("created_at"))
-            if since is None or (now - since).total_seconds() <= limit_s:
-                continue
-            age_s = (now - since).total_seconds()
-            record = _reap(ledger, executor, run, status, age_s, limit_s)
-            if record is not None:
-                logger.warning(
-                    "reaped %s run %s of video %s: %s",
-                    status,
-                    record["run_id"],
-                    record["video_id"],
-                    record["action"],
-                )
-                reaped.append(record)
-    reaped.extend(_close_orphan_reservations(ledger, settings, now))
+    for candidate in ledger.expired_leases(limit=limit, **legacy):
+        taken = ledger.take_expired_lease(
+            run_id=candidate["id"], owner=owner, lease_s=settings.run_lease_s, **legacy
+        )
+        if not taken.get("taken"):
+            continue  # renewed, ended or taken by someone else meanwhile
+        run = dict(taken["run"])
+        record = _reap(ledger, executor, settings, run, owner)
+        logger.warning(
+            "run %s of video %s (%s, no watcher): %s",
+            record["run_id"],
+            record["video_id"],
+            record["status"],
+            record["action"],
+        )
+        reaped.append(record)
+    if orphans:
+        reaped.extend(_close_orphan_reservations(ledger, settings))
     return reaped
 
 
-def _close_orphan_reservations(
-    ledger: Any, settings: Settings, now: dt.datetime
-) -> list[dict[str, Any]]:
+def _reap(
+    ledger: Any, executor: Any, settings: Settings, run: dict[str, Any], owner: str
+) -> dict[str, Any]:
+    run_id, call_id, status = str(run["id"]), run.get("executor_call_id"), str(run["status"])
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "video_id": run.get("video_id"),
+        "status": status,
+        "age_s": round(float(run.get("age_s") or 0.0), 1),
+        "executor_call_id": call_id,
+        "action": "",
+        "cancel_error": None,
+    }
+    if not call_id:
+        ended = ledger.end_abandoned_run(
+            run_id=run_id,
+            owner=owner,
+            reason=f"reaped: {status} with no watcher (its lease expired) and no call",
+        )
+        amount = float(ended.get("amount_usd") or 0)
+        record["action"] = (
+            f"cancelled; reservation released (${amount:.4f})"
+            if ended.get("action") == "released"
+            else f"cancelled; no call id recorded, charged its worst case ${amount:.4f}"
+        )
+        return record
+
+    asked = _ask(executor, str(call_id))
+    worst = float(run.get("worst_case_cost_usd") or run.get("reserved_cost_usd") or 0.0)
+    if asked is None or asked.state is CallState.PENDING:
+        # Still running, or the executor did not answer now: its watch limit decides.
+        running_for_s = float(run.get("running_for_s") or run.get("age_s") or 0.0)
+        limit_s = watch_limit_of(run, settings)
+        if running_for_s < limit_s:
+            ledger.renew_lease(run_id=run_id, owner=owner, lease_s=0)  # the next pass asks again
+            state = "still running" if asked is not None else "could not be asked"
+            record["action"] = (
+                f"call {call_id} {state} ({running_for_s:.0f} s of its {limit_s:.0f} s watch"
+                " limit): asked again at the next pass"
+            )
+            return record
+        try:
+            executor.cancel(str(call_id))
+        except Exception as error:  # charged its worst case below either way
+            record["cancel_error"] = f"{type(error).__name__}: {error}"
+        asked = watch_limit_exceeded(asked or CallStatus(CallState.PENDING), limit_s, settings)
+
+    if status == "queued":  # a call on a queued run: only a hand-edited row; settle it all the same
+        ledger.transition_run(run_id=run_id, to_status="running")
+    settled = settle_call(
+        ledger, settings, run_id=run_id, status=asked, worst_case_usd=worst, probe=False
+    )
+    record["action"] = (
+        f"call {call_id} asked: {settled.status}, settled at ${settled.actual_cost_usd:.4f}"
+        f" (worst case ${worst:.4f}); {settled.message}"
+    )
+    record["settled_status"] = str(settled.status)
+    record["actual_cost_usd"] = settled.actual_cost_usd
+    return record
+
+
+def _ask(executor: Any, call_id: str) -> CallStatus | None:
+    """The call's state now, or None when the executor could not be asked."""
+    try:
+        status = executor.poll(call_id, timeout_s=0)
+    except Exception as error:
+        get_run_logger().warning("could not ask call %s: %s", call_id, error)
+        return None
+    return status if isinstance(status, CallStatus) else None
+
+
+def _close_orphan_reservations(ledger: Any, settings: Settings) -> list[dict[str, Any]]:
     """Reservations left open by a run that ended (its settle or release call was lost)."""
     closed = []
-    for orphan in ledger.orphan_reservations(
-        limit=SCAN_LIMIT, min_age_s=settings.stale_margin_s, now=now
-    ):
+    # min_age_s is measured by the database against its own now(): no host clock involved.
+    for orphan in ledger.orphan_reservations(limit=SCAN_LIMIT, min_age_s=settings.stale_margin_s):
         run_id, reserved = str(orphan["run_id"]), float(orphan["reserved_usd"])
         if orphan.get("executor_call_id"):
             # It was spawned: what it billed is unknown, so what was reserved is what it cost.
-            ledger.settle_budget(run_id=run_id, actual_usd=reserved, now=now)
+            ledger.settle_budget(run_id=run_id, actual_usd=reserved)
             action = f"open reservation settled at ${reserved:.4f} (run was spawned)"
         else:
-            ledger.release_budget(run_id=run_id, now=now)
+            ledger.release_budget(run_id=run_id)
             action = f"open reservation of ${reserved:.4f} released (run never spawned)"
         get_run_logger().warning("run %s (%s): %s", run_id, orphan.get("run_status"), action)
         closed.append(
@@ -94,51 +199,10 @@ def _close_orphan_reservations(
                 "run_id": run_id,
                 "video_id": orphan.get("video_id"),
                 "status": f"{orphan.get('run_status')}, reservation open",
-                "age_s": round(
-                    (now - (parse_utc(orphan.get("reserved_at")) or now)).total_seconds(), 1
-                ),
+                "age_s": None,
                 "executor_call_id": orphan.get("executor_call_id"),
                 "action": action,
                 "cancel_error": None,
             }
         )
     return closed
-
-
-def _reap(
-    ledger: Any, executor: Any, run: dict[str, Any], status: str, age_s: float, limit_s: float
-) -> dict[str, Any] | None:
-    run_id = str(run["id"])
-    call_id = run.get("executor_call_id")
-    cancel_error = None
-    if status == "running" and call_id:
-        try:
-            executor.cancel(str(call_id))
-        except Exception as error:  # the row is still ended: nobody watches the call anyway
-            cancel_error = f"{type(error).__name__}: {error}"
-    reason = (
-        f"reaped: {status} for {age_s:.0f} s (limit {limit_s:.0f} s) with no flow run"
-        " behind it" + (f"; cancel failed ({cancel_error})" if cancel_error else "")
-    )
-    try:
-        ledger.transition_run(run_id=run_id, to_status="cancelled", fields={"error": reason})
-    except Exception as error:
-        # Its flow moved it in the meantime (BI409): not stale after all.
-        get_run_logger().info("run %s not reaped: %s", run_id, error)
-        return None
-    if status == "queued":
-        money = ledger.release_budget(run_id=run_id)
-        action = f"cancelled; reservation released (${float(money.get('freed_usd') or 0):.4f})"
-    else:
-        reserved = float(run.get("reserved_cost_usd") or run.get("worst_case_cost_usd") or 0)
-        ledger.settle_budget(run_id=run_id, actual_usd=reserved)
-        action = f"call {call_id or '(none)'} cancelled; charged its worst case ${reserved:.4f}"
-    return {
-        "run_id": run_id,
-        "video_id": run.get("video_id"),
-        "status": status,
-        "age_s": round(age_s, 1),
-        "executor_call_id": call_id,
-        "action": action,
-        "cancel_error": cancel_error,
-    }

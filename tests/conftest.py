@@ -33,6 +33,15 @@ def state_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A directory for a test's own server (a private PostgreSQL or Redis to kill), outside
+    pytest's basetemp for the reason above: a server's data must not vanish under it."""
+    path = Path(tempfile.mkdtemp(prefix="bi-sv-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def embedded_pg(state_dir: Path) -> Iterator[EmbeddedPostgres]:
     server = start_postgres(state_dir)
@@ -115,3 +124,26 @@ def ledger(pg_dsn: str, ledger_schema: str) -> Iterator[Ledger]:
 # --- Video stores (appended by the registries work) -----------------------------------------------
 
 from tests.storage_support import refused_port  # noqa: E402, F401 - a fixture for every test module
+
+# --- Torch (appended by the torch work) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def reference_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, object]]:
+    """A ResNet18 pair checkpoint made by ``models train-synthetic`` itself, in a small, fast
+    configuration (16x64 input, 24 steps): (its models directory, the command's JSON report)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from boundary_inference.cli import app
+
+    models_dir = tmp_path_factory.mktemp("torch-models")
+    args = ["models", "train-synthetic", "--out", str(models_dir / "ref.pt"), "--json"]
+    args += ["--input-size", "16x64", "--steps", "24", "--batch-size", "16"]
+    args += ["--train-videos", "2", "--eval-videos", "1", "--frames", "240", "--seed", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return models_dir, json.loads(result.stdout)

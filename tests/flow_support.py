@@ -51,22 +51,24 @@ def configure(
     tmp_path: Path,
     *,
     dsn: str,
-    redis_url: str,
+    redis_url: str | None,
     **overrides: Any,
 ) -> FlowEnv:
-    """Point the flow (which reads settings from the environment) at a fresh schema and prefix."""
+    """Point the flow (which reads settings from the environment) at a fresh schema and prefix.
+    ``redis_url=None``: the embedded Redis under the test's state directory."""
     schema = f"bi_f_{uuid.uuid4().hex[:10]}"
     prefix = f"bif{uuid.uuid4().hex[:8]}"
     apply_migrations(dsn, schema)
     env = {
         "DATABASE_URL": dsn,
-        "REDIS_URL": redis_url,
+        **({"REDIS_URL": redis_url} if redis_url is not None else {}),
         "DB_SCHEMA": schema,
         "REDIS_KEY_PREFIX": prefix,
         "STATE_DIR": str(tmp_path / "state"),
         "POLL_INTERVAL_S": "0.2",
         **{k.upper(): v for k, v in overrides.items()},
     }
+    monkeypatch.delenv("BOUNDARY_INFERENCE_REDIS_URL", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(
             f"BOUNDARY_INFERENCE_{key}", value if isinstance(value, str) else json.dumps(value)
@@ -75,3 +77,17 @@ def configure(
     settings = get_settings()
     ledger = Ledger(PsycopgTransport(dsn, schema, timeout_s=5.0))
     return FlowEnv(settings, ledger, tmp_path / "state", schema, prefix)
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until the kernel has stopped it (delivery is asynchronous: a
+    request sent right after the kill could otherwise still be answered)."""
+    import os
+    import signal
+    import time
+
+    from boundary_inference.processes import process_state
+
+    os.kill(pid, signal.SIGSTOP)
+    while process_state(pid) != "T":
+        time.sleep(0.01)

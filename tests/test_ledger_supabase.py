@@ -281,6 +281,53 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         },
     ),
     ("get_predictions", {"run_id": RUN}, {"p_run_id": RUN}),
+    (
+        "claim_run",
+        {
+            "video_id": "v1",
+            "tenant_id": "t1",
+            "frames_version": "f",
+            "model_version": "m",
+            "lease_s": 60.0,
+            "lease_owner": "fr",
+        },
+        {
+            "p_video_id": "v1",
+            "p_tenant_id": "t1",
+            "p_frames_version": "f",
+            "p_model_version": "m",
+            "p_priority": "normal",
+            "p_force": False,
+            "p_lease_s": 60.0,
+            "p_lease_owner": "fr",
+        },
+    ),
+    (
+        "renew_lease",
+        {"run_id": RUN, "owner": "fr", "lease_s": 60.0},
+        {"p_run_id": RUN, "p_owner": "fr", "p_lease_s": 60.0},
+    ),
+    (
+        "expired_leases",
+        {"limit": 5, "legacy_queued_s": 3600, "legacy_running_s": 12000},
+        {"p_limit": 5, "p_legacy_queued_s": 3600, "p_legacy_running_s": 12000},
+    ),
+    (
+        "take_expired_lease",
+        {"run_id": RUN, "owner": "reaper:1", "lease_s": 60.0},
+        {"p_run_id": RUN, "p_owner": "reaper:1", "p_lease_s": 60.0},
+    ),
+    (
+        "end_abandoned_run",
+        {"run_id": RUN, "owner": "reaper:1", "reason": "no watcher"},
+        {"p_run_id": RUN, "p_owner": "reaper:1", "p_reason": "no watcher"},
+    ),
+    ("record_admission", {"run_id": RUN}, {"p_run_id": RUN}),
+    (
+        "recent_admissions",
+        {"window_s": 3600, "limit": 50},
+        {"p_window_s": 3600, "p_limit": 50},
+    ),
 ]
 
 LIST_RESULTS = {
@@ -291,6 +338,8 @@ LIST_RESULTS = {
     "list_rejections",
     "get_predictions",
     "orphan_reservations",
+    "expired_leases",
+    "recent_admissions",
 }
 
 

@@ -66,18 +66,62 @@ def test_reattach_by_call_id_from_another_instance(tmp_path: Path, video: Path) 
     assert status.state is CallState.SUCCEEDED
 
 
-def test_a_hang_is_killed_at_the_deadline(tmp_path: Path) -> None:
+class Clock:
+    """The watcher's monotonic clock, advanced by the test instead of by waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_watcher_kills_a_hang_past_its_deadline(tmp_path: Path) -> None:
     fifo = tmp_path / "hang.mp4"
     os.mkfifo(fifo)  # opening it blocks forever inside the decoder
-    executor = LocalExecutor(tmp_path / "jobs")
-    started = time.monotonic()
-    call_id = executor.submit(request(fifo, deadline_s=1.0))
-    status = wait(executor, call_id, limit_s=30)
+    clock = Clock()
+    executor = LocalExecutor(tmp_path / "jobs", clock=clock)
+    call_id = executor.submit(request(fifo, deadline_s=60.0))
+    pid = int((tmp_path / "jobs" / call_id / "pid").read_text())
+    clock.now += 60.0 + 4.9  # within the grace after the deadline: still its own business
+    assert executor.poll(call_id, timeout_s=0).state is CallState.PENDING
+    assert not gone(pid)
+    clock.now += 0.2
+    status = executor.poll(call_id, timeout_s=0)
     assert status.state is CallState.FAILED
     assert status.failure is not None and status.failure.kind is FailureKind.TIMEOUT
-    assert time.monotonic() - started < 15
-    pid = int((tmp_path / "jobs" / call_id / "pid").read_text())
+    assert status.failure.elapsed_s == pytest.approx(65.1)
     assert gone(pid)
+
+
+def test_the_child_stops_itself_at_its_deadline_with_nobody_watching(tmp_path: Path) -> None:
+    """The child's own watchdog: the watcher's clock never moves (it never kills); the child ends
+    with exit code 124, which is reported as a timeout."""
+    fifo = tmp_path / "hang.mp4"
+    os.mkfifo(fifo)
+    executor = LocalExecutor(tmp_path / "jobs", clock=Clock())
+    call_id = executor.submit(request(fifo, deadline_s=0.5))
+    status = wait(executor, call_id, limit_s=120)
+    assert status.state is CallState.FAILED
+    assert status.failure is not None and status.failure.kind is FailureKind.TIMEOUT
+    assert "124" in status.failure.message
+    assert gone(int((tmp_path / "jobs" / call_id / "pid").read_text()))
+
+
+def test_a_wall_clock_hours_off_does_not_kill_a_live_job(tmp_path: Path) -> None:
+    """Elapsed time is the machine's monotonic clock: another watcher (a reaper on this host)
+    whose wall clock jumped four hours ahead sees the job as seconds old, and leaves it."""
+    import datetime as dt
+
+    import time_machine
+
+    fifo = tmp_path / "hang.mp4"
+    os.mkfifo(fifo)
+    call_id = LocalExecutor(tmp_path / "jobs").submit(request(fifo, deadline_s=60.0))
+    other = LocalExecutor(tmp_path / "jobs")  # knows only the id, like another process
+    with time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(hours=4), tick=True):
+        assert other.poll(call_id, timeout_s=0).state is CallState.PENDING
+    other.cancel(call_id)
 
 
 def test_cancel_kills_the_child_and_is_idempotent(tmp_path: Path) -> None:

@@ -78,6 +78,7 @@ class FakeCloud:
         self.cancel_raises: BaseException | None = None
         self._ids = itertools.count(1)
         self._threads: list[threading.Thread] = []
+        self.clock: Callable[[], float] = time.monotonic  # the containers' monotonic clock
         self.run_kwargs: dict[str, Any] = {}  # more keyword arguments of run_call (the container)
         bound = {"cloud": self}
         self.Cls: type[FakeCls] = type("BoundCls", (FakeCls,), bound)
@@ -110,7 +111,7 @@ class FakeCloud:
                         store=self.store,
                         max_attempts=self.settings.gpu_attempts,
                         call_id=call.object_id,
-                        **{"models_dir": None, **self.run_kwargs},
+                        **{"models_dir": None, "clock": self.clock, **self.run_kwargs},
                     )
                     return
                 except ContainerCrash:
@@ -759,19 +760,45 @@ def test_an_unreachable_video_store_still_raises_and_is_retried(
     assert cloud.calls[call_id].invocations == settings.gpu_attempts
 
 
+class ClockedModel:
+    """The real builtin model; each batch "takes" ``step_s`` on the containers' clock."""
+
+    threshold = BUILTIN_MODEL.threshold
+
+    def __init__(self, step_s: float) -> None:
+        self.now = 0.0
+        self.step_s = step_s
+
+    def clock(self) -> float:
+        return self.now
+
+    def predict_proba(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        self.now += self.step_s
+        return BUILTIN_MODEL.predict_proba(a, b)
+
+
 def test_the_per_job_deadline_is_a_timeout_with_its_billed_seconds(
-    cloud: FakeCloud, clip: tuple[Path, GroundTruth]
+    cloud: FakeCloud,
+    settings: Settings,
+    clip: tuple[Path, GroundTruth],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Each batch of the real job takes 1 s on the containers' clock: a 3.5 s deadline ends every
+    attempt in its fourth batch of 8, on any machine."""
+    model = ClockedModel(step_s=1.0)
+    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    cloud.clock = model.clock
     executor = executor_for(cloud)
-    call_id = executor.submit(make_request(clip[0], batch_size=1, deadline_s=0.02))
+    call_id = executor.submit(make_request(clip[0], batch_size=8, deadline_s=3.5))
     status = wait_for(executor, call_id)
     assert status.failure is not None
     assert (status.failure.kind, status.failure.error_type) == (
         FailureKind.TIMEOUT,
         "DeadlineExceeded",
     )
-    assert status.failure.elapsed_s is not None and status.failure.elapsed_s > 0
-    assert 0 < status.pairs_done < 40
+    # Every attempt (Modal retries a raised error) is billed its 4 s on the clock.
+    assert status.failure.elapsed_s == pytest.approx(4.0 * settings.gpu_attempts)
+    assert status.pairs_done in (24, 32)  # part-way through 40
 
 
 def test_classify_reads_the_stable_kind() -> None:

@@ -21,6 +21,7 @@ from modal_app.models import (
     LogisticModel,
     fit_logistic,
     get_model,
+    inspect_checkpoint,
     is_known_model_version,
     load_checkpoint,
     pair_features,
@@ -145,6 +146,12 @@ def test_checkpoint_round_trip(models_dir: Path) -> None:
     assert model.weights.shape == (len(FEATURES),)
     np.testing.assert_array_equal(model.weights, again.weights)
     assert model.bias == again.bias and model.threshold == 0.5
+    info = inspect_checkpoint(models_dir / "tiny.npz")  # what the model registry checks
+    assert (info.format, info.architecture, info.name) == (
+        "boundary-logistic-v1",
+        "logistic",
+        "tiny",
+    )
     path = models_dir / "copy.npz"
     LogisticModel("copy", np.array([1.5, -2.0, 0.25], np.float32), 0.75, 0.4).save(path)
     copy = get_model("ckpt:copy", models_dir)

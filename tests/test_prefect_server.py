@@ -348,9 +348,11 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server: str, tmp_path: Pa
     assert names == {
         "flows.boundary_inference:boundary_inference_flow": "default",
         "flows.rejection_monitor:rejection_monitor_flow": "scheduled",
+        "flows.lease_reaper:lease_reaper_flow": "every-2-minutes",
         "flows.backfill:backfill_flow": "default",
     }
     wanted = ["boundary-inference/default", "rejection-monitor/scheduled"]
+    wanted.append("lease-reaper/every-2-minutes")
     if (ROOT / "flows" / "backfill.py").exists():
         wanted.append("backfill/default")
     env = _client_env(prefect_server, tmp_path / "client-home")
@@ -372,11 +374,12 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server: str, tmp_path: Pa
     cli("work-pool", "create", "boundary-inference-pool", "--type", "process", "--overwrite")
     # `deploy --name` matches <entrypoint function>/<deployment>, not the flow's name.
     selectors = ["boundary_inference_flow/default", "rejection_monitor_flow/scheduled"]
+    selectors.append("lease_reaper_flow/every-2-minutes")
     cli(
         "deploy",
         *(
             ["--all"]
-            if len(wanted) == 3
+            if len(wanted) == 4
             else [arg for name in selectors for arg in ("--name", name)]
         ),
     )

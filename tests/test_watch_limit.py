@@ -4,12 +4,13 @@ Modal retries a container that crashes before our code runs (a failing ``@modal.
 that cannot start) without end on deployed apps, and the attempt counter inside the function never
 sees those attempts. What bounds them is the watcher: past ``watch_limit_s`` the call is cancelled
 and charged its worst case. The Modal cloud is the test double of ``test_modal_executor``; the
-ledger, the executor and the task are the real ones.
+ledger, the executor and the task are the real ones; the watch loop's clock is injected and
+advanced by its own sleeps, so the limit is reached after a counted number of polls, however fast
+or slow this machine is.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ from modal_app.models import BUILTIN
 from modal_app.types import InferenceRequest
 from tasks.execute import run_job
 from tests.test_modal_executor import FakeCloud, executor_for
+
+
+class Clock:
+    """The watcher's clock: it moves only when the watcher sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class StartupCrashLoop(FakeCloud):
@@ -67,11 +81,14 @@ def test_a_call_stuck_in_a_crash_loop_is_cancelled_at_the_watch_limit(
     limit_s = settings.watch_limit_s(request.deadline_s)
     assert limit_s == pytest.approx(2.0)
 
+    clock = Clock()
+
     @flow
     def watch() -> tuple[str, Any, float]:
-        started = time.monotonic()
-        call_id, status = run_job(executor, ledger, settings, request)
-        return call_id, status, time.monotonic() - started
+        call_id, status = run_job(
+            executor, ledger, settings, request, clock=clock, sleep=clock.sleep
+        )
+        return call_id, status, clock.now
 
     try:
         call_id, status, waited_s = watch()
@@ -84,7 +101,8 @@ def test_a_call_stuck_in_a_crash_loop_is_cancelled_at_the_watch_limit(
     assert status.failure.error_type == "WatchLimitExceeded"
     # Charged every attempt to its limit: what was reserved, since nobody knows what ran.
     assert status.failure.elapsed_s == pytest.approx(limit_s)
-    assert limit_s <= waited_s < limit_s + 10
+    # Given up at the first poll past the limit (the clock moves by one poll interval per sleep).
+    assert limit_s <= waited_s < limit_s + 2 * settings.poll_interval_s
     assert [cid for cid, _ in cloud.cancels] == [call_id]
     assert cloud.calls[call_id].invocations > 1  # it really was crash-looping
     assert ledger.get_run(run_id=run_id)["executor_call_id"] == call_id

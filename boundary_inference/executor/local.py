@@ -4,6 +4,11 @@ Each call gets a directory under ``<state_dir>/jobs/<call_id>/`` holding the req
 pid, its progress and its result or error. The call id is all another process needs to watch or
 cancel the job, like a Modal ``FunctionCall`` id. The child enforces its own hard deadline, so a job
 stops even when nobody is watching; :meth:`LocalExecutor.poll` enforces it too, from outside.
+
+How long a job has run is measured on the machine's monotonic clock (``CLOCK_MONOTONIC``, one clock
+for every process since boot), never the wall clock: a watcher or reaper whose wall clock is hours
+off must not see a job started seconds ago as past its deadline and kill it. The clock is a
+parameter, so tests advance it instead of waiting.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from boundary_inference.executor.base import (
@@ -36,9 +42,16 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, jobs_dir: Path, *, models_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        jobs_dir: Path,
+        *,
+        models_dir: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.jobs_dir = jobs_dir
         self.models_dir = models_dir
+        self._clock = clock
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def preflight(self) -> None:
@@ -63,7 +76,8 @@ class LocalExecutor:
                 cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         (job_dir / "pid").write_text(str(child.pid))
-        (job_dir / "started_at").write_text(repr(time.time()))
+        (job_dir / "started_at").write_text(repr(time.time()))  # for people; never compared
+        (job_dir / "started_monotonic").write_text(f"{_boot_id()} {self._clock()!r}")
         self._children[call_id] = child
         return call_id
 
@@ -72,6 +86,8 @@ class LocalExecutor:
         child = self._children.get(call_id)
         if child is not None:
             return child.poll()
+        if self._from_another_boot(call_id):
+            return -1  # its process died with the last boot; the pid may belong to anyone now
         pid = int((self._dir(call_id) / "pid").read_text())
         if pid_alive(pid):
             return None
@@ -82,9 +98,25 @@ class LocalExecutor:
         request = json.loads((self._dir(call_id) / "request.json").read_text())
         return float(request["deadline_s"])
 
-    def _elapsed_s(self, call_id: str) -> float:
-        started = float((self._dir(call_id) / "started_at").read_text())
-        return time.time() - started
+    def _elapsed_s(self, call_id: str) -> float | None:
+        """Seconds since the submit, on the monotonic clock; None when unknowable (a job from
+        before this machine's last boot, when the monotonic clock started again)."""
+        try:
+            boot, started = (self._dir(call_id) / "started_monotonic").read_text().split()
+        except FileNotFoundError:  # a job directory written before the monotonic record
+            return max(0.0, time.time() - float((self._dir(call_id) / "started_at").read_text()))
+        except (OSError, ValueError):
+            return None
+        if boot != _boot_id():
+            return None
+        return max(0.0, self._clock() - float(started))
+
+    def _from_another_boot(self, call_id: str) -> bool:
+        try:
+            boot = (self._dir(call_id) / "started_monotonic").read_text().split()[0]
+        except (OSError, IndexError):
+            return False
+        return boot != _boot_id()
 
     def poll(self, call_id: str, *, timeout_s: float) -> CallStatus:
         job_dir = self._dir(call_id)
@@ -128,7 +160,8 @@ class LocalExecutor:
             )
         code = self._exit_code(call_id)
         if code is None:
-            if self._elapsed_s(call_id) > self._deadline_s(call_id) + _DEADLINE_GRACE_S:
+            elapsed = self._elapsed_s(call_id)
+            if elapsed is None or elapsed > self._deadline_s(call_id) + _DEADLINE_GRACE_S:
                 self._kill(call_id)
                 return CallStatus(
                     CallState.FAILED,
@@ -138,7 +171,7 @@ class LocalExecutor:
                         FailureKind.TIMEOUT,
                         f"killed: still running {_DEADLINE_GRACE_S:.0f} s past its"
                         f" {self._deadline_s(call_id):.0f} s deadline",
-                        elapsed_s=self._elapsed_s(call_id),
+                        elapsed_s=elapsed,
                     ),
                 )
             return CallStatus(CallState.PENDING, done, total)
@@ -174,6 +207,14 @@ class LocalExecutor:
         if self._exit_code(call_id) is None:
             (job_dir / "cancelled").write_text(repr(time.time()))
             self._kill(call_id)
+
+
+def _boot_id() -> str:
+    """This boot of the machine (the monotonic clock starts again at every boot)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def _read_progress(job_dir: Path) -> tuple[int, int]:

@@ -248,11 +248,19 @@ class Ledger:
         priority: str = "normal",
         force: bool = False,
         flow_run_id: str | None = None,
+        lease_s: float | None = None,
+        lease_owner: str | None = None,
     ) -> dict[str, Any]:
-        """Atomic insert-or-get: ``{run_id, created, status, rerun_of}``.
+        """Atomic insert-or-get: ``{run_id, created, status, rerun_of, taken_over}``.
 
-        A live run for the key is returned (``created=False``) even with ``force``; a succeeded
-        run is returned unless ``force``; otherwise a new queued run is created.
+        A live run for the key whose lease holds is returned (``created=False``) even with
+        ``force``; a succeeded run is returned unless ``force``; otherwise a new queued run is
+        created, with a lease of ``lease_s`` held by ``lease_owner`` (default ``flow_run_id``).
+
+        A live run whose lease expired (or is held by ``lease_owner`` itself: an earlier attempt
+        of the same flow run) is never returned as a duplicate: with a call it is handed over
+        (``taken_over=True`` and its ``executor_call_id``: reattach to it); without one it is
+        ended (``ended_run`` says how) and the claim goes on.
         """
         return self._obj(
             "claim_run",
@@ -264,7 +272,72 @@ class Ledger:
             priority=priority,
             force=force,
             flow_run_id=flow_run_id,
+            lease_s=lease_s,
+            lease_owner=lease_owner,
         )
+
+    # -- leases (a live run's watcher renews it; an expired one has no watcher) ----------------
+
+    def renew_lease(self, *, run_id: RunId, owner: str, lease_s: float) -> dict[str, Any]:
+        """Extend ``owner``'s lease to now + ``lease_s`` (database clock; 0 lets it expire now).
+
+        ``{renewed, status, lease_expires_at, owner}``; ``renewed=False`` when the run ended or
+        another owner took it over: stop watching, and neither cancel nor settle it.
+        """
+        return self._obj("renew_lease", run_id=run_id, owner=owner, lease_s=lease_s)
+
+    def expired_leases(
+        self,
+        *,
+        limit: int = 100,
+        legacy_queued_s: float | None = None,
+        legacy_running_s: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Live runs nobody watches, oldest lease first: run rows plus ``expired_for_s``,
+        ``running_for_s`` and ``age_s``, all measured in the database's clock. Runs without a
+        lease count past ``legacy_queued_s`` (queued) / ``legacy_running_s`` (running)."""
+        return self._list(
+            "expired_leases",
+            limit=limit,
+            legacy_queued_s=legacy_queued_s,
+            legacy_running_s=legacy_running_s,
+        )
+
+    def take_expired_lease(
+        self,
+        *,
+        run_id: RunId,
+        owner: str,
+        lease_s: float,
+        legacy_queued_s: float | None = None,
+        legacy_running_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Become the watcher of a run nobody watches: ``{taken, run}``; exactly one caller wins."""
+        return self._obj(
+            "take_expired_lease",
+            run_id=run_id,
+            owner=owner,
+            lease_s=lease_s,
+            legacy_queued_s=legacy_queued_s,
+            legacy_running_s=legacy_running_s,
+        )
+
+    def end_abandoned_run(self, *, run_id: RunId, owner: str, reason: str) -> dict[str, Any]:
+        """End a run ``owner`` took over that has no call to ask: queued -> cancelled and its
+        reservation released; running -> cancelled and charged what was reserved.
+        ``{ended, action, amount_usd}``."""
+        return self._obj("end_abandoned_run", run_id=run_id, owner=owner, reason=reason)
+
+    # -- admissions (the limiter's state, rebuilt from here when Redis lost it) -----------------
+
+    def record_admission(self, *, run_id: RunId) -> dict[str, Any]:
+        """The limiter admitted this live run: ``{run_id, admitted_at}`` (idempotent)."""
+        return self._obj("record_admission", run_id=run_id)
+
+    def recent_admissions(self, *, window_s: float, limit: int = 10000) -> list[dict[str, Any]]:
+        """Admissions of the last ``window_s`` seconds, newest first: ``{run_id, video_id, age_s}``
+        (ages in the database's clock; refunded admissions of rejected runs left out)."""
+        return self._list("recent_admissions", window_s=window_s, limit=limit)
 
     def transition_run(
         self,

@@ -122,6 +122,13 @@ class PsycopgTransport:
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
 
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection, if any: a helper thread that ends (the flow's
+        lease keeper) must not leave one open per flow run in a long-lived worker."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._discard(conn)
+
     def close(self) -> None:
         """Close every connection this transport opened (all threads)."""
         with self._lock:

@@ -34,9 +34,17 @@ def _worker(url: str, prefix: str, videos: list[str], limit: int, barrier: Any, 
     out.put(allowed)
 
 
+def fresh_limiter(url: str, prefix: str) -> Limiter:
+    """A limiter on a prefix of its own, synced with nothing admitted before (a new deployment)."""
+    limiter = Limiter(open_redis_client(url, timeout_s=10), prefix=prefix)
+    limiter.rebuild(lambda: [], cooldown_s=600, window_s=3600, wait_s=10)
+    return limiter
+
+
 def race_processes(url: str, videos: list[str], *, limit: int, processes: int = 8) -> int:
     """Admissions granted when ``processes`` spawned processes admit ``videos`` at once."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
+    fresh_limiter(url, prefix).client.close()
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(processes)
     out = ctx.Queue()
@@ -71,8 +79,7 @@ def _cleanup(url: str, prefix: str) -> None:
 def admit_latencies_ms(url: str, *, n: int = 500) -> list[float]:
     """Sorted wall times of ``n`` sequential admissions (distinct videos, no refusals)."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    limiter = Limiter(open_redis_client(url, timeout_s=10), prefix=prefix)
-    limiter.ping()
+    limiter = fresh_limiter(url, prefix)
     latencies_ms = []
     try:
         for i in range(n):

@@ -22,13 +22,25 @@ When quota is burned without use, exactly:
   both, with the same bounds; calling :meth:`Limiter.admit` again with the **same token** replays it
   ("allowed", nothing more taken) instead of refusing the caller's own cooldown.
 
+Redis is the fast path; the ledger is the source of truth. A Redis that lost its data (restarted
+without it, a failover to a replica that missed the last writes) would forget every cooldown and
+the whole window, and admit up to twice the rate limit. So the state is *marked* with the run id of
+the server that holds it (``{prefix}:synced``), and the admission script refuses with
+:class:`LimiterUnsynced` whenever the marker is missing or names another server process. The caller
+then calls :meth:`Limiter.rebuild` with the ledger's admissions of the last window: one process
+rebuilds (a lock in Redis), the others wait for it (at most ``wait_s``) and otherwise fail closed.
+The rebuild merges (adds, never removes), so it is safe against admissions running meanwhile. A
+new, empty deployment is the same case: its first admission rebuilds from an empty ledger.
+
 A token names one admission of one video (the run id). Redis errors of every kind (connection,
 timeout, script error) are raised as :class:`LimiterUnavailable`; failing closed is the caller's call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -43,6 +55,46 @@ Reason = Literal["cooldown", "rate_limited"]
 
 class LimiterUnavailable(Exception):
     """Redis could not be reached, did not answer in time, or failed the call. Fail closed."""
+
+
+class LimiterUnsynced(LimiterUnavailable):
+    """Redis does not hold the state this limiter wrote (it restarted empty, or it is another
+    server): nothing is admitted until :meth:`Limiter.rebuild` has restored it from the ledger.
+    A caller that cannot rebuild fails closed, as for any :class:`LimiterUnavailable`."""
+
+
+@dataclass(frozen=True)
+class PastAdmission:
+    """One admission as the ledger recorded it, for :meth:`Limiter.rebuild`.
+
+    Attributes:
+        token: The admission's token (the run id).
+        video_id: The video it took the cooldown of.
+        age_s: Seconds since it was admitted, in the ledger's clock.
+    """
+
+    token: str
+    video_id: str
+    age_s: float
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """What :meth:`Limiter.rebuild` did. ``rebuilt=False``: another process rebuilt meanwhile.
+
+    Attributes:
+        rebuilt: This call restored the state (it held the rebuild lock).
+        admissions_read: Admissions the loader returned.
+        window_added: Window entries that were missing and were added.
+        cooldowns_set: Cooldowns that were missing (or shorter) and were set.
+        seconds: Wall time of the call.
+    """
+
+    rebuilt: bool
+    admissions_read: int = 0
+    window_added: int = 0
+    cooldowns_set: int = 0
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,12 +124,24 @@ class Limiter:
         Admission(allowed=True, reason=None, retry_after_s=0.0, window_count=1)
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "bi") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "bi",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self._clock = clock
+        self._sleep = sleep
         # register_script only hashes the text; EVALSHA falls back to EVAL once per server.
-        self._admit = client.register_script((_LUA / "admit.lua").read_text(encoding="utf-8"))
-        self._refund = client.register_script((_LUA / "refund.lua").read_text(encoding="utf-8"))
+        self._admit = client.register_script(_script("admit.lua", with_run_id=True))
+        self._refund = client.register_script(_script("refund.lua"))
+        self._restore = client.register_script(_script("restore.lua", with_run_id=True))
+        self._synced = client.register_script(_script("synced.lua", with_run_id=True))
+        self._unlock = client.register_script(_script("unlock.lua"))
 
     def _cooldown_key(self, video_id: str) -> str:
         return f"{{{self.prefix}}}:cooldown:{video_id}"
@@ -85,6 +149,14 @@ class Limiter:
     @property
     def _window_key(self) -> str:
         return f"{{{self.prefix}}}:window"
+
+    @property
+    def _marker_key(self) -> str:
+        return f"{{{self.prefix}}}:synced"
+
+    @property
+    def _rebuild_lock_key(self) -> str:
+        return f"{{{self.prefix}}}:rebuilding"
 
     def admit(
         self,
@@ -96,7 +168,12 @@ class Limiter:
         window_s: float,
         now_s: float | None = None,
     ) -> Admission:
-        """Take the video's cooldown and a global window slot, both or neither, in one script."""
+        """Take the video's cooldown and a global window slot, both or neither, in one script.
+
+        Raises:
+            LimiterUnsynced: Redis does not hold this limiter's state; :meth:`rebuild` first.
+            LimiterUnavailable: Redis failed or did not answer in time.
+        """
         if not token:
             raise ValueError("token must be a non-empty, unique id of this admission (the run id)")
         args: list[str | int] = [
@@ -108,9 +185,14 @@ class Limiter:
         ]
         with _unavailable_on_error():
             allowed, reason, retry_ms, count = self._admit(
-                keys=[self._cooldown_key(video_id), self._window_key], args=args
+                keys=[self._cooldown_key(video_id), self._window_key, self._marker_key], args=args
             )
         reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)
+        if reason_text == "unsynced":
+            raise LimiterUnsynced(
+                "Redis does not hold the limiter's state (restarted without its data, or another"
+                " server): rebuild it from the ledger before admitting anything"
+            )
         return Admission(
             allowed=bool(allowed),
             reason=cast(Reason, reason_text) if reason_text else None,
@@ -147,6 +229,68 @@ class Limiter:
             # The script drops scores <= now - window, so the window is (now - window, +inf).
             return int(self.client.zcount(self._window_key, f"({now_ms - _ms(window_s)}", "+inf"))
 
+    def synced(self) -> bool:
+        """Whether Redis holds this limiter's state (the marker names this server process)."""
+        with _unavailable_on_error():
+            return bool(self._synced(keys=[self._marker_key]))
+
+    def rebuild(
+        self,
+        load: Callable[[], Iterable[PastAdmission]],
+        *,
+        cooldown_s: float,
+        window_s: float,
+        wait_s: float,
+    ) -> Rebuild:
+        """Restore the cooldowns and the window from ``load()`` (the ledger), then mark synced.
+
+        One process rebuilds (a lock in Redis, expiring on its own if its holder dies); the others
+        wait until the marker is back, at most ``wait_s``, then raise :class:`LimiterUnavailable`
+        (fail closed). Errors of ``load`` propagate unchanged: without the ledger there is no
+        rebuild, and nothing is admitted.
+        """
+        started = self._clock()
+        token = uuid.uuid4().hex
+        lock_ms = max(_ms(wait_s) * 4, 10_000)
+        with _unavailable_on_error():
+            mine = bool(self.client.set(self._rebuild_lock_key, token, nx=True, px=lock_ms))
+        if not mine:
+            while self._clock() - started < wait_s:
+                if self.synced():
+                    return Rebuild(rebuilt=False, seconds=self._clock() - started)
+                self._sleep(0.05)
+            raise LimiterUnavailable(
+                f"another process is rebuilding the limiter's state and has not finished within"
+                f" {wait_s:g} s; nothing is admitted meanwhile"
+            )
+        try:
+            if self.synced():  # finished by another process just before we took the lock
+                return Rebuild(rebuilt=False, seconds=self._clock() - started)
+            admissions = list(load())
+            window, cooldowns = _restore_args(admissions, window_s=window_s)
+            keys = [self._window_key, self._marker_key]
+            keys += [self._cooldown_key(video) for video in cooldowns]
+            args: list[str | int] = [max(_ms(window_s), 1), len(window)]
+            for token_, age_s in window:
+                args += [token_, _ms(age_s)]
+            args.append(_ms(cooldown_s))
+            for token_, age_s in cooldowns.values():
+                args += [token_, _ms(age_s)]
+            with _unavailable_on_error():
+                added, cooled = self._restore(keys=keys, args=args)
+            return Rebuild(
+                rebuilt=True,
+                admissions_read=len(admissions),
+                window_added=int(added),
+                cooldowns_set=int(cooled),
+                seconds=self._clock() - started,
+            )
+        finally:
+            try:
+                self._unlock(keys=[self._rebuild_lock_key], args=[token])
+            except (redis.RedisError, OSError):
+                pass  # it expires on its own
+
     def ping(self) -> None:
         """Raise :class:`LimiterUnavailable` unless Redis answers within the client's timeout."""
         with _unavailable_on_error():
@@ -155,6 +299,27 @@ class Limiter:
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+def _script(name: str, *, with_run_id: bool = False) -> str:
+    text = (_LUA / name).read_text(encoding="utf-8")
+    if with_run_id:
+        text = (_LUA / "server_run_id.lua").read_text(encoding="utf-8") + "\n" + text
+    return text
+
+
+def _restore_args(
+    admissions: list[PastAdmission], *, window_s: float
+) -> tuple[list[tuple[str, float]], dict[str, tuple[str, float]]]:
+    """Window entries (every admission younger than the window) and, per video, its newest
+    admission (what its cooldown runs from)."""
+    window = [(a.token, max(a.age_s, 0.0)) for a in admissions if a.age_s < window_s]
+    cooldowns: dict[str, tuple[str, float]] = {}
+    for a in admissions:
+        newest = cooldowns.get(a.video_id)
+        if newest is None or a.age_s < newest[1]:
+            cooldowns[a.video_id] = (a.token, max(a.age_s, 0.0))
+    return window, cooldowns
 
 
 @contextmanager

@@ -1,9 +1,20 @@
 -- Atomic admission: the video's cooldown AND a slot in the global sliding window, both or neither.
 -- KEYS[1] the video's cooldown key (string, value = token of the admission holding it, PX expiry)
 -- KEYS[2] the global window (ZSET: member = token, score = admission time in ms)
+-- KEYS[3] the sync marker: the run id of the server whose data this limiter state is
 -- ARGV[1] token (the run id; one token = one admission)   ARGV[2] cooldown ms   ARGV[3] limit
 -- ARGV[4] window ms   ARGV[5] now in ms, or "" for the server's clock
--- Returns {allowed 1|0, reason "" | "cooldown" | "rate_limited", retry_after_ms, window_count}
+-- Returns {allowed 1|0, reason "" | "cooldown" | "rate_limited" | "unsynced", retry_after_ms,
+--          window_count}
+-- (server_run_id() comes from server_run_id.lua, prepended when the script is loaded.)
+
+-- A server that lost its data (restarted empty, or another server after a failover) has another
+-- run id than the marker, or no marker at all: nothing is admitted until the cooldowns and the
+-- window are rebuilt from the ledger (restore.lua), or a refusal could be forgotten.
+if redis.call('GET', KEYS[3]) ~= server_run_id() then
+  return {0, 'unsynced', 0, 0}
+end
+
 local token = ARGV[1]
 local cooldown_ms = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])

@@ -1,0 +1,143 @@
+"""Settle a finished call: its predictions saved, its run ended, its reservation replaced by what it
+cost, the circuit breaker told. One place for that arithmetic, used by the flow that watched the
+call and by the reaper that found it finished after its watcher died.
+
+* Succeeded: charged its measured GPU seconds (every attempt's, when Modal retried) plus the
+  start-up and idle tail Modal bills around them, never above the reservation.
+* Failed with known seconds: charged those the same way. Failed with unknown seconds (a crash, a
+  hard timeout, a lost or cancelled call): charged the whole reservation (its worst case).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import get_run_logger
+
+from boundary_inference.executor import CallState, FailureKind
+from boundary_inference.outcome import OutcomeStatus
+from config import Settings
+from tasks import breaker, budget
+from tasks._common import LEDGER, guard_task
+
+FAILURE_STATUS = {
+    FailureKind.TIMEOUT: OutcomeStatus.TIMED_OUT,
+    FailureKind.CANCELLED: OutcomeStatus.CANCELLED,
+    FailureKind.INFRASTRUCTURE: OutcomeStatus.FAILED,
+    FailureKind.USER_CODE: OutcomeStatus.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What settling a call did, for the flow's outcome or the reaper's report."""
+
+    status: OutcomeStatus
+    actual_cost_usd: float
+    message: str
+    gpu_seconds: float | None = None
+    pairs: int = 0
+    boundaries: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@guard_task(name="persist-predictions", tags=LEDGER)
+def persist_predictions(ledger: Any, run_id: str, predictions: list[Any]) -> int:
+    """Upsert keyed by (run, f1, f2): a retried flow writes the same rows again, harmlessly."""
+    rows = [
+        {
+            "frame1": p.frame1,
+            "frame2": p.frame2,
+            "probability": p.probability,
+            "is_boundary": p.is_boundary,
+        }
+        for p in predictions
+    ]
+    saved = 0
+    for start in range(0, len(rows), 5000):
+        saved += int(
+            ledger.save_predictions(run_id=run_id, rows=rows[start : start + 5000])["saved"]
+        )
+    return saved
+
+
+def settle_call(
+    ledger: Any,
+    settings: Settings,
+    *,
+    run_id: str,
+    status: Any,
+    worst_case_usd: float,
+    probe: bool,
+) -> Settlement:
+    """End the running run ``run_id`` from its finished call's ``status`` (a ``CallStatus``)."""
+    logger = get_run_logger()
+    if status.state is CallState.SUCCEEDED:
+        result = status.result
+        metrics = result.metrics
+        saved = persist_predictions(ledger, run_id, result.predictions)
+        # Every attempt's seconds (Modal reports them when it retried), not only the last one's.
+        gpu_s = float(result.extra.get("billed_s") or metrics.elapsed_s)
+        # Never above the reservation: the worst case bounds every billed second already.
+        actual = min(settings.billed_cost_usd(gpu_s), worst_case_usd)
+        ledger.transition_run(
+            run_id=run_id,
+            to_status="succeeded",
+            fields={
+                "gpu_seconds": gpu_s,
+                "pairs_per_s": metrics.pairs_per_s,
+                "actual_cost_usd": actual,
+                "attempts": int(result.extra.get("attempts", 1)),
+            },
+        )
+        budget.settle(ledger, run_id=run_id, actual_usd=actual)
+        breaker.record_outcome(ledger, settings, ok=True, kind="success", probe=probe)
+        boundaries = sum(1 for p in result.predictions if p.is_boundary)
+        logger.info(
+            "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f",
+            run_id,
+            saved,
+            boundaries,
+            metrics.pairs_per_s,
+            actual,
+        )
+        return Settlement(
+            OutcomeStatus.SUCCEEDED,
+            actual,
+            f"{saved} pairs, {boundaries} boundaries",
+            gpu_seconds=gpu_s,
+            pairs=saved,
+            boundaries=boundaries,
+            metrics=dict(vars(metrics)),
+        )
+
+    failure = status.failure
+    outcome_status = FAILURE_STATUS[failure.kind]
+    if failure.elapsed_s is None:
+        # After a crash, a hard timeout, a lost or cancelled call, how many attempts ran and for
+        # how long is unknown: charge what was reserved, never less.
+        elapsed, actual = None, worst_case_usd
+    else:
+        elapsed = failure.elapsed_s
+        actual = min(settings.billed_cost_usd(failure.elapsed_s), worst_case_usd)
+    ledger.transition_run(
+        run_id=run_id,
+        to_status=str(outcome_status),
+        fields={
+            "error": f"{failure.error_type}: {failure.message}"[:1000],
+            "failure_kind": str(failure.kind),
+            "gpu_seconds": elapsed,
+            "actual_cost_usd": actual,
+        },
+    )
+    budget.settle(ledger, run_id=run_id, actual_usd=actual)
+    if failure.kind.counts_for_breaker:
+        breaker.record_outcome(ledger, settings, ok=False, kind=str(failure.kind), probe=probe)
+    elif probe and failure.kind is not FailureKind.CANCELLED:
+        # The service answered (the input was bad): the probe succeeded. A cancelled probe says
+        # nothing; unrecorded, its slot is handed out again after breaker_open_s.
+        breaker.record_outcome(ledger, settings, ok=True, kind=f"probe:{failure.kind}", probe=True)
+    return Settlement(
+        outcome_status, actual, f"{failure.kind}: {failure.message}", gpu_seconds=elapsed
+    )
