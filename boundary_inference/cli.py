@@ -78,13 +78,26 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _settings() -> Any:
+    from pydantic import ValidationError
+
     from config import get_settings
+    from config.settings import configuration_problems
 
     try:
         return get_settings()
-    except ValueError as error:
-        console.print(f"[red]configuration error[/red]: {error}")
+    except ValidationError as error:
+        # One line per problem, unwrapped, on stderr: scripts and people read them the same way.
+        for problem in configuration_problems(error):
+            typer.echo(f"configuration error: {problem}", err=True)
         raise typer.Exit(2) from error
+
+
+@app.callback()
+def _refuse_bad_configuration(ctx: typer.Context) -> None:
+    """Every command starts by refusing a configuration that cannot work (exit 2)."""
+    if ctx.resilient_parsing or "--help" in sys.argv[1:]:
+        return
+    _settings()
 
 
 def _services() -> Any:
@@ -180,14 +193,20 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Run boundary_inference_flow for one video, in this process. Exit 0/3/1 as documented."""
+    from boundary_inference.pairs import RequestJsonError, loads_request_json, max_json_chars
+
+    settings = _settings()
     frame_pairs = None
     if pairs is not None:
+        # Bounded before json.loads (which recurses): too deep, too large, NaN or not JSON is a
+        # usage error, one line. What it means (shape, ranges) is the flow's validation.
         try:
-            frame_pairs = json.loads(pairs)
-        except json.JSONDecodeError as error:
-            console.print(f"[red]--pairs is not JSON[/red]: {error}")
+            frame_pairs = loads_request_json(
+                pairs, what="--pairs", max_chars=max_json_chars(settings.max_frame_pairs)
+            )
+        except RequestJsonError as error:
+            typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from error
-    _settings()
     _use_prefect()
     from flows.boundary_inference import boundary_inference_flow
 
@@ -473,6 +492,11 @@ def config_cmd(as_json: JsonOpt = False) -> None:
         "gpu_attempts": settings.gpu_attempts,
         "absolute_ceiling_usd": settings.absolute_ceiling_usd,
         "max_admissible_pairs": settings.max_admissible_pairs,
+        "smallest_job_worst_case_usd": settings.worst_case_cost_usd(
+            1, settings.default_throughput_pairs_per_s
+        ),
+        "longest_job_s": settings.longest_job_s,
+        "max_live_runs": settings.max_live_runs,
     }
     data["warnings"] = settings.coherence_warnings()
     if as_json:
@@ -611,7 +635,7 @@ app.add_typer(automations_app, name="automations")
 def monitor(as_json: JsonOpt = False) -> None:
     """Run the rejection monitor once: open rejections, spend, failure rate, queue, alerts."""
     _use_prefect()
-    from flows.rejection_monitor import rejection_monitor_flow
+    from flows.rejection_monitor import ALERT_ACTIONS, rejection_monitor_flow
 
     summary = rejection_monitor_flow()
     if as_json:
@@ -632,6 +656,8 @@ def monitor(as_json: JsonOpt = False) -> None:
         f" jobs last hour {summary['jobs_last_hour']}; queue depth {summary['queue_depth']}"
     )
     console.print("alerts: " + (", ".join(summary["events"]) or "none"))
+    for key in summary["alerts"]:
+        console.print(f"  what to do ({key}): {ALERT_ACTIONS[key]}")
 
 
 @automations_app.command("apply")

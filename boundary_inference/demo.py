@@ -142,9 +142,8 @@ def run_demo(
     console.print(
         f"  (registered {long_id}: metadata of a 2-hour lecture, 216,000 frames. It goes to a new"
         f" checkpoint, {NEW_MODEL}, with no runs to calibrate its speed, so the estimate assumes"
-        f" the A10G figure of {settings.default_throughput_pairs_per_s:.0f} pairs/s. The builtin"
-        " model, calibrated by run 1 on this CPU, would be cheap enough. The job is refused"
-        " before a single frame is read.)"
+        f" the A10G figure of {settings.default_throughput_pairs_per_s:.0f} pairs/s. The job is"
+        " refused before a single frame is read.)"
     )
     fourth = _submit(
         console,

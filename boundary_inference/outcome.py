@@ -78,6 +78,9 @@ class JobOutcome:
     pairs: int | None = None
     boundaries: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Pairs the request repeated, dropped before the estimate (pairs are a set); None before
+    # validation got that far.
+    duplicate_pairs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

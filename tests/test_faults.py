@@ -107,7 +107,14 @@ def test_redis_restarted_empty_admits_nothing_past_the_rate_limit(
 ) -> None:
     private = start_redis(tmp_path / "r")
     env = configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=private.url, global_rate_limit_jobs="2"
+        monkeypatch,
+        tmp_path,
+        dsn=pg_dsn,
+        redis_url=private.url,
+        global_rate_limit_jobs="2",
+        # At 2 jobs an hour at most 4 can fail inside one breaker window: a threshold of 5 could
+        # never open the circuit, and is refused at start.
+        breaker_failure_threshold="4",
     )
     register(env, video, "v1", "v2", "v3")
     try:

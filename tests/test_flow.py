@@ -199,7 +199,7 @@ def test_budget_exceeded_refunds_the_cooldown(
         min_deadline_s="30",
         heartbeat_timeout_s="30",
         daily_budget_usd="0.025",
-        daily_spend_alert_usd="0.025",
+        daily_spend_alert_usd="0.02",  # below the budget, or it could never fire
         allow_unreachable_cost_cap="true",
     )
     path, truth = video
@@ -223,7 +223,14 @@ def test_global_rate_limit(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
 ) -> None:
     env = configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, global_rate_limit_jobs="1"
+        monkeypatch,
+        tmp_path,
+        dsn=pg_dsn,
+        redis_url=redis_url,
+        global_rate_limit_jobs="1",
+        # At 1 job an hour at most 2 can fail inside one breaker window: a threshold of 5 could
+        # never open the circuit, and is refused at start.
+        breaker_failure_threshold="2",
     )
     path, truth = video
     env.register("v1", path, FRAMES, truth.crop_box)
