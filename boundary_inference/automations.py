@@ -31,7 +31,7 @@ NOTIFY_ACTIONS = frozenset({"send-notification"})
 class AppliedAutomation:
     name: str
     id: UUID
-    action: str  # "created" or "updated"
+    action: str  # "created", "updated" or "unchanged"
 
 
 class NotificationBlockNotFound(LookupError):
@@ -120,10 +120,30 @@ def apply_automations(
         block_id = resolve_notification_block(client, block_name)
         for automation in build_automations(definitions, block_id):
             existing = client.read_automations_by_name(automation.name)
-            if existing:
+            if existing and _comparable(existing[0]) == _comparable(automation):
+                applied.append(AppliedAutomation(automation.name, existing[0].id, "unchanged"))
+            elif existing:
                 client.update_automation(existing[0].id, automation)
                 applied.append(AppliedAutomation(automation.name, existing[0].id, "updated"))
             else:
                 new_id = client.create_automation(automation)
                 applied.append(AppliedAutomation(automation.name, new_id, "created"))
     return applied
+
+
+def _comparable(automation: Any) -> Any:
+    """An automation's definition as the server holds it, without what the server or the client
+    generates (the automation's id and timestamps, each trigger's random id): equal means an
+    update would change nothing (and emit no ``prefect.automation.updated`` event)."""
+    from prefect.events.schemas.automations import AutomationCore
+
+    data = automation.model_dump(mode="json", include=set(AutomationCore.model_fields))
+
+    def strip_ids(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip_ids(v) for k, v in value.items() if k != "id"}
+        if isinstance(value, list):
+            return [strip_ids(v) for v in value]
+        return value
+
+    return strip_ids(data)

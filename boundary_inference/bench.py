@@ -4,7 +4,9 @@ Runs in a throw-away schema and a throw-away Redis key prefix, so it never touch
 50 concurrent claims of one key, 200 concurrent admissions against 20/hour, 100 concurrent $0.50
 reservations against a $20 cap, and 20 concurrent half-open probes, all from separate processes;
 then the ``faults`` section (:mod:`boundary_inference.faults_bench`): Redis killed, restarted empty
-and frozen, PostgreSQL killed, a watcher killed after its spawn, each on private servers.
+and frozen, PostgreSQL killed, a watcher killed after its spawn, each on private servers;
+then the calibration figures (:mod:`boundary_inference.calibration_bench`): the estimate's
+throughput and deadline after real runs, a duplicate-pair job and a slow run.
 """
 
 from __future__ import annotations
@@ -40,5 +42,8 @@ def run_bench(settings: Settings) -> dict[str, Any]:
     from boundary_inference.faults_bench import fault_figures
 
     figures["faults"] = fault_figures(dsn)
+    from boundary_inference.calibration_bench import calibration_figures
+
+    figures.update(calibration_figures(dsn, settings.db_schema, settings))
     figures["total_seconds"] = round(time.monotonic() - started, 2)
     return figures

@@ -1,7 +1,8 @@
 """``boundary-inference``: the command line.
 
 Command names, options and ``--json`` fields are a contract other tools script against: add, never
-rename. Exit codes: 0 succeeded or skipped, 3 rejected, 1 failed, 2 usage error.
+rename. Exit codes: 0 succeeded or skipped, 3 rejected, 1 failed, 2 usage, configuration or
+connection problem (one line on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -15,10 +16,59 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from boundary_inference.cli_ledger import ledger_app
 
+
+class _OneLineErrors(TyperGroup):
+    """Usage, configuration and connection problems end as one line and exit 2, never a
+    traceback; anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:  # typer's Exit/Abort and usage errors are never classified
+            reason = _operator_problem(error)
+            if reason is None:
+                raise
+            from rich.markup import escape
+
+            Console(stderr=True, soft_wrap=True).print(
+                f"[red]error[/red]: {escape(reason)}", highlight=False
+            )
+            raise typer.Exit(2) from None
+
+
+def _operator_problem(error: BaseException) -> str | None:
+    """One line for an error the operator can fix (a store or server unreachable, a bad setting),
+    None for a bug."""
+    from boundary_inference.embedded_prefect import PrefectServerError
+    from boundary_inference.ledger import LedgerError
+    from boundary_inference.limiter import LimiterUnavailable
+    from boundary_inference.services import EmbeddedNotAllowed
+
+    first_line = " ".join(str(error).split())[:400] or type(error).__name__
+    if isinstance(error, LedgerError):
+        return f"the ledger (PostgreSQL) failed: {first_line}"
+    if isinstance(error, LimiterUnavailable):
+        return f"Redis failed: {first_line}"
+    if isinstance(error, (PrefectServerError, EmbeddedNotAllowed)):
+        return first_line
+    names = {c.__module__.split(".")[0] + "." + c.__name__ for c in type(error).__mro__}
+    if names & {"psycopg.OperationalError", "psycopg.InterfaceError"}:
+        return f"cannot reach PostgreSQL: {first_line}"
+    if names & {"redis.ConnectionError", "redis.TimeoutError"}:
+        return f"cannot reach Redis: {first_line}"
+    if names & {"httpx.TransportError"} or first_line.startswith("Failed to reach API"):
+        return f"cannot reach the Prefect API: {first_line}"
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return f"connection failed: {first_line}"
+    return None
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="GPU batch inference that cannot run away with your money.",
@@ -31,19 +81,60 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _settings() -> Any:
+    from pydantic import ValidationError
+
     from config import get_settings
+    from config.settings import configuration_problems
 
     try:
         return get_settings()
-    except ValueError as error:
-        console.print(f"[red]configuration error[/red]: {error}")
+    except ValidationError as error:
+        # One line per problem, unwrapped, on stderr: scripts and people read them the same way.
+        for problem in configuration_problems(error):
+            typer.echo(f"configuration error: {problem}", err=True)
         raise typer.Exit(2) from error
+
+
+@app.callback()
+def _refuse_bad_configuration(ctx: typer.Context) -> None:
+    """Every command starts by refusing a configuration that cannot work (exit 2)."""
+    if ctx.resilient_parsing or "--help" in sys.argv[1:]:
+        return
+    _settings()
 
 
 def _services() -> Any:
     from boundary_inference.services import get_services
 
     return get_services(_settings())
+
+
+def _use_prefect() -> Any:
+    """Before the first flow run of this process: Prefect's API is ``PREFECT_API_URL`` (or a
+    profile's) when set, else the state dir's embedded Prefect server, started once and shared by
+    every CLI process. Returns the embedded server, or None."""
+    from boundary_inference.embedded_prefect import use_embedded_prefect
+
+    return use_embedded_prefect(Path(_settings().state_dir))
+
+
+def _flow_run_url(state: Any) -> str | None:
+    """Where a flow run shows in the UI of whichever Prefect server ran it."""
+    from prefect.settings import get_current_settings
+
+    flow_run_id = getattr(state.state_details, "flow_run_id", None)
+    ui_url = get_current_settings().ui_url
+    return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}" if flow_run_id and ui_url else None
+
+
+def _usd(value: Any) -> str:
+    """Money as the operator reads it: $0.4037, not 0.40367228957763895."""
+    return "" if value is None or value == "" else f"${float(value):.4f}"
+
+
+def _short_id(value: Any) -> str:
+    """The first 8 characters of a uuid: what the tables show and ``ack`` accepts."""
+    return str(value)[:8] if value else ""
 
 
 def _print_json(data: Any) -> None:
@@ -53,7 +144,9 @@ def _print_json(data: Any) -> None:
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        # An id is what `ack` and people copy: never cut, whatever the terminal's width.
+        short = column == "id"
+        table.add_column(column, no_wrap=short, min_width=8 if short else None)
     for row in rows:
         table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
     console.print(table)
@@ -73,7 +166,18 @@ def demo(
     """The main job: every safeguard, end to end, on the embedded services."""
     from boundary_inference.demo import run_demo
 
-    raise typer.Exit(run_demo(frames=frames, seed=seed, console=console))
+    server = _use_prefect()
+    raise typer.Exit(
+        run_demo(frames=frames, seed=seed, console=console, ui_url=_prefect_ui_url(server))
+    )
+
+
+def _prefect_ui_url(server: Any) -> str | None:
+    if server is not None:
+        return str(server.ui_url)
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().ui_url
 
 
 @app.command()
@@ -92,14 +196,21 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Run boundary_inference_flow for one video, in this process. Exit 0/3/1 as documented."""
+    from boundary_inference.pairs import RequestJsonError, loads_request_json, max_json_chars
+
+    settings = _settings()
     frame_pairs = None
     if pairs is not None:
+        # Bounded before json.loads (which recurses): too deep, too large, NaN or not JSON is a
+        # usage error, one line. What it means (shape, ranges) is the flow's validation.
         try:
-            frame_pairs = json.loads(pairs)
-        except json.JSONDecodeError as error:
-            console.print(f"[red]--pairs is not JSON[/red]: {error}")
+            frame_pairs = loads_request_json(
+                pairs, what="--pairs", max_chars=max_json_chars(settings.max_frame_pairs)
+            )
+        except RequestJsonError as error:
+            typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from error
-    _settings()
+    _use_prefect()
     from flows.boundary_inference import boundary_inference_flow
 
     state = boundary_inference_flow(
@@ -113,8 +224,11 @@ def submit(
         return_state=True,
     )
     outcome = _outcome_from_state(state)
+    url = _flow_run_url(state)
     if as_json:
-        _print_json({k: outcome.get(k) for k in SUBMIT_FIELDS} | {"details": outcome})
+        _print_json(
+            {k: outcome.get(k) for k in SUBMIT_FIELDS} | {"flow_run_url": url, "details": outcome}
+        )
     else:
         colour = {"succeeded": "green", "skipped": "cyan", "rejected": "yellow"}.get(
             str(outcome["status"]), "red"
@@ -122,9 +236,15 @@ def submit(
         console.print(f"[{colour}]{outcome['status']}[/{colour}]: {outcome.get('message')}")
         if outcome.get("rejection_type"):
             console.print(f"  rejection_type: {outcome['rejection_type']}")
-        for key in ("run_id", "estimated_cost_usd", "worst_case_cost_usd", "actual_cost_usd"):
+        if outcome.get("run_id") is not None:
+            console.print(f"  run_id: {outcome['run_id']}")
+        for key in ("estimated_cost_usd", "worst_case_cost_usd", "actual_cost_usd"):
             if outcome.get(key) is not None:
-                console.print(f"  {key}: {outcome[key]}")
+                console.print(f"  {key}: {_usd(outcome[key])}")
+        if outcome.get("rejection_id"):
+            console.print(f"  acknowledge: boundary-inference ack {outcome['rejection_id']}")
+        if url:
+            console.print(f"  Prefect UI: {url}", soft_wrap=True)
     raise typer.Exit(EXIT[str(outcome["status"])])
 
 
@@ -140,10 +260,12 @@ EXIT = {"succeeded": 0, "skipped": 0, "rejected": 3, "failed": 1, "cancelled": 1
 
 
 def _outcome_from_state(state: Any) -> dict[str, Any]:
-    data = state.result(raise_on_failure=False)
-    if isinstance(data, dict) and "status" in data:
-        return data
-    return {"status": "failed", "message": state.message or str(data), "run_id": None}
+    from boundary_inference.outcome import outcome_of
+
+    outcome = outcome_of(state)
+    if outcome is not None:
+        return outcome
+    return {"status": "failed", "message": state.message or state.name, "run_id": None}
 
 
 @app.command()
@@ -159,6 +281,9 @@ def runs(
         return
     for row in rows:
         row["age"] = _age(row.get("created_at"))
+        row["id"] = _short_id(row.get("id"))
+        row["estimated"] = _usd(row.get("estimated_cost_usd"))
+        row["actual"] = _usd(row.get("actual_cost_usd"))
     _table(
         "runs",
         rows,
@@ -169,8 +294,8 @@ def runs(
             "model_version",
             "status",
             "pairs",
-            "estimated_cost_usd",
-            "actual_cost_usd",
+            "estimated",
+            "actual",
             "executor_call_id",
         ],
     )
@@ -189,9 +314,8 @@ def rejections_cmd(
         return
     for row in rows:
         row["age"] = _age(row.get("created_at"))
-        row["estimate"] = (
-            f"${float(row['estimated_cost_usd']):.4f}" if row.get("estimated_cost_usd") else ""
-        )
+        row["id"] = _short_id(row.get("id"))
+        row["estimate"] = _usd(row.get("estimated_cost_usd"))
     _table(
         "rejections",
         rows,
@@ -210,20 +334,43 @@ def rejections_cmd(
 
 @app.command()
 def ack(
-    rejection_ids: list[str],
+    rejection_ids: Annotated[
+        list[str], typer.Argument(help="Ids as `rejections` shows them: any unique prefix.")
+    ],
     by: Annotated[str, typer.Option(help="Who acknowledges.")] = "cli",
 ) -> None:
-    """Acknowledge rejections by id."""
+    """Acknowledge rejections by id or by a unique prefix of it (the 8 characters shown).
+
+    Exit 0 when every one was acknowledged now; 1 when one was unknown or already acknowledged;
+    2 when an id is malformed or its prefix matches several rejections."""
+    import re
+
     ledger = _services().ledger
-    missing = 0
-    for rejection_id in rejection_ids:
+    failed, unusable = 0, 0
+    for given in rejection_ids:
+        prefix = given.strip().lower()
+        if not re.fullmatch(r"[0-9a-f-]{1,36}", prefix):
+            console.print(f"{given}: not a rejection id (hex digits and dashes, as shown)")
+            unusable += 1
+            continue
+        matches = ledger.find_rejections_by_prefix(prefix=prefix, limit=10)
+        if len(matches) > 1:
+            shown = ", ".join(str(m["id"]) for m in matches[:5])
+            console.print(f"{given}: ambiguous, {len(matches)}+ rejections start so ({shown}...)")
+            unusable += 1
+            continue
+        if not matches:
+            console.print(f"{given}: no rejection has this id")
+            failed += 1
+            continue
+        rejection_id = str(matches[0]["id"])
         done = ledger.acknowledge_rejection(id=rejection_id, by=by)
         acknowledged = bool(done.get("acknowledged")) if isinstance(done, dict) else bool(done)
         console.print(
-            f"{rejection_id}: {'acknowledged' if acknowledged else 'not found or already acknowledged'}"
+            f"{rejection_id}: {'acknowledged' if acknowledged else 'already acknowledged'}"
         )
-        missing += 0 if acknowledged else 1
-    raise typer.Exit(1 if missing else 0)
+        failed += 0 if acknowledged else 1
+    raise typer.Exit(2 if unusable else 1 if failed else 0)
 
 
 @app.command()
@@ -319,7 +466,23 @@ def migrate(
             else embedded_dsn(settings)
         )
     applied = apply_migrations(dsn, settings.db_schema)
-    console.print(f"schema {settings.db_schema}: applied {applied or 'nothing (up to date)'}")
+    held = _applied_migrations(dsn, settings.db_schema)
+    latest = held[-1] if held else "none"
+    console.print(
+        f"schema {settings.db_schema}: {len(held)} migrations applied (latest {latest});"
+        f" this run applied {', '.join(applied) if applied else 'none (already up to date)'}"
+    )
+
+
+def _applied_migrations(dsn: str, schema: str) -> list[str]:
+    """What the database holds: the names in ``<schema>.schema_migrations``, oldest first."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        table = sql.Identifier(schema, "schema_migrations")
+        query = sql.SQL("SELECT name FROM {} ORDER BY name").format(table)
+        return [str(row[0]) for row in conn.execute(query).fetchall()]
 
 
 @app.command("config")
@@ -332,6 +495,11 @@ def config_cmd(as_json: JsonOpt = False) -> None:
         "gpu_attempts": settings.gpu_attempts,
         "absolute_ceiling_usd": settings.absolute_ceiling_usd,
         "max_admissible_pairs": settings.max_admissible_pairs,
+        "smallest_job_worst_case_usd": settings.worst_case_cost_usd(
+            1, settings.default_throughput_pairs_per_s
+        ),
+        "longest_job_s": settings.longest_job_s,
+        "max_live_runs": settings.max_live_runs,
     }
     data["warnings"] = settings.coherence_warnings()
     if as_json:
@@ -371,6 +539,12 @@ def bench(
         "0,100000,1000000", help="History sizes for --scale (runs), the first 0."
     ),
     admission_s: float = typer.Option(10.0, min=1.0, help="Seconds per admission round (--scale)."),
+    submit: bool = typer.Option(
+        True,
+        "--submit/--no-submit",
+        help="Also: concurrent `submit` processes (20 on one key, 50 against 5/h) and one"
+        " submission's wall time, CPU and memory against `runs --json`.",
+    ),
 ) -> None:
     """Concurrency figures measured on the real servers (claims, admissions, budget, breaker),
     or with --inference the inference payload's accuracy and throughput on this machine, or with
@@ -401,6 +575,10 @@ def bench(
     from boundary_inference.bench import run_bench
 
     figures = run_bench(_settings())
+    if submit:
+        from boundary_inference.bench_submit import submit_figures
+
+        figures.update(submit_figures(_settings()))
     if as_json:
         _print_json(figures)
         return
@@ -483,12 +661,15 @@ app.add_typer(automations_app, name="automations")
 @app.command()
 def monitor(as_json: JsonOpt = False) -> None:
     """Run the rejection monitor once: open rejections, spend, failure rate, queue, alerts."""
-    from flows.rejection_monitor import rejection_monitor_flow
+    _use_prefect()
+    from flows.rejection_monitor import ALERT_ACTIONS, rejection_monitor_flow
 
     summary = rejection_monitor_flow()
     if as_json:
         _print_json(summary)
         return
+    for row in summary["rejections_by_type"]:
+        row["total_estimated_cost_usd"] = _usd(row.get("total_estimated_cost_usd"))
     _table(
         "unacknowledged rejections by type",
         summary["rejections_by_type"],
@@ -502,6 +683,8 @@ def monitor(as_json: JsonOpt = False) -> None:
         f" jobs last hour {summary['jobs_last_hour']}; queue depth {summary['queue_depth']}"
     )
     console.print("alerts: " + (", ".join(summary["events"]) or "none"))
+    for key in summary["alerts"]:
+        console.print(f"  what to do ({key}): {ALERT_ACTIONS[key]}")
 
 
 @automations_app.command("apply")
@@ -518,6 +701,7 @@ def automations_apply(
     """Create or update the shipped alert automations, notifying through BLOCK."""
     from boundary_inference.automations import NotificationBlockNotFound, apply_automations
 
+    _use_prefect()
     try:
         applied = apply_automations(block, directory)
     except NotificationBlockNotFound as error:
@@ -542,7 +726,18 @@ app.add_typer(videos_app, name="videos")
 app.add_typer(models_app, name="models")
 
 
+# --- Embedded servers (boundary_inference.cli_services) -----------------------------------------
+
+from boundary_inference.cli_services import services_app  # noqa: E402
+
+app.add_typer(services_app, name="services")
+
+
 def main() -> None:
+    import warnings
+
+    # pgserver's platformdirs asks for XDG_RUNTIME_DIR, unset in many shells: noise on every line.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     app()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,13 @@ def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
 
     console.rule(f"[bold]{title}")
     started = time.monotonic()
+    from boundary_inference.outcome import outcome_of
+
     state = boundary_inference_flow(**params, return_state=True)
-    data = state.result(raise_on_failure=False)
-    outcome: dict[str, Any] = (
-        data if isinstance(data, dict) else {"status": "failed", "message": str(data)}
-    )
+    outcome: dict[str, Any] = outcome_of(state) or {
+        "status": "failed",
+        "message": state.message or state.name,
+    }
     colour = {"succeeded": "green", "skipped": "cyan", "rejected": "yellow"}.get(
         str(outcome.get("status")), "red"
     )
@@ -54,7 +57,13 @@ def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
     return outcome
 
 
-def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None) -> int:
+def run_demo(
+    *,
+    frames: int = 300,
+    seed: int = 7,
+    console: Console | None = None,
+    ui_url: str | None = None,
+) -> int:
     console = console or Console()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from boundary_inference.model_registry import register_model
@@ -76,8 +85,9 @@ def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None
 
     videos_dir = Path(settings.state_dir).resolve() / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
-    # A new id per demo run, so every run shows the whole story (dedup and cooldown are per video).
-    video_id = f"demo-{int(time.time())}"
+    # A new id per demo run, so every run shows the whole story (dedup and cooldown are per video),
+    # and two demos started in the same second in one checkout do not collide.
+    video_id = f"demo-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
     path = videos_dir / f"{video_id}.mp4"
     truth = make_video(path, seed=seed, frame_count=frames)
     crop = truth.crop_box
@@ -132,9 +142,8 @@ def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None
     console.print(
         f"  (registered {long_id}: metadata of a 2-hour lecture, 216,000 frames. It goes to a new"
         f" checkpoint, {NEW_MODEL}, with no runs to calibrate its speed, so the estimate assumes"
-        f" the A10G figure of {settings.default_throughput_pairs_per_s:.0f} pairs/s. The builtin"
-        " model, calibrated by run 1 on this CPU, would be cheap enough. The job is refused"
-        " before a single frame is read.)"
+        f" the A10G figure of {settings.default_throughput_pairs_per_s:.0f} pairs/s. The job is"
+        " refused before a single frame is read.)"
     )
     fourth = _submit(
         console,
@@ -165,7 +174,7 @@ def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None
             str(row["rejection_type"]),
             str(row["video_id"]),
             str(row.get("frame_count") or ""),
-            f"${float(row['estimated_cost_usd']):.2f}" if row.get("estimated_cost_usd") else "",
+            f"${float(row['estimated_cost_usd']):.4f}" if row.get("estimated_cost_usd") else "",
             str(row["message"])[:90],
         )
     console.print(table)
@@ -182,12 +191,15 @@ def run_demo(*, frames: int = 300, seed: int = 7, console: Console | None = None
         for o, status, kind in expected
     )
     console.rule("[bold]where to look")
+    ui = ui_url or "(the Prefect UI of your PREFECT_API_URL's server)"
     console.print(
         "  CLI:        boundary-inference runs | rejections | ack <id> | spend | breaker status\n"
-        "  Prefect UI: `prefect server start`, open http://127.0.0.1:4200 -> Runs: flow"
-        f" 'boundary-inference', runs named '{video_id}-{MODEL}'. Each run's Artifacts tab holds"
-        " the estimate (admitted) or the rejection reason; the progress artifact shows the live"
-        " job; Events shows 'boundary-inference.job.rejected'."
+        f"  Prefect UI: {ui} -> Runs: search '{video_id}'; each run is named"
+        " <video>-<frames>-<model>-<flow run id>. A run's Artifacts tab holds its estimate and"
+        " progress (admitted) or its rejection and the `ack` command; Event Feed shows"
+        " 'boundary-inference.job.rejected'. The runs stay there (`boundary-inference services"
+        " status` shows the server; `services stop` stops it).",
+        soft_wrap=True,
     )
     console.print(
         f"demo {'[green]OK[/green]' if all_ok else '[red]FAILED[/red]'} in"

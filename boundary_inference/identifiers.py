@@ -10,6 +10,7 @@ space is invisible in a log line.
 from __future__ import annotations
 
 import re
+import reprlib
 import unicodedata
 from dataclasses import dataclass
 
@@ -57,6 +58,41 @@ def _describe(char: str) -> str:
     if name is None:  # control characters have no name in unicodedata
         name = {"\n": "LINE FEED", "\r": "CARRIAGE RETURN", "\t": "TAB"}.get(char, "control")
     return f"U+{ord(char):04X} ({name})"
+
+
+def coerce_identifier(value: object) -> object:
+    """A plain integer becomes its decimal string; anything else is returned unchanged.
+
+    ``prefect deployment run --param video_id=123`` parses its value as JSON, so an all-digit id
+    arrives as an int. Its decimal string is the only spelling it can have, so accepting it adds no
+    second dedup key. Booleans and floats stay as they are and are refused.
+    """
+    if type(value) is int and 0 <= value < 10**128:  # longer would be refused for length anyway
+        return str(value)
+    return value
+
+
+# Every character any rule allows, and the longest limit: what can be shown as it is.
+_PLAIN = re.compile(r"[A-Za-z0-9._:+-]{1,128}")
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = 60
+_SHOW.maxother = 60
+_SHOW.maxlevel = 2
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = 4
+
+
+def display_identifier(value: object) -> str:
+    """A short, printable stand-in for ``value`` to record with a refusal (ledger row, event
+    resource, artifact). A valid identifier is itself; anything else is a truncated, ASCII-escaped
+    repr: never a recursion (depth-limited), never unbounded, and never equal to a valid
+    identifier (it carries quotes or brackets that the grammar refuses)."""
+    if isinstance(value, str) and _PLAIN.fullmatch(value):
+        return value
+    try:
+        shown = _SHOW.repr(value)
+    except ValueError:  # an int past Python's 4,300-digit str limit
+        shown = f"<{type(value).__name__}>"
+    return shown.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def identifier_problem(kind: str, value: object) -> str | None:

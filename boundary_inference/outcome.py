@@ -78,6 +78,9 @@ class JobOutcome:
     pairs: int | None = None
     boundaries: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Pairs the request repeated, dropped before the estimate (pairs are a set); None before
+    # validation got that far.
+    duplicate_pairs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,3 +91,30 @@ class JobOutcome:
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.status]
+
+
+class JobFailed(Exception):
+    """A failed job, as the data of its ``Failed`` flow state; ``outcome`` is its JobOutcome dict.
+
+    Prefect turns a failed state's data into an exception whenever the state's result is read
+    (a deployment run reads it as it ends): a plain dict there was ``TypeError: Unexpected result
+    for failed state`` in the worker's log. Its text is the job's readable message.
+    """
+
+    def __init__(self, outcome: dict[str, Any]) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+    def __str__(self) -> str:
+        return f"{self.outcome.get('status')}: {self.outcome.get('message')}"
+
+
+def outcome_of(state: Any) -> dict[str, Any] | None:
+    """The JobOutcome dict a ``boundary_inference_flow`` state carries, whatever it ended as;
+    None when the run ended before producing one (crashed, cancelled by Prefect)."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, JobFailed):
+        return data.outcome
+    if isinstance(data, dict) and "status" in data:
+        return data
+    return None

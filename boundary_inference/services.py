@@ -13,6 +13,8 @@ connections.
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,13 +102,86 @@ def open_executor(settings: Settings) -> Executor:
     )
 
 
+class EmbeddedNotAllowed(RuntimeError):
+    """A deployment run would start embedded servers that its configuration did not ask for."""
+
+
+def embedded_refusal(settings: Settings) -> str | None:
+    """Why this process may not start the embedded servers ``settings`` would need, or None.
+
+    A flow run started by a worker or ``serve`` (a deployment run) runs where Prefect put it:
+    a worker's temporary working directory is deleted after the run, with any relative state dir
+    in it, and the daemons started there would outlive it, serving a ledger nobody reads. So
+    such a run uses embedded servers only when told: an absolute ``state_dir`` set explicitly,
+    or ``allow_embedded`` (and even then never a relative state dir inside Prefect's temporary
+    directory). The CLI, the demo and tests (no deployment) keep the embedded default.
+    """
+    needs = [
+        name
+        for name, configured in (
+            ("PostgreSQL", settings.database_url is not None or bool(settings.supabase_url)),
+            ("Redis", settings.redis_url is not None or bool(settings.redis_block)),
+        )
+        if not configured
+    ]
+    if not needs or _deployment_id() is None:
+        return None
+    state_dir = Path(settings.state_dir)
+    if state_dir.is_absolute() and "state_dir" in settings.model_fields_set:
+        return None
+    if settings.allow_embedded:
+        resolved = state_dir.resolve()
+        temporary = _prefect_temporary_dir(resolved)
+        if temporary is None:
+            return None
+        return (
+            f"state_dir {str(state_dir)!r} resolves to {resolved}, inside Prefect's temporary"
+            f" working directory {temporary}, deleted after this run: set"
+            " BOUNDARY_INFERENCE_STATE_DIR to an absolute path"
+        )
+    return (
+        f"this flow run comes from a deployment (a worker or serve) and would start an embedded"
+        f" {' and '.join(needs)} under {str(state_dir)!r}: configure"
+        " BOUNDARY_INFERENCE_DATABASE_URL and BOUNDARY_INFERENCE_REDIS_URL, or set"
+        " BOUNDARY_INFERENCE_STATE_DIR to an absolute path (the one the CLI uses), or"
+        " BOUNDARY_INFERENCE_ALLOW_EMBEDDED=true"
+    )
+
+
+def _deployment_id() -> str | None:
+    # Only a process that imported Prefect can be inside a flow run; the CLI's reading commands
+    # do not pay Prefect's import for this question.
+    if "prefect" not in sys.modules:
+        return None
+    from prefect.runtime import deployment
+
+    deployment_id = deployment.id  # the running flow run's deployment, None outside of one
+    return str(deployment_id) if deployment_id else None
+
+
+def _prefect_temporary_dir(path: Path) -> Path | None:
+    """The process worker's per-run directory (``tempfile.TemporaryDirectory(suffix="prefect")``)
+    that ``path`` lies in, if any."""
+    temp_root = Path(tempfile.gettempdir()).resolve()
+    for parent in [path, *path.parents]:
+        if parent.parent == temp_root and parent.name.endswith("prefect"):
+            return parent
+    return None
+
+
 def get_services(settings: Settings | None = None) -> Services:
-    """Connected services for ``settings`` (default: from the environment), cached per process."""
+    """Connected services for ``settings`` (default: from the environment), cached per process.
+
+    Raises :class:`EmbeddedNotAllowed` when :func:`embedded_refusal` says so.
+    """
     settings = settings or get_settings()
     with _lock:
         cached = _cache.get(settings)
         if cached is not None:
             return cached
+    refusal = embedded_refusal(settings)
+    if refusal is not None:
+        raise EmbeddedNotAllowed(refusal)
     services = Services(
         settings=settings,
         ledger=open_ledger(settings),

@@ -6,59 +6,133 @@ file in the working directory, and the defaults below (the seed document's numbe
 
 Incoherent configurations are refused at construction (``ValueError`` with the reason); merely
 surprising ones are reported by :meth:`Settings.coherence_warnings`. See README "Configuration".
+Every number must be finite (``inf``, ``nan`` and values that overflow to them are refused), and
+every count and duration fits the stores it reaches (:data:`MAX_COUNT`, :data:`MAX_DURATION_S`).
+:func:`configuration_problems` turns a refusal into one line per problem.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+from boundary_inference.identifiers import identifier_problem
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+ENV_PREFIX = "BOUNDARY_INFERENCE_"
+# Counts reach PostgreSQL integer columns and parameters (int4).
+MAX_COUNT = 2**31 - 1
+# Durations reach PostgreSQL as integer seconds and intervals, and Redis as millisecond expiries
+# through the limiter's Lua script (measured on the embedded Redis: 1e13 s accepted, 1e14 s
+# refused with "value is not an integer or out of range", failing every admission). int4 seconds,
+# about 68 years, is inside every one of those limits.
+MAX_DURATION_S = 2**31 - 1
+# Byte sizes are bigint (int8) in the ledger.
+MAX_BYTES = 2**63 - 1
+
+
+class IncoherentConfiguration(ValueError):
+    """Settings whose combination leaves a safeguard dead, admits no job, or leaves money
+    unbounded. ``problems``: one sentence each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("incoherent configuration:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
 
 
 class Settings(BaseSettings):
     """Limits, prices and connections for the boundary-inference project."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BOUNDARY_INFERENCE_",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
+        # inf, nan, and numbers that overflow to inf (1e309) are refused for every float field.
+        allow_inf_nan=False,
     )
 
     # --- Admission limits -------------------------------------------------------------------------
     video_cooldown_s: int = Field(
-        600, ge=0, description="A video may be submitted at most once per this many seconds."
+        600,
+        ge=0,
+        le=MAX_DURATION_S,
+        description="A video may be submitted at most once per this many seconds.",
     )
     global_rate_limit_jobs: int = Field(
-        20, ge=1, description="At most this many admitted jobs per rate window, all tenants."
+        20,
+        ge=1,
+        le=MAX_COUNT,
+        description="At most this many admitted jobs per rate window, all tenants.",
     )
     global_rate_window_s: int = Field(
-        3600, ge=1, description="Length of the sliding window for the global rate limit."
+        3600,
+        ge=1,
+        le=MAX_DURATION_S,
+        description="Length of the sliding window for the global rate limit.",
     )
     queue_depth_alert: int = Field(
-        20, ge=1, description="Queued+running runs at which an alert event is emitted."
+        20,
+        ge=1,
+        le=MAX_COUNT,
+        description="Jobs waiting or live (Prefect backlog + queued + running) at which an alert"
+        " event is emitted.",
     )
     queue_depth_block: int = Field(
-        50, ge=1, description="Queued+running runs at which new jobs are refused."
+        50,
+        ge=1,
+        le=MAX_COUNT,
+        description="Jobs waiting or live (Prefect backlog + queued + running) at which new jobs"
+        " are refused.",
+    )
+    queue_counts_prefect_backlog: bool = Field(
+        True,
+        description="Count the flow runs waiting in Prefect for queue_prefect_deployment"
+        " (Scheduled, Late, Pending, AwaitingConcurrencySlot) in the queue depth, besides the"
+        " ledger's live runs.",
+    )
+    queue_prefect_deployment: str = Field(
+        "boundary-inference/default",
+        description="The deployment ('flow/deployment') whose waiting flow runs are the backlog.",
+    )
+    deployment_concurrency_limit: int = Field(
+        5,
+        ge=1,
+        le=MAX_COUNT,
+        description="Flow runs of that deployment Prefect runs at once (prefect.yaml"
+        " concurrency_limit); the rest wait in Prefect.",
     )
     breaker_failure_threshold: int = Field(
-        5, ge=1, description="Failures inside the breaker window that open the circuit."
+        5,
+        ge=1,
+        le=MAX_COUNT,
+        description="Failures inside the breaker window that open the circuit.",
     )
     breaker_window_s: int = Field(
-        3600, ge=1, description="Only failures this recent count towards opening the circuit."
+        3600,
+        ge=1,
+        le=MAX_DURATION_S,
+        description="Only failures this recent count towards opening the circuit.",
     )
     breaker_open_s: int = Field(
-        3600, ge=1, description="An open circuit lets one probe job through after this long."
+        3600,
+        ge=1,
+        le=MAX_DURATION_S,
+        description="An open circuit lets one probe job through after this long.",
     )
     max_frame_pairs: int = Field(
-        100_000, ge=1, description="Largest job accepted; bounds decode work and the estimate."
+        100_000,
+        ge=1,
+        le=MAX_COUNT,
+        description="Largest job accepted; bounds decode work and the estimate.",
     )
 
     # --- Money ------------------------------------------------------------------------------------
@@ -69,10 +143,21 @@ class Settings(BaseSettings):
         20.0, gt=0, description="Reservations of one UTC day may not exceed this (global)."
     )
     daily_spend_alert_usd: float = Field(
-        20.0, gt=0, description="The monitor raises an alert when today's spend exceeds this."
+        15.0,
+        gt=0,
+        description="The monitor raises an alert when today's committed spend exceeds this; below"
+        " daily_budget_usd, which caps committed spend (at or above it, it could never fire).",
     )
     monthly_budget_usd: float = Field(
         100.0, gt=0, description="Reservations of one UTC month may not exceed this (global)."
+    )
+    # NoDecode: read "25,50,75" (or "[25, 50, 75]", or the "(25.0, 50.0, 75.0)" that str() of the
+    # value gives, as the Modal image's baked environment writes it) by _tiers below, not as JSON.
+    monthly_spend_alert_tiers_usd: Annotated[tuple[float, ...], NoDecode] = Field(
+        (25.0, 50.0, 75.0),
+        max_length=10,
+        description="The monitor raises the monthly-spend alert when this month's committed spend"
+        " reaches a tier (comma-separated in the environment); each below monthly_budget_usd.",
     )
     tenant_daily_budget_usd: float | None = Field(
         None, gt=0, description="Optional per-tenant daily cap; None means only the global cap."
@@ -89,16 +174,46 @@ class Settings(BaseSettings):
         100.0, gt=0, description="Throughput assumed until recent runs calibrate it."
     )
     calibration_runs: int = Field(
-        20, ge=1, description="Recent successful runs of a model averaged for its throughput."
+        20,
+        ge=1,
+        le=1000,
+        description="Recent succeeded runs of a (model, executor, GPU type) whose throughput"
+        " calibrates its estimate.",
+    )
+    calibration_min_runs: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Succeeded runs needed before calibration replaces the default throughput.",
+    )
+    calibration_percentile: float = Field(
+        0.2,
+        ge=0.0,
+        le=0.5,
+        description="The estimate uses this low percentile of recent throughput (0.2: slower than"
+        " 80% of recent runs), so the deadline derived from it covers slow runs.",
+    )
+    calibration_max_rise: float = Field(
+        1.5,
+        ge=1.0,
+        le=100.0,
+        description="One run can raise the calibrated throughput by at most this factor (a slow"
+        " run lowers it without limit).",
     )
     cold_start_s: float = Field(
-        30.0, ge=0, description="Container start and model load, billed before the first pair."
+        30.0,
+        ge=0,
+        le=3600,
+        description="Container start and model load, billed before the first pair.",
     )
     deadline_factor: float = Field(
         3.0, ge=1.0, description="A job is stopped after this many times its expected duration."
     )
     min_deadline_s: int = Field(
-        120, ge=1, description="Floor for the per-job deadline so tiny jobs are not cut short."
+        120,
+        ge=1,
+        le=MAX_DURATION_S,
+        description="Floor for the per-job deadline so tiny jobs are not cut short.",
     )
     gpu_timeout_s: int = Field(
         3600, ge=10, le=86_400, description="Modal's hard per-attempt timeout (server max 24 h)."
@@ -107,7 +222,10 @@ class Settings(BaseSettings):
         300, ge=2, le=3600, description="Idle seconds a warm container is kept (and billed)."
     )
     max_containers: int = Field(
-        5, ge=1, description="Modal autoscaler ceiling: bounds cold-start storms and spend rate."
+        5,
+        ge=1,
+        le=MAX_COUNT,
+        description="Modal autoscaler ceiling: bounds cold-start storms and spend rate.",
     )
     gpu_retries: int = Field(
         2, ge=0, le=10, description="Modal-side retries; the only retry layer around GPU work."
@@ -122,13 +240,17 @@ class Settings(BaseSettings):
     abort_grace_s: float = Field(
         30.0,
         ge=1.0,
+        le=3600,
         description="Seconds an attempt that ignores its deadline or heartbeat abort (stuck in"
         " native code) gets before the container exits; billed, so part of the worst case.",
     )
     heartbeat_timeout_s: int = Field(
-        120, ge=5, description="The GPU function ends itself after this long without progress."
+        120,
+        ge=5,
+        le=86_400,
+        description="The GPU function ends itself after this long without progress.",
     )
-    batch_size: int = Field(256, ge=1, description="Frame pairs per model batch.")
+    batch_size: int = Field(256, ge=1, le=65_536, description="Frame pairs per model batch.")
     gpu: str = Field("A10G", description="Modal GPU type for the inference function.")
 
     # --- Connections ------------------------------------------------------------------------------
@@ -152,8 +274,17 @@ class Settings(BaseSettings):
     state_dir: Path = Field(
         Path(".state"), description="Where the embedded PostgreSQL and Redis keep their data."
     )
+    allow_embedded: bool = Field(
+        False,
+        description="Let a deployment run (worker or serve) start the embedded PostgreSQL and"
+        " Redis under state_dir. Off: such a run without database/Redis URLs is refused"
+        " (guard_unavailable) unless state_dir is set to an absolute path.",
+    )
     guard_timeout_s: float = Field(
-        5.0, gt=0, description="A ledger/limiter call slower than this counts as unavailable."
+        5.0,
+        gt=0,
+        le=300,
+        description="A ledger/limiter/Prefect API call slower than this counts as unavailable.",
     )
 
     # --- Execution --------------------------------------------------------------------------------
@@ -183,18 +314,20 @@ class Settings(BaseSettings):
         " own architecture modules); they must also be under model_factory_prefixes.",
     )
     poll_interval_s: float = Field(
-        2.0, gt=0, description="How often the flow polls a running job for progress."
+        2.0, gt=0, le=300, description="How often the flow polls a running job for progress."
     )
     default_tenant_id: str = Field("demo", description="Tenant used when a request names none.")
     stale_queued_s: int = Field(
         3600,
         ge=60,
+        le=MAX_DURATION_S,
         description="A run still queued after this long lost its flow between claim and spawn;"
         " the monitor cancels it and releases its reservation.",
     )
     stale_margin_s: int = Field(
         600,
         ge=0,
+        le=MAX_DURATION_S,
         description="Added to the longest possible watch before a running run counts as stale"
         " (its call is cancelled, its worst case charged).",
     )
@@ -210,19 +343,25 @@ class Settings(BaseSettings):
     video_max_bytes: int = Field(
         8 * 1024**3,
         ge=1,
+        le=MAX_BYTES,
         description="Largest video source accepted at registration and downloaded by the function.",
     )
     video_max_pixels: int = Field(
         7680 * 4320,
         ge=1,
+        le=MAX_COUNT,
         description="Largest frame (width x height) accepted at registration: bounds decode memory.",
     )
     checkpoint_max_bytes: int = Field(
-        4 * 1024**3, ge=1, description="Largest checkpoint file `models add` accepts."
+        4 * 1024**3,
+        ge=1,
+        le=MAX_BYTES,
+        description="Largest checkpoint file `models add` accepts.",
     )
     source_timeout_s: float = Field(
         10.0,
         gt=0,
+        le=300,
         allow_inf_nan=False,
         description="Connect/read timeout for a video store (S3, HTTPS, Supabase).",
     )
@@ -255,6 +394,18 @@ class Settings(BaseSettings):
         " them forever (runs, spend and rejections are kept either way).",
     )
 
+    # --- Monitor ----------------------------------------------------------------------------------
+    failure_rate_alert: float = Field(
+        0.20,
+        ge=0.0,
+        lt=1.0,
+        description="The monitor alerts when failed + timed-out runs exceed this fraction of the"
+        " runs finished in the last 24 h (below 1: a rate never exceeds 1).",
+    )
+    job_burst_alert: int = Field(
+        50, ge=0, le=MAX_COUNT, description="The monitor alerts above this many runs in an hour."
+    )
+
     # Escape hatch for the original bug's shape: refuse by default, allow when deliberate.
     allow_unreachable_cost_cap: bool = Field(
         False, description="Accept a per-job cap that no admissible job can ever exceed."
@@ -263,17 +414,43 @@ class Settings(BaseSettings):
     @field_validator("db_schema", "redis_key_prefix")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
+        # fullmatch: re.match with $ also accepts a trailing newline.
+        if not _IDENTIFIER.fullmatch(value):
             raise ValueError(
                 f"{value!r} must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63)"
             )
+        return value
+
+    @field_validator("monthly_spend_alert_tiers_usd", mode="before")
+    @classmethod
+    def _tiers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            inner = value.strip().removeprefix("[").removesuffix("]")
+            inner = inner.removeprefix("(").removesuffix(")")
+            return tuple(part.strip() for part in inner.split(",") if part.strip())
+        return value
+
+    @field_validator("default_tenant_id")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        problem = identifier_problem("tenant_id", value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("queue_prefect_deployment")
+    @classmethod
+    def _deployment(cls, value: str) -> str:
+        flow_name, _, deployment = value.partition("/")
+        if not flow_name or not deployment or "/" in deployment or value != value.strip():
+            raise ValueError(f"{value!r} must be 'flow-name/deployment-name'")
         return value
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         problems = self.coherence_errors()
         if problems:
-            raise ValueError("incoherent configuration:\n  - " + "\n  - ".join(problems))
+            raise IncoherentConfiguration(problems)
         return self
 
     # --- Derived numbers (one formula each, used by the estimate and the audits) -------------------
@@ -334,8 +511,66 @@ class Settings(BaseSettings):
         """What one job could cost if its own deadline failed: every attempt to Modal's timeout."""
         return self.worst_case_gpu_s(float(self.gpu_timeout_s)) * self.gpu_price_usd_per_s
 
+    @property
+    def longest_job_s(self) -> float:
+        """The longest an admitted job can be watched: every attempt to its limit, for the
+        longest deadline a job under the per-job cap can get (or Modal's timeout)."""
+        by_timeout = self.watch_limit_s(float(self.gpu_timeout_s))
+        by_cap = self.max_cost_per_job_usd / self.gpu_price_usd_per_s - self.scaledown_window_s
+        return max(0.0, min(by_timeout, by_cap))
+
+    def _admitted_within(self, seconds: float) -> int:
+        """Most jobs the global rate limit admits in any interval of ``seconds``."""
+        windows = max(1, math.ceil(seconds / self.global_rate_window_s))
+        return self.global_rate_limit_jobs * windows
+
+    @property
+    def max_live_runs(self) -> int:
+        """Most runs the ledger can hold live at once: those admitted within the longest job,
+        plus one per flow run the deployment runs between its claim and its admission."""
+        return self._admitted_within(self.longest_job_s) + self.deployment_concurrency_limit
+
     def coherence_errors(self) -> list[str]:
-        """Configurations under which a safeguard is silently dead, or money is unbounded."""
+        """Configurations under which a safeguard is silently dead, no job can ever be admitted,
+        or money is unbounded."""
+        errors: list[str] = []
+        # Derived numbers first: finite inputs can still overflow (a price of 1e308/h).
+        smallest_worst = self.worst_case_cost_usd(1, self.default_throughput_pairs_per_s)
+        derived = {
+            "the absolute ceiling of one job": self.absolute_ceiling_usd,
+            "the worst case of the smallest job": smallest_worst,
+            "the worst case of the largest job": self.worst_case_cost_usd(
+                self.max_frame_pairs, self.default_throughput_pairs_per_s
+            ),
+        }
+        overflowed = [name for name, value in derived.items() if not math.isfinite(value)]
+        if overflowed:
+            return [
+                f"{', '.join(overflowed)} overflows to a non-finite amount: price, durations and"
+                " throughput are out of any usable range"
+            ]
+        errors += self._cost_errors(smallest_worst)
+        errors += self._dead_safeguard_errors()
+        if self.cold_start_s > self.startup_timeout_s:
+            errors.append(
+                f"cold_start_s ({self.cold_start_s:g}) exceeds startup_timeout_s"
+                f" ({self.startup_timeout_s}): Modal would kill every start the estimate expects"
+            )
+        if self.heartbeat_timeout_s >= self.gpu_timeout_s:
+            errors.append(
+                f"heartbeat_timeout_s ({self.heartbeat_timeout_s}) must be below gpu_timeout_s"
+                f" ({self.gpu_timeout_s}), or a hang is only caught by the hard timeout"
+            )
+        if self.supabase_url and self.supabase_service_role_key is None:
+            errors.append("supabase_url is set but supabase_service_role_key is not")
+        if self.redis_url is not None and self.redis_block:
+            errors.append("set redis_url or redis_block, not both")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            errors.append("set both s3_access_key_id and s3_secret_access_key, or neither")
+        return errors
+
+    def _cost_errors(self, smallest_worst: float) -> list[str]:
+        """Money unbounded, a cap that can never refuse, or caps that admit no job at all."""
         errors: list[str] = []
         largest_worst = self.worst_case_cost_usd(
             self.max_frame_pairs, self.default_throughput_pairs_per_s
@@ -360,27 +595,112 @@ class Settings(BaseSettings):
                 f"daily_budget_usd (${self.daily_budget_usd}) exceeds monthly_budget_usd"
                 f" (${self.monthly_budget_usd})"
             )
+        # The smallest job (one pair, uncalibrated) must fit under every cap, or nothing can run:
+        # e.g. a deadline_factor so large that every deadline is Modal's whole timeout.
+        caps = {
+            "max_cost_per_job_usd": self.max_cost_per_job_usd,
+            "daily_budget_usd": self.daily_budget_usd,
+            "monthly_budget_usd": self.monthly_budget_usd,
+            "tenant_daily_budget_usd": self.tenant_daily_budget_usd,
+            "tenant_monthly_budget_usd": self.tenant_monthly_budget_usd,
+        }
+        for name, cap in caps.items():
+            if cap is not None and smallest_worst > cap:
+                deadline = self.deadline_s(1, self.default_throughput_pairs_per_s)
+                errors.append(
+                    f"no job can ever be admitted: the smallest job (1 pair) has a worst case of"
+                    f" ${smallest_worst:.4f} ({self.gpu_attempts} attempts x ({self.startup_timeout_s}"
+                    f" s start-up + {deadline:.0f} s deadline + {self.abort_grace_s:g} s grace) +"
+                    f" {self.scaledown_window_s} s idle tail), above {name}=${cap:g}. Lower"
+                    " deadline_factor, min_deadline_s, gpu_retries or the start-up limits."
+                )
+        return errors
+
+    def _dead_safeguard_errors(self) -> list[str]:
+        """Alerts and limits that the other limits make unreachable: they would never fire."""
+        errors: list[str] = []
+        if self.daily_spend_alert_usd >= self.daily_budget_usd:
+            errors.append(
+                f"daily_spend_alert_usd (${self.daily_spend_alert_usd:g}) is not below"
+                f" daily_budget_usd (${self.daily_budget_usd:g}), which caps committed spend: the"
+                " alert (spend above it) could never fire"
+            )
+        tiers = self.monthly_spend_alert_tiers_usd
+        if any(t <= 0 for t in tiers) or any(b <= a for a, b in itertools.pairwise(tiers)):
+            errors.append(
+                f"monthly_spend_alert_tiers_usd {list(tiers)} must be positive and increasing"
+            )
+        dead_tiers = [t for t in tiers if t >= self.monthly_budget_usd]
+        if dead_tiers:
+            errors.append(
+                f"monthly_spend_alert_tiers_usd {dead_tiers} not below monthly_budget_usd"
+                f" (${self.monthly_budget_usd:g}), which caps committed spend: could never fire"
+            )
+        for tenant_name, tenant_cap, name, cap in (
+            (
+                "tenant_daily_budget_usd",
+                self.tenant_daily_budget_usd,
+                "daily_budget_usd",
+                self.daily_budget_usd,
+            ),
+            (
+                "tenant_monthly_budget_usd",
+                self.tenant_monthly_budget_usd,
+                "monthly_budget_usd",
+                self.monthly_budget_usd,
+            ),
+        ):
+            if tenant_cap is not None and tenant_cap > cap:
+                errors.append(
+                    f"{tenant_name} (${tenant_cap:g}) is above {name} (${cap:g}): the global cap"
+                    " always refuses first, so the tenant cap could never refuse anything"
+                )
+        if (
+            self.tenant_daily_budget_usd is not None
+            and self.tenant_monthly_budget_usd is not None
+            and self.tenant_daily_budget_usd > self.tenant_monthly_budget_usd
+        ):
+            errors.append(
+                f"tenant_daily_budget_usd (${self.tenant_daily_budget_usd:g}) exceeds"
+                f" tenant_monthly_budget_usd (${self.tenant_monthly_budget_usd:g})"
+            )
         if self.queue_depth_alert > self.queue_depth_block:
             errors.append(
                 f"queue_depth_alert ({self.queue_depth_alert}) must not exceed queue_depth_block"
                 f" ({self.queue_depth_block})"
             )
-        if self.cold_start_s > self.startup_timeout_s:
-            errors.append(
-                f"cold_start_s ({self.cold_start_s:g}) exceeds startup_timeout_s"
-                f" ({self.startup_timeout_s}): Modal would kill every start the estimate expects"
+        unreachable = [
+            f"{name} ({value})"
+            for name, value in (
+                ("queue_depth_alert", self.queue_depth_alert),
+                ("queue_depth_block", self.queue_depth_block),
             )
-        if self.heartbeat_timeout_s >= self.gpu_timeout_s:
+            if value > self.max_live_runs
+        ]
+        if not self.queue_counts_prefect_backlog and unreachable:
             errors.append(
-                f"heartbeat_timeout_s ({self.heartbeat_timeout_s}) must be below gpu_timeout_s"
-                f" ({self.gpu_timeout_s}), or a hang is only caught by the hard timeout"
+                f"{' and '.join(unreachable)} can never be reached: without the Prefect backlog"
+                " (queue_counts_prefect_backlog=false) the queue depth counts only the ledger's"
+                f" live runs, at most {self.max_live_runs} (the rate limit admits"
+                f" {self.global_rate_limit_jobs} per {self.global_rate_window_s} s, a job lasts at"
+                f" most {self.longest_job_s:.0f} s, and {self.deployment_concurrency_limit} flow"
+                " runs of the deployment run at once)"
             )
-        if self.supabase_url and self.supabase_service_role_key is None:
-            errors.append("supabase_url is set but supabase_service_role_key is not")
-        if self.redis_url is not None and self.redis_block:
-            errors.append("set redis_url or redis_block, not both")
-        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
-            errors.append("set both s3_access_key_id and s3_secret_access_key, or neither")
+        # Failures inside one breaker window come from jobs admitted within that window plus the
+        # longest job before it; the rate limit bounds how many those can be.
+        failable = self._admitted_within(self.breaker_window_s + self.longest_job_s)
+        if self.breaker_failure_threshold > failable:
+            errors.append(
+                f"breaker_failure_threshold ({self.breaker_failure_threshold}) can never be"
+                f" reached: at most {failable} jobs can end within breaker_window_s"
+                f" ({self.breaker_window_s} s) at {self.global_rate_limit_jobs} admissions per"
+                f" {self.global_rate_window_s} s, so the circuit could never open"
+            )
+        if self.calibration_min_runs > self.calibration_runs:
+            errors.append(
+                f"calibration_min_runs ({self.calibration_min_runs}) exceeds calibration_runs"
+                f" ({self.calibration_runs}), the runs it reads: calibration could never apply"
+            )
         return errors
 
     def coherence_warnings(self) -> list[str]:
@@ -392,8 +712,6 @@ class Settings(BaseSettings):
                 f" ${self.max_cost_per_job_usd:.2f} cap: the per-job deadline enforced inside the"
                 " function is what keeps a job under the cap."
             )
-        if self.daily_spend_alert_usd > self.daily_budget_usd:
-            warnings.append("daily_spend_alert_usd is above daily_budget_usd: it can never fire")
         return warnings
 
     @cached_property
@@ -410,6 +728,66 @@ class Settings(BaseSettings):
             else:
                 hi = mid - 1
         return lo
+
+
+def configuration_problems(error: ValidationError) -> list[str]:
+    """One line per problem of refused settings, naming the environment variable: what
+    ``boundary-inference`` prints (exit 2) and the flow records (``guard_unavailable``)."""
+    lines: list[str] = []
+    for item in error.errors():
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, IncoherentConfiguration):
+            lines += cause.problems
+            continue
+        loc = [str(part) for part in item.get("loc", ())]
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        if not loc:
+            lines.append(message)
+            continue
+        field = loc[0]
+        where = f"{field} ({ENV_PREFIX}{field.upper()})"
+        if len(loc) > 1:
+            where += f" item {'.'.join(loc[1:])}"
+        secret = "SecretStr" in str(getattr(Settings.model_fields.get(field), "annotation", ""))
+        shown = "" if secret or "input" not in item else f" = {_short(item['input'])}"
+        lines.append(f"{where}{shown}: {message}")
+    return [" ".join(line.split()) for line in lines]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _ConnectionSettings(BaseSettings):
+    """Only what reaching the ledger needs, read from the same environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+    database_url: SecretStr | None = None
+    supabase_url: str | None = None
+    supabase_service_role_key: SecretStr | None = None
+    db_schema: str = "boundary_inference"
+    state_dir: Path = Path(".state")
+
+    @field_validator("db_schema")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.fullmatch(value):
+            raise ValueError(f"{value!r} is not a lower-case SQL identifier")
+        return value
+
+
+def settings_for_recording() -> Settings:
+    """When the settings are refused, the connection settings alone, so that the refusal can
+    still be recorded in the ledger (a flow run refused for its configuration leaves a row).
+
+    Every other field keeps its default and nothing is validated: use it to reach the ledger,
+    never to decide anything. Raises ``ValidationError`` if the connection settings are bad too.
+    """
+    connection = _ConnectionSettings()
+    return Settings.model_construct(**dict(connection))
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -54,7 +54,7 @@ from prefect.futures import as_completed
 from prefect.states import Completed, State
 from pydantic import Field
 
-from boundary_inference.outcome import JobOutcome, OutcomeStatus, RejectionType
+from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, RejectionType
 from boundary_inference.services import get_services
 from config import Settings, get_settings
 from flows.boundary_inference import GUARD_ERRORS, boundary_inference_flow
@@ -129,6 +129,8 @@ class _Backfill:
 
 
 def _outcome_dict(video_id: str, state: State, data: Any) -> dict[str, Any]:
+    if isinstance(data, JobFailed):  # a failed job's outcome rides in its Failed state's data
+        return data.outcome
     if isinstance(data, dict) and "status" in data:
         return data
     # The subflow (or its task) crashed or was cancelled before it produced an outcome.

@@ -23,13 +23,17 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
+from pydantic import ValidationError
 
 from boundary_inference.executor import ExecutorUnavailable
+from boundary_inference.identifiers import coerce_identifier, display_identifier
 from boundary_inference.ledger import LedgerError
 from boundary_inference.limiter import LimiterUnavailable
-from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
-from boundary_inference.services import Services, get_services
+from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, Rejected, RejectionType
+from boundary_inference.services import EmbeddedNotAllowed, Services, get_services
 from config import Settings, get_settings
+from config.settings import configuration_problems, settings_for_recording
+from flows.parameters import bind_leniently
 from modal_app.types import InferenceRequest
 from tasks import (
     breaker,
@@ -68,14 +72,16 @@ def _known_model(model_version: str) -> bool:
     return bool(is_known_model_version(model_version))
 
 
-def _estimate_markdown(video_id: str, est: cost.CostEstimate, probe: bool) -> str:
+def _estimate_markdown(
+    video_id: str, est: cost.CostEstimate, probe: bool, duplicate_pairs: int = 0
+) -> str:
     return "\n".join(
         [
             f"# Admitted: `{video_id}`",
             "",
             "| | value |",
             "|---|---|",
-            f"| frame pairs | {est.pairs} |",
+            f"| frame pairs | {est.pairs} distinct ({duplicate_pairs} duplicates dropped) |",
             f"| throughput | {est.throughput_pairs_per_s:.1f} pairs/s ({est.throughput_source}) |",
             f"| expected GPU time | {est.expected_gpu_s:.1f} s (+ {est.billed_s - est.expected_gpu_s:.0f} s"
             " billed idle tail) |",
@@ -109,6 +115,10 @@ class _Job:
         # keeps the worst case charged, never a "rejection, nothing spawned".
         self.spawned = False
         self.finished_unwatched = False
+        # Where to record a refusal when there are no services (the settings were refused).
+        self.recording_ledger: Any | None = None
+        # Distinct pairs, and the copies the request repeated (dropped before the estimate).
+        self.duplicate_pairs: int | None = None
         # Renews the run's lease while this flow watches it (tasks.lease); stopped at the end.
         self.lease: LeaseKeeper | None = None
 
@@ -128,7 +138,7 @@ class _Job:
 
     def reject(self, rejected: Rejected) -> State:
         """Record the refusal everywhere, undo what this job had taken, and end the run."""
-        ledger = self.services.ledger if self.services else None
+        ledger = self.services.ledger if self.services else self.recording_ledger
         if rejected.rejection_type is RejectionType.GUARD_UNAVAILABLE:
             ledger = self._ledger_if_reachable()
         self.undo_admissions()
@@ -161,6 +171,7 @@ class _Job:
             retry_after_s=rejected.retry_after_s,
             estimated_cost_usd=estimate["estimated_cost_usd"] if estimate else None,
             worst_case_cost_usd=estimate["worst_case_cost_usd"] if estimate else None,
+            duplicate_pairs=self.duplicate_pairs,
         )
         return Completed(
             name="Rejected",
@@ -169,13 +180,14 @@ class _Job:
         )
 
     def _ledger_if_reachable(self) -> Any | None:
-        if self.services is None:
+        ledger = self.services.ledger if self.services else self.recording_ledger
+        if ledger is None:
             return None
         try:
-            self.services.ledger.ping()
+            ledger.ping()
         except Exception:
             return None
-        return self.services.ledger
+        return ledger
 
     def undo_admissions(self) -> None:
         """Give back quota this job took but will not use. Best effort; bounded if it fails."""
@@ -198,11 +210,22 @@ class _Job:
                 get_run_logger().error("budget release failed: %s", error)
 
 
+def _run_name() -> str:
+    """``<video>-<frames>-<model>-<first 8 of the flow run id>``: runs of one video told apart,
+    and findable in the UI's search by any of the parts."""
+    parameters = runtime.flow_run.parameters or {}
+    parts = [
+        str(parameters.get(key) or "?")[:48]
+        for key in ("video_id", "frames_version", "model_version")
+    ]
+    return "-".join([*parts, str(runtime.flow_run.id or "")[:8]])
+
+
 @flow(
     name="boundary-inference",
-    flow_run_name="{video_id}-{model_version}",
+    flow_run_name=_run_name,
     # Bad parameters must reach our validation (recorded, typed rejection) rather than fail in
-    # Prefect's parameter validation, which records nothing in the ledger.
+    # Prefect's parameter validation, which records nothing in the ledger (see bind_leniently).
     validate_parameters=False,
 )
 def boundary_inference_flow(
@@ -229,26 +252,48 @@ def boundary_inference_flow(
         priority: ``high``, ``normal`` or ``low``; recorded on the run.
         tenant_id: Owner of the video; default from configuration.
     """
-    settings = get_settings()
-    tenant = tenant_id or settings.default_tenant_id
-    video_id = str(video_id)
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        return _refuse_configuration(error, video_id, tenant_id)
+    # Identifiers as given (an all-digit id may arrive as a JSON int); checked against the one
+    # grammar before any store is read with them.
+    ids: dict[str, Any] = {
+        "video_id": coerce_identifier(video_id),
+        "tenant_id": settings.default_tenant_id
+        if tenant_id is None
+        else coerce_identifier(tenant_id),
+        "frames_version": coerce_identifier(frames_version),
+        "model_version": coerce_identifier(model_version),
+    }
+    # Recorded with a refusal (row, event, artifact): the id itself when valid, else a short
+    # escaped stand-in, so a bad id never reaches a store or an event resource as it is.
+    video_id = display_identifier(ids["video_id"])
+    shown_tenant = display_identifier(ids["tenant_id"])
     try:
         services = get_services(settings)
+    except EmbeddedNotAllowed as error:
+        return _Job(None, settings, video_id, shown_tenant).reject(
+            Rejected(RejectionType.GUARD_UNAVAILABLE, str(error))
+        )
     except Exception as error:
-        job = _Job(None, settings, video_id, tenant)
+        job = _Job(None, settings, video_id, shown_tenant)
         return job.reject(
             Rejected(RejectionType.GUARD_UNAVAILABLE, f"cannot reach the ledger or Redis: {error}")
         )
-    job = _Job(services, settings, video_id, tenant)
+    job = _Job(services, settings, video_id, shown_tenant)
+    refused = validate.identifier_rejection(**ids)
+    if refused is not None:
+        return job.reject(refused)
     try:
         return _guarded_run(
             job,
             services,
             settings,
-            frames_version=frames_version,
-            model_version=model_version,
+            frames_version=ids["frames_version"],
+            model_version=ids["model_version"],
             frame_pairs=frame_pairs,
-            skip_if_exists=bool(skip_if_exists),
+            skip_if_exists=skip_if_exists,
             priority=priority,
         )
     except LeaseLost as error:
@@ -277,7 +322,7 @@ def _taken_over(job: _Job, error: LeaseLost) -> State:
     message = f"stopped watching: {error}"
     get_run_logger().error(message)
     outcome = JobOutcome(OutcomeStatus.FAILED, job.video_id, message, run_id=job.run_id)
-    return Failed(name="TakenOver", message=message, data=outcome.to_dict())
+    return Failed(name="TakenOver", message=message, data=JobFailed(outcome.to_dict()))
 
 
 def _reap_at_start(services: Services, settings: Settings) -> None:
@@ -291,6 +336,40 @@ def _reap_at_start(services: Services, settings: Settings) -> None:
         get_run_logger().warning("expired leases not checked at start: %s", error)
 
 
+def _refuse_configuration(error: ValidationError, video_id: Any, tenant_id: Any) -> State:
+    """The settings were refused at start: nothing can be admitted. Record why (one line per
+    problem) in the ledger, when the connection settings alone are readable."""
+    problems = configuration_problems(error)
+    logger = get_run_logger()
+    ledger = None
+    try:
+        recording = settings_for_recording()
+    except ValidationError as bad:
+        recording = Settings.model_construct()
+        logger.error("configuration refused, connection settings too: %s", bad)
+    else:
+        try:
+            from boundary_inference.services import open_ledger
+
+            ledger = open_ledger(recording)
+        except Exception as unreachable:
+            logger.error("configuration refused; the ledger is not reachable: %s", unreachable)
+    tenant = "" if tenant_id is None else display_identifier(coerce_identifier(tenant_id))
+    job = _Job(None, recording, display_identifier(coerce_identifier(video_id)), tenant)
+    job.recording_ledger = ledger
+    try:
+        return job.reject(
+            Rejected(
+                RejectionType.GUARD_UNAVAILABLE,
+                "configuration refused at start, nothing can be admitted: " + "; ".join(problems),
+                details={"configuration_problems": problems},
+            )
+        )
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
 def _guarded_run(
     job: _Job,
     services: Services,
@@ -299,14 +378,22 @@ def _guarded_run(
     frames_version: str,
     model_version: str,
     frame_pairs: Any,
-    skip_if_exists: bool,
-    priority: str,
+    skip_if_exists: Any,
+    priority: Any,
 ) -> State:
     ledger, limiter, executor = services.ledger, services.limiter, services.executor
     logger = get_run_logger()
-    if priority not in PRIORITIES:
+    if not isinstance(priority, str) or priority not in PRIORITIES:
         return job.reject(
             Rejected(RejectionType.VALIDATION_FAILED, f"priority must be one of {PRIORITIES}")
+        )
+    if not isinstance(skip_if_exists, bool):
+        # bool("false") is True and bool(0) is False: guess neither, a re-run is a paid decision.
+        return job.reject(
+            Rejected(
+                RejectionType.VALIDATION_FAILED,
+                f"skip_if_exists must be true or false; got {type(skip_if_exists).__name__}",
+            )
         )
 
     # 1. Validation: reads only.
@@ -325,7 +412,15 @@ def _guarded_run(
     )
     if isinstance(verdict, Rejected):
         return job.reject(verdict)
-    request_pairs = verdict.frame_pairs
+    request_pairs = verdict.frame_pairs  # distinct: what is estimated, billed and run
+    job.duplicate_pairs = verdict.duplicate_pairs
+    if verdict.duplicate_pairs:
+        logger.info(
+            "%d of %d requested pairs were duplicates, dropped: %d distinct pairs",
+            verdict.duplicate_pairs,
+            verdict.requested_pairs,
+            len(request_pairs),
+        )
     # The registries, still before any quota: the checkpoint is registered where this executor
     # reads it, and the video's source is still what was registered.
     model = model_registry.check_model(ledger, settings, model_version)
@@ -424,6 +519,7 @@ def _guarded_run(
         return job.reject(refusal)
 
     # 5. Spend: the admitted worst case is reserved; run, watch, settle.
+    executor_name, gpu_type = cost.calibration_key(settings)
     ledger.transition_run(
         run_id=run_id,
         to_status="running",
@@ -431,10 +527,15 @@ def _guarded_run(
             "estimated_cost_usd": est.estimated_cost_usd,
             "worst_case_cost_usd": est.worst_case_cost_usd,
             "reserved_cost_usd": est.worst_case_cost_usd,
+            # What calibration reads back: where it ran, and how many distinct pairs.
+            "executor": executor_name,
+            "gpu_type": gpu_type,
+            "unique_pairs": len(request_pairs),
+            "duplicate_pairs": verdict.duplicate_pairs,
         },
     )
     create_markdown_artifact(
-        markdown=_estimate_markdown(job.video_id, est, probe),
+        markdown=_estimate_markdown(job.video_id, est, probe, verdict.duplicate_pairs),
         key=artifact_key("estimate", job.video_id),
         description=f"expected ${est.estimated_cost_usd:.4f}, worst ${est.worst_case_cost_usd:.4f}",
     )
@@ -469,7 +570,7 @@ def _guarded_run(
             estimated_cost_usd=est.estimated_cost_usd,
             actual_cost_usd=0.0,
         )
-        return Failed(name="Failed", message=message, data=outcome.to_dict())
+        return Failed(name="Failed", message=message, data=JobFailed(outcome.to_dict()))
     except LeaseLost:
         job.spawned = True
         raise
@@ -614,10 +715,11 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
         probe=probe,
     )
     succeeded = settled.status is OutcomeStatus.SUCCEEDED
+    dropped = f"; {job.duplicate_pairs} duplicate pairs dropped" if job.duplicate_pairs else ""
     outcome = JobOutcome(
         settled.status,
         job.video_id,
-        settled.message,
+        settled.message + (dropped if succeeded else ""),
         run_id=job.run_id,
         estimated_cost_usd=job.estimate.estimated_cost_usd,
         worst_case_cost_usd=job.estimate.worst_case_cost_usd,
@@ -625,6 +727,7 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
         pairs=settled.pairs if succeeded else None,
         boundaries=settled.boundaries if succeeded else None,
         metrics=settled.metrics if succeeded else {},
+        duplicate_pairs=job.duplicate_pairs,
     )
     if succeeded:
         return Completed(message=outcome.message, data=outcome.to_dict())
@@ -634,5 +737,31 @@ def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
     return Failed(
         name=str(settled.status).replace("_", " ").title().replace(" ", ""),
         message=settled.message,
-        data=outcome.to_dict(),
+        data=JobFailed(outcome.to_dict()),
     )
+
+
+def _reject_parameters(parameters: dict[str, Any], problems: list[str]) -> State:
+    """Missing or mistyped parameters: recorded like any other refusal, before any guard runs."""
+    settings = get_settings()
+    video_id = parameters.get("video_id")
+    tenant_id = parameters.get("tenant_id")
+    # Shown as given when it is a valid id, else a short escaped stand-in (never stored as is).
+    job = _Job(
+        None,
+        settings,
+        "(missing)" if video_id is None else display_identifier(coerce_identifier(video_id)),
+        settings.default_tenant_id
+        if tenant_id is None
+        else display_identifier(coerce_identifier(tenant_id)),
+    )
+    try:
+        job.services = get_services(settings)
+    except Exception as error:  # recorded as an event and an artifact still
+        get_run_logger().error("cannot reach the ledger to record the rejection: %s", error)
+    return job.reject(Rejected(RejectionType.VALIDATION_FAILED, "; ".join(problems)))
+
+
+# frame_pairs has two shapes (pairs or a range spec) whose checks name the offending pair:
+# tasks.validate owns them, so its value arrives untouched.
+bind_leniently(boundary_inference_flow, _reject_parameters, unchecked=["frame_pairs"])

@@ -10,7 +10,14 @@ publishes:
   columns as ``boundary-inference rejections``), and a markdown summary ``monitor-summary``;
 * one Prefect event per alert condition, resource ``boundary-inference.monitor``, with the numbers
   in the payload (:data:`ALERT_EVENTS`); the automations in ``automations/`` turn them into
-  notifications.
+  notifications. Each alert carries a short "what to do" line (:data:`ALERT_ACTIONS`), in the
+  payload (``action``), the summary artifact and ``boundary-inference monitor``'s output.
+
+Every threshold is a setting (``daily_spend_alert_usd``, ``monthly_spend_alert_tiers_usd``,
+``queue_depth_alert``, ``failure_rate_alert``, ``job_burst_alert``); :mod:`config.settings` refuses
+thresholds that could never fire. The queue depth counts Prefect's backlog for the deployment as
+the queue guard does (:mod:`tasks.queue`); when the Prefect API does not answer, the monitor
+reports the ledger's part and says the backlog is unknown.
 
 The metrics are computed by :func:`collect_metrics`, a plain function of the ledger and a clock, so
 they can be tested without Prefect.
@@ -36,16 +43,30 @@ MONITOR_RESOURCE_ID = "boundary-inference.monitor"
 ALERT_PREFIX = "boundary-inference.alert."
 ALERT_EVENTS = {
     "daily_spend": ALERT_PREFIX + "daily-spend",
+    "monthly_spend": ALERT_PREFIX + "monthly-spend",
     "queue_depth": ALERT_PREFIX + "queue-depth",
     "failure_rate": ALERT_PREFIX + "failure-rate",
     "job_burst": ALERT_PREFIX + "job-burst",
     "unacknowledged_rejections": ALERT_PREFIX + "unacknowledged-rejections",
     "stale_runs": ALERT_PREFIX + "stale-runs",
 }
-# Defaults for thresholds that config.Settings does not (yet) carry; a Settings field of the same
-# name wins when present.
-FAILURE_RATE_ALERT = 0.20  # failed + timed_out over finished runs, last 24 h
-JOB_BURST_ALERT = 50  # runs created in the last hour
+# What a person should do about each alert: one line, in the artifact, the CLI and the event.
+ALERT_ACTIONS = {
+    "daily_spend": "Check `boundary-inference spend` and `runs` for jobs you did not expect;"
+    " admissions stop by themselves at daily_budget_usd (budget_exceeded).",
+    "monthly_spend": "Review `boundary-inference spend`; at monthly_budget_usd every job is refused"
+    " until the month ends, so raise it deliberately or slow the submissions.",
+    "queue_depth": "Jobs are piling up: check the workers and the Prefect backlog of the"
+    " deployment; at queue_depth_block new jobs are refused (queue_full).",
+    "failure_rate": "Read the errors in `boundary-inference runs` (failure_kind): infrastructure"
+    " failures open the circuit breaker; fix the cause, then `boundary-inference breaker reset`.",
+    "job_burst": "Find who submits (`boundary-inference runs`); the global rate limit caps"
+    " admissions, but each refused burst is a sign of a runaway script.",
+    "unacknowledged_rejections": "Read `boundary-inference rejections`, fix what the reasons"
+    " say, then `boundary-inference ack <id>`.",
+    "stale_runs": "A flow died with its run live: check the worker or process that ran it; the"
+    " run was ended (a running call cancelled and charged its worst case).",
+}
 FAILURE_WINDOW = dt.timedelta(hours=24)
 BURST_WINDOW = dt.timedelta(hours=1)
 # list_runs/list_rejections are newest-first with a limit; these bound one monitor pass.
@@ -71,6 +92,9 @@ class MonitorMetrics:
     monthly_spend_usd: float
     monthly_actual_usd: float
     monthly_budget_usd: float
+    monthly_spend_alert_tiers_usd: list[float]
+    # The highest tier this month's committed spend has reached, if any.
+    monthly_tier_reached_usd: float | None
     finished_runs_24h: int
     failed_runs_24h: int
     failure_rate_24h: float | None
@@ -81,6 +105,8 @@ class MonitorMetrics:
     queue_queued: int
     queue_running: int
     queue_depth_alert: int
+    # Flow runs waiting in Prefect for the deployment; None when the API did not answer.
+    queue_prefect_waiting: int | None = None
     # Live runs with no flow behind them, ended by this pass (tasks.reaper); set by the flow.
     stale_runs_reaped: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
@@ -93,18 +119,19 @@ def _money(value: Any) -> float:
     return float(value) if value is not None else 0.0
 
 
-def _threshold(settings: Settings, name: str, default: float) -> float:
-    value = getattr(settings, name, None)
-    return float(value) if value is not None else default
-
-
 def collect_metrics(
-    ledger: Any, settings: Settings, now: dt.datetime | None = None
+    ledger: Any,
+    settings: Settings,
+    now: dt.datetime | None = None,
+    *,
+    prefect_waiting: int | None = 0,
 ) -> MonitorMetrics:
     """Read the ledger once and compute every monitored number and which alerts are due.
 
     Failure rate and jobs in the last hour are computed here from ``list_runs`` (newest first,
     at most :data:`RUN_SCAN_LIMIT` rows) until the ledger has an aggregate for them.
+    ``prefect_waiting``: the deployment's backlog in Prefect (:func:`tasks.queue.prefect_backlog`),
+    added to the queue depth; None when unknown.
     """
     now = now or dt.datetime.now(dt.UTC)
 
@@ -168,6 +195,9 @@ def collect_metrics(
             finished += 1
             failed += run.get("status") in _FAILED
     failure_rate = failed / finished if finished else None
+    monthly_spend = _money(spend.get("monthly_committed_usd"))
+    tiers = [float(t) for t in settings.monthly_spend_alert_tiers_usd]
+    reached = [t for t in tiers if monthly_spend >= t]
 
     metrics = MonitorMetrics(
         now=now.isoformat(),
@@ -178,19 +208,22 @@ def collect_metrics(
         daily_actual_usd=_money(spend.get("daily_actual_usd")),
         daily_budget_usd=settings.daily_budget_usd,
         daily_spend_alert_usd=settings.daily_spend_alert_usd,
-        monthly_spend_usd=_money(spend.get("monthly_committed_usd")),
+        monthly_spend_usd=monthly_spend,
         monthly_actual_usd=_money(spend.get("monthly_actual_usd")),
         monthly_budget_usd=settings.monthly_budget_usd,
+        monthly_spend_alert_tiers_usd=tiers,
+        monthly_tier_reached_usd=max(reached) if reached else None,
         finished_runs_24h=finished,
         failed_runs_24h=failed,
         failure_rate_24h=failure_rate,
-        failure_rate_alert=_threshold(settings, "failure_rate_alert", FAILURE_RATE_ALERT),
+        failure_rate_alert=settings.failure_rate_alert,
         jobs_last_hour=jobs_last_hour,
-        job_burst_alert=int(_threshold(settings, "job_burst_alert", JOB_BURST_ALERT)),
-        queue_depth=int(depth.get("total", 0)),
+        job_burst_alert=settings.job_burst_alert,
+        queue_depth=int(depth.get("total", 0)) + (prefect_waiting or 0),
         queue_queued=int(depth.get("queued", 0)),
         queue_running=int(depth.get("running", 0)),
         queue_depth_alert=settings.queue_depth_alert,
+        queue_prefect_waiting=prefect_waiting,
     )
     metrics.alerts = due_alerts(metrics)
     return metrics
@@ -201,6 +234,8 @@ def due_alerts(m: MonitorMetrics) -> list[str]:
     due = []
     if m.daily_spend_usd > m.daily_spend_alert_usd:
         due.append("daily_spend")
+    if m.monthly_tier_reached_usd is not None:
+        due.append("monthly_spend")
     if m.queue_depth > m.queue_depth_alert:
         due.append("queue_depth")
     if m.failure_rate_24h is not None and m.failure_rate_24h > m.failure_rate_alert:
@@ -225,10 +260,18 @@ def alert_payload(key: str, m: MonitorMetrics) -> dict[str, Any]:
             "monthly_spend_usd": round(m.monthly_spend_usd, 4),
             "monthly_budget_usd": m.monthly_budget_usd,
         },
+        "monthly_spend": {
+            "monthly_spend_usd": round(m.monthly_spend_usd, 4),
+            "monthly_actual_usd": round(m.monthly_actual_usd, 4),
+            "tier_usd": m.monthly_tier_reached_usd,
+            "tiers_usd": m.monthly_spend_alert_tiers_usd,
+            "monthly_budget_usd": m.monthly_budget_usd,
+        },
         "queue_depth": {
             "depth": m.queue_depth,
             "queued": m.queue_queued,
             "running": m.queue_running,
+            "prefect_waiting": m.queue_prefect_waiting,
             "alert_at": m.queue_depth_alert,
         },
         "failure_rate": {
@@ -261,7 +304,7 @@ def alert_payload(key: str, m: MonitorMetrics) -> dict[str, Any]:
             ],
         },
     }
-    return {"alert": key, **payloads[key]}
+    return {"alert": key, **payloads[key], "action": ALERT_ACTIONS[key]}
 
 
 def _summary_markdown(m: MonitorMetrics) -> str:
@@ -274,17 +317,22 @@ def _summary_markdown(m: MonitorMetrics) -> str:
         f"| spend today (committed) | ${m.daily_spend_usd:.4f} of ${m.daily_budget_usd:.2f}"
         f" | > ${m.daily_spend_alert_usd:.2f} |",
         f"| spend this month (committed) | ${m.monthly_spend_usd:.4f} of"
-        f" ${m.monthly_budget_usd:.2f} | |",
+        f" ${m.monthly_budget_usd:.2f} | >= "
+        + ", ".join(f"${t:g}" for t in m.monthly_spend_alert_tiers_usd)
+        + " |",
         f"| failure rate, 24 h | {rate} ({m.failed_runs_24h}/{m.finished_runs_24h})"
         f" | > {m.failure_rate_alert:.0%} |",
         f"| jobs, last hour | {m.jobs_last_hour} | > {m.job_burst_alert} |",
-        f"| queue depth | {m.queue_depth} ({m.queue_queued} queued, {m.queue_running} running)"
-        f" | > {m.queue_depth_alert} |",
+        f"| queue depth | {m.queue_depth} ({_waiting(m)} waiting in Prefect, {m.queue_queued}"
+        f" queued, {m.queue_running} running) | > {m.queue_depth_alert} |",
         f"| unacknowledged rejections | {m.unacknowledged_rejections} | > 0 |",
         f"| stale runs ended by this pass | {len(m.stale_runs_reaped)} | > 0 |",
         "",
         "**Alerts:** " + (", ".join(f"`{ALERT_EVENTS[a]}`" for a in m.alerts) or "none"),
     ]
+    if m.alerts:
+        lines += ["", "**What to do:**", ""]
+        lines += [f"- `{a}`: {ALERT_ACTIONS[a]}" for a in m.alerts]
     if m.unacknowledged_rejections:
         lines += ["", "Acknowledge with `boundary-inference ack <id>` once handled."]
     for run in m.stale_runs_reaped:
@@ -294,14 +342,26 @@ def _summary_markdown(m: MonitorMetrics) -> str:
     return "\n".join(lines)
 
 
+def _waiting(m: MonitorMetrics) -> str:
+    return "unknown" if m.queue_prefect_waiting is None else str(m.queue_prefect_waiting)
+
+
 @task(name="collect-monitor-metrics", cache_policy=NO_CACHE, retries=0)
 def collect(settings: Settings) -> MonitorMetrics:
     from boundary_inference.services import open_ledger
+    from tasks.queue import BacklogUnavailable, prefect_backlog
 
+    waiting: int | None = 0
+    if settings.queue_counts_prefect_backlog:
+        try:
+            waiting = prefect_backlog(settings)
+        except BacklogUnavailable as error:  # report the rest; say the backlog is unknown
+            get_run_logger().error("%s", error)
+            waiting = None
     # The ledger only: a monitor must still report when Redis or Modal is what is broken.
     ledger = open_ledger(settings)
     try:
-        return collect_metrics(ledger, settings)
+        return collect_metrics(ledger, settings, prefect_waiting=waiting)
     finally:
         ledger.close()
 

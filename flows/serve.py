@@ -1,6 +1,11 @@
 """Serve the project's deployments from one process, without a work pool.
 
-    python -m flows.serve            # needs PREFECT_API_URL pointing at a running server
+    python -m flows.serve            # PREFECT_API_URL's server, else the state dir's embedded one
+
+Like the CLI, it uses the state dir's embedded Prefect server when ``PREFECT_API_URL`` is not set,
+and the embedded PostgreSQL and Redis when no database or Redis URL is: this process is yours, so
+its working directory's state dir (made absolute here) is the one its flow runs use. A flow run
+started any other way from a deployment refuses to start embedded servers it was not told about.
 
 The same four deployments as ``prefect.yaml`` (``boundary-inference/default``,
 ``rejection-monitor/scheduled`` with its 12-hourly cron, ``lease-reaper/every-2-minutes``,
@@ -92,7 +97,32 @@ def main(argv: list[str] | None = None) -> None:
         "--limit", type=int, default=None, help="Most flow runs this process executes at once."
     )
     args = parser.parse_args(argv)
+    _pin_state_dir()
+    _use_prefect_server()
     serve(*build_deployments(), limit=args.limit)
+
+
+def _pin_state_dir() -> None:
+    """The flow runs (child processes, deployment runs) get this process's state dir, absolute."""
+    import os
+    from pathlib import Path
+
+    from config import get_settings
+
+    state_dir = Path(get_settings().state_dir)
+    if not state_dir.is_absolute():
+        os.environ["BOUNDARY_INFERENCE_STATE_DIR"] = str(state_dir.resolve())
+
+
+def _use_prefect_server() -> None:
+    from pathlib import Path
+
+    from boundary_inference.embedded_prefect import use_embedded_prefect
+    from config import get_settings
+
+    server = use_embedded_prefect(Path(get_settings().state_dir))
+    if server is not None:
+        print(f"serving on the embedded Prefect server; UI at {server.ui_url}", flush=True)
 
 
 if __name__ == "__main__":

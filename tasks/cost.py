@@ -1,8 +1,12 @@
 """Safeguard: cost. Estimate what a job will cost and what it could cost at worst, and refuse a job
 whose worst case exceeds ``max_cost_per_job_usd``.
 
-expected GPU s = cold start + pairs / throughput (calibrated from recent successful runs of the
-model, else the configured default); estimate = (expected + billed scaledown tail) x price.
+expected GPU s = cold start + pairs / throughput; estimate = (expected + billed scaledown tail) x
+price. The throughput is calibrated (:func:`calibrate`) from recent succeeded runs of the same
+model, executor and GPU type, each measured as distinct pairs / GPU seconds: a low percentile of
+them, used only once enough runs exist, and able to rise by a bounded factor per run. A job of
+15,000 copies of one pair once looked four times faster than the model is and cut every later
+deadline to a quarter; now its copies are dropped before it runs and it counts as one pair.
 deadline = min(timeout, max(floor, deadline_factor x expected)) -- the GPU function stops itself
 there; worst case = attempts (1 + Modal retries) x (start-up limit + deadline + abort grace) x price
 + tail. The worst case is what is
@@ -13,8 +17,11 @@ $0.61, with a $1.00 cap: a check that could never fire.)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
@@ -25,7 +32,7 @@ from tasks._common import GUARD, guard_task
 class CostEstimate:
     pairs: int
     throughput_pairs_per_s: float
-    throughput_source: str  # "calibrated:<n> runs" or "default"
+    throughput_source: str  # "calibrated: ..." or "default ..."
     expected_gpu_s: float
     billed_s: float
     estimated_cost_usd: float
@@ -58,14 +65,61 @@ def estimate(settings: Settings, pairs: int, throughput: float, source: str) -> 
     )
 
 
+def calibration_key(settings: Settings) -> tuple[str, str]:
+    """The (executor, GPU type) a run's speed belongs to: CPU runs never calibrate the GPU
+    function's estimate, nor the other way round."""
+    if settings.executor == "modal":
+        return "modal", settings.gpu.upper()
+    return "local", "cpu"
+
+
+def calibrate(
+    samples: Sequence[float],
+    *,
+    default: float,
+    percentile: float,
+    min_runs: int,
+    max_rise: float,
+) -> tuple[float, str]:
+    """Throughput for the estimate from recent runs' throughput ``samples`` (oldest first).
+
+    * fewer than ``min_runs`` samples: ``default``;
+    * then the ``percentile`` (linear, as SQL's percentile_cont) of the first ``min_runs``, and
+      from there, run by run, the percentile of the samples seen so far, except that one run may
+      raise the value by at most a factor ``max_rise`` (it may lower it without limit: a slow run
+      must lengthen deadlines at once, while one fast run cannot shorten them much).
+
+    Pure: the same numbers for the flow, the CLI's ``estimate`` and the bench.
+    """
+    usable = [float(x) for x in samples if x is not None and np.isfinite(x) and x > 0]
+    if len(usable) < min_runs:
+        return default, f"default ({len(usable)} of {min_runs} runs needed to calibrate)"
+    value = float(np.percentile(usable[:min_runs], percentile * 100.0))
+    for seen in range(min_runs + 1, len(usable) + 1):
+        target = float(np.percentile(usable[:seen], percentile * 100.0))
+        value = min(target, value * max_rise)
+    return value, f"calibrated: p{percentile * 100:g} of {len(usable)} runs"
+
+
 def calibrated_throughput(ledger: Any, settings: Settings, model_version: str) -> tuple[float, str]:
+    executor, gpu_type = calibration_key(settings)
     found = dict(
-        ledger.recent_throughput(model_version=model_version, runs=settings.calibration_runs)
+        ledger.recent_throughput(
+            model_version=model_version,
+            runs=settings.calibration_runs,
+            executor=executor,
+            gpu_type=gpu_type,
+            percentile=settings.calibration_percentile,
+        )
     )
-    value = found.get("pairs_per_s")
-    if value:
-        return float(value), f"calibrated:{found.get('runs')} runs"
-    return settings.default_throughput_pairs_per_s, "default"
+    value, source = calibrate(
+        list(found.get("samples") or []),
+        default=settings.default_throughput_pairs_per_s,
+        percentile=settings.calibration_percentile,
+        min_runs=settings.calibration_min_runs,
+        max_rise=settings.calibration_max_rise,
+    )
+    return value, f"{source} on {executor}/{gpu_type}"
 
 
 @guard_task(name="cost-estimate", tags=GUARD)

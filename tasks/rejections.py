@@ -15,7 +15,12 @@ from tasks._common import LEDGER, artifact_key, guard_task
 REJECTION_EVENT = "boundary-inference.job.rejected"
 
 
-def _markdown(rejected: Rejected, video_id: str, estimate: dict[str, Any] | None) -> str:
+def _markdown(
+    rejected: Rejected,
+    video_id: str,
+    estimate: dict[str, Any] | None,
+    rejection_id: str | None = None,
+) -> str:
     lines = [
         f"# Rejected: `{rejected.rejection_type}`",
         "",
@@ -36,7 +41,13 @@ def _markdown(rejected: Rejected, video_id: str, estimate: dict[str, Any] | None
             f"| worst case | ${estimate['worst_case_cost_usd']:.4f} |",
             f"| per-job cap | ${estimate['cap_usd']:.2f} |",
         ]
-    lines += ["", "No GPU was started. Acknowledge with `boundary-inference ack <id>`."]
+    lines += ["", "No GPU was started."]
+    if rejection_id:
+        lines.append(f"Acknowledge with `boundary-inference ack {rejection_id}`.")
+    else:
+        lines.append(
+            "Not recorded in the ledger (it could not be reached): nothing to acknowledge."
+        )
     return "\n".join(lines)
 
 
@@ -86,7 +97,7 @@ def record_rejection(
         },
     )
     create_markdown_artifact(
-        markdown=_markdown(rejected, video_id, estimate),
+        markdown=_markdown(rejected, video_id, estimate, rejection_id),
         key=artifact_key("rejection", video_id),
         description=f"{rejected.rejection_type}: {rejected.message}"[:500],
     )

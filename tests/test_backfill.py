@@ -34,7 +34,7 @@ TINY_BUDGET = {
     "deadline_factor": "1",
     "min_deadline_s": "4",
     "daily_budget_usd": "0.05",
-    "daily_spend_alert_usd": "0.05",
+    "daily_spend_alert_usd": "0.04",  # below the budget, or it could never fire
     "allow_unreachable_cost_cap": "true",
 }
 BIG_FRAMES = 100_000  # registered so: its deadline, and so its worst case, is above the floor

@@ -4,7 +4,10 @@ that other tools script against (README, "CLI")."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +119,75 @@ def test_reconcile_with_a_recorded_report(env: FlowEnv, tmp_path: Path) -> None:
     assert result["totals"]["billed_usd"] == pytest.approx(billed)
     assert billed > 0
     assert {r["tag"] for r in result["rows"]} >= {"boundary-inference", "(untagged)"}
+
+
+def test_ack_takes_the_short_id_shown_and_refuses_ambiguous_or_malformed_ones(
+    env: FlowEnv,
+) -> None:
+    ids = [
+        str(
+            env.ledger.log_rejection(
+                rejection_type="cost_exceeded", message=f"r{i}", video_id=f"v{i}"
+            )["id"]
+        )
+        for i in range(17)  # more rejections than hex digits: two share a first character
+    ]
+    code, out = cli("rejections")
+    assert code == 0 and ids[0][:8] in out and ids[0] not in out  # the table shows 8 characters
+
+    code, out = cli("ack", ids[0][:8])
+    assert code == 0 and f"{ids[0]}: acknowledged" in out
+    code, out = cli("ack", ids[0][:8])
+    assert code == 1 and "already acknowledged" in out
+
+    shared = next(c for c in "0123456789abcdef" if sum(i.startswith(c) for i in ids) > 1)
+    code, out = cli("ack", shared)
+    assert code == 2 and "ambiguous" in out
+    code, out = cli("ack", "not-an-id!")
+    assert code == 2 and "not a rejection id" in out
+    code, out = cli("ack", "ffffffff-ffff")
+    assert code in (1, 2) and ("no rejection" in out or "ambiguous" in out)
+    acknowledged = {r["id"] for r in env.ledger.list_rejections(limit=50) if r["acknowledged"]}
+    assert acknowledged == {ids[0]}
+
+
+def test_money_is_formatted_in_tables(env: FlowEnv) -> None:
+    env.ledger.log_rejection(
+        rejection_type="cost_exceeded",
+        message="big",
+        video_id="v-money",
+        estimated_cost_usd=0.40367228957763895,
+    )
+    code, out = cli("rejections")
+    assert code == 0 and "$0.4037" in out and "0.40367" not in out
+
+
+def test_migrate_says_what_the_database_holds(env: FlowEnv) -> None:
+    from migrations import migration_files
+
+    code, out = cli("migrate")
+    names = [p.name for p in migration_files()]
+    assert code == 0
+    assert f"{len(names)} migrations applied (latest {names[-1]})" in " ".join(out.split())
+    assert "this run applied none (already up to date)" in " ".join(out.split())
+
+
+def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The real entry point in its own process: no traceback, one line on stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOUNDARY_INFERENCE_")}
+    env["BOUNDARY_INFERENCE_DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
+    env["BOUNDARY_INFERENCE_GUARD_TIMEOUT_S"] = "2"
+    for args in (["runs", "--json"], ["rejections"], ["migrate"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "boundary_inference.cli", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr + done.stdout, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr

@@ -6,6 +6,17 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from config import Settings
+from config.settings import (
+    MAX_COUNT,
+    MAX_DURATION_S,
+    configuration_problems,
+    settings_for_recording,
+)
+
+
+@pytest.fixture
+def prefect_harness() -> None:
+    """Overrides the suite-wide Prefect API: pure checks, no server (saves 10-20 s alone)."""
 
 
 def test_defaults_are_the_seed_numbers() -> None:
@@ -13,11 +24,16 @@ def test_defaults_are_the_seed_numbers() -> None:
     assert (s.video_cooldown_s, s.global_rate_limit_jobs, s.global_rate_window_s) == (600, 20, 3600)
     assert (s.queue_depth_alert, s.queue_depth_block) == (20, 50)
     assert (s.breaker_failure_threshold, s.breaker_window_s, s.breaker_open_s) == (5, 3600, 3600)
+    # The daily alert sits below the daily budget that caps committed spend (at $20 it could
+    # never fire); the monthly tiers are seed 000's 25/50/75% of a $100 month.
     assert (s.max_cost_per_job_usd, s.daily_spend_alert_usd, s.monthly_budget_usd) == (
         1.0,
-        20.0,
+        15.0,
         100.0,
     )
+    assert s.monthly_spend_alert_tiers_usd == (25.0, 50.0, 75.0)
+    assert (s.failure_rate_alert, s.job_burst_alert) == (0.20, 50)
+    assert (s.calibration_runs, s.calibration_min_runs, s.calibration_percentile) == (20, 5, 0.2)
     assert s.gpu_price_usd_per_hour == 1.10 and s.default_throughput_pairs_per_s == 100.0
     assert (s.max_frame_pairs, s.gpu_timeout_s, s.scaledown_window_s) == (100_000, 3600, 300)
     assert (s.max_containers, s.gpu_retries) == (5, 2)
@@ -76,6 +92,137 @@ def test_unbounded_worst_case_is_refused() -> None:
 def test_incoherent_settings_are_refused(overrides: dict, fragment: str) -> None:
     with pytest.raises(ValidationError, match=fragment):
         Settings(_env_file=None, **overrides)
+
+
+# The class, through the environment as an operator sets it: each (variables, fragment) must be
+# refused at construction with a one-line reason.
+REFUSED_ENVIRONMENTS: list[tuple[dict[str, str], str]] = [
+    # Non-finite numbers: "config" printed "None" and every submit failed as guard_unavailable.
+    ({"DAILY_BUDGET_USD": "inf", "MONTHLY_BUDGET_USD": "inf"}, "finite number"),
+    ({"DEADLINE_FACTOR": "inf"}, "finite number"),
+    ({"DEADLINE_FACTOR": "nan"}, "finite number"),
+    ({"MAX_COST_PER_JOB_USD": "NaN"}, "finite number"),
+    ({"GPU_PRICE_USD_PER_HOUR": "1e309"}, "finite number"),  # overflows to inf when read
+    ({"TENANT_DAILY_BUDGET_USD": "inf"}, "finite number"),
+    ({"MONTHLY_SPEND_ALERT_TIERS_USD": "[25, Infinity]"}, "finite number"),
+    # Finite inputs whose products overflow.
+    ({"GPU_PRICE_USD_PER_HOUR": "1e308"}, "overflows"),
+    # Beyond what the stores accept: the limiter's Lua script failed every admission.
+    ({"VIDEO_COOLDOWN_S": "100000000000000"}, "less than or equal to 2147483647"),
+    ({"GLOBAL_RATE_WINDOW_S": "100000000000000"}, "less than or equal"),
+    ({"MAX_FRAME_PAIRS": "99999999999999999999"}, "less than or equal"),
+    ({"BREAKER_WINDOW_S": "1e20"}, "BREAKER_WINDOW_S"),
+    ({"POLL_INTERVAL_S": "1e6"}, "less than or equal"),
+    # Alerts that can never fire.
+    ({"DAILY_SPEND_ALERT_USD": "20"}, "could never fire"),
+    ({"DAILY_SPEND_ALERT_USD": "25"}, "could never fire"),
+    ({"MONTHLY_SPEND_ALERT_TIERS_USD": "[25, 50, 100]"}, "[100.0] not below monthly_budget_usd"),
+    ({"MONTHLY_SPEND_ALERT_TIERS_USD": "[50, 25]"}, "positive and increasing"),
+    ({"FAILURE_RATE_ALERT": "1"}, "less than 1"),
+    ({"QUEUE_COUNTS_PREFECT_BACKLOG": "false"}, "queue_depth_block (50) can never be reached"),
+    ({"BREAKER_FAILURE_THRESHOLD": "101"}, "circuit could never open"),
+    ({"TENANT_DAILY_BUDGET_USD": "30"}, "could never refuse anything"),
+    ({"TENANT_MONTHLY_BUDGET_USD": "150"}, "could never refuse anything"),
+    ({"CALIBRATION_MIN_RUNS": "50"}, "calibration could never apply"),
+    # Settings under which no job can ever be admitted.
+    ({"DEADLINE_FACTOR": "1000"}, "no job can ever be admitted"),
+    ({"MIN_DEADLINE_S": "100000"}, "no job can ever be admitted"),
+    ({"DEFAULT_THROUGHPUT_PAIRS_PER_S": "1e-300"}, "no job can ever be admitted"),
+    ({"TENANT_DAILY_BUDGET_USD": "0.1"}, "above tenant_daily_budget_usd"),
+    # Identifiers: matched whole (re.match with $ accepted a trailing newline).
+    ({"DEFAULT_TENANT_ID": "demo\n"}, "U+000A (LINE FEED)"),
+    ({"DB_SCHEMA": "boundary_inference\n"}, "SQL identifier"),
+    ({"REDIS_KEY_PREFIX": "bi\n"}, "SQL identifier"),
+    ({"QUEUE_PREFECT_DEPLOYMENT": "boundary-inference"}, "flow-name/deployment-name"),
+    ({"CALIBRATION_PERCENTILE": "0.9"}, "less than or equal to 0.5"),
+]
+
+
+@pytest.mark.parametrize(
+    ("variables", "fragment"),
+    REFUSED_ENVIRONMENTS,
+    ids=[",".join(v) + f"={'/'.join(v.values())}" for v, _ in REFUSED_ENVIRONMENTS],
+)
+def test_configurations_that_cannot_work_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], fragment: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(f"BOUNDARY_INFERENCE_{name}", value)
+    with pytest.raises(ValidationError) as error:
+        Settings(_env_file=None)
+    problems = configuration_problems(error.value)
+    assert any(fragment in line for line in problems), problems
+    assert all("\n" not in line for line in problems)
+
+
+def test_every_float_setting_refuses_infinity_and_every_int_an_overflow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Built for the class: no numeric field of Settings can be set to a value its stores cannot
+    hold, whatever fields are added later."""
+    checked = 0
+    for name, info in Settings.model_fields.items():
+        annotation = str(info.annotation)
+        if "float" in annotation:
+            values = ["inf", "-inf", "nan", "1e309"]
+            if "tuple" in annotation:
+                values = ["[1, Infinity]"]
+        elif info.annotation is int:
+            # Past int8 (the widest ledger column); int4 fields stop at MAX_COUNT (below).
+            values = [str(2**63), str(10**30)]
+        else:
+            continue
+        for value in values:
+            monkeypatch.setenv(f"BOUNDARY_INFERENCE_{name.upper()}", value)
+            with pytest.raises(ValidationError) as error:
+                Settings(_env_file=None)
+            assert any(name in line for line in configuration_problems(error.value)), (name, value)
+            checked += 1
+        monkeypatch.delenv(f"BOUNDARY_INFERENCE_{name.upper()}")
+    assert checked > 40
+    int4 = [n for n, f in Settings.model_fields.items() if f.annotation is int and "bytes" not in n]
+    for name in int4:  # counts and durations: PostgreSQL integer, Redis expiries
+        monkeypatch.setenv(f"BOUNDARY_INFERENCE_{name.upper()}", str(MAX_COUNT + 1))
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None)
+        monkeypatch.delenv(f"BOUNDARY_INFERENCE_{name.upper()}")
+
+
+def test_a_refusal_is_one_line_per_problem_naming_the_variable_never_a_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOUNDARY_INFERENCE_DATABASE_URL", "postgresql://u:hunter2@db/x")
+    monkeypatch.setenv("BOUNDARY_INFERENCE_DAILY_BUDGET_USD", "inf")
+    monkeypatch.setenv("BOUNDARY_INFERENCE_DEADLINE_FACTOR", "nan")
+    with pytest.raises(ValidationError) as error:
+        Settings(_env_file=None)
+    problems = configuration_problems(error.value)
+    assert len(problems) == 2
+    assert problems[0].startswith("daily_budget_usd (BOUNDARY_INFERENCE_DAILY_BUDGET_USD) = 'inf'")
+    assert all("hunter2" not in line for line in problems)
+    # Incoherent combinations: one line each too.
+    with pytest.raises(ValidationError) as error:
+        Settings(_env_file=None, daily_spend_alert_usd=30.0, breaker_failure_threshold=500)
+    problems = configuration_problems(error.value)
+    assert len(problems) == 2 and all("\n" not in line for line in problems)
+
+
+def test_the_connection_settings_survive_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flow refused for its configuration still records why, in the configured ledger."""
+    monkeypatch.setenv("BOUNDARY_INFERENCE_DEADLINE_FACTOR", "inf")
+    monkeypatch.setenv("BOUNDARY_INFERENCE_DB_SCHEMA", "tenant_a")
+    monkeypatch.setenv("BOUNDARY_INFERENCE_DATABASE_URL", "postgresql://x/y")
+    recording = settings_for_recording()
+    assert recording.db_schema == "tenant_a"
+    assert recording.database_url is not None
+    assert recording.database_url.get_secret_value() == "postgresql://x/y"
+
+
+def test_limits_of_the_stores_are_the_bounds() -> None:
+    s = Settings(_env_file=None, video_cooldown_s=MAX_DURATION_S)
+    assert s.video_cooldown_s == 2**31 - 1
+    s = Settings(_env_file=None, queue_counts_prefect_backlog=False, queue_depth_block=25)
+    assert s.max_live_runs == 25  # 20 admitted within the longest job + 5 in the deployment
 
 
 def test_warning_when_only_the_deadline_keeps_a_job_under_the_cap() -> None:

@@ -30,6 +30,7 @@ import pytest
 
 from boundary_inference.embedded import redis_status, start_postgres, start_redis, stop_redis
 from boundary_inference.ledger import Ledger, PsycopgTransport
+from boundary_inference.outcome import outcome_of
 from boundary_inference.processes import pid_alive
 from boundary_inference.services import reset_services
 from flows.boundary_inference import boundary_inference_flow
@@ -49,7 +50,9 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 def run(**params: Any) -> dict[str, Any]:
     state = boundary_inference_flow(**params, return_state=True)
-    return dict(state.result(raise_on_failure=False))
+    outcome = outcome_of(state)
+    assert outcome is not None, state
+    return outcome
 
 
 def base(**extra: Any) -> dict[str, Any]:
@@ -104,7 +107,14 @@ def test_redis_restarted_empty_admits_nothing_past_the_rate_limit(
 ) -> None:
     private = start_redis(tmp_path / "r")
     env = configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=private.url, global_rate_limit_jobs="2"
+        monkeypatch,
+        tmp_path,
+        dsn=pg_dsn,
+        redis_url=private.url,
+        global_rate_limit_jobs="2",
+        # At 2 jobs an hour at most 4 can fail inside one breaker window: a threshold of 5 could
+        # never open the circuit, and is refused at start.
+        breaker_failure_threshold="4",
     )
     register(env, video, "v1", "v2", "v3")
     try:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prefect.events.clients import AssertingEventsClient
 
+from boundary_inference.outcome import outcome_of
 from flows.boundary_inference import boundary_inference_flow
 from modal_app.synthetic import make_video
 from tests.flow_support import FlowEnv, configure
@@ -39,7 +40,7 @@ def env(
 
 def run(**params: Any) -> tuple[Any, dict[str, Any]]:
     state = boundary_inference_flow(**params, return_state=True)
-    return state, state.result(raise_on_failure=False)
+    return state, outcome_of(state)
 
 
 def base(**extra: Any) -> dict[str, Any]:
@@ -198,7 +199,7 @@ def test_budget_exceeded_refunds_the_cooldown(
         min_deadline_s="30",
         heartbeat_timeout_s="30",
         daily_budget_usd="0.025",
-        daily_spend_alert_usd="0.025",
+        daily_spend_alert_usd="0.02",  # below the budget, or it could never fire
         allow_unreachable_cost_cap="true",
     )
     path, truth = video
@@ -222,7 +223,14 @@ def test_global_rate_limit(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
 ) -> None:
     env = configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, global_rate_limit_jobs="1"
+        monkeypatch,
+        tmp_path,
+        dsn=pg_dsn,
+        redis_url=redis_url,
+        global_rate_limit_jobs="1",
+        # At 1 job an hour at most 2 can fail inside one breaker window: a threshold of 5 could
+        # never open the circuit, and is refused at start.
+        breaker_failure_threshold="2",
     )
     path, truth = video
     env.register("v1", path, FRAMES, truth.crop_box)
@@ -274,7 +282,7 @@ def test_a_flow_with_retries_is_refused_before_any_quota(env: FlowEnv) -> None:
     the worst case does not count. The start-up audit refuses the job before admission."""
     retried = boundary_inference_flow.with_options(retries=2)
     state = retried(**base(), return_state=True)
-    outcome = state.result(raise_on_failure=False)
+    outcome = outcome_of(state)
     assert state.name == "Rejected"
     assert outcome["rejection_type"] == "guard_unavailable"
     assert "retries=2" in outcome["message"]

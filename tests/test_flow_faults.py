@@ -17,6 +17,7 @@ import pytest
 
 from boundary_inference.embedded import start_postgres, start_redis
 from boundary_inference.executor import LocalExecutor
+from boundary_inference.outcome import outcome_of
 from boundary_inference.processes import pid_alive
 from flows.boundary_inference import boundary_inference_flow
 from modal_app.synthetic import make_video
@@ -34,7 +35,7 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 def run(**params: Any) -> tuple[Any, dict[str, Any]]:
     state = boundary_inference_flow(**params, return_state=True)
-    return state, state.result(raise_on_failure=False)
+    return state, outcome_of(state)
 
 
 def base(**extra: Any) -> dict[str, Any]:
@@ -249,7 +250,7 @@ def test_retried_flow_run_reattaches_to_its_call_instead_of_spawning_again(
         parameters={"video_id": "v1", "frames_version": "f1", "model_version": MODEL},
         return_type="state",
     )
-    outcome = state.result(raise_on_failure=False)
+    outcome = outcome_of(state)
     assert outcome["status"] == "succeeded", outcome
     assert outcome["run_id"] == str(row["id"])
     assert env.executor_calls() == 1

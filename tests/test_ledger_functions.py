@@ -258,19 +258,33 @@ def test_queue_depth_counts_live_runs(ledger: Ledger) -> None:
     assert ledger.queue_depth() == {"queued": 2, "running": 1, "total": 3}
 
 
-def test_recent_throughput_averages_last_succeeded_runs(ledger: Ledger) -> None:
-    assert ledger.recent_throughput(model_version="m1") == {"pairs_per_s": None, "runs": 0}
-    for i, pps in enumerate([10.0, 20.0, 30.0]):
+def test_recent_throughput_reads_distinct_pairs_over_gpu_seconds(ledger: Ledger) -> None:
+    """Succeeded runs of one (model, executor, GPU type), newest ``runs``, each as
+    unique_pairs / gpu_seconds, oldest first, and their percentile (migration 20261130200000;
+    the calibration rule on top is tests/test_calibration.py's)."""
+    where = {"executor": "local", "gpu_type": "cpu"}
+    empty = ledger.recent_throughput(model_version="m1", **where)
+    assert (empty["pairs_per_s"], empty["runs"], empty["samples"]) == (None, 0, [])
+    for i, gpu_s in enumerate([10.0, 5.0, 2.0]):  # 100 pairs: 10, 20, 50 pairs/s
         vid = f"v{i}"
         ledger.upsert_video(id=vid, tenant_id="t1", frame_count=10, fps=1.0)
         run_id = ledger.claim_run(**{**KEY, "video_id": vid})["run_id"]
-        ledger.transition_run(run_id=run_id, to_status="running", now=at(i))
-        ledger.transition_run(run_id=run_id, to_status="succeeded", now=at(i + 1), pairs_per_s=pps)
+        ledger.transition_run(
+            run_id=run_id, to_status="running", now=at(i), unique_pairs=100, **where
+        )
+        ledger.transition_run(
+            run_id=run_id, to_status="succeeded", now=at(i + 1), gpu_seconds=gpu_s, pairs_per_s=9e9
+        )
     failed = _run_in(ledger, "running")
-    ledger.transition_run(run_id=failed, to_status="failed", pairs_per_s=1000.0)
-    assert ledger.recent_throughput(model_version="m1", runs=20) == {"pairs_per_s": 20.0, "runs": 3}
-    assert ledger.recent_throughput(model_version="m1", runs=2) == {"pairs_per_s": 25.0, "runs": 2}
-    assert ledger.recent_throughput(model_version="other")["runs"] == 0
+    ledger.transition_run(run_id=failed, to_status="failed", gpu_seconds=0.001)
+    found = ledger.recent_throughput(model_version="m1", runs=20, percentile=0.5, **where)
+    assert (found["pairs_per_s"], found["runs"], found["samples"]) == (20.0, 3, [10.0, 20.0, 50.0])
+    newest = ledger.recent_throughput(model_version="m1", runs=2, percentile=0.5, **where)
+    assert (newest["pairs_per_s"], newest["samples"]) == (35.0, [20.0, 50.0])
+    assert ledger.recent_throughput(model_version="other", **where)["runs"] == 0
+    assert (
+        ledger.recent_throughput(model_version="m1", executor="modal", gpu_type="A10G")["runs"] == 0
+    )
 
 
 # --- budget ---------------------------------------------------------------------------------------

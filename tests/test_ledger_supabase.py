@@ -170,6 +170,17 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("queue_depth", {}, {}),
     ("recent_throughput", {"model_version": "m", "runs": 3}, {"p_model_version": "m", "p_runs": 3}),
     (
+        "recent_throughput",
+        {"model_version": "m", "executor": "modal", "gpu_type": "A10G", "percentile": 0.2},
+        {
+            "p_model_version": "m",
+            "p_runs": 20,
+            "p_executor": "modal",
+            "p_gpu_type": "A10G",
+            "p_percentile": 0.2,
+        },
+    ),
+    (
         "reserve_budget",
         {
             "run_id": RUN,
@@ -257,6 +268,11 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         "list_rejections",
         {"unacknowledged_only": True, "limit": 3},
         {"p_unacknowledged_only": True, "p_limit": 3},
+    ),
+    (
+        "find_rejections_by_prefix",
+        {"prefix": "3f2a9c1b", "limit": 10},
+        {"p_prefix": "3f2a9c1b", "p_limit": 10},
     ),
     (
         "save_predictions",
@@ -349,6 +365,7 @@ LIST_RESULTS = {
     "list_runs",
     "spend_by_day",
     "list_rejections",
+    "find_rejections_by_prefix",
     "get_predictions",
     "orphan_reservations",
     "expired_leases",
@@ -560,12 +577,24 @@ def test_guard_lifecycle_through_supabase_path(supa_on_postgres: Ledger) -> None
     assert refused["reason"] == "daily_cap"
     assert lg.breaker_check(name="modal", threshold=5, window_s=60, open_s=60)["allowed"]
     lg.set_call_id(run_id=run_id, call_id="fc-1")
-    lg.transition_run(run_id=run_id, to_status="running", attempts=1)
+    lg.transition_run(
+        run_id=run_id,
+        to_status="running",
+        attempts=1,
+        executor="modal",
+        gpu_type="A10G",
+        unique_pairs=99,
+        duplicate_pairs=0,
+    )
     lg.save_predictions(
         run_id=run_id, rows=[{"frame1": 0, "frame2": 1, "probability": 0.75, "is_boundary": True}]
     )
     done = lg.transition_run(
-        run_id=run_id, to_status="succeeded", actual_cost_usd=0.01, pairs_per_s=120.0
+        run_id=run_id,
+        to_status="succeeded",
+        actual_cost_usd=0.01,
+        pairs_per_s=120.0,
+        gpu_seconds=0.5,
     )
     assert done["status"] == "succeeded" and done["executor_call_id"] == "fc-1"
     assert lg.settle_budget(run_id=run_id, actual_usd=0.01, now=NOW)["freed_usd"] == 0.49
@@ -574,7 +603,10 @@ def test_guard_lifecycle_through_supabase_path(supa_on_postgres: Ledger) -> None
     packed = lg.get_predictions_packed(run_id=run_id)
     assert packed["frame1"] == [0] and packed["probability"] == [0.75] and packed["pairs"] == 1
     assert lg.budget_totals_drift(now=NOW)["ok"] is True
-    assert lg.recent_throughput(model_version="m") == {"pairs_per_s": 120.0, "runs": 1}
+    # Calibration reads distinct pairs over GPU seconds (99 / 0.5), for its own key only.
+    keyed = lg.recent_throughput(model_version="m", executor="modal", gpu_type="A10G")
+    assert (keyed["pairs_per_s"], keyed["runs"], keyed["samples"]) == (198.0, 1, [198.0])
+    assert lg.recent_throughput(model_version="m", executor="local", gpu_type="cpu")["runs"] == 0
     assert lg.breaker_record(name="modal", ok=True, threshold=5, window_s=60)["state"] == "closed"
     rejection = lg.log_rejection(
         rejection_type="cooldown", message="wait", video_id="v1", tenant_id="t1"

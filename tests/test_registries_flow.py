@@ -25,6 +25,7 @@ import redis
 
 import boundary_inference.services as services_module
 from boundary_inference.model_registry import register_model
+from boundary_inference.outcome import outcome_of
 from boundary_inference.videos import register_video
 from flows.boundary_inference import boundary_inference_flow
 from modal_app.models import LogisticModel
@@ -68,7 +69,7 @@ def env(
 
 def run(**params: Any) -> dict[str, Any]:
     state = boundary_inference_flow(**params, return_state=True)
-    outcome = state.result(raise_on_failure=False)
+    outcome = outcome_of(state)  # a failed job's outcome rides in its Failed state as JobFailed
     assert isinstance(outcome, dict), state
     return outcome
 

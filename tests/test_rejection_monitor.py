@@ -69,8 +69,7 @@ def test_metrics_and_alerts_from_a_seeded_ledger(
         monthly_cap_usd=100.0,
         now=NOW,  # the day the metrics are read for (a run across midnight once read 0 here)
     )
-    monkeypatch.setattr(monitor, "JOB_BURST_ALERT", 5)
-    settings = Settings(queue_depth_alert=2, queue_depth_block=50)
+    settings = Settings(queue_depth_alert=2, queue_depth_block=50, job_burst_alert=5)
 
     m = monitor.collect_metrics(ledger, settings, now=NOW)
 
@@ -111,6 +110,49 @@ def test_metrics_and_alerts_from_a_seeded_ledger(
     assert payload["count"] == 3 and payload["by_type"] == {"cost_exceeded": 2, "cooldown": 1}
     assert monitor.alert_payload("daily_spend", m)["daily_spend_usd"] == pytest.approx(21.0)
     assert monitor.alert_payload("failure_rate", m)["failure_rate"] == pytest.approx(0.4)
+
+
+def test_monthly_tiers_backlog_and_what_to_do(ledger: Ledger) -> None:
+    """Seed 000's monthly tiers (25/50/75 of a $100 month), Prefect's backlog in the queue depth,
+    and a "what to do" line for every alert in the payload and the summary artifact."""
+    ledger.upsert_video(id="v1", tenant_id="demo", frame_count=1000, fps=30.0)
+    for i, amount in enumerate((19.0, 19.0, 14.0)):  # $52 this month
+        claim = ledger.claim_run(
+            video_id="v1", tenant_id="demo", frames_version=f"m{i}", model_version="m"
+        )
+        ledger.reserve_budget(
+            run_id=claim["run_id"],
+            tenant_id="demo",
+            amount_usd=amount,
+            daily_cap_usd=100.0,
+            monthly_cap_usd=100.0,
+            now=NOW,
+        )
+        ledger.transition_run(run_id=claim["run_id"], to_status="running")
+    settings = Settings(daily_spend_alert_usd=19.5, failure_rate_alert=0.5, job_burst_alert=10)
+
+    m = monitor.collect_metrics(ledger, settings, now=NOW, prefect_waiting=30)
+
+    assert m.monthly_spend_usd == pytest.approx(52.0)
+    assert m.monthly_tier_reached_usd == 50.0
+    assert m.queue_depth == 33 and m.queue_prefect_waiting == 30  # 3 running + 30 waiting
+    assert "monthly_spend" in m.alerts and "queue_depth" in m.alerts
+    payload = monitor.alert_payload("monthly_spend", m)
+    assert (payload["tier_usd"], payload["tiers_usd"]) == (50.0, [25.0, 50.0, 75.0])
+    assert payload["action"] == monitor.ALERT_ACTIONS["monthly_spend"]
+    assert monitor.alert_payload("queue_depth", m)["prefect_waiting"] == 30
+    summary = monitor._summary_markdown(m)
+    for key in m.alerts:
+        assert monitor.ALERT_ACTIONS[key] in summary
+    assert "30 waiting in Prefect" in summary
+    # Every alert the monitor can raise has its line.
+    assert set(monitor.ALERT_ACTIONS) == set(monitor.ALERT_EVENTS)
+    # Below the lowest tier: no monthly alert. The backlog unknown: said, not guessed.
+    quiet = monitor.collect_metrics(
+        ledger, Settings(monthly_spend_alert_tiers_usd=(60.0, 80.0)), now=NOW, prefect_waiting=None
+    )
+    assert quiet.monthly_tier_reached_usd is None and "monthly_spend" not in quiet.alerts
+    assert "unknown waiting in Prefect" in monitor._summary_markdown(quiet)
 
 
 def test_quiet_ledger_raises_no_alert(ledger: Ledger) -> None:

@@ -37,6 +37,11 @@ _RUN_FIELDS = (
     "pairs_per_s",
     "error",
     "failure_kind",
+    # Migration 20261130200000: where the run ran and how many distinct pairs it computed.
+    "executor",
+    "gpu_type",
+    "unique_pairs",
+    "duplicate_pairs",
 )
 
 
@@ -352,6 +357,10 @@ class Ledger:
         pairs_per_s: float | None = None,
         error: str | None = None,
         failure_kind: str | None = None,
+        executor: str | None = None,
+        gpu_type: str | None = None,
+        unique_pairs: int | None = None,
+        duplicate_pairs: int | None = None,
     ) -> dict[str, Any]:
         """Move a run along the state machine; returns the updated run row.
 
@@ -370,6 +379,10 @@ class Ledger:
             "pairs_per_s": pairs_per_s,
             "error": error,
             "failure_kind": failure_kind,
+            "executor": executor,
+            "gpu_type": gpu_type,
+            "unique_pairs": unique_pairs,
+            "duplicate_pairs": duplicate_pairs,
         }
         merged = dict(fields or {})
         merged.update({k: v for k, v in given.items() if v is not None})
@@ -397,9 +410,27 @@ class Ledger:
         """Live runs now: ``{queued, running, total}``."""
         return self._obj("queue_depth")
 
-    def recent_throughput(self, *, model_version: str, runs: int = 20) -> dict[str, Any]:
-        """``{pairs_per_s, runs}``: mean over the last ``runs`` succeeded runs (None if none)."""
-        return self._obj("recent_throughput", model_version=model_version, runs=runs)
+    def recent_throughput(
+        self,
+        *,
+        model_version: str,
+        runs: int = 20,
+        executor: str | None = None,
+        gpu_type: str | None = None,
+        percentile: float | None = None,
+    ) -> dict[str, Any]:
+        """Throughput of the last ``runs`` succeeded runs of (model, executor, GPU type), each
+        ``unique_pairs / gpu_seconds``: ``{pairs_per_s, runs, samples, percentile, executor,
+        gpu_type}``. ``pairs_per_s`` is the ``percentile`` (default 0.2, linear) of ``samples``
+        (oldest first), None when there are none. ``executor``/``gpu_type`` None match any."""
+        return self._obj(
+            "recent_throughput",
+            model_version=model_version,
+            runs=runs,
+            executor=executor,
+            gpu_type=gpu_type,
+            percentile=percentile,
+        )
 
     # -- budget -------------------------------------------------------------------------------
 
@@ -565,6 +596,11 @@ class Ledger:
             limit=limit,
             tenant_id=tenant_id,
         )
+
+    def find_rejections_by_prefix(self, *, prefix: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Rejections whose id starts with ``prefix`` (lower-case hex and dashes), newest first:
+        ``{id, rejection_type, video_id, created_at, acknowledged}``."""
+        return self._list("find_rejections_by_prefix", prefix=prefix, limit=limit)
 
     # -- predictions --------------------------------------------------------------------------
 

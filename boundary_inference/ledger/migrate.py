@@ -47,7 +47,7 @@ def apply_migrations(
         MigrationError: an applied file changed, or a migration failed (rolled back).
         LedgerUnavailable: the database cannot be reached.
     """
-    if not _IDENTIFIER.match(schema):
+    if not _IDENTIFIER.fullmatch(schema):
         raise ValueError(f"schema {schema!r} is not a lower-case SQL identifier")
     files = migration_files(directory)
     try:
@@ -120,7 +120,7 @@ def _ensure_table(conn: psycopg.Connection[object], schema: str) -> None:
 
 def applied_migrations(dsn: str, schema: str) -> list[dict[str, object]]:
     """Rows of ``schema.schema_migrations`` (name, checksum, applied_at), oldest first."""
-    if not _IDENTIFIER.match(schema):
+    if not _IDENTIFIER.fullmatch(schema):
         raise ValueError(f"schema {schema!r} is not a lower-case SQL identifier")
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.execute(

@@ -43,7 +43,7 @@ class SupabaseTransport:
         timeout_s: float = 5.0,
         client: Any | None = None,
     ) -> None:
-        if not _IDENTIFIER.match(schema):
+        if not _IDENTIFIER.fullmatch(schema):
             raise ValueError(f"schema {schema!r} is not a lower-case SQL identifier")
         self.schema = schema
         self.timeout_s = float(timeout_s)
@@ -68,7 +68,7 @@ class SupabaseTransport:
         """``POST {url}/rest/v1/rpc/{fn}`` with ``params`` as the JSON body; return the JSON."""
         from postgrest.exceptions import APIError
 
-        if not _IDENTIFIER.match(fn):
+        if not _IDENTIFIER.fullmatch(fn):
             raise ValueError(f"function {fn!r} is not a lower-case SQL identifier")
         try:
             return self._rest().rpc(fn, params).execute().data

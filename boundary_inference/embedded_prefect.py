@@ -1,0 +1,341 @@
+"""The local Prefect server, as an embedded service like PostgreSQL and Redis.
+
+With no ``PREFECT_API_URL`` (nor a Prefect profile naming an API), every Prefect client process
+would start a temporary server of its own: 4-20 s and about 200 MiB each, never a schedule, and
+20 at once all gave up (Prefect's 20 s start-up timeout). Instead, one real ``prefect server
+start`` runs per state directory, under ``state/prefect/``, started once and shared by every CLI
+process, the demo and ``flows.serve``. Its runs, artifacts and schedules stay there to be seen in
+its UI.
+
+Liveness is decided by a lock and a pid, never by a ping (a slow server is not a dead one, and
+replacing it would give two): the starter takes an exclusive ``flock`` on ``server.lock`` and
+starts the server with that descriptor inherited, then closes its own copy, so the lock is held
+for exactly as long as the server process lives, whatever ends it. Start-ups are serialised by a
+second lock (``start.lock``); the first caller starts the server and waits until it answers (the
+only time it is asked anything), the others wait on that lock and then join.
+
+Its database is SQLite (WAL) in ``state/prefect/prefect.db``. Prefect cannot use the embedded
+PostgreSQL: its migrations run ``CREATE EXTENSION pg_trgm``, and pgserver's PostgreSQL ships only
+``plpgsql`` and ``vector`` (``extension "pg_trgm" is not available``, checked with pgserver's
+PostgreSQL 16.2). Point ``PREFECT_API_URL`` at a server of your own to use anything else.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock
+
+from boundary_inference.processes import pid_alive
+
+# Start-up only: a first start migrates a new SQLite database (seconds idle, far longer on a
+# loaded machine). Waiting for the lock covers another process's start-up.
+START_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 30.0
+_HOST = "127.0.0.1"
+
+State = Literal["running", "stopped", "exiting"]
+
+
+class PrefectServerError(RuntimeError):
+    """The embedded Prefect server could not be started."""
+
+
+@dataclass(frozen=True)
+class EmbeddedPrefect:
+    """A running local Prefect server: its API for clients, its UI for people."""
+
+    directory: Path
+    pid: int
+    port: int
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_HOST}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{_HOST}:{self.port}"
+
+    def flow_run_url(self, flow_run_id: object) -> str:
+        return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
+
+
+@dataclass(frozen=True)
+class PrefectStatus:
+    """Where the embedded Prefect server stands, read without talking to it.
+
+    ``alive``: its lock is held. ``state``: ``running``; ``stopped``; ``exiting`` (the lock is
+    still held but the recorded pid is gone). ``address``: its API URL when known.
+    """
+
+    name: str
+    directory: Path
+    pid: int | None
+    alive: bool
+    state: State
+    address: str | None = None
+    ui_url: str | None = None
+
+
+def prefect_dir(state_dir: Path) -> Path:
+    return Path(state_dir).resolve() / "prefect"
+
+
+def start_prefect(state_dir: Path) -> EmbeddedPrefect:
+    """Start (or join) the Prefect server of ``state_dir``; it outlives this process."""
+    directory = prefect_dir(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    with (
+        FileLock(str(directory / "start.lock"), timeout=START_TIMEOUT_S * 2),
+        _try_lock(directory / "server.lock") as lock_fd,
+    ):
+        if lock_fd is not None:
+            return _start_locked(directory, lock_fd)
+        # A server owns this directory.
+        info = _read_info(directory)
+        if info is None:
+            raise PrefectServerError(
+                f"a process holds {directory / 'server.lock'} but left no server.json;"
+                " `boundary-inference services stop` ends it"
+            )
+        server = EmbeddedPrefect(directory, int(info["pid"]), int(info["port"]))
+        if not info.get("ready"):  # its starter died before it answered: finish here
+            _wait_until_ready(server, process=None)
+            _write_info(directory, server, ready=True)
+        return server
+
+
+def _start_locked(directory: Path, lock_fd: int) -> EmbeddedPrefect:
+    previous = _read_info(directory) or {}
+    ports = [int(previous["port"])] if previous.get("port") else []
+    last_error: PrefectServerError | None = None
+    for port in [*ports, _free_port(), _free_port()]:
+        (directory / "server.json").unlink(missing_ok=True)
+        process = _spawn(directory, port, lock_fd)
+        server = EmbeddedPrefect(directory, process.pid, port)
+        _write_info(directory, server, ready=False)
+        try:
+            _wait_until_ready(server, process)
+        except PrefectServerError as error:  # e.g. the port was taken meanwhile: try another
+            last_error = error
+            continue
+        _write_info(directory, server, ready=True)
+        return server
+    assert last_error is not None
+    raise last_error
+
+
+def _server_env(directory: Path, port: int) -> dict[str, str]:
+    # The user's Prefect settings (a profile's API URL, another database) are not this server's.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    home = directory / "home"
+    home.mkdir(exist_ok=True)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_PROFILES_PATH=str(home / "profiles.toml"),
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{directory / 'prefect.db'}",
+        PREFECT_SERVER_API_HOST=_HOST,
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_SERVER_UI_ENABLED="true",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # Warnings and errors only: uvicorn's access log would grow by a line per API call.
+        PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+        DO_NOT_TRACK="1",
+    )
+    return env
+
+
+def _spawn(directory: Path, port: int, lock_fd: int) -> subprocess.Popen[bytes]:
+    log = (directory / "server.log").open("ab")
+    try:
+        log.write(
+            f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting on port {port}\n".encode()
+        )
+        log.flush()
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                _HOST,
+                "--port",
+                str(port),
+            ],
+            env=_server_env(directory, port),
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C in the terminal that started it does not stop it.
+            start_new_session=True,
+            # The server inherits the locked descriptor: the lock lives exactly as long as it does.
+            pass_fds=(lock_fd,),
+        )
+    finally:
+        log.close()
+
+
+def _wait_until_ready(server: EmbeddedPrefect, process: subprocess.Popen[bytes] | None) -> None:
+    """Start-up only (liveness is the lock): wait until the new server answers its health check."""
+    import httpx
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        exited = process.poll() is not None if process is not None else not pid_alive(server.pid)
+        if exited:
+            raise PrefectServerError(
+                f"the Prefect server exited while starting; log tail:\n{_log_tail(server.directory)}"
+            )
+        try:
+            if httpx.get(f"{server.api_url}/health", timeout=5.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise PrefectServerError(
+                f"the Prefect server (pid {server.pid}) did not answer within"
+                f" {START_TIMEOUT_S:.0f} s; log tail:\n{_log_tail(server.directory)}"
+            )
+        time.sleep(0.2)
+
+
+def prefect_status(state_dir: Path) -> PrefectStatus:
+    """The embedded Prefect server of ``state_dir``: decided by its lock and pid, never a ping."""
+    directory = prefect_dir(state_dir)
+    info = _read_info(directory) or {}
+    pid = int(info["pid"]) if info.get("pid") else None
+    server = EmbeddedPrefect(directory, pid or 0, int(info.get("port") or 0))
+    address = server.api_url if info.get("port") else None
+    ui_url = server.ui_url if info.get("port") else None
+    if not _server_lock_held(directory):
+        return PrefectStatus("prefect", directory, pid, False, "stopped", address, ui_url)
+    state: State = "running" if pid is not None and _is_our_server(pid) else "exiting"
+    return PrefectStatus("prefect", directory, pid, True, state, address, ui_url)
+
+
+def stop_prefect(state_dir: Path, *, timeout_s: float = STOP_TIMEOUT_S) -> PrefectStatus:
+    """SIGTERM (uvicorn shuts down cleanly), SIGKILL if it has not exited after ``timeout_s``."""
+    directory = prefect_dir(state_dir)
+    status = prefect_status(state_dir)
+    if status.alive and status.pid is not None and status.state == "running":
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(status.pid, signal.SIGCONT)  # a frozen process handles nothing
+                os.kill(status.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + timeout_s
+            while _server_lock_held(directory) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _server_lock_held(directory):
+                break
+    return prefect_status(state_dir)
+
+
+def use_embedded_prefect(state_dir: Path) -> EmbeddedPrefect | None:
+    """Point this process's Prefect client at the state dir's server, unless Prefect already has an
+    API URL (``PREFECT_API_URL``, a profile, a test harness): then None and nothing changes.
+
+    Call it before the first flow run of the process: Prefect reads its settings once.
+    """
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return None
+    server = start_prefect(state_dir)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    refresh_global_settings_context()
+    return server
+
+
+# --- Private helpers -------------------------------------------------------------------------------
+
+
+def _read_info(directory: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((directory / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_info(directory: Path, server: EmbeddedPrefect, *, ready: bool) -> None:
+    info = {
+        "pid": server.pid,
+        "port": server.port,
+        "api_url": server.api_url,
+        "ui_url": server.ui_url,
+        "ready": ready,
+    }
+    tmp = directory / "server.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(directory / "server.json")
+
+
+def _is_our_server(pid: int) -> bool:
+    """``pid`` is a ``prefect server start`` (not a pid reused by something else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return pid_alive(pid) and b"prefect" in cmdline and b"server" in cmdline and b"start" in cmdline
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((_HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(directory: Path, chars: int = 3000) -> str:
+    try:
+        return (directory / "server.log").read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def _try_lock(path: Path) -> Iterator[int | None]:
+    """An fd holding an exclusive flock on ``path``, or None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            yield None
+            return
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _server_lock_held(directory: Path) -> bool:
+    """Probed under the start lock: a probe that briefly holds ``server.lock`` must never make a
+    starter believe a server owns the directory."""
+    if not (directory / "server.lock").exists():
+        return False
+    with (
+        FileLock(str(directory / "start.lock"), timeout=START_TIMEOUT_S * 2),
+        _try_lock(directory / "server.lock") as fd,
+    ):
+        return fd is None
