@@ -154,6 +154,9 @@ def _server_env(directory: Path, port: int) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         # Warnings and errors only: uvicorn's access log would grow by a line per API call.
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+        # SQLite takes one writer at a time: a burst of clients waits up to a minute for the lock
+        # (Prefect's default is 10 s, then "database is locked" and a 503).
+        PREFECT_SERVER_DATABASE_TIMEOUT="60",
         DO_NOT_TRACK="1",
     )
     return env
@@ -262,8 +265,18 @@ def use_embedded_prefect(state_dir: Path) -> EmbeddedPrefect | None:
         return None
     server = start_prefect(state_dir)
     os.environ["PREFECT_API_URL"] = server.api_url
+    # A busy SQLite server answers 503 now and then; Prefect's client retries those with backoff.
+    # More tries than its default 5, unless the user chose a number.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "10")
     refresh_global_settings_context()
     return server
+
+
+def is_embedded_api(state_dir: Path, api_url: str | None) -> bool:
+    """``api_url`` is the API of ``state_dir``'s embedded server (set by this process or inherited
+    from a parent that started it, as the bench's children and the demo's do)."""
+    info = _read_info(prefect_dir(state_dir))
+    return bool(api_url and info and info.get("api_url") == api_url.rstrip("/"))
 
 
 # --- Private helpers -------------------------------------------------------------------------------

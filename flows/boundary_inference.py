@@ -762,6 +762,12 @@ def _reject_parameters(parameters: dict[str, Any], problems: list[str]) -> State
     return job.reject(Rejected(RejectionType.VALIDATION_FAILED, "; ".join(problems)))
 
 
-# frame_pairs has two shapes (pairs or a range spec) whose checks name the offending pair:
-# tasks.validate owns them, so its value arrives untouched.
-bind_leniently(boundary_inference_flow, _reject_parameters, unchecked=["frame_pairs"])
+# frame_pairs has two shapes (pairs or a range spec) whose checks name the offending pair, and the
+# identifiers have one grammar (boundary_inference.identifiers: an all-digit id given as a JSON int
+# is its decimal string, anything else not a string is refused with its type): tasks.validate owns
+# them, so their values arrive untouched. Missing ones are still refused here.
+bind_leniently(
+    boundary_inference_flow,
+    _reject_parameters,
+    unchecked=["frame_pairs", "video_id", "frames_version", "model_version", "tenant_id"],
+)

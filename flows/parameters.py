@@ -93,7 +93,9 @@ class _LenientFn:
             if name in missing or name not in checked:
                 continue
             try:
-                checked[name] = adapter.validate_python(checked[name])
+                # Strict: "false" or 0 is not a boolean here. A lax coercion would turn the
+                # string "false" into a forced, billed re-run.
+                checked[name] = adapter.validate_python(checked[name], strict=True)
             except ValidationError as error:
                 reason = "; ".join(e["msg"] for e in error.errors()[:3])
                 problems.append(f"{name}={checked[name]!r}: {reason}")

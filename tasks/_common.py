@@ -14,12 +14,13 @@ R = TypeVar("R")
 _SLUG = re.compile(r"[^a-z0-9-]+")
 
 
-# Every task run with tags asks the Prefect API for tag concurrency slots; Prefect caches "no
-# limit for this tag set" for 5 s. Three tag sets (not one per safeguard) keep those calls, which
-# stalled ~2 s each on the ephemeral server's SQLite, to about one per set per flow run. Tags
-# group; the task names say which safeguard.
-GUARD = ["boundary-inference", "guard"]  # admission: the decisions before any GPU second
-LEDGER = ["boundary-inference", "ledger"]  # bookkeeping after a decision: record, settle, refund
+# Every task run with tags asks the Prefect API for tag concurrency slots (an acquire and a release
+# per run of a tag set, before Prefect caches "no limit" for 5 s). Under a burst of submissions
+# those calls were where the embedded server's SQLite gave up ("ConcurrencySlotAcquisitionError").
+# The guards and the bookkeeping carry no tags: nothing should limit them but the ledger. Only the
+# job itself is tagged, so a tag concurrency limit on "gpu" can bound the spawns.
+GUARD: list[str] = []  # admission: the decisions before any GPU second
+LEDGER: list[str] = []  # bookkeeping after a decision: record, settle, refund
 GPU = ["boundary-inference", "gpu"]  # the job itself (a tag concurrency limit on "gpu" applies)
 
 

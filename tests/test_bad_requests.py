@@ -87,9 +87,13 @@ BAD_FLOW_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
     ("video id a list", {"video_id": ["v1"]}, "video_id must be a string; got list"),
     ("frames version a float", {"frames_version": 1.5}, "got float"),
     # Flags are what they say: bool("false") is True.
-    ("skip_if_exists a string", {"skip_if_exists": "false"}, "skip_if_exists must be true or"),
-    ("skip_if_exists an int", {"skip_if_exists": 0}, "got int"),
-    ("priority a list", {"priority": ["high"]}, "priority must be one of"),
+    (
+        "skip_if_exists a string",
+        {"skip_if_exists": "false"},
+        "skip_if_exists='false': Input should be a valid boolean",
+    ),
+    ("skip_if_exists an int", {"skip_if_exists": 0}, "skip_if_exists=0: Input should be a valid"),
+    ("priority a list", {"priority": ["high"]}, "priority=['high']: Input should be 'high'"),
     # Pairs: bounded, non-recursive, integers only.
     ("pairs nested 64 deep", {"frame_pairs": nested(64)}, "frame_pairs[0] must be a [f1, f2]"),
     ("pairs as booleans", {"frame_pairs": [[False, True]]}, "is bool False"),

@@ -520,6 +520,7 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
                 *("--param", "frames_version=f1"),
                 *("--param", f"model_version={MODEL}"),
                 *("--param", "skip_if_exists=maybe"),
+                *("--param", "priority=urgent"),
             ],
             worker_env,
         )
@@ -568,7 +569,8 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
         assert misspelt.startswith("unknown parameter(s): vidoe_id (the flow takes video_id,")
         assert misspelt.endswith("; missing required parameter(s): video_id")
         (typed,) = [m for m in rejections if "skip_if_exists='maybe'" in m]
-        assert "video_id=123" in typed and "skip_if_exists='maybe'" in typed, typed
+        # video_id=123 arrives as a JSON int: an all-digit id is its decimal string, not a problem.
+        assert "priority='urgent'" in typed and "video_id" not in typed, typed
         assert all(r["rejection_type"] == "validation_failed" for r in rejections.values())
 
         failed = states["failing"]
