@@ -35,15 +35,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 # Predictions for 10,000 runs (50 pairs each): enough rows that the planner must use the index.
 HISTORY = HistoryShape(runs=1_000_000, prediction_runs=10_000, pairs_per_prediction_run=50)
 
-# Full scans in functions this branch does not own (COMMON.md gives list_rejections to nobody). A SQL
-# function is planned without its arguments' values, so an optional filter written
-# `(NOT p_unacknowledged_only OR NOT acknowledged)` can use no index, and when fewer rejections
-# are open than p_limit the call walks the whole created_at index looking for more. Strict: when
-# someone fixes it, this xfail turns into a failure that asks for the entry to go.
-KNOWN_FULL_SCANS = {
-    "list_rejections (open, 1000)": "monitor's query: open rejections walk every rejection"
-    " when fewer than p_limit are open (owner: requests, who own the monitor)",
-}
+# Full scans known and accepted, each with why (strict xfail: when one is fixed, its entry must go).
+# None today: list_rejections' open case was one until 20261130700000_open_rejections_plan.sql.
+KNOWN_FULL_SCANS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
