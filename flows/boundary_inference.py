@@ -587,7 +587,7 @@ def _stacked_retry_layers(settings: Settings) -> list[str]:
     """The start-up audit, on the flow object actually running (``with_options`` included)."""
     from prefect.context import FlowRunContext
 
-    from boundary_inference.executor.modal import retry_audit
+    from tasks.retry_audit import retry_audit
 
     context = FlowRunContext.get()
     running = [context.flow] if context is not None and context.flow is not None else []
