@@ -98,6 +98,16 @@ def _status(child: _Child) -> str:
         return "no-json"
 
 
+def _message(child: _Child) -> str:
+    """What a submission that did not end 0 or 3 said (its outcome's message, or stderr's end)."""
+    import json
+
+    try:
+        return str(json.loads(child.stdout).get("message"))[:300]
+    except (ValueError, AttributeError):
+        return child.stderr.strip()[-300:]
+
+
 def _rejection(child: _Child) -> str | None:
     import json
 
@@ -244,6 +254,9 @@ def submit_figures(
             for _ in range(serial)
         ]
         figures.update(_per_process("submit.one", submits))
+        figures["submit.one.statuses"] = [_status(c) for c in submits]
+        figures["submit.one.errors"] = _errors(submits)
+        figures["submit.one.failures"] = [_message(c) for c in submits if c.code not in (0, 3)]
         figures.update(_per_process("runs_json", reads))
         figures["submit.one.over_runs_json.wall"] = round(
             figures["submit.one.wall_s"] / figures["runs_json.wall_s"], 2

@@ -26,12 +26,12 @@ from prefect.states import Completed, Failed, State
 from pydantic import ValidationError
 
 from boundary_inference.executor import ExecutorUnavailable
-from boundary_inference.identifiers import coerce_identifier, display_identifier
 from boundary_inference.ledger import LedgerError
 from boundary_inference.limiter import LimiterUnavailable
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, Rejected, RejectionType
 from boundary_inference.services import EmbeddedNotAllowed, Services, get_services
 from config import Settings, get_settings
+from config.identifiers import coerce_identifier, display_identifier
 from config.settings import configuration_problems, settings_for_recording
 from flows.parameters import bind_leniently
 from modal_app.types import InferenceRequest
@@ -763,7 +763,7 @@ def _reject_parameters(parameters: dict[str, Any], problems: list[str]) -> State
 
 
 # frame_pairs has two shapes (pairs or a range spec) whose checks name the offending pair, and the
-# identifiers have one grammar (boundary_inference.identifiers: an all-digit id given as a JSON int
+# identifiers have one grammar (config.identifiers: an all-digit id given as a JSON int
 # is its decimal string, anything else not a string is refused with its type): tasks.validate owns
 # them, so their values arrive untouched. Missing ones are still refused here.
 bind_leniently(
