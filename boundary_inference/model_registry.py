@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from boundary_inference.identifiers import identifier_problem
 from boundary_inference.ledger import LedgerError
 from boundary_inference.videos import RegistrationError
 from config import Settings
+from config.identifiers import identifier_problem
 from modal_app import sources
 from modal_app.modal_config import models_volume_name
 from modal_app.models import (

@@ -112,9 +112,32 @@ class JobFailed(Exception):
 def outcome_of(state: Any) -> dict[str, Any] | None:
     """The JobOutcome dict a ``boundary_inference_flow`` state carries, whatever it ended as;
     None when the run ended before producing one (crashed, cancelled by Prefect)."""
-    data = state.result(raise_on_failure=False)
+    from prefect.exceptions import MissingResult
+
+    try:
+        data = state.result(raise_on_failure=False)
+    except MissingResult:  # the state came back from the API without its data
+        return _outcome_from_state_name(state)
     if isinstance(data, JobFailed):
         return data.outcome
     if isinstance(data, dict) and "status" in data:
         return data
+    return None
+
+
+def _outcome_from_state_name(state: Any) -> dict[str, Any] | None:
+    """The outcome as far as a final state's name and message tell it, when its data is gone (the
+    flow persists it, so this is the last resort): the status and, for a refusal, its type."""
+    if not state.is_final():
+        return None
+    message = str(state.message or "")
+    note = "the flow run's outcome data was not returned; read from its state"
+    if state.is_completed():
+        if state.name == "Rejected":
+            kind, _, text = message.partition(": ")
+            return {"status": "rejected", "rejection_type": kind, "message": text, "note": note}
+        status = "skipped" if state.name == "Skipped" else "succeeded"
+        return {"status": status, "message": message, "note": note}
+    if state.is_failed():
+        return {"status": "failed", "message": message, "note": note}
     return None

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boundary_inference.identifiers import identifier_problem
 from config import Settings
+from config.identifiers import identifier_problem
 from modal_app import sources
 from modal_app.errors import InferenceError, SourceUnavailable
 from modal_app.frames import VideoInfo, inspect_video

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from boundary_inference.identifiers import identifier_problem
+from config.identifiers import identifier_problem
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 ENV_PREFIX = "BOUNDARY_INFERENCE_"

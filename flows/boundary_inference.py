@@ -26,12 +26,12 @@ from prefect.states import Completed, Failed, State
 from pydantic import ValidationError
 
 from boundary_inference.executor import ExecutorUnavailable
-from boundary_inference.identifiers import coerce_identifier, display_identifier
 from boundary_inference.ledger import LedgerError
 from boundary_inference.limiter import LimiterUnavailable
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, Rejected, RejectionType
 from boundary_inference.services import EmbeddedNotAllowed, Services, get_services
 from config import Settings, get_settings
+from config.identifiers import coerce_identifier, display_identifier
 from config.settings import configuration_problems, settings_for_recording
 from flows.parameters import bind_leniently
 from modal_app.types import InferenceRequest
@@ -227,6 +227,11 @@ def _run_name() -> str:
     # Bad parameters must reach our validation (recorded, typed rejection) rather than fail in
     # Prefect's parameter validation, which records nothing in the ledger (see bind_leniently).
     validate_parameters=False,
+    # The outcome is persisted (a small file in Prefect's local result storage), so a state the
+    # client got back from the API rather than from the run itself (a state change retried after a
+    # busy server's 503 whose first try had landed) still carries it: without it, `submit` saw
+    # "State data is missing" although the ledger had recorded the run.
+    persist_result=True,
 )
 def boundary_inference_flow(
     video_id: str,
@@ -587,7 +592,7 @@ def _stacked_retry_layers(settings: Settings) -> list[str]:
     """The start-up audit, on the flow object actually running (``with_options`` included)."""
     from prefect.context import FlowRunContext
 
-    from boundary_inference.executor.modal import retry_audit
+    from tasks.retry_audit import retry_audit
 
     context = FlowRunContext.get()
     running = [context.flow] if context is not None and context.flow is not None else []
@@ -763,7 +768,7 @@ def _reject_parameters(parameters: dict[str, Any], problems: list[str]) -> State
 
 
 # frame_pairs has two shapes (pairs or a range spec) whose checks name the offending pair, and the
-# identifiers have one grammar (boundary_inference.identifiers: an all-digit id given as a JSON int
+# identifiers have one grammar (config.identifiers: an all-digit id given as a JSON int
 # is its decimal string, anything else not a string is refused with its type): tasks.validate owns
 # them, so their values arrive untouched. Missing ones are still refused here.
 bind_leniently(

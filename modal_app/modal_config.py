@@ -13,11 +13,12 @@ seconds belong to one job and ``max_containers`` is also the number of jobs runn
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any
-
-import modal
+from typing import TYPE_CHECKING, Any
 
 from config import Settings
+
+if TYPE_CHECKING:
+    import modal
 
 PYTHON_VERSION = "3.11"
 # Exactly what the function imports (modal_app.frames/models/predictor + config); pinned to the
@@ -173,6 +174,9 @@ def extra_python_sources(settings: Settings) -> tuple[str, ...]:
 
 
 def build_image(settings: Settings) -> modal.Image:
+    import modal  # here, not at the top: the flow reads names from this module, and importing
+    # modal costs a submission ~0.7 CPU-s it never uses with the local executor
+
     return (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
         .uv_pip_install(*IMAGE_PACKAGES)
@@ -185,6 +189,8 @@ def build_image(settings: Settings) -> modal.Image:
 
 def retry_policy(settings: Settings) -> modal.Retries:
     """The only retry layer around GPU work: ``1 + gpu_retries`` attempts per logical job."""
+    import modal
+
     return modal.Retries(
         max_retries=settings.gpu_retries, backoff_coefficient=2.0, initial_delay=1.0
     )
@@ -192,6 +198,8 @@ def retry_policy(settings: Settings) -> modal.Retries:
 
 def function_options(settings: Settings) -> dict[str, Any]:
     """Exactly the keyword arguments of ``@app.cls(...)`` for the inference class."""
+    import modal
+
     return {
         "gpu": settings.gpu,
         # Per attempt; the per-job deadline inside the function is the tighter bound.

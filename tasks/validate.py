@@ -1,7 +1,7 @@
 """Safeguard: the request is well formed, the video exists and belongs to the tenant, and every
 frame pair (all of them, not a sample) satisfies ``0 <= f1 < f2 < frame_count``.
 
-Identifiers follow one grammar (:mod:`boundary_inference.identifiers`), checked before anything
+Identifiers follow one grammar (:mod:`config.identifiers`), checked before anything
 reads the ledger with them; frame pairs are parsed by :mod:`boundary_inference.pairs` (bounded,
 non-recursive) and made a set: duplicates are dropped and counted before the estimate.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from boundary_inference.identifiers import coerce_identifier, identifier_problem
 from boundary_inference.outcome import Rejected, RejectionType
 from boundary_inference.pairs import PairsProblem, parse_frame_pairs
+from config.identifiers import coerce_identifier, identifier_problem
 from modal_app.types import CropBox
 from tasks._common import GUARD, guard_task
 

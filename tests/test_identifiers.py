@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from boundary_inference.identifiers import (
+from config.identifiers import (
     RULES,
     coerce_identifier,
     display_identifier,

@@ -33,7 +33,7 @@ from boundary_inference.executor import (
     FailureKind,
     SpawnUncertain,
 )
-from boundary_inference.executor.modal import ModalExecutor, classify, has_credentials, retry_audit
+from boundary_inference.executor.modal import ModalExecutor, classify, has_credentials
 from config import Settings, get_settings
 from modal_app.app import deployed_config, run_call
 from modal_app.errors import DeadlineExceeded, Stalled, VideoNotFound
@@ -42,6 +42,7 @@ from modal_app.models import BUILTIN, BUILTIN_MODEL, LogisticModel
 from modal_app.sources import StorageConfig
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import CropBox, InferenceRequest
+from tasks.retry_audit import retry_audit
 
 # --- The test double ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ from modal_app.modal_config import (
     REFUSED,
     attempts_key,
     call_key,
-    function_options,
     progress_dict_name,
 )
 from modal_app.types import InferenceRequest, InferenceResult
@@ -410,51 +409,3 @@ def classify(error: BaseException) -> FailureKind:
         # The remote exception could not be rebuilt here (a class this client lacks).
         return FailureKind.INFRASTRUCTURE
     return FailureKind.USER_CODE
-
-
-def retry_audit(
-    settings: Settings, task: Any, *, flows: Sequence[Any] = (), modal_class: bool = True
-) -> list[str]:
-    """Problems that would stack a second retry layer on GPU work (empty: exactly one layer).
-
-    ``task`` is the Prefect task that spawns (``tasks.execute.run_job``); ``flows`` the flows that
-    call it. Retries belong to Modal alone (``gpu_retries``), because that is what the cost guard
-    multiplies by; any other layer multiplies the paid worst case behind the guard's back.
-    """
-    problems: list[str] = []
-    task_retries = int(getattr(task, "retries", 0) or 0)
-    name = getattr(task, "name", repr(task))
-    if task_retries > 0:
-        problems.append(
-            f"task {name!r} has retries={task_retries}: each retry spawns a new Modal call with"
-            f" its own {settings.gpu_attempts} attempts, so a job could run"
-            f" {(1 + task_retries) * settings.gpu_attempts} times, not {settings.gpu_attempts}"
-        )
-    for flow in flows:
-        flow_retries = int(getattr(flow, "retries", 0) or 0)
-        if flow_retries > 0:
-            problems.append(
-                f"flow {getattr(flow, 'name', flow)!r} has retries={flow_retries}: a flow retry"
-                " re-enters the spawning task; GPU retries must live in Modal only"
-            )
-    policy = function_options(settings)["retries"]
-    if policy.max_retries != settings.gpu_retries:
-        problems.append(
-            f"the Modal retry policy has max_retries={policy.max_retries}, settings say"
-            f" gpu_retries={settings.gpu_retries}"
-        )
-    if not modal_class:  # the local executor: no Modal class is involved
-        return problems
-    try:
-        from modal_app.app import BoundaryInference
-
-        deployed_retries = BoundaryInference().infer.info().max_retries or 0
-    except Exception as error:
-        problems.append(f"cannot read the Modal class's retry policy: {error}")
-    else:
-        if deployed_retries != settings.gpu_retries:
-            problems.append(
-                f"modal_app.app.BoundaryInference has max_retries={deployed_retries} (from the"
-                f" environment it was imported with), settings say gpu_retries={settings.gpu_retries}"
-            )
-    return problems

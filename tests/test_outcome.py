@@ -1,0 +1,35 @@
+"""outcome_of reads a flow state's outcome, even when the state came back without its data.
+
+Pure: Prefect state objects built here, no server.
+"""
+
+from __future__ import annotations
+
+from prefect.states import Completed, Failed
+
+from boundary_inference.outcome import JobFailed, outcome_of
+
+
+def test_the_outcome_is_the_states_data() -> None:
+    outcome = {"status": "succeeded", "message": "3 pairs", "run_id": "r1"}
+    assert outcome_of(Completed(data=outcome)) == outcome
+    failed = {"status": "failed", "message": "user_code: boom", "run_id": "r2"}
+    assert outcome_of(Failed(data=JobFailed(failed))) == failed
+
+
+def test_a_state_without_its_data_still_tells_its_status_and_rejection_type() -> None:
+    # What the API hands back for a state whose result was not persisted: data None.
+    rejected = Completed(name="Rejected", message="cooldown: video v1 ran 12 s ago")
+    rejected.data = None
+    got = outcome_of(rejected)
+    assert got is not None
+    assert (got["status"], got["rejection_type"]) == ("rejected", "cooldown")
+    assert got["message"] == "video v1 ran 12 s ago" and "not returned" in got["note"]
+
+    skipped = Completed(name="Skipped", message="run r1 exists")
+    skipped.data = None
+    assert outcome_of(skipped)["status"] == "skipped"  # type: ignore[index]
+
+    done = Completed(message="3 pairs, 1 boundary")
+    done.data = None
+    assert outcome_of(done)["status"] == "succeeded"  # type: ignore[index]
