@@ -264,7 +264,7 @@ def submit(
             console.print(f"  acknowledge: boundary-inference ack {outcome['rejection_id']}")
         if url:
             console.print(f"  Prefect UI: {url}", soft_wrap=True)
-    raise typer.Exit(EXIT[str(outcome["status"])])
+    raise typer.Exit(_exit_code(outcome))
 
 
 SUBMIT_FIELDS = (
@@ -275,7 +275,15 @@ SUBMIT_FIELDS = (
     "estimated_cost_usd",
     "actual_cost_usd",
 )
-EXIT = {"succeeded": 0, "skipped": 0, "rejected": 3, "failed": 1, "cancelled": 1, "timed_out": 1}
+def _exit_code(outcome: dict[str, Any]) -> int:
+    """The documented exit code of an outcome (one table: boundary_inference.outcome.EXIT_CODES);
+    a status this CLI does not know is a failure."""
+    from boundary_inference.outcome import EXIT_CODES, OutcomeStatus
+
+    try:
+        return EXIT_CODES[OutcomeStatus(str(outcome["status"]))]
+    except ValueError:
+        return EXIT_CODES[OutcomeStatus.FAILED]
 
 
 def _outcome_from_state(state: Any) -> dict[str, Any]:

@@ -23,8 +23,9 @@ class RejectionType(StrEnum):
     GUARD_UNAVAILABLE = "guard_unavailable"
 
 
-class Rejected(Exception):
-    """A safeguard refused the job. Raised by guard tasks; the flow records it and stops."""
+class Rejected:
+    """A safeguard refused the job: a value the guard tasks *return* (a refusal is an outcome, not
+    an error), which the flow records before it stops. Never raised."""
 
     def __init__(
         self,
@@ -34,11 +35,13 @@ class Rejected(Exception):
         retry_after_s: float | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(message)
         self.rejection_type = rejection_type
         self.message = message
         self.retry_after_s = retry_after_s
         self.details = dict(details or {})
+
+    def __repr__(self) -> str:
+        return f"Rejected({str(self.rejection_type)!r}, {self.message!r})"
 
 
 class OutcomeStatus(StrEnum):
