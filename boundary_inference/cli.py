@@ -636,7 +636,6 @@ def reconcile(
         save_billing_report,
     )
     from boundary_inference.billing import reconcile as join
-    from boundary_inference.timefmt import parse_utc
 
     try:
         start = datetime.fromisoformat(since).replace(tzinfo=UTC)
@@ -655,12 +654,7 @@ def reconcile(
             raise typer.Exit(1) from error
         if save is not None:
             save_billing_report(bill, save)
-    until_ = end or datetime.max.replace(tzinfo=UTC)
-    runs = []
-    for run in _services().ledger.list_runs(limit=100_000):
-        finished = parse_utc(run.get("finished_at"))
-        if finished is not None and start <= finished < until_:
-            runs.append(run)
+    runs = _services().ledger.runs_finished_between(start=start, end=end)
     result = join(ledger_costs_from_runs(runs, tag=settings.modal_app_name), bill)
     if as_json:
         _print_json(result.to_dict())

@@ -248,6 +248,23 @@ def test_get_and_list_runs(ledger: Ledger, video: dict) -> None:
     assert [r["id"] for r in ledger.list_runs(status="running")] == [b]
 
 
+def test_runs_finished_between_reads_a_window_of_finish_times(ledger: Ledger) -> None:
+    first = _run_in(ledger, "succeeded")
+    second = _run_in(ledger, "failed")
+    _run_in(ledger, "running")  # not finished: in no window
+    runs = ledger.list_runs()
+    finished = sorted(dt.datetime.fromisoformat(r["finished_at"]) for r in runs if r["finished_at"])
+    start, last = finished[0], finished[-1]
+    window = ledger.runs_finished_between(start=start - dt.timedelta(hours=1))
+    assert [r["id"] for r in window] == [first, second]  # oldest first, the live run left out
+    assert ledger.runs_finished_between(start=start, end=start) == []  # [start, end): empty
+    after = last + dt.timedelta(microseconds=1)
+    assert ledger.runs_finished_between(start=after) == []
+    assert [r["id"] for r in ledger.runs_finished_between(start=start, end=after, limit=1)] == [
+        first
+    ]
+
+
 def test_queue_depth_counts_live_runs(ledger: Ledger) -> None:
     assert ledger.queue_depth() == {"queued": 0, "running": 0, "total": 0}
     _run_in(ledger, "queued")

@@ -167,6 +167,15 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("set_call_id", {"run_id": RUN, "call_id": "fc-1"}, {"p_run_id": RUN, "p_call_id": "fc-1"}),
     ("get_run", {"run_id": RUN}, {"p_run_id": RUN}),
     ("list_runs", {"limit": 5, "status": "queued"}, {"p_limit": 5, "p_status": "queued"}),
+    (
+        "runs_finished_between",
+        {"start": NOW, "end": NOW + dt.timedelta(days=1)},
+        {
+            "p_start": "2030-01-15T12:00:00+00:00",
+            "p_end": "2030-01-16T12:00:00+00:00",
+            "p_limit": 1_000_000,
+        },
+    ),
     ("queue_depth", {}, {}),
     ("recent_throughput", {"model_version": "m", "runs": 3}, {"p_model_version": "m", "p_runs": 3}),
     (
@@ -361,6 +370,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
 
 LIST_RESULTS = {
     "list_videos",
+    "runs_finished_between",
     "list_models",
     "list_runs",
     "spend_by_day",

@@ -406,6 +406,13 @@ class Ledger:
         """Newest first."""
         return self._list("list_runs", limit=limit, video_id=video_id, status=status)
 
+    def runs_finished_between(
+        self, *, start: dt.datetime, end: dt.datetime | None = None, limit: int = 1_000_000
+    ) -> list[dict[str, Any]]:
+        """Runs whose ``finished_at`` is in ``[start, end)`` (``end`` None: up to now), oldest
+        first: what ``reconcile`` sets against Modal's bill."""
+        return self._list("runs_finished_between", start=start, end=end, limit=limit)
+
     def queue_depth(self) -> dict[str, Any]:
         """Live runs now: ``{queued, running, total}``."""
         return self._obj("queue_depth")
