@@ -275,6 +275,8 @@ SUBMIT_FIELDS = (
     "estimated_cost_usd",
     "actual_cost_usd",
 )
+
+
 def _exit_code(outcome: dict[str, Any]) -> int:
     """The documented exit code of an outcome (one table: boundary_inference.outcome.EXIT_CODES);
     a status this CLI does not know is a failure."""

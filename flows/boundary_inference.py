@@ -17,24 +17,21 @@ be reached, nothing is spawned: ``guard_unavailable`` (fail closed).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, runtime
-from prefect.artifacts import create_markdown_artifact
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, State
 from pydantic import ValidationError
 
 from boundary_inference.executor import ExecutorUnavailable
 from boundary_inference.ledger import LedgerError
 from boundary_inference.limiter import LimiterUnavailable
-from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, Rejected, RejectionType
+from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from boundary_inference.services import EmbeddedNotAllowed, Services, get_services
 from config import Settings, get_settings
 from config.identifiers import coerce_identifier, display_identifier
 from config.settings import configuration_problems, settings_for_recording
 from flows.parameters import bind_leniently
-from modal_app.types import InferenceRequest
 from tasks import (
     breaker,
     budget,
@@ -43,171 +40,23 @@ from tasks import (
     limits,
     model_registry,
     queue,
-    rejections,
+    retry_audit,
+    run_lifecycle,
     source_check,
     validate,
 )
-from tasks._common import GUARD, artifact_key, guard_task
-from tasks.execute import run_job
-from tasks.lease import LeaseKeeper, LeaseLost, lease_owner
-from tasks.reaper import reap_stale_runs
-from tasks.settlement import settle_call
+from tasks.job import Job
+from tasks.lease import LeaseLost, lease_owner
 
 # A guard whose backing service fails raises one of these; the flow turns it into guard_unavailable.
 GUARD_ERRORS: tuple[type[BaseException], ...] = (LedgerError, LimiterUnavailable)
 PRIORITIES = ("high", "normal", "low")
-# Expired leases examined at each flow start (the reaper deployment takes care of a backlog).
-REAP_AT_START = 5
-
-
-@guard_task(name="load-video", tags=GUARD)
-def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
-    found = ledger.get_video(id=video_id)
-    return dict(found) if found else None
 
 
 def _known_model(model_version: str) -> bool:
     from modal_app.models import is_known_model_version
 
     return bool(is_known_model_version(model_version))
-
-
-def _estimate_markdown(
-    video_id: str, est: cost.CostEstimate, probe: bool, duplicate_pairs: int = 0
-) -> str:
-    return "\n".join(
-        [
-            f"# Admitted: `{video_id}`",
-            "",
-            "| | value |",
-            "|---|---|",
-            f"| frame pairs | {est.pairs} distinct ({duplicate_pairs} duplicates dropped) |",
-            f"| throughput | {est.throughput_pairs_per_s:.1f} pairs/s ({est.throughput_source}) |",
-            f"| expected GPU time | {est.expected_gpu_s:.1f} s (+ {est.billed_s - est.expected_gpu_s:.0f} s"
-            " billed idle tail) |",
-            f"| expected cost | ${est.estimated_cost_usd:.4f} |",
-            f"| per-attempt deadline | {est.deadline_s:.0f} s |",
-            f"| attempts at most | {est.attempts} |",
-            f"| worst case (reserved) | ${est.worst_case_cost_usd:.4f} |",
-            f"| per-job cap | ${est.cap_usd:.2f} |",
-            f"| circuit-breaker probe | {'yes' if probe else 'no'} |",
-        ]
-    )
-
-
-class _Job:
-    """The state of one submission as it moves through the guards. Private to this module."""
-
-    def __init__(
-        self, services: Services | None, settings: Settings, video_id: str, tenant_id: str
-    ):
-        self.services = services
-        self.settings = settings
-        self.video_id = video_id
-        self.tenant_id = tenant_id
-        self.run_id: str | None = None
-        self.frame_count: int | None = None
-        self.estimate: cost.CostEstimate | None = None
-        self.admitted_limiter = False
-        self.reserved_budget = False
-        # Set just before the spawn. From then on nothing is refunded or released: the call may
-        # run (and bill) whatever happens to this process, so a store error is a failure that
-        # keeps the worst case charged, never a "rejection, nothing spawned".
-        self.spawned = False
-        self.finished_unwatched = False
-        # Where to record a refusal when there are no services (the settings were refused).
-        self.recording_ledger: Any | None = None
-        # Distinct pairs, and the copies the request repeated (dropped before the estimate).
-        self.duplicate_pairs: int | None = None
-        # Renews the run's lease while this flow watches it (tasks.lease); stopped at the end.
-        self.lease: LeaseKeeper | None = None
-
-    def hold_lease(self, run_id: str, owner: str) -> None:
-        assert self.services is not None
-        self.lease = LeaseKeeper(
-            self.services.ledger,
-            run_id,
-            owner,
-            lease_s=self.settings.run_lease_s,
-            renew_every_s=self.settings.lease_renew_s,
-        ).start()
-
-    def release_lease(self) -> None:
-        if self.lease is not None:
-            self.lease.stop(release=True)
-
-    def reject(self, rejected: Rejected) -> State:
-        """Record the refusal everywhere, undo what this job had taken, and end the run."""
-        ledger = self.services.ledger if self.services else self.recording_ledger
-        if rejected.rejection_type is RejectionType.GUARD_UNAVAILABLE:
-            ledger = self._ledger_if_reachable()
-        self.undo_admissions()
-        if ledger is not None and self.run_id is not None:
-            try:
-                ledger.transition_run(
-                    run_id=self.run_id,
-                    to_status="rejected",
-                    fields={"error": f"{rejected.rejection_type}: {rejected.message}"[:1000]},
-                )
-            except Exception as error:  # recorded below regardless
-                get_run_logger().error("could not mark run %s rejected: %s", self.run_id, error)
-        estimate = self.estimate.to_dict() if self.estimate else None
-        rejection_id = rejections.record_rejection(
-            ledger,
-            rejected,
-            video_id=self.video_id,
-            tenant_id=self.tenant_id,
-            frame_count=self.frame_count,
-            run_id=self.run_id,
-            estimate=estimate,
-        )
-        outcome = JobOutcome(
-            status=OutcomeStatus.REJECTED,
-            video_id=self.video_id,
-            message=rejected.message,
-            run_id=self.run_id,
-            rejection_type=rejected.rejection_type,
-            rejection_id=rejection_id,
-            retry_after_s=rejected.retry_after_s,
-            estimated_cost_usd=estimate["estimated_cost_usd"] if estimate else None,
-            worst_case_cost_usd=estimate["worst_case_cost_usd"] if estimate else None,
-            duplicate_pairs=self.duplicate_pairs,
-        )
-        return Completed(
-            name="Rejected",
-            message=f"{rejected.rejection_type}: {rejected.message}",
-            data=outcome.to_dict(),
-        )
-
-    def _ledger_if_reachable(self) -> Any | None:
-        ledger = self.services.ledger if self.services else self.recording_ledger
-        if ledger is None:
-            return None
-        try:
-            ledger.ping()
-        except Exception:
-            return None
-        return ledger
-
-    def undo_admissions(self) -> None:
-        """Give back quota this job took but will not use. Best effort; bounded if it fails."""
-        if self.spawned:  # it may be running: what it took, it uses
-            return
-        assert self.services is not None or not (self.admitted_limiter or self.reserved_budget)
-        if self.admitted_limiter and self.services and self.run_id:
-            try:
-                limits.refund_admission(
-                    self.services.limiter, video_id=self.video_id, run_id=self.run_id
-                )
-                self.admitted_limiter = False
-            except Exception as error:
-                get_run_logger().error("refund failed (expires with its window): %s", error)
-        if self.reserved_budget and self.services and self.run_id:
-            try:
-                budget.release(self.services.ledger, run_id=self.run_id)
-                self.reserved_budget = False
-            except Exception as error:
-                get_run_logger().error("budget release failed: %s", error)
 
 
 def _run_name() -> str:
@@ -278,15 +127,15 @@ def boundary_inference_flow(
     try:
         services = get_services(settings)
     except EmbeddedNotAllowed as error:
-        return _Job(None, settings, video_id, shown_tenant).reject(
+        return Job(None, settings, video_id, shown_tenant).reject(
             Rejected(RejectionType.GUARD_UNAVAILABLE, str(error))
         )
     except Exception as error:
-        job = _Job(None, settings, video_id, shown_tenant)
+        job = Job(None, settings, video_id, shown_tenant)
         return job.reject(
             Rejected(RejectionType.GUARD_UNAVAILABLE, f"cannot reach the ledger or Redis: {error}")
         )
-    job = _Job(services, settings, video_id, shown_tenant)
+    job = Job(services, settings, video_id, shown_tenant)
     refused = validate.identifier_rejection(**ids)
     if refused is not None:
         return job.reject(refused)
@@ -302,10 +151,10 @@ def boundary_inference_flow(
             priority=priority,
         )
     except LeaseLost as error:
-        return _taken_over(job, error)
+        return run_lifecycle.taken_over(job, error)
     except GUARD_ERRORS as error:
         if job.spawned:
-            _finish_unwatched(job, error)
+            run_lifecycle.finish_unwatched(job, error)
             raise
         return job.reject(
             Rejected(
@@ -319,26 +168,6 @@ def boundary_inference_flow(
         # was unreachable when it should have ended it) is left to the next claim or the reaper
         # at once instead of after its lease.
         job.release_lease()
-
-
-def _taken_over(job: _Job, error: LeaseLost) -> State:
-    """This flow stalled past its lease and another watcher took the run and its call over: that
-    watcher settles it; this one neither cancels nor charges anything."""
-    message = f"stopped watching: {error}"
-    get_run_logger().error(message)
-    outcome = JobOutcome(OutcomeStatus.FAILED, job.video_id, message, run_id=job.run_id)
-    return Failed(name="TakenOver", message=message, data=JobFailed(outcome.to_dict()))
-
-
-def _reap_at_start(services: Services, settings: Settings) -> None:
-    """The cheap check at every flow start: end or settle a few runs whose watcher died (one
-    indexed read when there are none). Best effort: the guards below decide this submission."""
-    try:
-        reap_stale_runs(
-            services.ledger, services.executor, settings, limit=REAP_AT_START, orphans=False
-        )
-    except Exception as error:
-        get_run_logger().warning("expired leases not checked at start: %s", error)
 
 
 def _refuse_configuration(error: ValidationError, video_id: Any, tenant_id: Any) -> State:
@@ -360,7 +189,7 @@ def _refuse_configuration(error: ValidationError, video_id: Any, tenant_id: Any)
         except Exception as unreachable:
             logger.error("configuration refused; the ledger is not reachable: %s", unreachable)
     tenant = "" if tenant_id is None else display_identifier(coerce_identifier(tenant_id))
-    job = _Job(None, recording, display_identifier(coerce_identifier(video_id)), tenant)
+    job = Job(None, recording, display_identifier(coerce_identifier(video_id)), tenant)
     job.recording_ledger = ledger
     try:
         return job.reject(
@@ -376,7 +205,7 @@ def _refuse_configuration(error: ValidationError, video_id: Any, tenant_id: Any)
 
 
 def _guarded_run(
-    job: _Job,
+    job: Job,
     services: Services,
     settings: Settings,
     *,
@@ -402,7 +231,7 @@ def _guarded_run(
         )
 
     # 1. Validation: reads only.
-    video = load_video(ledger, job.video_id)
+    video = validate.load_video(ledger, job.video_id)
     job.frame_count = int(video["frame_count"]) if video else None
     verdict = validate.validate_request(
         video,
@@ -437,7 +266,7 @@ def _guarded_run(
         return job.reject(source)
 
     # 2. Dedup: one atomic claim, with a lease this flow renews while it watches the run.
-    _reap_at_start(services, settings)
+    run_lifecycle.reap_at_start(services, settings)
     this_flow_run = runtime.flow_run.id
     owner = lease_owner(this_flow_run)
     claim = dedup.claim_run(
@@ -458,11 +287,13 @@ def _guarded_run(
         # Its watcher died (its lease expired) after the spawn: this flow is its watcher now.
         job.hold_lease(run_id, owner)
         logger.warning("run %s had no watcher (lease expired): taking over its call", run_id)
-        return _reattach(job, settings, verdict, model_version, run_id, claim["executor_call_id"])
+        return run_lifecycle.reattach(
+            job, settings, verdict, model_version, run_id, claim["executor_call_id"]
+        )
     if not claim["created"]:
-        own_call = _own_live_call(ledger, run_id)
+        own_call = run_lifecycle.own_live_call(ledger, run_id)
         if own_call is not None:
-            return _reattach(job, settings, verdict, model_version, run_id, own_call)
+            return run_lifecycle.reattach(job, settings, verdict, model_version, run_id, own_call)
         message = (
             f"run {run_id} already exists for this video, frames and model ({claim['status']})"
         )
@@ -487,7 +318,7 @@ def _guarded_run(
     est = job.estimate
 
     # Exactly one retry layer around GPU work, or the worst case above is not the worst case.
-    problems = _stacked_retry_layers(settings)
+    problems = retry_audit.audit_running_flow(settings)
     if problems:
         return job.reject(
             Rejected(
@@ -523,226 +354,9 @@ def _guarded_run(
     if refusal:
         return job.reject(refusal)
 
-    # 5. Spend: the admitted worst case is reserved; run, watch, settle.
-    executor_name, gpu_type = cost.calibration_key(settings)
-    ledger.transition_run(
-        run_id=run_id,
-        to_status="running",
-        fields={
-            "estimated_cost_usd": est.estimated_cost_usd,
-            "worst_case_cost_usd": est.worst_case_cost_usd,
-            "reserved_cost_usd": est.worst_case_cost_usd,
-            # What calibration reads back: where it ran, and how many distinct pairs.
-            "executor": executor_name,
-            "gpu_type": gpu_type,
-            "unique_pairs": len(request_pairs),
-            "duplicate_pairs": verdict.duplicate_pairs,
-        },
-    )
-    create_markdown_artifact(
-        markdown=_estimate_markdown(job.video_id, est, probe, verdict.duplicate_pairs),
-        key=artifact_key("estimate", job.video_id),
-        description=f"expected ${est.estimated_cost_usd:.4f}, worst ${est.worst_case_cost_usd:.4f}",
-    )
-    request = _request(
-        settings,
-        verdict,
-        model_version,
-        run_id,
-        est,
-        model_sha256=model.get("sha256"),
-        source=source or None,
-    )
-    try:
-        call_id, status = run_job(executor, ledger, settings, request, lease=job.lease)
-    except ExecutorUnavailable as error:
-        # Refused at spawn: nothing ran, so nothing is charged and the quota is given back.
-        ledger.transition_run(
-            run_id=run_id,
-            to_status="failed",
-            fields={
-                "error": f"executor unavailable: {error}"[:1000],
-                "failure_kind": "infrastructure",
-            },
-        )
-        job.undo_admissions()
-        message = f"executor {executor.name!r} unavailable at spawn: {error}"
-        outcome = JobOutcome(
-            OutcomeStatus.FAILED,
-            job.video_id,
-            message,
-            run_id=run_id,
-            estimated_cost_usd=est.estimated_cost_usd,
-            actual_cost_usd=0.0,
-        )
-        return Failed(name="Failed", message=message, data=JobFailed(outcome.to_dict()))
-    except LeaseLost:
-        job.spawned = True
-        raise
-    except BaseException as error:
-        # Cancelled, timed out or crashed while watching: run_job already cancelled the call.
-        job.spawned = True
-        _finish_unwatched(job, error)
-        raise
-    job.spawned = True
-    return _settle(job, status, call_id, probe)
-
-
-def _stacked_retry_layers(settings: Settings) -> list[str]:
-    """The start-up audit, on the flow object actually running (``with_options`` included)."""
-    from prefect.context import FlowRunContext
-
-    from tasks.retry_audit import retry_audit
-
-    context = FlowRunContext.get()
-    running = [context.flow] if context is not None and context.flow is not None else []
-    return retry_audit(settings, run_job, flows=running, modal_class=settings.executor == "modal")
-
-
-def _request(
-    settings: Settings,
-    verdict: Any,
-    model_version: str,
-    run_id: str,
-    est: cost.CostEstimate,
-    *,
-    model_sha256: str | None = None,
-    source: dict[str, Any] | None = None,
-) -> InferenceRequest:
-    return InferenceRequest(
-        run_id=run_id,
-        video_uri=verdict.source_uri,
-        frame_pairs=verdict.frame_pairs,
-        model_version=model_version,
-        crop_box=verdict.crop_box,
-        batch_size=settings.batch_size,
-        deadline_s=est.deadline_s,
-        heartbeat_timeout_s=float(settings.heartbeat_timeout_s),
-        model_sha256=model_sha256,
-        source=source,
-    )
-
-
-def _own_live_call(ledger: Any, run_id: str) -> str | None:
-    """The call id of a live run that *this* flow run spawned, if any.
-
-    That happens when a flow run whose process died after the spawn (SIGKILL, lost machine) is
-    retried: the Prefect UI's Retry keeps the flow run id, so the run row still names it. The call
-    may still be running, and paying: watch it again instead of spawning a second one. A live run
-    of *another* flow run is an ordinary duplicate (that flow run watches it).
-    """
-    this_flow_run = runtime.flow_run.id
-    row = ledger.get_run(run_id=run_id) if this_flow_run else None
-    if (
-        row
-        and row.get("status") == "running"
-        and row.get("executor_call_id")
-        and str(row.get("flow_run_id")) == str(this_flow_run)
-    ):
-        return str(row["executor_call_id"])
-    return None
-
-
-def _reattach(
-    job: _Job, settings: Settings, verdict: Any, model_version: str, run_id: str, call_id: str
-) -> State:
-    """Watch and settle a call this flow run spawned before it died; nothing new is admitted."""
-    assert job.services is not None
-    ledger, executor = job.services.ledger, job.services.executor
-    job.run_id = run_id
-    row = ledger.get_run(run_id=run_id) or {}
-    est, _ = cost.estimate_cost(
-        ledger, settings, model_version=model_version, pairs=len(verdict.frame_pairs)
-    )
-    # What was admitted and reserved then is what counts, whatever calibration says now.
-    est = replace(
-        est,
-        estimated_cost_usd=float(row.get("estimated_cost_usd") or est.estimated_cost_usd),
-        worst_case_cost_usd=float(row.get("worst_case_cost_usd") or est.worst_case_cost_usd),
-    )
-    job.estimate = est
-    get_run_logger().warning(
-        "run %s: reattaching to its call %s (the flow that spawned it died)",
-        run_id,
-        call_id,
-    )
-    request = _request(settings, verdict, model_version, run_id, est)
-    job.spawned = True
-    try:
-        call_id, status = run_job(
-            executor, ledger, settings, request, existing_call_id=call_id, lease=job.lease
-        )
-    except LeaseLost:
-        raise
-    except BaseException as error:
-        _finish_unwatched(job, error)
-        raise
-    return _settle(job, status, call_id, probe=False)
-
-
-def _finish_unwatched(job: _Job, error: BaseException) -> None:
-    """End a spawned job whose outcome this flow will not see: the worst case stays charged.
-
-    Runs once per job (the inner handler and the flow's store-error handler may both see the
-    same error). Best effort: if the ledger is what failed, the run stays ``running`` with its
-    reservation at the worst case, and the monitor's stale-run reaper settles it later.
-    """
-    assert job.services is not None and job.run_id is not None and job.estimate is not None
-    if job.finished_unwatched or (job.lease is not None and job.lease.lost):
-        return  # ...or another watcher has it now, and settles it
-    job.finished_unwatched = True
-    ledger, logger = job.services.ledger, get_run_logger()
-    try:
-        ledger.transition_run(
-            run_id=job.run_id,
-            to_status="cancelled",
-            fields={"error": f"flow stopped watching: {type(error).__name__}: {error}"[:1000]},
-        )
-    except Exception as inner:  # e.g. already succeeded, when settling it was what failed
-        logger.error("could not end run %s after %s: %s", job.run_id, error, inner)
-    try:
-        # What ran is unknown: keep the whole worst case charged rather than under-count spend.
-        ledger.settle_budget(run_id=job.run_id, actual_usd=job.estimate.worst_case_cost_usd)
-    except Exception as inner:
-        logger.error("could not settle run %s after %s: %s", job.run_id, error, inner)
-
-
-def _settle(job: _Job, status: Any, call_id: str, probe: bool) -> State:
-    assert job.services is not None and job.run_id is not None and job.estimate is not None
-    if job.lease is not None:
-        job.lease.confirm()  # taken over while this flow stalled: its new watcher settles it
-    settled = settle_call(
-        job.services.ledger,
-        job.settings,
-        run_id=job.run_id,
-        status=status,
-        worst_case_usd=job.estimate.worst_case_cost_usd,
-        probe=probe,
-    )
-    succeeded = settled.status is OutcomeStatus.SUCCEEDED
-    dropped = f"; {job.duplicate_pairs} duplicate pairs dropped" if job.duplicate_pairs else ""
-    outcome = JobOutcome(
-        settled.status,
-        job.video_id,
-        settled.message + (dropped if succeeded else ""),
-        run_id=job.run_id,
-        estimated_cost_usd=job.estimate.estimated_cost_usd,
-        worst_case_cost_usd=job.estimate.worst_case_cost_usd,
-        actual_cost_usd=settled.actual_cost_usd,
-        pairs=settled.pairs if succeeded else None,
-        boundaries=settled.boundaries if succeeded else None,
-        metrics=settled.metrics if succeeded else {},
-        duplicate_pairs=job.duplicate_pairs,
-    )
-    if succeeded:
-        return Completed(message=outcome.message, data=outcome.to_dict())
-    get_run_logger().error(
-        "run %s %s: %s (call %s)", job.run_id, settled.status, settled.message, call_id
-    )
-    return Failed(
-        name=str(settled.status).replace("_", " ").title().replace(" ", ""),
-        message=settled.message,
-        data=JobFailed(outcome.to_dict()),
+    # 5. Spend: the admitted worst case is reserved; run, watch, settle (tasks.run_lifecycle).
+    return run_lifecycle.spawn_and_settle(
+        job, verdict, model_version, probe=probe, model_sha256=model.get("sha256"), source=source
     )
 
 
@@ -752,7 +366,7 @@ def _reject_parameters(parameters: dict[str, Any], problems: list[str]) -> State
     video_id = parameters.get("video_id")
     tenant_id = parameters.get("tenant_id")
     # Shown as given when it is a valid id, else a short escaped stand-in (never stored as is).
-    job = _Job(
+    job = Job(
         None,
         settings,
         "(missing)" if video_id is None else display_identifier(coerce_identifier(video_id)),

@@ -61,3 +61,14 @@ def retry_audit(
                 f" environment it was imported with), settings say gpu_retries={settings.gpu_retries}"
             )
     return problems
+
+
+def audit_running_flow(settings: Settings) -> list[str]:
+    """The start-up audit, on the flow object actually running (``with_options`` included)."""
+    from prefect.context import FlowRunContext
+
+    from tasks.execute import run_job
+
+    context = FlowRunContext.get()
+    running = [context.flow] if context is not None and context.flow is not None else []
+    return retry_audit(settings, run_job, flows=running, modal_class=settings.executor == "modal")

@@ -60,6 +60,13 @@ def _source_missing(uri: str) -> bool:
     return False  # remote sources (s3://, modal volume paths) are checked by the executor
 
 
+@guard_task(name="load-video", tags=GUARD)
+def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
+    """The registered video (its frame count, source and crop), or None: one ledger read."""
+    found = ledger.get_video(id=video_id)
+    return dict(found) if found else None
+
+
 @guard_task(name="validate-request", tags=GUARD)
 def validate_request(
     video: dict[str, Any] | None,

@@ -1,0 +1,306 @@
+"""The life of a run after admission: spawn, watch, settle; reattach; finish unwatched.
+
+Everything here happens once a job holds its admissions (limiter slot, budget reservation, run
+lease). From the spawn on the call may be running and billing whatever happens to this process,
+so each path ends with the run settled in the ledger: from the call's real result when it can be
+read, else at the reservation's worst case, never above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from prefect import get_run_logger, runtime
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed, Failed, State
+
+from boundary_inference.executor import ExecutorUnavailable
+from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus
+from config import Settings
+from modal_app.types import InferenceRequest
+from tasks._common import artifact_key
+from tasks.cost import CostEstimate, calibration_key, estimate_cost
+from tasks.execute import run_job
+from tasks.job import Job
+from tasks.lease import LeaseLost
+from tasks.reaper import reap_stale_runs
+from tasks.settlement import settle_call
+
+if TYPE_CHECKING:
+    from boundary_inference.services import Services
+
+# Expired leases examined at each flow start (the reaper deployment takes care of a backlog).
+REAP_AT_START = 5
+
+
+def estimate_markdown(
+    video_id: str, est: CostEstimate, probe: bool, duplicate_pairs: int = 0
+) -> str:
+    return "\n".join(
+        [
+            f"# Admitted: `{video_id}`",
+            "",
+            "| | value |",
+            "|---|---|",
+            f"| frame pairs | {est.pairs} distinct ({duplicate_pairs} duplicates dropped) |",
+            f"| throughput | {est.throughput_pairs_per_s:.1f} pairs/s ({est.throughput_source}) |",
+            f"| expected GPU time | {est.expected_gpu_s:.1f} s (+ {est.billed_s - est.expected_gpu_s:.0f} s"
+            " billed idle tail) |",
+            f"| expected cost | ${est.estimated_cost_usd:.4f} |",
+            f"| per-attempt deadline | {est.deadline_s:.0f} s |",
+            f"| attempts at most | {est.attempts} |",
+            f"| worst case (reserved) | ${est.worst_case_cost_usd:.4f} |",
+            f"| per-job cap | ${est.cap_usd:.2f} |",
+            f"| circuit-breaker probe | {'yes' if probe else 'no'} |",
+        ]
+    )
+
+
+def spawn_and_settle(
+    job: Job,
+    verdict: Any,
+    model_version: str,
+    *,
+    probe: bool,
+    model_sha256: str | None = None,
+    source: dict[str, Any] | None = None,
+) -> State:
+    """Run an admitted job: mark it running with its estimate, spawn, watch and settle it.
+
+    Refused at spawn (the executor is unavailable): nothing ran, so nothing is charged and the
+    quota is given back. Anything after the spawn keeps the worst case charged unless the call's
+    real result says otherwise.
+    """
+    assert job.services is not None and job.run_id is not None and job.estimate is not None
+    settings, run_id, est = job.settings, job.run_id, job.estimate
+    ledger, executor = job.services.ledger, job.services.executor
+    executor_name, gpu_type = calibration_key(settings)
+    ledger.transition_run(
+        run_id=run_id,
+        to_status="running",
+        fields={
+            "estimated_cost_usd": est.estimated_cost_usd,
+            "worst_case_cost_usd": est.worst_case_cost_usd,
+            "reserved_cost_usd": est.worst_case_cost_usd,
+            # What calibration reads back: where it ran, and how many distinct pairs.
+            "executor": executor_name,
+            "gpu_type": gpu_type,
+            "unique_pairs": len(verdict.frame_pairs),
+            "duplicate_pairs": verdict.duplicate_pairs,
+        },
+    )
+    create_markdown_artifact(
+        markdown=estimate_markdown(job.video_id, est, probe, verdict.duplicate_pairs),
+        key=artifact_key("estimate", job.video_id),
+        description=f"expected ${est.estimated_cost_usd:.4f}, worst ${est.worst_case_cost_usd:.4f}",
+    )
+    request = build_request(
+        settings,
+        verdict,
+        model_version,
+        run_id,
+        est,
+        model_sha256=model_sha256,
+        source=source or None,
+    )
+    try:
+        call_id, status = run_job(executor, ledger, settings, request, lease=job.lease)
+    except ExecutorUnavailable as error:
+        # Refused at spawn: nothing ran, so nothing is charged and the quota is given back.
+        ledger.transition_run(
+            run_id=run_id,
+            to_status="failed",
+            fields={
+                "error": f"executor unavailable: {error}"[:1000],
+                "failure_kind": "infrastructure",
+            },
+        )
+        job.undo_admissions()
+        message = f"executor {executor.name!r} unavailable at spawn: {error}"
+        outcome = JobOutcome(
+            OutcomeStatus.FAILED,
+            job.video_id,
+            message,
+            run_id=run_id,
+            estimated_cost_usd=est.estimated_cost_usd,
+            actual_cost_usd=0.0,
+        )
+        return Failed(name="Failed", message=message, data=JobFailed(outcome.to_dict()))
+    except LeaseLost:
+        job.spawned = True
+        raise
+    except BaseException as error:
+        # Cancelled, timed out or crashed while watching: run_job already cancelled the call.
+        job.spawned = True
+        finish_unwatched(job, error)
+        raise
+    job.spawned = True
+    return settle(job, status, call_id, probe)
+
+
+def build_request(
+    settings: Settings,
+    verdict: Any,
+    model_version: str,
+    run_id: str,
+    est: CostEstimate,
+    *,
+    model_sha256: str | None = None,
+    source: dict[str, Any] | None = None,
+) -> InferenceRequest:
+    return InferenceRequest(
+        run_id=run_id,
+        video_uri=verdict.source_uri,
+        frame_pairs=verdict.frame_pairs,
+        model_version=model_version,
+        crop_box=verdict.crop_box,
+        batch_size=settings.batch_size,
+        deadline_s=est.deadline_s,
+        heartbeat_timeout_s=float(settings.heartbeat_timeout_s),
+        model_sha256=model_sha256,
+        source=source,
+    )
+
+
+def own_live_call(ledger: Any, run_id: str) -> str | None:
+    """The call id of a live run that *this* flow run spawned, if any.
+
+    That happens when a flow run whose process died after the spawn (SIGKILL, lost machine) is
+    retried: the Prefect UI's Retry keeps the flow run id, so the run row still names it. The call
+    may still be running, and paying: watch it again instead of spawning a second one. A live run
+    of *another* flow run is an ordinary duplicate (that flow run watches it).
+    """
+    this_flow_run = runtime.flow_run.id
+    row = ledger.get_run(run_id=run_id) if this_flow_run else None
+    if (
+        row
+        and row.get("status") == "running"
+        and row.get("executor_call_id")
+        and str(row.get("flow_run_id")) == str(this_flow_run)
+    ):
+        return str(row["executor_call_id"])
+    return None
+
+
+def reattach(
+    job: Job, settings: Settings, verdict: Any, model_version: str, run_id: str, call_id: str
+) -> State:
+    """Watch and settle a call this flow run spawned before it died; nothing new is admitted."""
+    assert job.services is not None
+    ledger, executor = job.services.ledger, job.services.executor
+    job.run_id = run_id
+    row = ledger.get_run(run_id=run_id) or {}
+    est, _ = estimate_cost(
+        ledger, settings, model_version=model_version, pairs=len(verdict.frame_pairs)
+    )
+    # What was admitted and reserved then is what counts, whatever calibration says now.
+    est = replace(
+        est,
+        estimated_cost_usd=float(row.get("estimated_cost_usd") or est.estimated_cost_usd),
+        worst_case_cost_usd=float(row.get("worst_case_cost_usd") or est.worst_case_cost_usd),
+    )
+    job.estimate = est
+    get_run_logger().warning(
+        "run %s: reattaching to its call %s (the flow that spawned it died)",
+        run_id,
+        call_id,
+    )
+    request = build_request(settings, verdict, model_version, run_id, est)
+    job.spawned = True
+    try:
+        call_id, status = run_job(
+            executor, ledger, settings, request, existing_call_id=call_id, lease=job.lease
+        )
+    except LeaseLost:
+        raise
+    except BaseException as error:
+        finish_unwatched(job, error)
+        raise
+    return settle(job, status, call_id, probe=False)
+
+
+def finish_unwatched(job: Job, error: BaseException) -> None:
+    """End a spawned job whose outcome this flow will not see: the worst case stays charged.
+
+    Runs once per job (the inner handler and the flow's store-error handler may both see the
+    same error). Best effort: if the ledger is what failed, the run stays ``running`` with its
+    reservation at the worst case, and the monitor's stale-run reaper settles it later.
+    """
+    assert job.services is not None and job.run_id is not None and job.estimate is not None
+    if job.finished_unwatched or (job.lease is not None and job.lease.lost):
+        return  # ...or another watcher has it now, and settles it
+    job.finished_unwatched = True
+    ledger, logger = job.services.ledger, get_run_logger()
+    try:
+        ledger.transition_run(
+            run_id=job.run_id,
+            to_status="cancelled",
+            fields={"error": f"flow stopped watching: {type(error).__name__}: {error}"[:1000]},
+        )
+    except Exception as inner:  # e.g. already succeeded, when settling it was what failed
+        logger.error("could not end run %s after %s: %s", job.run_id, error, inner)
+    try:
+        # What ran is unknown: keep the whole worst case charged rather than under-count spend.
+        ledger.settle_budget(run_id=job.run_id, actual_usd=job.estimate.worst_case_cost_usd)
+    except Exception as inner:
+        logger.error("could not settle run %s after %s: %s", job.run_id, error, inner)
+
+
+def settle(job: Job, status: Any, call_id: str, probe: bool) -> State:
+    assert job.services is not None and job.run_id is not None and job.estimate is not None
+    if job.lease is not None:
+        job.lease.confirm()  # taken over while this flow stalled: its new watcher settles it
+    settled = settle_call(
+        job.services.ledger,
+        job.settings,
+        run_id=job.run_id,
+        status=status,
+        worst_case_usd=job.estimate.worst_case_cost_usd,
+        probe=probe,
+    )
+    succeeded = settled.status is OutcomeStatus.SUCCEEDED
+    dropped = f"; {job.duplicate_pairs} duplicate pairs dropped" if job.duplicate_pairs else ""
+    outcome = JobOutcome(
+        settled.status,
+        job.video_id,
+        settled.message + (dropped if succeeded else ""),
+        run_id=job.run_id,
+        estimated_cost_usd=job.estimate.estimated_cost_usd,
+        worst_case_cost_usd=job.estimate.worst_case_cost_usd,
+        actual_cost_usd=settled.actual_cost_usd,
+        pairs=settled.pairs if succeeded else None,
+        boundaries=settled.boundaries if succeeded else None,
+        metrics=settled.metrics if succeeded else {},
+        duplicate_pairs=job.duplicate_pairs,
+    )
+    if succeeded:
+        return Completed(message=outcome.message, data=outcome.to_dict())
+    get_run_logger().error(
+        "run %s %s: %s (call %s)", job.run_id, settled.status, settled.message, call_id
+    )
+    return Failed(
+        name=str(settled.status).replace("_", " ").title().replace(" ", ""),
+        message=settled.message,
+        data=JobFailed(outcome.to_dict()),
+    )
+
+
+def taken_over(job: Job, error: LeaseLost) -> State:
+    """This flow stalled past its lease and another watcher took the run and its call over: that
+    watcher settles it; this one neither cancels nor charges anything."""
+    message = f"stopped watching: {error}"
+    get_run_logger().error(message)
+    outcome = JobOutcome(OutcomeStatus.FAILED, job.video_id, message, run_id=job.run_id)
+    return Failed(name="TakenOver", message=message, data=JobFailed(outcome.to_dict()))
+
+
+def reap_at_start(services: Services, settings: Settings) -> None:
+    """The cheap check at every flow start: end or settle a few runs whose watcher died (one
+    indexed read when there are none). Best effort: the guards below decide this submission."""
+    try:
+        reap_stale_runs(
+            services.ledger, services.executor, settings, limit=REAP_AT_START, orphans=False
+        )
+    except Exception as error:
+        get_run_logger().warning("expired leases not checked at start: %s", error)
