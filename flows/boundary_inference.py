@@ -215,22 +215,62 @@ def _guarded_run(
     skip_if_exists: Any,
     priority: Any,
 ) -> State:
-    ledger, limiter, executor = services.ledger, services.limiter, services.executor
-    logger = get_run_logger()
+    """The guards in the README's order; the first refusal ends the job (recorded, undone)."""
+    refused = _flag_rejection(skip_if_exists, priority)
+    if refused is not None:
+        return job.reject(refused)
+
+    # 1. Validation and the registries: reads only.
+    checked = _check_request(job, services, settings, frames_version, model_version, frame_pairs)
+    if isinstance(checked, Rejected):
+        return job.reject(checked)
+    verdict, model, source = checked
+
+    # 2. Dedup: one atomic claim, with a lease this flow renews while it watches the run.
+    ended = _claim(
+        job, services, settings, verdict, frames_version, model_version, priority, skip_if_exists
+    )
+    if ended is not None:
+        return ended
+
+    # 3. Cheap refusals before any quota is taken.
+    refused = _cheap_refusals(job, services, settings, model_version, len(verdict.frame_pairs))
+    if refused is not None:
+        return job.reject(refused)
+
+    # 4. Admission: each step atomic; a later refusal gives back what earlier steps took.
+    refused, probe = _admit(job, services, settings)
+    if refused is not None:
+        return job.reject(refused)
+
+    # 5. Spend: the admitted worst case is reserved; run, watch, settle (tasks.run_lifecycle).
+    return run_lifecycle.spawn_and_settle(
+        job, verdict, model_version, probe=probe, model_sha256=model.get("sha256"), source=source
+    )
+
+
+def _flag_rejection(skip_if_exists: Any, priority: Any) -> Rejected | None:
     if not isinstance(priority, str) or priority not in PRIORITIES:
-        return job.reject(
-            Rejected(RejectionType.VALIDATION_FAILED, f"priority must be one of {PRIORITIES}")
-        )
+        return Rejected(RejectionType.VALIDATION_FAILED, f"priority must be one of {PRIORITIES}")
     if not isinstance(skip_if_exists, bool):
         # bool("false") is True and bool(0) is False: guess neither, a re-run is a paid decision.
-        return job.reject(
-            Rejected(
-                RejectionType.VALIDATION_FAILED,
-                f"skip_if_exists must be true or false; got {type(skip_if_exists).__name__}",
-            )
+        return Rejected(
+            RejectionType.VALIDATION_FAILED,
+            f"skip_if_exists must be true or false; got {type(skip_if_exists).__name__}",
         )
+    return None
 
-    # 1. Validation: reads only.
+
+def _check_request(
+    job: Job,
+    services: Services,
+    settings: Settings,
+    frames_version: str,
+    model_version: str,
+    frame_pairs: Any,
+) -> tuple[validate.ValidRequest, dict[str, Any], Any] | Rejected:
+    """The request itself, then the registries: (verdict, model, source) or the refusal."""
+    ledger = services.ledger
     video = validate.load_video(ledger, job.video_id)
     job.frame_count = int(video["frame_count"]) if video else None
     verdict = validate.validate_request(
@@ -245,27 +285,40 @@ def _guarded_run(
         check_source_exists=False,  # tasks.source_check, against the registered fingerprint
     )
     if isinstance(verdict, Rejected):
-        return job.reject(verdict)
-    request_pairs = verdict.frame_pairs  # distinct: what is estimated, billed and run
+        return verdict
     job.duplicate_pairs = verdict.duplicate_pairs
     if verdict.duplicate_pairs:
-        logger.info(
+        get_run_logger().info(
             "%d of %d requested pairs were duplicates, dropped: %d distinct pairs",
             verdict.duplicate_pairs,
             verdict.requested_pairs,
-            len(request_pairs),
+            len(verdict.frame_pairs),  # distinct: what is estimated, billed and run
         )
     # The registries, still before any quota: the checkpoint is registered where this executor
     # reads it, and the video's source is still what was registered.
     model = model_registry.check_model(ledger, settings, model_version)
     if isinstance(model, Rejected):
-        return job.reject(model)
+        return model
     assert video is not None  # validation refuses an unregistered video
     source = source_check.check_source(video, settings)
     if isinstance(source, Rejected):
-        return job.reject(source)
+        return source
+    return verdict, model, source
 
-    # 2. Dedup: one atomic claim, with a lease this flow renews while it watches the run.
+
+def _claim(
+    job: Job,
+    services: Services,
+    settings: Settings,
+    verdict: validate.ValidRequest,
+    frames_version: str,
+    model_version: str,
+    priority: str,
+    skip_if_exists: bool,
+) -> State | None:
+    """Claim the run (None: this flow owns a new run now), or end here: a skip, or a call
+    this flow watches again (its own after a retry, or one whose watcher's lease expired)."""
+    ledger, logger = services.ledger, get_run_logger()
     run_lifecycle.reap_at_start(services, settings)
     this_flow_run = runtime.flow_run.id
     owner = lease_owner(this_flow_run)
@@ -275,7 +328,7 @@ def _guarded_run(
         tenant_id=job.tenant_id,
         frames_version=frames_version,
         model_version=model_version,
-        pairs=len(request_pairs),
+        pairs=len(verdict.frame_pairs),
         priority=priority,
         skip_if_exists=skip_if_exists,
         flow_run_id=str(this_flow_run) if this_flow_run else None,
@@ -287,9 +340,8 @@ def _guarded_run(
         # Its watcher died (its lease expired) after the spawn: this flow is its watcher now.
         job.hold_lease(run_id, owner)
         logger.warning("run %s had no watcher (lease expired): taking over its call", run_id)
-        return run_lifecycle.reattach(
-            job, settings, verdict, model_version, run_id, claim["executor_call_id"]
-        )
+        call_id = claim["executor_call_id"]
+        return run_lifecycle.reattach(job, settings, verdict, model_version, run_id, call_id)
     if not claim["created"]:
         own_call = run_lifecycle.own_live_call(ledger, run_id)
         if own_call is not None:
@@ -302,62 +354,62 @@ def _guarded_run(
         return Completed(name="Skipped", message=message, data=outcome.to_dict())
     job.run_id = run_id
     job.hold_lease(run_id, owner)
+    return None
 
-    # 3. Cheap refusals before any quota is taken.
-    refusal = breaker.check_breaker(ledger, settings)
+
+def _cheap_refusals(
+    job: Job, services: Services, settings: Settings, model_version: str, pairs: int
+) -> Rejected | None:
+    """Breaker, queue depth, cost cap, one retry layer, executor ready: no quota taken yet."""
+    ledger, executor = services.ledger, services.executor
+    refusal = breaker.check_breaker(ledger, settings) or queue.check_queue_depth(ledger, settings)
     if refusal:
-        return job.reject(refusal)
-    refusal = queue.check_queue_depth(ledger, settings)
-    if refusal:
-        return job.reject(refusal)
+        return refusal
     job.estimate, refusal = cost.estimate_cost(
-        ledger, settings, model_version=model_version, pairs=len(request_pairs)
+        ledger, settings, model_version=model_version, pairs=pairs
     )
     if refusal:
-        return job.reject(refusal)
-    est = job.estimate
-
+        return refusal
     # Exactly one retry layer around GPU work, or the worst case above is not the worst case.
     problems = retry_audit.audit_running_flow(settings)
     if problems:
-        return job.reject(
-            Rejected(
-                RejectionType.GUARD_UNAVAILABLE,
-                "retries are stacked on GPU work, so the admitted worst case would not bound the"
-                " bill: " + "; ".join(problems),
-            )
+        return Rejected(
+            RejectionType.GUARD_UNAVAILABLE,
+            "retries are stacked on GPU work, so the admitted worst case would not bound the"
+            " bill: " + "; ".join(problems),
         )
-
     # The executor must be able to take the job (Modal credentials, app deployed) before any
     # quota is taken; there is no silent fall-back to another executor.
     try:
         executor.preflight()
     except ExecutorUnavailable as error:
-        return job.reject(
-            Rejected(RejectionType.GUARD_UNAVAILABLE, f"executor {executor.name!r}: {error}")
-        )
+        return Rejected(RejectionType.GUARD_UNAVAILABLE, f"executor {executor.name!r}: {error}")
+    return None
 
-    # 4. Admission: each step atomic; a later refusal gives back what earlier steps took.
-    refusal = limits.admit(limiter, settings, video_id=job.video_id, run_id=run_id, ledger=ledger)
+
+def _admit(job: Job, services: Services, settings: Settings) -> tuple[Rejected | None, bool]:
+    """Cooldown + rate, budget reservation, breaker probe slot: (refusal, is this the probe)."""
+    assert job.run_id is not None and job.estimate is not None
+    refusal = limits.admit(
+        services.limiter, settings, video_id=job.video_id, run_id=job.run_id, ledger=services.ledger
+    )
     if refusal:
-        return job.reject(refusal)
+        return refusal, False
     job.admitted_limiter = True
     # Marked before the call: if the answer is lost after the server committed, the reject path
     # still releases it (release touches only an open reservation of this run).
     job.reserved_budget = True
     refusal = budget.reserve(
-        ledger, settings, run_id=run_id, tenant_id=job.tenant_id, amount_usd=est.worst_case_cost_usd
+        services.ledger,
+        settings,
+        run_id=job.run_id,
+        tenant_id=job.tenant_id,
+        amount_usd=job.estimate.worst_case_cost_usd,
     )
     if refusal:
-        return job.reject(refusal)
-    refusal, probe = breaker.admit_breaker(ledger, settings)
-    if refusal:
-        return job.reject(refusal)
-
-    # 5. Spend: the admitted worst case is reserved; run, watch, settle (tasks.run_lifecycle).
-    return run_lifecycle.spawn_and_settle(
-        job, verdict, model_version, probe=probe, model_sha256=model.get("sha256"), source=source
-    )
+        return refusal, False
+    refusal, probe = breaker.admit_breaker(services.ledger, settings)
+    return refusal, bool(probe)
 
 
 def _reject_parameters(parameters: dict[str, Any], problems: list[str]) -> State:
