@@ -112,7 +112,8 @@ def _rejection(child: _Child) -> str | None:
     import json
 
     try:
-        return json.loads(child.stdout).get("rejection_type")
+        kind = json.loads(child.stdout).get("rejection_type")
+        return None if kind is None else str(kind)
     except (ValueError, AttributeError):
         return None
 

@@ -96,7 +96,8 @@ def _as_date(value: Any) -> dt.date:
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
             value = value.astimezone(dt.UTC)
-        return value.date()
+        day: dt.date = value.date()
+        return day
     if isinstance(value, dt.date):
         return value
     text = str(value)

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -199,7 +200,7 @@ def stop(
     if unknown:
         console.print(f"[red]unknown service(s)[/red]: {', '.join(unknown)}")
         raise typer.Exit(2)
-    stoppers = {
+    stoppers: dict[str, Callable[[], object]] = {
         "prefect": lambda: stop_prefect(state_dir),
         "redis": lambda: _stop_redis(state_dir),
         "postgres": lambda: _stop_postgres(state_dir),

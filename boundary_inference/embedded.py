@@ -162,14 +162,16 @@ def start_postgres(state_dir: Path, *, stop_at_exit: bool = False) -> EmbeddedPo
     its pid was reused) would make pgserver join that process and PostgreSQL refuse to start; it
     is removed first, but only once no process is attached to the old server's shared memory.
     """
-    import pgserver
+    import pgserver.postgres_server
 
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     pgdata = state_dir / "pg"
     with FileLock(str(state_dir / "pg.start.lock"), timeout=_START_TIMEOUT_S):
         _forget_reused_postmaster_pid(pgdata)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop" if stop_at_exit else None)
+        server = pgserver.postgres_server.get_server(
+            pgdata, cleanup_mode="stop" if stop_at_exit else None
+        )
         # get_server caches one instance per process; after a stop (fault tests, a crash) the
         # cached instance must be told to start the server again.
         server.ensure_postgres_running()
@@ -414,7 +416,7 @@ def _is_postmaster(pid: int, started_at: float, *_: object) -> bool:
         created = psutil.Process(pid).create_time()
     except psutil.Error:
         return False
-    return abs(created - started_at) <= _PID_REUSE_TOLERANCE_S
+    return bool(abs(created - started_at) <= _PID_REUSE_TOLERANCE_S)
 
 
 def _forget_reused_postmaster_pid(pgdata: Path) -> None:

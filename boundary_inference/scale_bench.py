@@ -78,7 +78,9 @@ class Scratch:
 # --- building ---------------------------------------------------------------------------------
 
 
-def build_schemas(dsn: str, base: str, sizes: Sequence[int]) -> tuple[list[Scratch], dict]:
+def build_schemas(
+    dsn: str, base: str, sizes: Sequence[int]
+) -> tuple[list[Scratch], dict[str, Any]]:
     from boundary_inference.ledger.history import HistoryShape, build_history
 
     tag = uuid.uuid4().hex[:6]
@@ -394,7 +396,7 @@ def _summarise(
     busy_s = sum(r["seconds"] for r in reports)  # process-seconds spent admitting
 
     def per(value_s: float) -> float:
-        return round(value_s * 1000 / total, 3)
+        return float(round(value_s * 1000 / total, 3))
 
     steps = {k: per(sum(r["steps_s"][k] for r in reports)) for k in reports[0]["steps_s"]}
     in_calls_s = sum(sum(r["steps_s"].values()) for r in reports)

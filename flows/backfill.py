@@ -50,8 +50,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.futures import as_completed
-from prefect.states import Completed, State
+from prefect.states import Completed
 from pydantic import Field
 
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, RejectionType

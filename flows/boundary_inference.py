@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, runtime
-from prefect.states import Completed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Completed
 from pydantic import ValidationError
 
 from boundary_inference.executor import ExecutorUnavailable

@@ -21,8 +21,8 @@ import logging
 from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 
 MONITOR_CRON = "0 */12 * * *"
 # Module entrypoints (``flows.rejection_monitor.rejection_monitor_flow``), not file paths: Prefect

@@ -81,7 +81,8 @@ def pair_features(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+    result: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+    return result
 
 
 @dataclass(frozen=True)

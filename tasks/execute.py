@@ -90,7 +90,7 @@ def _watch(
         if lease is not None:
             lease.check()
         polled_at = clock()
-        status = executor.poll(call_id, timeout_s=settings.poll_interval_s)
+        status: CallStatus = executor.poll(call_id, timeout_s=settings.poll_interval_s)
         progress.report(100.0 if status.state is CallState.SUCCEEDED else 100.0 * status.progress)
         if status.state is not CallState.PENDING:
             return status

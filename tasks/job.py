@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
-from prefect.states import Completed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Completed
 
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from config import Settings

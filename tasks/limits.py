@@ -31,12 +31,13 @@ def rebuild_limiter(limiter: Any, ledger: Any, settings: Settings) -> Rebuild:
             for a in ledger.recent_admissions(window_s=horizon_s)
         ]
 
-    return limiter.rebuild(
+    rebuilt: Rebuild = limiter.rebuild(
         load,
         cooldown_s=settings.video_cooldown_s,
         window_s=settings.global_rate_window_s,
         wait_s=settings.guard_timeout_s,
     )
+    return rebuilt
 
 
 def _decide(limiter: Any, settings: Settings, video_id: str, run_id: str) -> Any:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import Completed, Failed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Completed, Failed
 
 from boundary_inference.executor import ExecutorUnavailable
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus

@@ -42,7 +42,9 @@ class CallCost:
     ms: float = 0.0
 
 
-def call_statement(schema: str, fn: str, params: dict[str, Any]) -> tuple[sql.Composed, dict]:
+def call_statement(
+    schema: str, fn: str, params: dict[str, Any]
+) -> tuple[sql.Composed, dict[str, Any]]:
     """``SELECT schema.fn(p_a => %(p_a)s, ...)`` and its values, as the psycopg transport sends."""
     names = sorted(params)
     args = sql.SQL(", ").join(

@@ -48,7 +48,8 @@ def redis_client_from_block(block_name: str, *, timeout_s: float) -> redis.Redis
         "retry": _no_retry(),
     }
     if block.connection_url is not None:
-        return redis_from_url(block.connection_url.get_secret_value(), **options)
+        client: redis.Redis = redis_from_url(block.connection_url.get_secret_value(), **options)
+        return client
     return redis.Redis(
         host=block.host,
         port=block.port,

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -93,7 +93,7 @@ def resolve_factory(
         raise CheckpointError(
             f"architecture {architecture!r}: {attribute!r} is not a callable of {module_name}"
         )
-    return factory
+    return cast("Callable[[dict[str, Any]], nn.Module]", factory)
 
 
 def validate_config(config: Any, path: Path) -> dict[str, Any]:

@@ -120,7 +120,8 @@ class PairResNet(nn.Module):
         pooled = self.backbone(pair)
         spatial = self.spatial_norm(spatial)
         joined = torch.cat([pooled, spatial.to(pooled.dtype)], dim=1)
-        return self.head(joined) + self.spatial_head(spatial).to(pooled.dtype)
+        logits: torch.Tensor = self.head(joined) + self.spatial_head(spatial).to(pooled.dtype)
+        return logits
 
 
 def build(config: dict[str, Any]) -> nn.Module:

@@ -221,7 +221,7 @@ def train_synthetic(
             logits = module(torch.from_numpy(a), torch.from_numpy(b))
             loss = F.cross_entropy(logits, torch.from_numpy(y))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is untyped
             optimizer.step()
             schedule.step()
             losses.append(float(loss.detach()))
