@@ -55,6 +55,7 @@ from prefect.futures import as_completed
 from prefect.states import Completed
 from pydantic import Field
 
+from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, RejectionType
 from boundary_inference.services import get_services
 from config import Settings, get_settings
@@ -168,7 +169,7 @@ def backfill_video(
 
 
 @guard_task(name="backfill-gate", tags=GUARD)
-def check_gate(ledger: Any, settings: Settings, tenant_id: str) -> StopReason | None:
+def check_gate(ledger: Ledger, settings: Settings, tenant_id: str) -> StopReason | None:
     """Between waves: may another wave be sent? Reads the breaker and the committed spend."""
     refusal = breaker.check_breaker(ledger, settings)
     if refusal is not None:

@@ -35,6 +35,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from boundary_inference.ledger import Ledger
 from boundary_inference.timefmt import age_s, format_age, parse_utc
 from config import Settings, get_settings
 from tasks.ledger_upkeep import run_upkeep
@@ -120,7 +121,7 @@ def _money(value: Any) -> float:
 
 
 def collect_metrics(
-    ledger: Any,
+    ledger: Ledger,
     settings: Settings,
     now: dt.datetime | None = None,
     *,

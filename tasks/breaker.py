@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
 from tasks._common import GUARD, LEDGER, guard_task
@@ -17,7 +18,7 @@ from tasks._common import GUARD, LEDGER, guard_task
 BREAKER_NAME = "gpu-inference"
 
 
-def _check(ledger: Any, settings: Settings, *, acquire_probe: bool) -> dict[str, Any]:
+def _check(ledger: Ledger, settings: Settings, *, acquire_probe: bool) -> dict[str, Any]:
     return dict(
         ledger.breaker_check(
             name=BREAKER_NAME,
@@ -41,7 +42,7 @@ def _refusal(decision: dict[str, Any]) -> Rejected:
 
 
 @guard_task(name="circuit-breaker-check", tags=GUARD)
-def check_breaker(ledger: Any, settings: Settings) -> Rejected | None:
+def check_breaker(ledger: Ledger, settings: Settings) -> Rejected | None:
     """Cheap read before anything is reserved: refuse while the circuit is open."""
     decision = _check(ledger, settings, acquire_probe=False)
     if decision.get("allowed") or float(decision.get("retry_after_s") or 0.0) <= 0.0:
@@ -50,7 +51,7 @@ def check_breaker(ledger: Any, settings: Settings) -> Rejected | None:
 
 
 @guard_task(name="circuit-breaker-admit", tags=GUARD)
-def admit_breaker(ledger: Any, settings: Settings) -> tuple[Rejected | None, bool]:
+def admit_breaker(ledger: Ledger, settings: Settings) -> tuple[Rejected | None, bool]:
     """At admission: pass when closed; when open and due, take the single probe slot."""
     decision = _check(ledger, settings, acquire_probe=True)
     if decision.get("allowed"):
@@ -60,7 +61,7 @@ def admit_breaker(ledger: Any, settings: Settings) -> tuple[Rejected | None, boo
 
 @guard_task(name="circuit-breaker-record", tags=LEDGER)
 def record_outcome(
-    ledger: Any, settings: Settings, *, ok: bool, kind: str, probe: bool
+    ledger: Ledger, settings: Settings, *, ok: bool, kind: str, probe: bool
 ) -> dict[str, Any]:
     """``probe``: this job held the half-open probe; only its success closes the circuit."""
     return dict(

@@ -5,8 +5,7 @@ and the rest is released."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
 from tasks._common import GUARD, LEDGER, guard_task
@@ -14,7 +13,7 @@ from tasks._common import GUARD, LEDGER, guard_task
 
 @guard_task(name="budget-reserve", tags=GUARD)
 def reserve(
-    ledger: Any, settings: Settings, *, run_id: str, tenant_id: str, amount_usd: float
+    ledger: Ledger, settings: Settings, *, run_id: str, tenant_id: str, amount_usd: float
 ) -> Rejected | None:
     result = dict(
         ledger.reserve_budget(
@@ -40,10 +39,10 @@ def reserve(
 
 
 @guard_task(name="budget-release", tags=LEDGER)
-def release(ledger: Any, *, run_id: str) -> None:
+def release(ledger: Ledger, *, run_id: str) -> None:
     ledger.release_budget(run_id=run_id)
 
 
 @guard_task(name="budget-settle", tags=LEDGER)
-def settle(ledger: Any, *, run_id: str, actual_usd: float) -> None:
+def settle(ledger: Ledger, *, run_id: str, actual_usd: float) -> None:
     ledger.settle_budget(run_id=run_id, actual_usd=actual_usd)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
 from tasks._common import GUARD, guard_task
@@ -101,7 +102,9 @@ def calibrate(
     return value, f"calibrated: p{percentile * 100:g} of {len(usable)} runs"
 
 
-def calibrated_throughput(ledger: Any, settings: Settings, model_version: str) -> tuple[float, str]:
+def calibrated_throughput(
+    ledger: Ledger, settings: Settings, model_version: str
+) -> tuple[float, str]:
     executor, gpu_type = calibration_key(settings)
     found = dict(
         ledger.recent_throughput(
@@ -124,7 +127,7 @@ def calibrated_throughput(ledger: Any, settings: Settings, model_version: str) -
 
 @guard_task(name="cost-estimate", tags=GUARD)
 def estimate_cost(
-    ledger: Any, settings: Settings, *, model_version: str, pairs: int
+    ledger: Ledger, settings: Settings, *, model_version: str, pairs: int
 ) -> tuple[CostEstimate, Rejected | None]:
     throughput, source = calibrated_throughput(ledger, settings, model_version)
     est = estimate(settings, pairs, throughput, source)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from boundary_inference.ledger import Ledger
 from tasks._common import GUARD, guard_task
 
 
 @guard_task(name="dedup-claim", tags=GUARD)
 def claim_run(
-    ledger: Any,
+    ledger: Ledger,
     *,
     video_id: str,
     tenant_id: str,

@@ -21,7 +21,14 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from boundary_inference.executor import CallState, CallStatus, ExecutorFailure, FailureKind
+from boundary_inference.executor import (
+    CallState,
+    CallStatus,
+    Executor,
+    ExecutorFailure,
+    FailureKind,
+)
+from boundary_inference.ledger import Ledger
 from config import Settings
 from modal_app.types import InferenceRequest
 from tasks._common import GPU, artifact_key, guard_task
@@ -30,8 +37,8 @@ from tasks.lease import LeaseLost
 
 @guard_task(name="run-inference-job", tags=GPU)
 def run_job(
-    executor: Any,
-    ledger: Any,
+    executor: Executor,
+    ledger: Ledger,
     settings: Settings,
     request: InferenceRequest,
     *,
@@ -75,7 +82,7 @@ def run_job(
 
 
 def _watch(
-    executor: Any,
+    executor: Executor,
     settings: Settings,
     request: InferenceRequest,
     call_id: str,

@@ -14,6 +14,7 @@ from prefect import get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed
 
+from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from config import Settings
 from tasks import budget, limits, rejections
@@ -46,7 +47,7 @@ class Job:
         self.spawned = False
         self.finished_unwatched = False
         # Where to record a refusal when there are no services (the settings were refused).
-        self.recording_ledger: Any | None = None
+        self.recording_ledger: Ledger | None = None
         # Distinct pairs, and the copies the request repeated (dropped before the estimate).
         self.duplicate_pairs: int | None = None
         # Renews the run's lease while this flow watches it (tasks.lease); stopped at the end.

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from typing import Any
+
+from boundary_inference.ledger import Ledger
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class LeaseKeeper:
     """
 
     def __init__(
-        self, ledger: Any, run_id: str, owner: str, *, lease_s: float, renew_every_s: float
+        self, ledger: Ledger, run_id: str, owner: str, *, lease_s: float, renew_every_s: float
     ) -> None:
         self.ledger = ledger
         self.run_id = run_id

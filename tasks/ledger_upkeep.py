@@ -18,6 +18,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.events import emit_event
 
+from boundary_inference.ledger import Ledger
 from config import Settings
 from tasks._common import LEDGER, guard_task
 
@@ -32,7 +33,9 @@ PRUNE_RUNS_PER_CALL = 500
 
 
 @guard_task(name="ledger-upkeep", tags=LEDGER)
-def ledger_upkeep(ledger: Any, settings: Settings, *, now: dt.datetime | None = None) -> list[str]:
+def ledger_upkeep(
+    ledger: Ledger, settings: Settings, *, now: dt.datetime | None = None
+) -> list[str]:
     """Check the budget totals (event on drift) and apply prediction retention.
 
     Returns the names of the events emitted. A failure of either step is logged, not raised:
@@ -90,7 +93,7 @@ def run_upkeep(settings: Settings) -> list[str]:
 
 
 def prune_predictions(
-    ledger: Any,
+    ledger: Ledger,
     *,
     keep_days: int,
     max_calls: int = PRUNE_CALLS_PER_PASS,

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from boundary_inference.limiter import LimiterUnsynced, PastAdmission, Rebuild
+from boundary_inference.ledger import Ledger
+from boundary_inference.limiter import Limiter, LimiterUnsynced, PastAdmission, Rebuild
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
 from tasks._common import GUARD, LEDGER, guard_task
 
 
-def rebuild_limiter(limiter: Any, ledger: Any, settings: Settings) -> Rebuild:
+def rebuild_limiter(limiter: Limiter, ledger: Ledger, settings: Settings) -> Rebuild:
     """Restore the limiter's Redis state from the ledger's admissions (one process rebuilds, the
     others wait at most ``guard_timeout_s`` and then fail closed)."""
     horizon_s = float(max(settings.video_cooldown_s, settings.global_rate_window_s))
@@ -40,7 +41,7 @@ def rebuild_limiter(limiter: Any, ledger: Any, settings: Settings) -> Rebuild:
     return rebuilt
 
 
-def _decide(limiter: Any, settings: Settings, video_id: str, run_id: str) -> Any:
+def _decide(limiter: Limiter, settings: Settings, video_id: str, run_id: str) -> Any:
     return limiter.admit(
         video_id=video_id,
         token=run_id,
@@ -52,7 +53,12 @@ def _decide(limiter: Any, settings: Settings, video_id: str, run_id: str) -> Any
 
 @guard_task(name="cooldown-and-rate-limit", tags=GUARD)
 def admit(
-    limiter: Any, settings: Settings, *, video_id: str, run_id: str, ledger: Any = None
+    limiter: Limiter,
+    settings: Settings,
+    *,
+    video_id: str,
+    run_id: str,
+    ledger: Ledger | None = None,
 ) -> Rejected | None:
     """Admit the run (cooldown + window slot) and record the admission in ``ledger``.
 
@@ -107,5 +113,5 @@ def admit(
 
 
 @guard_task(name="refund-admission", tags=LEDGER)
-def refund_admission(limiter: Any, *, video_id: str, run_id: str) -> bool:
+def refund_admission(limiter: Limiter, *, video_id: str, run_id: str) -> bool:
     return bool(limiter.refund(video_id=video_id, token=run_id))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from boundary_inference.ledger import Ledger
 from boundary_inference.model_registry import local_location, volume_location
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
@@ -20,7 +21,9 @@ def _invalid(message: str) -> Rejected:
 
 
 @guard_task(name="check-model", tags=GUARD)
-def check_model(ledger: Any, settings: Settings, model_version: str) -> dict[str, Any] | Rejected:
+def check_model(
+    ledger: Ledger, settings: Settings, model_version: str
+) -> dict[str, Any] | Rejected:
     """The registry row of ``model_version`` (``{}`` for a builtin model), or the refusal."""
     if model_version == BUILTIN or checkpoint_name(model_version) is None:
         return {}  # the builtin, or a name the validation already refused

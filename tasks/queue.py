@@ -21,11 +21,11 @@ unreachable one, and the refusal still comes within seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prefect import get_run_logger
 from prefect.events import emit_event
 
+from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
 from tasks._common import GUARD, guard_task
@@ -107,7 +107,7 @@ def prefect_backlog(settings: Settings) -> int:
         ) from error
 
 
-def measure_queue_depth(ledger: Any, settings: Settings) -> QueueDepth:
+def measure_queue_depth(ledger: Ledger, settings: Settings) -> QueueDepth:
     """The ledger's live runs plus, when configured, Prefect's backlog for the deployment."""
     depth = dict(ledger.queue_depth())
     waiting = prefect_backlog(settings) if settings.queue_counts_prefect_backlog else 0
@@ -119,7 +119,9 @@ def measure_queue_depth(ledger: Any, settings: Settings) -> QueueDepth:
 
 
 @guard_task(name="queue-depth-check", tags=GUARD)
-def check_queue_depth(ledger: Any, settings: Settings, *, exclude_self: int = 1) -> Rejected | None:
+def check_queue_depth(
+    ledger: Ledger, settings: Settings, *, exclude_self: int = 1
+) -> Rejected | None:
     try:
         depth = measure_queue_depth(ledger, settings)
     except BacklogUnavailable as error:

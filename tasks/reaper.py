@@ -40,7 +40,8 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from boundary_inference.executor import CallState, CallStatus
+from boundary_inference.executor import CallState, CallStatus, Executor
+from boundary_inference.ledger import Ledger
 from config import Settings
 from tasks._common import LEDGER, guard_task
 from tasks.execute import watch_limit_exceeded
@@ -72,8 +73,8 @@ def watch_limit_of(run: dict[str, Any], settings: Settings) -> float:
 
 @guard_task(name="reap-stale-runs", tags=LEDGER)
 def reap_stale_runs(
-    ledger: Any,
-    executor: Any,
+    ledger: Ledger,
+    executor: Executor,
     settings: Settings,
     *,
     limit: int = SCAN_LIMIT,
@@ -110,7 +111,7 @@ def reap_stale_runs(
 
 
 def _reap(
-    ledger: Any, executor: Any, settings: Settings, run: dict[str, Any], owner: str
+    ledger: Ledger, executor: Executor, settings: Settings, run: dict[str, Any], owner: str
 ) -> dict[str, Any]:
     run_id, call_id, status = str(run["id"]), run.get("executor_call_id"), str(run["status"])
     record: dict[str, Any] = {
@@ -170,7 +171,7 @@ def _reap(
     return record
 
 
-def _ask(executor: Any, call_id: str) -> CallStatus | None:
+def _ask(executor: Executor, call_id: str) -> CallStatus | None:
     """The call's state now, or None when the executor could not be asked."""
     try:
         status = executor.poll(call_id, timeout_s=0)
@@ -180,7 +181,7 @@ def _ask(executor: Any, call_id: str) -> CallStatus | None:
     return status if isinstance(status, CallStatus) else None
 
 
-def _close_orphan_reservations(ledger: Any, settings: Settings) -> list[dict[str, Any]]:
+def _close_orphan_reservations(ledger: Ledger, settings: Settings) -> list[dict[str, Any]]:
     """Reservations left open by a run that ended (its settle or release call was lost)."""
     closed = []
     # min_age_s is measured by the database against its own now(): no host clock involved.

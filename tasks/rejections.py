@@ -9,6 +9,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
+from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import Rejected
 from tasks._common import LEDGER, artifact_key, guard_task
 
@@ -53,7 +54,7 @@ def _markdown(
 
 @guard_task(name="record-rejection", tags=LEDGER)
 def record_rejection(
-    ledger: Any | None,
+    ledger: Ledger | None,
     rejected: Rejected,
     *,
     video_id: str,

@@ -17,6 +17,7 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
 from boundary_inference.executor import ExecutorUnavailable
+from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus
 from config import Settings
 from modal_app.types import InferenceRequest
@@ -164,7 +165,7 @@ def build_request(
     )
 
 
-def own_live_call(ledger: Any, run_id: str) -> str | None:
+def own_live_call(ledger: Ledger, run_id: str) -> str | None:
     """The call id of a live run that *this* flow run spawned, if any.
 
     That happens when a flow run whose process died after the spawn (SIGKILL, lost machine) is

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from boundary_inference.executor import CallState, FailureKind
+from boundary_inference.ledger import Ledger
 from boundary_inference.ledger.predictions import DEFAULT_BATCH_PAIRS, save_in_batches
 from boundary_inference.outcome import OutcomeStatus
 from config import Settings
@@ -45,7 +46,7 @@ class Settlement:
 
 @guard_task(name="persist-predictions", tags=LEDGER)
 def persist_predictions(
-    ledger: Any, run_id: str, predictions: list[Any], batch_pairs: int = DEFAULT_BATCH_PAIRS
+    ledger: Ledger, run_id: str, predictions: list[Any], batch_pairs: int = DEFAULT_BATCH_PAIRS
 ) -> int:
     """Packed chunks of ``batch_pairs`` pairs, batch i as chunk i: a retried flow (or the reaper
     after it) rewrites the same chunks, harmlessly."""
@@ -53,7 +54,7 @@ def persist_predictions(
 
 
 def settle_call(
-    ledger: Any,
+    ledger: Ledger,
     settings: Settings,
     *,
     run_id: str,

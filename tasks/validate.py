@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import Rejected, RejectionType
 from boundary_inference.pairs import PairsProblem, parse_frame_pairs
 from config.identifiers import coerce_identifier, identifier_problem
@@ -61,7 +62,7 @@ def _source_missing(uri: str) -> bool:
 
 
 @guard_task(name="load-video", tags=GUARD)
-def load_video(ledger: Any, video_id: str) -> dict[str, Any] | None:
+def load_video(ledger: Ledger, video_id: str) -> dict[str, Any] | None:
     """The registered video (its frame count, source and crop), or None: one ledger read."""
     found = ledger.get_video(id=video_id)
     return dict(found) if found else None
