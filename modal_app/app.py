@@ -36,6 +36,7 @@ from modal_app.modal_config import (
     CONFIG_KEY,
     FAILED,
     REFUSED,
+    SPEND_LIMITS,
     app_tags,
     attempts_key,
     call_key,
@@ -87,15 +88,7 @@ def open_progress_store(settings: Settings) -> ProgressStore:
 
 def deployed_config(settings: Settings) -> dict[str, Any]:
     """What the deployed function was built with; the client's preflight compares it."""
-    return {
-        "gpu": settings.gpu,
-        "gpu_timeout_s": settings.gpu_timeout_s,
-        "gpu_retries": settings.gpu_retries,
-        "max_containers": settings.max_containers,
-        "scaledown_window_s": settings.scaledown_window_s,
-        "startup_timeout_s": settings.startup_timeout_s,
-        "abort_grace_s": settings.abort_grace_s,
-    }
+    return {"gpu": settings.gpu, **{name: getattr(settings, name) for name in SPEND_LIMITS}}
 
 
 class _Abort(BaseException):

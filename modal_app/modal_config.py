@@ -104,6 +104,18 @@ TORCH_IMAGE_PACKAGES = (
 # models directory). Every setting except connections is baked into the image's environment at
 # deploy time, so the running function agrees with the decorator it was deployed with and passes the
 # same coherence checks. Nothing secret or connection-related is copied.
+# The settings that bound what one job can cost on Modal: the deployed function publishes them
+# (modal_app.app.deployed_config) and the client refuses to spawn when any deployed value is looser
+# than its own (ModalExecutor's preflight). One list, so neither side can miss one.
+SPEND_LIMITS: tuple[str, ...] = (
+    "gpu_retries",
+    "gpu_timeout_s",
+    "scaledown_window_s",
+    "startup_timeout_s",
+    "abort_grace_s",
+    "max_containers",
+)
+
 NOT_BAKED = frozenset(
     {
         "database_url",

@@ -38,6 +38,7 @@ from modal_app.modal_config import (
     CONFIG_KEY,
     FAILED,
     REFUSED,
+    SPEND_LIMITS,
     attempts_key,
     call_key,
     progress_dict_name,
@@ -220,14 +221,7 @@ class ModalExecutor:
             return
         problems = [
             f"{name}: deployed {deployed[name]} > configured {getattr(self.settings, name)}"
-            for name in (
-                "gpu_retries",
-                "gpu_timeout_s",
-                "scaledown_window_s",
-                "startup_timeout_s",
-                "abort_grace_s",
-                "max_containers",
-            )
+            for name in SPEND_LIMITS
             if name in deployed and float(deployed[name]) > float(getattr(self.settings, name))
         ]
         if problems:
