@@ -151,15 +151,19 @@ def submit_figures(
         crop = {"x": box.x, "y": box.y, "width": box.width, "height": box.height}
         ids = ["bench-key", *[f"bench-v{i:03d}" for i in range(videos)]]
         ids += [f"bench-serial-{i}" for i in range(serial)]
-        for video_id in ids:
-            ledger.upsert_video(
-                id=video_id,
-                tenant_id=settings.default_tenant_id,
-                frame_count=30,
-                fps=30.0,
-                source_uri=str(clip),
-                crop_box=crop,
-            )
+
+        def register(into: Ledger) -> None:
+            for video_id in ids:
+                into.upsert_video(
+                    id=video_id,
+                    tenant_id=settings.default_tenant_id,
+                    frame_count=30,
+                    fps=30.0,
+                    source_uri=str(clip),
+                    crop_box=crop,
+                )
+
+        register(ledger)
 
         def env_for(**extra: str) -> dict[str, str]:
             env = {k: v for k, v in os.environ.items() if not k.startswith("BOUNDARY_INFERENCE_")}
@@ -197,15 +201,7 @@ def submit_figures(
         rate_schema = f"{schema}_rate"
         apply_migrations(dsn, rate_schema)
         rate_ledger = Ledger(PsycopgTransport(dsn, rate_schema, timeout_s=30))
-        for video_id in ids:
-            rate_ledger.upsert_video(
-                id=video_id,
-                tenant_id=settings.default_tenant_id,
-                frame_count=30,
-                fps=30.0,
-                source_uri=str(clip),
-                crop_box=crop,
-            )
+        register(rate_ledger)
         t0 = time.monotonic()
         many = _run_all(
             [
