@@ -36,7 +36,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from boundary_inference.ledger import Ledger
-from boundary_inference.timefmt import age_s, format_age, parse_utc
+from boundary_inference.timefmt import age_s, format_age
 from config import Settings, get_settings
 from tasks.ledger_upkeep import run_upkeep
 
@@ -70,12 +70,9 @@ ALERT_ACTIONS = {
 }
 FAILURE_WINDOW = dt.timedelta(hours=24)
 BURST_WINDOW = dt.timedelta(hours=1)
-# list_runs/list_rejections are newest-first with a limit; these bound one monitor pass.
-RUN_SCAN_LIMIT = 5000
+# list_rejections is newest-first with a limit; this bounds one monitor pass. (Finished and failed
+# runs are counted by the ledger's run_counts: failed = failed or timed out.)
 REJECTION_SCAN_LIMIT = 1000
-
-_FINISHED = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
-_FAILED = frozenset({"failed", "timed_out"})
 
 
 @dataclass
@@ -129,8 +126,7 @@ def collect_metrics(
 ) -> MonitorMetrics:
     """Read the ledger once and compute every monitored number and which alerts are due.
 
-    Failure rate and jobs in the last hour are computed here from ``list_runs`` (newest first,
-    at most :data:`RUN_SCAN_LIMIT` rows) until the ledger has an aggregate for them.
+    Failure rate and jobs in the last hour are counted by the ledger (``run_counts``).
     ``prefect_waiting``: the deployment's backlog in Prefect (:func:`tasks.queue.prefect_backlog`),
     added to the queue depth; None when unknown.
     """
@@ -175,26 +171,11 @@ def collect_metrics(
     spend = dict(ledger.spend_summary(now=now))
     depth = dict(ledger.queue_depth())
 
-    failure_cutoff, burst_cutoff = now - FAILURE_WINDOW, now - BURST_WINDOW
-    # A run that finished in the window may have been created up to gpu_timeout x attempts earlier.
-    scan_cutoff = failure_cutoff - dt.timedelta(
-        seconds=settings.gpu_timeout_s * settings.gpu_attempts
+    counts = dict(
+        ledger.run_counts(finished_since=now - FAILURE_WINDOW, created_since=now - BURST_WINDOW)
     )
-    finished = failed = jobs_last_hour = 0
-    for run in ledger.list_runs(limit=RUN_SCAN_LIMIT):
-        created = parse_utc(run.get("created_at"))
-        if created is not None and created < scan_cutoff:
-            break  # newest first: nothing older can matter
-        if created is not None and created >= burst_cutoff:
-            jobs_last_hour += 1
-        finished_at = parse_utc(run.get("finished_at"))
-        if (
-            run.get("status") in _FINISHED
-            and finished_at is not None
-            and finished_at >= failure_cutoff
-        ):
-            finished += 1
-            failed += run.get("status") in _FAILED
+    finished, failed = int(counts["finished"]), int(counts["failed"])
+    jobs_last_hour = int(counts["created"])
     failure_rate = failed / finished if finished else None
     monthly_spend = _money(spend.get("monthly_committed_usd"))
     tiers = [float(t) for t in settings.monthly_spend_alert_tiers_usd]

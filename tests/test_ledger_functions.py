@@ -265,6 +265,21 @@ def test_runs_finished_between_reads_a_window_of_finish_times(ledger: Ledger) ->
     ]
 
 
+def test_run_counts_count_the_windows(ledger: Ledger) -> None:
+    for status in ("succeeded", "failed", "timed_out", "cancelled", "running", "queued"):
+        _run_in(ledger, status)
+    hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    counts = ledger.run_counts(finished_since=hour_ago, created_since=hour_ago)
+    # Four ended (the live two have no finish), two of them failed or timed out; six created.
+    assert counts == {"finished": 4, "failed": 2, "created": 6}
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    assert ledger.run_counts(finished_since=later, created_since=later) == {
+        "finished": 0,
+        "failed": 0,
+        "created": 0,
+    }
+
+
 def test_queue_depth_counts_live_runs(ledger: Ledger) -> None:
     assert ledger.queue_depth() == {"queued": 0, "running": 0, "total": 0}
     _run_in(ledger, "queued")

@@ -168,6 +168,14 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("get_run", {"run_id": RUN}, {"p_run_id": RUN}),
     ("list_runs", {"limit": 5, "status": "queued"}, {"p_limit": 5, "p_status": "queued"}),
     (
+        "run_counts",
+        {"finished_since": NOW, "created_since": NOW},
+        {
+            "p_finished_since": "2030-01-15T12:00:00+00:00",
+            "p_created_since": "2030-01-15T12:00:00+00:00",
+        },
+    ),
+    (
         "runs_finished_between",
         {"start": NOW, "end": NOW + dt.timedelta(days=1)},
         {

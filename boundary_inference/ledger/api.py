@@ -413,6 +413,14 @@ class Ledger:
         first: what ``reconcile`` sets against Modal's bill."""
         return self._list("runs_finished_between", start=start, end=end, limit=limit)
 
+    def run_counts(
+        self, *, finished_since: dt.datetime, created_since: dt.datetime
+    ) -> dict[str, Any]:
+        """``{finished, failed, created}``: runs that ended (succeeded, failed, timed out or
+        cancelled) since ``finished_since``, how many of them failed or timed out, and runs created
+        since ``created_since``. The monitor's failure rate and burst count."""
+        return self._obj("run_counts", finished_since=finished_since, created_since=created_since)
+
     def queue_depth(self) -> dict[str, Any]:
         """Live runs now: ``{queued, running, total}``."""
         return self._obj("queue_depth")

@@ -13,6 +13,7 @@ can be used again and the history is unchanged.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ class LedgerCall:
 
     def params(self, subjects: Subjects) -> dict[str, Any]:
         return self.args(subjects)
+
+
+def _ago(*, hours: float) -> dt.datetime:
+    """An instant before now (the history ends now, when it is built)."""
+    return dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
 
 
 BREAKER = {"p_name": "gpu-inference", "p_threshold": 5, "p_window_s": 3600, "p_open_s": 3600}
@@ -216,15 +222,18 @@ CATALOGUE: tuple[LedgerCall, ...] = (
         max_rows_read=1100,
         owner="- (unowned)",
     ),
-    # Reads the newest 5,000 runs: bounded by its limit, not by history.
+    # Counts the runs of the last 24 h (finished) and hour (created): bounded by what the windows
+    # hold (at most 20 admissions an hour by default; the history's density here is higher).
     LedgerCall(
-        "list_runs (newest 5000)",
-        "list_runs",
+        "run_counts (24 h, 1 h)",
+        "run_counts",
         "monitor",
-        lambda s: {"p_limit": 5000},
-        max_rows_read=5100,
+        lambda s: {
+            "p_finished_since": _ago(hours=24),
+            "p_created_since": _ago(hours=1),
+        },
+        max_rows_read=5000,
         max_pages=600,
-        owner="- (unowned)",
     ),
     # Reads the current month's reservations: one month of history, by design (an audit).
     LedgerCall(
