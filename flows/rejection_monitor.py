@@ -117,21 +117,10 @@ def _money(value: Any) -> float:
     return float(value) if value is not None else 0.0
 
 
-def collect_metrics(
-    ledger: Ledger,
-    settings: Settings,
-    now: dt.datetime | None = None,
-    *,
-    prefect_waiting: int | None = 0,
-) -> MonitorMetrics:
-    """Read the ledger once and compute every monitored number and which alerts are due.
-
-    Failure rate and jobs in the last hour are counted by the ledger (``run_counts``).
-    ``prefect_waiting``: the deployment's backlog in Prefect (:func:`tasks.queue.prefect_backlog`),
-    added to the queue depth; None when unknown.
-    """
-    now = now or dt.datetime.now(dt.UTC)
-
+def _open_rejections(
+    ledger: Ledger, now: dt.datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The open (unacknowledged) rejections as rows to show, and grouped by type."""
     open_rejections = ledger.list_rejections(unacknowledged_only=True, limit=REJECTION_SCAN_LIMIT)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     unacked: list[dict[str, Any]] = []
@@ -167,6 +156,25 @@ def collect_metrics(
                 ),
             }
         )
+    return unacked, by_type
+
+
+def collect_metrics(
+    ledger: Ledger,
+    settings: Settings,
+    now: dt.datetime | None = None,
+    *,
+    prefect_waiting: int | None = 0,
+) -> MonitorMetrics:
+    """Read the ledger once and compute every monitored number and which alerts are due.
+
+    Failure rate and jobs in the last hour are counted by the ledger (``run_counts``).
+    ``prefect_waiting``: the deployment's backlog in Prefect (:func:`tasks.queue.prefect_backlog`),
+    added to the queue depth; None when unknown.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+
+    unacked, by_type = _open_rejections(ledger, now)
 
     spend = dict(ledger.spend_summary(now=now))
     depth = dict(ledger.queue_depth())

@@ -109,26 +109,7 @@ def spawn_and_settle(
     try:
         call_id, status = run_job(executor, ledger, settings, request, lease=job.lease)
     except ExecutorUnavailable as error:
-        # Refused at spawn: nothing ran, so nothing is charged and the quota is given back.
-        ledger.transition_run(
-            run_id=run_id,
-            to_status="failed",
-            fields={
-                "error": f"executor unavailable: {error}"[:1000],
-                "failure_kind": "infrastructure",
-            },
-        )
-        job.undo_admissions()
-        message = f"executor {executor.name!r} unavailable at spawn: {error}"
-        outcome = JobOutcome(
-            OutcomeStatus.FAILED,
-            job.video_id,
-            message,
-            run_id=run_id,
-            estimated_cost_usd=est.estimated_cost_usd,
-            actual_cost_usd=0.0,
-        )
-        return Failed(name="Failed", message=message, data=JobFailed(outcome.to_dict()))
+        return _refused_at_spawn(job, executor.name, error)
     except LeaseLost:
         job.spawned = True
         raise
@@ -139,6 +120,30 @@ def spawn_and_settle(
         raise
     job.spawned = True
     return settle(job, status, call_id, probe)
+
+
+def _refused_at_spawn(job: Job, executor_name: str, error: ExecutorUnavailable) -> State:
+    """Refused at spawn: nothing ran, so nothing is charged and the quota is given back."""
+    assert job.services is not None and job.run_id is not None and job.estimate is not None
+    job.services.ledger.transition_run(
+        run_id=job.run_id,
+        to_status="failed",
+        fields={
+            "error": f"executor unavailable: {error}"[:1000],
+            "failure_kind": "infrastructure",
+        },
+    )
+    job.undo_admissions()
+    message = f"executor {executor_name!r} unavailable at spawn: {error}"
+    outcome = JobOutcome(
+        OutcomeStatus.FAILED,
+        job.video_id,
+        message,
+        run_id=job.run_id,
+        estimated_cost_usd=job.estimate.estimated_cost_usd,
+        actual_cost_usd=0.0,
+    )
+    return Failed(name="Failed", message=message, data=JobFailed(outcome.to_dict()))
 
 
 def build_request(
