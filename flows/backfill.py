@@ -269,23 +269,7 @@ def backfill_flow(
     settings = get_settings()
     logger = get_run_logger()
     tenant = tenant_id or settings.default_tenant_id
-    unique = list(dict.fromkeys(str(v) for v in video_ids))
-    if len(unique) < len(video_ids):
-        logger.info("%d duplicate video ids sent once", len(video_ids) - len(unique))
-    size = min(wave_size or settings.max_containers, settings.max_containers)
-    if wave_size is not None and wave_size > settings.max_containers:
-        logger.warning(
-            "wave_size %d lowered to max_containers=%d", wave_size, settings.max_containers
-        )
-    if len(unique) > settings.global_rate_limit_jobs:
-        logger.warning(
-            "%d videos but %d jobs per %d s are admitted: expect a rate_limited stop; run again"
-            " later (done videos are skipped)",
-            len(unique),
-            settings.global_rate_limit_jobs,
-            settings.global_rate_window_s,
-        )
-    waves = [unique[i : i + size] for i in range(0, len(unique), size)]
+    unique, size, waves = _plan_waves(settings, video_ids, wave_size)
     bf = _Backfill()
     progress_id = create_progress_artifact(
         progress=0.0,
@@ -293,9 +277,7 @@ def backfill_flow(
         description=f"{len(unique)} videos in {len(waves)} wave(s) of at most {size}",
     )
     assert isinstance(progress_id, uuid.UUID)  # sync context: the id, not a coroutine
-    finished = 0
-    submitted = 0
-    waves_sent = 0
+    submitted = waves_sent = 0
     for number, wave in enumerate(waves, start=1):
         bf.stop = bf.stop or _gate(settings, tenant)
         if bf.stop is not None:
@@ -312,43 +294,84 @@ def backfill_flow(
         waves_sent += 1
         submitted += len(wave)
         logger.info("wave %d/%d: %s", number, len(waves), ", ".join(wave))
-        futures = {
-            backfill_video.submit(
-                video_id,
-                frames_version,
-                model_version,
-                bool(skip_if_exists),
-                priority,
-                tenant_id,
-            ): video_id
-            for video_id in wave
-        }
-        for future in as_completed(list(futures)):
-            data = future.result(raise_on_failure=False)
-            outcome = _outcome_dict(futures[future], future.state, data)
-            bf.add_outcome(number, outcome)
-            finished += 1
-            update_progress_artifact(progress_id, round(100.0 * finished / len(unique), 1))
-            kind = outcome.get("rejection_type")
-            if bf.stop is None and kind in STOP_REJECTIONS:
-                bf.stop = StopReason(
-                    str(kind), f"video {outcome['video_id']} was refused: {outcome['message']}"
-                )
+        _run_wave(
+            bf,
+            number,
+            wave,
+            progress_id,
+            len(unique),
+            video_args=(frames_version, model_version, bool(skip_if_exists), priority, tenant_id),
+        )
     update_progress_artifact(progress_id, 100.0)
+    return _report(bf, settings, submitted, len(unique), size, waves_sent)
 
+
+def _plan_waves(
+    settings: Settings, video_ids: list[str], wave_size: int | None
+) -> tuple[list[str], int, list[list[str]]]:
+    """(distinct ids in order, the wave size, the waves), with warnings for what was lowered."""
+    logger = get_run_logger()
+    unique = list(dict.fromkeys(str(v) for v in video_ids))
+    if len(unique) < len(video_ids):
+        logger.info("%d duplicate video ids sent once", len(video_ids) - len(unique))
+    size = min(wave_size or settings.max_containers, settings.max_containers)
+    if wave_size is not None and wave_size > settings.max_containers:
+        logger.warning(
+            "wave_size %d lowered to max_containers=%d", wave_size, settings.max_containers
+        )
+    if len(unique) > settings.global_rate_limit_jobs:
+        logger.warning(
+            "%d videos but %d jobs per %d s are admitted: expect a rate_limited stop; run again"
+            " later (done videos are skipped)",
+            len(unique),
+            settings.global_rate_limit_jobs,
+            settings.global_rate_window_s,
+        )
+    return unique, size, [unique[i : i + size] for i in range(0, len(unique), size)]
+
+
+def _run_wave(
+    bf: _Backfill,
+    number: int,
+    wave: list[str],
+    progress_id: uuid.UUID,
+    total: int,
+    *,
+    video_args: tuple[str, str, bool, str, str | None],
+) -> None:
+    """Run one wave's videos at once and record each outcome as it ends; a refusal that stops
+    the backfill (breaker open, budget spent) is noted for the next wave's gate."""
+    futures = {backfill_video.submit(video_id, *video_args): video_id for video_id in wave}
+    for future in as_completed(list(futures)):
+        data = future.result(raise_on_failure=False)
+        outcome = _outcome_dict(futures[future], future.state, data)
+        bf.add_outcome(number, outcome)
+        finished = sum(1 for r in bf.rows if r["status"] != NOT_SUBMITTED)
+        update_progress_artifact(progress_id, round(100.0 * finished / total, 1))
+        kind = outcome.get("rejection_type")
+        if bf.stop is None and kind in STOP_REJECTIONS:
+            bf.stop = StopReason(
+                str(kind), f"video {outcome['video_id']} was refused: {outcome['message']}"
+            )
+
+
+def _report(
+    bf: _Backfill, settings: Settings, submitted: int, videos: int, size: int, waves_sent: int
+) -> State:
+    """The outcomes table and summary artifacts, and the flow's final state."""
     create_table_artifact(
         table=bf.table(),
         key="backfill-outcomes",
-        description=f"{len(unique)} videos: "
+        description=f"{videos} videos: "
         + ", ".join(f"{n} {s}" for s, n in sorted(bf.counts().items())),
     )
     create_markdown_artifact(
-        markdown=_summary_markdown(bf, settings, submitted, len(unique), size, waves_sent),
+        markdown=_summary_markdown(bf, settings, submitted, videos, size, waves_sent),
         key="backfill-summary",
         description="stopped: " + bf.stop.kind if bf.stop else "all videos submitted",
     )
     summary = {
-        "videos": len(unique),
+        "videos": videos,
         "submitted": submitted,
         "waves": waves_sent,
         "wave_size": size,
@@ -361,7 +384,7 @@ def backfill_flow(
         ],
         "outcomes": [r for r in bf.rows if r["status"] != NOT_SUBMITTED],
     }
-    message = f"{submitted}/{len(unique)} videos submitted; " + ", ".join(
+    message = f"{submitted}/{videos} videos submitted; " + ", ".join(
         f"{n} {s}" for s, n in sorted(bf.counts().items())
     )
     if bf.stop is not None:

@@ -63,49 +63,69 @@ def settle_call(
     probe: bool,
 ) -> Settlement:
     """End the running run ``run_id`` from its finished call's ``status`` (a ``CallStatus``)."""
-    logger = get_run_logger()
     if status.state is CallState.SUCCEEDED:
-        result = status.result
-        metrics = result.metrics
-        saved = persist_predictions(
-            ledger, run_id, result.predictions, settings.predictions_batch_pairs
-        )
-        # Every attempt's seconds (Modal reports them when it retried), not only the last one's.
-        gpu_s = float(result.extra.get("billed_s") or metrics.elapsed_s)
-        # Never above the reservation: the worst case bounds every billed second already.
-        actual = min(settings.billed_cost_usd(gpu_s), worst_case_usd)
-        ledger.transition_run(
-            run_id=run_id,
-            to_status="succeeded",
-            fields={
-                "gpu_seconds": gpu_s,
-                "pairs_per_s": metrics.pairs_per_s,
-                "actual_cost_usd": actual,
-                "attempts": int(result.extra.get("attempts", 1)),
-            },
-        )
-        budget.settle(ledger, run_id=run_id, actual_usd=actual)
-        breaker.record_outcome(ledger, settings, ok=True, kind="success", probe=probe)
-        boundaries = sum(1 for p in result.predictions if p.is_boundary)
-        logger.info(
-            "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f",
-            run_id,
-            saved,
-            boundaries,
-            metrics.pairs_per_s,
-            actual,
-        )
-        return Settlement(
-            OutcomeStatus.SUCCEEDED,
-            actual,
-            f"{saved} pairs, {boundaries} boundaries",
-            gpu_seconds=gpu_s,
-            pairs=saved,
-            boundaries=boundaries,
-            metrics=dict(vars(metrics)),
-        )
+        return _settle_success(ledger, settings, run_id, status.result, worst_case_usd, probe)
+    return _settle_failure(ledger, settings, run_id, status.failure, worst_case_usd, probe)
 
-    failure = status.failure
+
+def _settle_success(
+    ledger: Ledger,
+    settings: Settings,
+    run_id: str,
+    result: Any,
+    worst_case_usd: float,
+    probe: bool,
+) -> Settlement:
+    """Predictions saved, the measured seconds charged (never above the reservation)."""
+    metrics = result.metrics
+    saved = persist_predictions(
+        ledger, run_id, result.predictions, settings.predictions_batch_pairs
+    )
+    # Every attempt's seconds (Modal reports them when it retried), not only the last one's.
+    gpu_s = float(result.extra.get("billed_s") or metrics.elapsed_s)
+    # Never above the reservation: the worst case bounds every billed second already.
+    actual = min(settings.billed_cost_usd(gpu_s), worst_case_usd)
+    ledger.transition_run(
+        run_id=run_id,
+        to_status="succeeded",
+        fields={
+            "gpu_seconds": gpu_s,
+            "pairs_per_s": metrics.pairs_per_s,
+            "actual_cost_usd": actual,
+            "attempts": int(result.extra.get("attempts", 1)),
+        },
+    )
+    budget.settle(ledger, run_id=run_id, actual_usd=actual)
+    breaker.record_outcome(ledger, settings, ok=True, kind="success", probe=probe)
+    boundaries = sum(1 for p in result.predictions if p.is_boundary)
+    get_run_logger().info(
+        "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f",
+        run_id,
+        saved,
+        boundaries,
+        metrics.pairs_per_s,
+        actual,
+    )
+    return Settlement(
+        OutcomeStatus.SUCCEEDED,
+        actual,
+        f"{saved} pairs, {boundaries} boundaries",
+        gpu_seconds=gpu_s,
+        pairs=saved,
+        boundaries=boundaries,
+        metrics=dict(vars(metrics)),
+    )
+
+
+def _settle_failure(
+    ledger: Ledger,
+    settings: Settings,
+    run_id: str,
+    failure: Any,
+    worst_case_usd: float,
+    probe: bool,
+) -> Settlement:
+    """The seconds it used when known, else the whole reservation; the breaker told."""
     outcome_status = FAILURE_STATUS[failure.kind]
     if failure.elapsed_s is None:
         # After a crash, a hard timeout, a lost or cancelled call, how many attempts ran and for
