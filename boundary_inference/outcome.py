@@ -129,8 +129,12 @@ def outcome_of(state: Any) -> dict[str, Any] | None:
 
 
 def _outcome_from_state_name(state: Any) -> dict[str, Any] | None:
-    """The outcome as far as a final state's name and message tell it, when its data is gone (the
-    flow persists it, so this is the last resort): the status and, for a refusal, its type."""
+    """The outcome as far as a final state's name and message tell it, when its data is gone: a
+    state the client got back from the API (a state change retried after a busy server's 503 whose
+    first try had landed) carries no result. The status and, for a refusal, its type.
+
+    Not solved by persisting the flow's result: measured, ``persist_result=True`` made the
+    backfill's per-video subflows run one after another instead of at once."""
     if not state.is_final():
         return None
     message = str(state.message or "")

@@ -77,11 +77,6 @@ def _run_name() -> str:
     # Bad parameters must reach our validation (recorded, typed rejection) rather than fail in
     # Prefect's parameter validation, which records nothing in the ledger (see bind_leniently).
     validate_parameters=False,
-    # The outcome is persisted (a small file in Prefect's local result storage), so a state the
-    # client got back from the API rather than from the run itself (a state change retried after a
-    # busy server's 503 whose first try had landed) still carries it: without it, `submit` saw
-    # "State data is missing" although the ledger had recorded the run.
-    persist_result=True,
 )
 def boundary_inference_flow(
     video_id: str,

@@ -27,7 +27,7 @@ GPU = ["boundary-inference", "gpu"]  # the job itself (a tag concurrency limit o
 def guard_task(*, name: str, tags: list[str]) -> Callable[[Callable[..., R]], Task[Any, R]]:
     """A task on live shared state: never cached (a cached answer is a wrong answer), never
     retried by Prefect (a retry is a second decision, or a second GPU bill), and never persisted
-    (the flow persists its outcome; a task's result is read once, in the same process)."""
+    (a task's result is read once, in the same process)."""
     return task(name=name, tags=tags, cache_policy=NO_CACHE, retries=0, persist_result=False)
 
 
