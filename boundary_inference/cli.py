@@ -62,9 +62,18 @@ def _operator_problem(error: BaseException) -> str | None:
         return f"cannot reach Redis: {first_line}"
     if names & {"httpx.TransportError"} or first_line.startswith("Failed to reach API"):
         return f"cannot reach the Prefect API: {first_line}"
+    if "httpx.HTTPStatusError" in names and _server_side(error):
+        # A 5xx after the client's own retries (a busy SQLite server: "database is locked"): the
+        # server's problem, not a bug here. An admitted run's lease lets the reaper settle it.
+        return f"the Prefect API failed: {first_line}"
     if isinstance(error, (ConnectionError, TimeoutError)):
         return f"connection failed: {first_line}"
     return None
+
+
+def _server_side(error: BaseException) -> bool:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", 0) >= 500
 
 
 app = typer.Typer(

@@ -191,3 +191,56 @@ def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr + done.stdout, done.stderr
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+
+
+def test_a_failing_prefect_api_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A Prefect server that answers 503 to everything (a SQLite server that stays locked past the
+    client's retries): ``submit`` ends with one line and exit 2, no traceback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prefect import __version__ as prefect_version
+
+    class Busy(BaseHTTPRequestHandler):
+        def _busy(self) -> None:
+            # Healthy, as a locked SQLite server is: only what touches the database fails.
+            path = self.path.rstrip("/")
+            if path.endswith("/health"):
+                status, body = 200, b"true"
+            elif path.endswith("/version"):
+                status, body = 200, json.dumps(prefect_version).encode()
+            else:
+                status, body = 503, b'{"exception_message": "database is locked"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _busy
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BOUNDARY_INFERENCE_")}
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{server.server_address[1]}/api"
+        env["PREFECT_CLIENT_MAX_RETRIES"] = "0"
+        env["BOUNDARY_INFERENCE_HOME"] = str(tmp_path / "home")
+        done = subprocess.run(
+            [sys.executable, "-m", "boundary_inference.cli", "submit", "v1", "--json"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: the Prefect API failed"), done.stderr
