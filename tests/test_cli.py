@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from boundary_inference.cli import SUBMIT_FIELDS, app
 from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv
 
 FRAMES = 60
 DATA = Path(__file__).parent / "data"
@@ -29,8 +29,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str) -> FlowEnv:
-    return configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+def env(make_env: MakeEnv) -> FlowEnv:
+    return make_env()
 
 
 def cli(*args: str) -> tuple[int, str]:

@@ -4,7 +4,6 @@ for drift, rebuilt on demand, and exact under concurrent reserve, settle and rel
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -17,7 +16,7 @@ from psycopg import sql
 
 from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
 from boundary_inference.ledger.bench import race
-from migrations import migration_files
+from tests.support import schema_migrated_before
 
 T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
 ALL_HISTORY = dt.date(2000, 1, 1)
@@ -170,16 +169,8 @@ def test_rebuild_from_a_month_leaves_earlier_months_alone(ledger: Ledger, pg_dsn
 @pytest.fixture
 def old_schema(pg_dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A schema migrated only up to the migrations before the totals (as production was)."""
-    schema = f"bi_old_{uuid.uuid4().hex[:10]}"
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in migration_files():
-        if path.name < "20261130400000":
-            shutil.copy(path, before / path.name)
-    apply_migrations(pg_dsn, schema, directory=before)
-    yield schema, before
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    with schema_migrated_before(pg_dsn, tmp_path, "20261130400000") as made:
+        yield made
 
 
 def test_the_migration_back_fills_existing_reservations(

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv
 
 # Waits below are hang guards, not measurements: on a loaded 2-core machine one Prefect CLI call
 # or flow run takes a minute.
@@ -218,8 +218,8 @@ def webhook() -> Iterator[_Webhook]:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str) -> FlowEnv:
-    return configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+def env(make_env: MakeEnv) -> FlowEnv:
+    return make_env()
 
 
 def _client_env(api_url: str, home: Path) -> dict[str, str]:

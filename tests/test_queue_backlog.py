@@ -23,7 +23,7 @@ from flows import rejection_monitor as monitor
 from flows.boundary_inference import boundary_inference_flow
 from modal_app.synthetic import make_video
 from tasks.queue import BacklogUnavailable, check_queue_depth, prefect_backlog
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv
 
 
 @pytest.fixture
@@ -46,18 +46,8 @@ def add_runs(deployment_id: Any, states: list[Any]) -> None:
 
 
 @pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_dsn: str,
-    redis_url: str,
-    deployment: tuple[str, Any],
-) -> FlowEnv:
-    flow_env = configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
-        redis_url=redis_url,
+def env(make_env: MakeEnv, tmp_path: Path, deployment: tuple[str, Any]) -> FlowEnv:
+    flow_env = make_env(
         queue_prefect_deployment=deployment[0],
         queue_depth_alert="2",
         queue_depth_block="3",

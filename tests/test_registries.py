@@ -29,7 +29,7 @@ from boundary_inference.model_registry import register_model
 from boundary_inference.videos import RegistrationError
 from modal_app.models import BUILTIN_MODEL, LogisticModel
 from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv
 
 FRAMES = 40
 
@@ -47,10 +47,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str) -> FlowEnv:
-    return configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, models_dir=str(tmp_path / "models")
-    )
+def env(make_env: MakeEnv, tmp_path: Path) -> FlowEnv:
+    return make_env(models_dir=str(tmp_path / "models"))
 
 
 # --- Bad videos, built here -----------------------------------------------------------------------
@@ -124,16 +122,9 @@ def test_a_source_that_is_not_a_runnable_video_is_refused(
     [("video_max_bytes", "1000", "over video_max_bytes"), ("video_max_pixels", "1000", "320x180")],
 )
 def test_a_video_over_the_limits_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_dsn: str,
-    redis_url: str,
-    clip: Path,
-    limit: str,
-    value: str,
-    fragment: str,
+    make_env: MakeEnv, clip: Path, limit: str, value: str, fragment: str
 ) -> None:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, **{limit: value})
+    env = make_env(**{limit: value})
     code, _, err = cli("videos", "add", "v1", "--source", str(clip))
     assert code == 2 and fragment in err, err
     assert env.ledger.list_videos() == []

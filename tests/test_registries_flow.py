@@ -31,7 +31,7 @@ from flows.boundary_inference import boundary_inference_flow
 from modal_app.models import LogisticModel
 from modal_app.sources import StorageConfig
 from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv
 from tests.storage_support import BUCKET, S3, start_s3
 from tests.test_modal_executor import FakeCloud, executor_for
 
@@ -53,14 +53,8 @@ def s3() -> Iterator[S3]:
 
 
 @pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, s3: S3
-) -> FlowEnv:
-    return configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
-        redis_url=redis_url,
+def env(make_env: MakeEnv, tmp_path: Path, s3: S3) -> FlowEnv:
+    return make_env(
         models_dir=str(tmp_path / "models"),
         source_timeout_s="120",  # a loaded machine answers late, never wrongly
         **s3.env(),

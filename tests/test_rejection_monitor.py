@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from prefect.events.clients import AssertingEventsClient
 from boundary_inference.ledger import Ledger
 from config import Settings
 from flows import rejection_monitor as monitor
-from tests.flow_support import configure
+from tests.flow_support import MakeEnv
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -162,13 +161,9 @@ def test_quiet_ledger_raises_no_alert(ledger: Ledger) -> None:
 
 
 def test_flow_publishes_artifacts_and_one_event_per_alert(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_dsn: str,
-    redis_url: str,
-    asserting_events_worker: Any,
+    make_env: MakeEnv, asserting_events_worker: Any
 ) -> None:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    env = make_env()
     env.ledger.log_rejection(
         rejection_type="cost_exceeded", message="too big", video_id="v9", estimated_cost_usd=1.25
     )
