@@ -149,9 +149,11 @@ def make_env(
         clip: tuple[Path, Any] | None = None,
         **overrides: Any,
     ) -> FlowEnv:
-        if redis_url == SESSION_REDIS:  # asked for only now: a test with its own starts no other
+        # The session's servers are asked for only now: a test with a private one starts no other.
+        if redis_url == SESSION_REDIS:
             redis_url = request.getfixturevalue("redis_url")
-        env = configure(monkeypatch, tmp_path, dsn=dsn or pg_dsn, redis_url=redis_url, **overrides)
+        dsn = dsn or request.getfixturevalue("pg_dsn")
+        env = configure(monkeypatch, tmp_path, dsn=dsn, redis_url=redis_url, **overrides)
         if clip is not None:
             env.register_clip(clip)
         return env

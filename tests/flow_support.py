@@ -84,6 +84,17 @@ def synthetic_clip(
     return path, make_video(path, seed=seed, frame_count=frames)
 
 
+def clip_fixture(name: str, *, seed: int, frames: int) -> Any:
+    """A module-scoped fixture called ``name``: a :func:`synthetic_clip`, made once per module.
+    Assign it to the same name in the test module (``video = clip_fixture("video", ...)``)."""
+
+    @pytest.fixture(scope="module", name=name)
+    def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+        return synthetic_clip(tmp_path_factory, name, seed=seed, frames=frames)
+
+    return clip
+
+
 def job(**extra: Any) -> dict[str, Any]:
     """The flow's parameters for video v1 with the built-in model; ``extra`` overrides."""
     return {"video_id": "v1", "frames_version": "f1", "model_version": MODEL, **extra}

@@ -7,6 +7,7 @@ Flow environments are in :mod:`tests.flow_support`; storage servers in
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import shutil
 import subprocess
@@ -22,6 +23,14 @@ from psycopg import sql
 
 from boundary_inference.ledger import Ledger, apply_migrations
 from migrations import migration_files
+
+T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)  # the ledger tests' "now", injected
+RUN_KEY: dict[str, Any] = {  # a run's dedup key in the ledger tests
+    "video_id": "v1",
+    "tenant_id": "t1",
+    "frames_version": "f1",
+    "model_version": "m1",
+}
 
 
 class Clock:
@@ -85,6 +94,27 @@ def reserve(ledger: Ledger, run_id: str, amount_usd: float, *, tenant_id: str = 
         monthly_cap_usd=1000.0,
     )
     assert done["ok"], done
+
+
+def try_reserve(
+    ledger: Ledger,
+    amount: float,
+    *,
+    caps: dict[str, Any],
+    now: dt.datetime = T0,
+    tenant: str = "t1",
+    run_id: str | uuid.UUID | None = None,
+    **cap_overrides: float,
+) -> dict[str, Any]:
+    """Ask to reserve ``amount`` USD under ``caps`` (``daily_cap_usd``, ``monthly_cap_usd``;
+    ``cap_overrides`` over them) at ``now``: the ledger's answer, granted or not."""
+    return ledger.reserve_budget(
+        run_id=run_id or str(uuid.uuid4()),
+        tenant_id=tenant,
+        amount_usd=amount,
+        now=now,
+        **{**caps, **cap_overrides},
+    )
 
 
 def run_python(

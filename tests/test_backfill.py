@@ -10,13 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from flows.backfill import MAX_VIDEOS_PER_BACKFILL, backfill_flow
-from tests.flow_support import MODEL, FlowEnv, MakeEnv, synthetic_clip
+from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture
 
 FRAMES = 30
 LONGER_FRAMES = 2400
@@ -38,9 +35,7 @@ TINY_BUDGET = {
 BIG_FRAMES = 100_000  # registered so: its deadline, and so its worst case, is above the floor
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    return synthetic_clip(tmp_path_factory, "bfvid", seed=7, frames=FRAMES)
+video = clip_fixture("video", seed=7, frames=FRAMES)
 
 
 def backfill(**params: Any) -> tuple[Any, dict[str, Any]]:
@@ -120,11 +115,9 @@ def artifacts_of(flow_run_id: uuid.UUID) -> dict[str, Any]:
     return {a.key: a for a in found if a.key and a.key.startswith("backfill-")}
 
 
-@pytest.fixture(scope="module")
-def longer_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    # Long enough (a few seconds a job) that two subflows of one wave overlap in time for sure:
-    # a 30-frame job ends before the next thread has started its subflow.
-    return synthetic_clip(tmp_path_factory, "bfvid-long", seed=7, frames=LONGER_FRAMES)
+# Long enough (a few seconds a job) that two subflows of one wave overlap in time for sure:
+# a 30-frame job ends before the next thread has started its subflow.
+longer_video = clip_fixture("longer_video", seed=7, frames=LONGER_FRAMES)
 
 
 def test_waves_are_bounded_by_warm_capacity_and_a_bad_id_stops_nothing(

@@ -9,8 +9,6 @@ or rate slot is taken in Redis.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,19 +17,17 @@ from typer.testing import CliRunner
 
 from boundary_inference.cli import app
 from flows.boundary_inference import boundary_inference_flow
-from tests.flow_support import MODEL, FlowEnv, job, run_flow, synthetic_clip
+from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture, job, run_flow
 from tests.support import nested
 
 FRAMES = 40
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    return synthetic_clip(tmp_path_factory, "bad", seed=9, frames=FRAMES)
+clip = clip_fixture("clip", seed=9, frames=FRAMES)
 
 
 @pytest.fixture
-def env(make_env: Callable[..., FlowEnv], clip: Any) -> FlowEnv:
+def env(make_env: MakeEnv, clip: Any) -> FlowEnv:
     return make_env(clip=clip)
 
 
@@ -129,7 +125,7 @@ def test_a_trailing_newline_is_not_a_second_dedup_key(env: FlowEnv, redis_url: s
 
 
 def test_too_many_pairs_are_refused_before_they_are_read(
-    make_env: Callable[..., FlowEnv], redis_url: str, clip: Any
+    make_env: MakeEnv, redis_url: str, clip: Any
 ) -> None:
     # A small limit: Prefect itself refuses flow parameters over 512 KB (about 30,000 pairs).
     env = make_env(max_frame_pairs="50", allow_unreachable_cost_cap="true")

@@ -33,16 +33,14 @@ from boundary_inference.ledger import Ledger, PsycopgTransport
 from boundary_inference.processes import pid_alive
 from boundary_inference.services import reset_services
 from flows.lease_reaper import lease_reaper_flow
-from tests.flow_support import FlowEnv, MakeEnv, freeze, synthetic_clip
+from tests.flow_support import FlowEnv, MakeEnv, clip_fixture, freeze
 from tests.flow_support import flow_outcome as run
 from tests.flow_support import job as base
 
 FRAMES = 60
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    return synthetic_clip(tmp_path_factory, "vid", seed=7, frames=FRAMES)
+video = clip_fixture("video", seed=7, frames=FRAMES)
 
 
 def redis_servers(socket_path: Path) -> list[int]:

@@ -6,8 +6,6 @@ Each test gets a fresh ledger schema and Redis key prefix; the executor is the r
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,20 +13,18 @@ from prefect.events.clients import AssertingEventsClient
 
 from boundary_inference.outcome import outcome_of
 from flows.boundary_inference import boundary_inference_flow
-from tests.flow_support import MODEL, FlowEnv, synthetic_clip
+from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture
 from tests.flow_support import job as base
 from tests.flow_support import run_flow as run
 
 FRAMES = 120
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    return synthetic_clip(tmp_path_factory, "video", seed=11, frames=FRAMES)
+video = clip_fixture("video", seed=11, frames=FRAMES)
 
 
 @pytest.fixture
-def env(make_env: Callable[..., FlowEnv], video: Any) -> FlowEnv:
+def env(make_env: MakeEnv, video: Any) -> FlowEnv:
     return make_env(clip=video)
 
 
@@ -134,9 +130,7 @@ def test_bad_input_is_a_recorded_typed_rejection(
     assert env.executor_calls() == 0
 
 
-def test_too_many_pairs_is_frame_count_exceeded(
-    make_env: Callable[..., FlowEnv], video: Any
-) -> None:
+def test_too_many_pairs_is_frame_count_exceeded(make_env: MakeEnv, video: Any) -> None:
     env = make_env(clip=video, max_frame_pairs="50", allow_unreachable_cost_cap="true")
     _, outcome = run(**base())
     assert outcome["rejection_type"] == "frame_count_exceeded"
@@ -156,7 +150,7 @@ def test_worst_case_over_the_cap_is_cost_exceeded(env: FlowEnv, video: Any) -> N
     assert env.executor_calls() == 0
 
 
-def test_budget_exceeded_refunds_the_cooldown(make_env: Callable[..., FlowEnv], video: Any) -> None:
+def test_budget_exceeded_refunds_the_cooldown(make_env: MakeEnv, video: Any) -> None:
     # Small caps that still pass the coherence checks: ceiling = 1 attempt x (10 s start-up +
     # 60 s + 1 s grace) + 2 s tail = $0.022; this job's worst case is (10 + 30 + 1 + 2) s = $0.013.
     env = make_env(
@@ -188,7 +182,7 @@ def test_budget_exceeded_refunds_the_cooldown(make_env: Callable[..., FlowEnv], 
     assert again["rejection_type"] == "budget_exceeded"
 
 
-def test_global_rate_limit(make_env: Callable[..., FlowEnv], video: Any) -> None:
+def test_global_rate_limit(make_env: MakeEnv, video: Any) -> None:
     env = make_env(
         global_rate_limit_jobs="1",
         # At 1 job an hour at most 2 can fail inside one breaker window: a threshold of 5 could

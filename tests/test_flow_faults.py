@@ -20,16 +20,23 @@ from boundary_inference.executor import LocalExecutor
 from boundary_inference.outcome import outcome_of
 from boundary_inference.processes import pid_alive
 from flows.boundary_inference import boundary_inference_flow
-from tests.flow_support import MODEL, FlowEnv, MakeEnv, synthetic_clip
+from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture
 from tests.flow_support import job as base
 from tests.flow_support import run_flow as run
 
 FRAMES = 60
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    return synthetic_clip(tmp_path_factory, "vid", seed=5, frames=FRAMES)
+video = clip_fixture("video", seed=5, frames=FRAMES)
+
+
+def refused_while_down(server: Any) -> dict[str, Any]:
+    """Stop ``server`` (a store the flow needs), then submit v1: refused, ``guard_unavailable``."""
+    server.stop()
+    state, outcome = run(**base())
+    assert state.name == "Rejected"
+    assert outcome["rejection_type"] == "guard_unavailable"
+    return outcome
 
 
 def test_redis_down_fails_closed_and_is_recorded(
@@ -38,10 +45,7 @@ def test_redis_down_fails_closed_and_is_recorded(
     private = start_redis(tmp_path / "r")
     env = make_env(redis_url=private.url, guard_timeout_s="1")
     env.register_clip(video)
-    private.stop()
-    state, outcome = run(**base())
-    assert state.name == "Rejected"
-    assert outcome["rejection_type"] == "guard_unavailable"
+    refused_while_down(private)
     assert env.executor_calls() == 0
     (row,) = env.ledger.list_rejections(unacknowledged_only=True, limit=10)
     assert row["rejection_type"] == "guard_unavailable"
@@ -53,10 +57,7 @@ def test_postgres_down_fails_closed(make_env: MakeEnv, server_dir: Path, video: 
     private = start_postgres(server_dir, stop_at_exit=True)
     env = make_env(dsn=private.dsn, guard_timeout_s="2")
     env.register_clip(video)
-    private.stop()
-    state, outcome = run(**base())
-    assert state.name == "Rejected"
-    assert outcome["rejection_type"] == "guard_unavailable"
+    outcome = refused_while_down(private)
     assert outcome["rejection_id"] is None  # the ledger was what was down: reported, not recorded
     assert env.executor_calls() == 0
 

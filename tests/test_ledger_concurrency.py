@@ -17,14 +17,9 @@ import pytest
 
 from boundary_inference.ledger import Ledger
 from boundary_inference.ledger.bench import concurrency_figures, race
+from tests.support import RUN_KEY as KEY
+from tests.support import T0, try_reserve
 
-T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
-KEY: dict[str, Any] = {
-    "video_id": "v1",
-    "tenant_id": "t1",
-    "frames_version": "f1",
-    "model_version": "m1",
-}
 BREAKER: dict[str, Any] = {"name": "modal", "threshold": 5, "window_s": 3600}
 
 
@@ -71,17 +66,8 @@ def test_50_threads_force_claim_after_success_one_rerun(ledger: Ledger) -> None:
 
 def test_100_reservations_of_50_cents_against_20_dollars_threads(ledger: Ledger) -> None:
     def call(lg: Ledger) -> list[dict]:
-        return [
-            lg.reserve_budget(
-                run_id=uuid.uuid4(),
-                tenant_id="t1",
-                amount_usd=0.5,
-                daily_cap_usd=20.0,
-                monthly_cap_usd=100.0,
-                now=T0,
-            )
-            for _ in range(2)
-        ]
+        caps = {"daily_cap_usd": 20.0, "monthly_cap_usd": 100.0}
+        return [try_reserve(lg, 0.5, caps=caps, now=T0, run_id=uuid.uuid4()) for _ in range(2)]
 
     results = [r for pair in in_threads(ledger, [call] * 50) for r in pair]
     assert len(results) == 100

@@ -4,6 +4,7 @@ for drift, rebuilt on demand, and exact under concurrent reserve, settle and rel
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -16,9 +17,8 @@ from psycopg import sql
 
 from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
 from boundary_inference.ledger.bench import race
-from tests.support import schema_migrated_before
+from tests.support import T0, schema_migrated_before, try_reserve
 
-T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
 ALL_HISTORY = dt.date(2000, 1, 1)
 CAPS: dict[str, Any] = {"daily_cap_usd": 100.0, "monthly_cap_usd": 1000.0}
 
@@ -28,22 +28,7 @@ def prefect_harness() -> None:
     """Overrides the suite-wide Prefect API: nothing here touches Prefect."""
 
 
-def reserve(
-    ledger: Ledger,
-    amount: float,
-    *,
-    tenant: str = "t1",
-    now: dt.datetime = T0,
-    run_id: str | None = None,
-    **caps: float,
-) -> dict:
-    return ledger.reserve_budget(
-        run_id=run_id or str(uuid.uuid4()),
-        tenant_id=tenant,
-        amount_usd=amount,
-        now=now,
-        **{**CAPS, **caps},
-    )
+reserve = functools.partial(try_reserve, caps=CAPS)
 
 
 def totals(dsn: str, schema: str) -> dict[tuple[str, str, str], tuple[Decimal, Decimal, int]]:

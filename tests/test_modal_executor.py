@@ -22,7 +22,6 @@ import modal
 import modal.exception as modal_exc
 import numpy as np
 import pytest
-from pydantic import SecretStr
 
 import modal_app.app as modal_app_module
 import modal_app.predictor as predictor
@@ -39,10 +38,11 @@ from modal_app.app import deployed_config, run_call
 from modal_app.errors import DeadlineExceeded, Stalled, VideoNotFound
 from modal_app.modal_config import CONFIG_KEY, attempts_key, function_options
 from modal_app.models import BUILTIN, BUILTIN_MODEL, LogisticModel
-from modal_app.sources import StorageConfig
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import CropBox, InferenceRequest
 from tasks.retry_audit import retry_audit
+from tests.storage_support import unreachable_store
+from tests.support import signature_shape
 
 # --- The test double ------------------------------------------------------------------------------
 
@@ -246,6 +246,18 @@ class GatedModel:
         return BUILTIN_MODEL.predict_proba(a, b)
 
 
+def use_gated_model(
+    monkeypatch: pytest.MonkeyPatch, *, hold_at: int, live_progress: bool = False
+) -> GatedModel:
+    """Every job in this process runs a :class:`GatedModel`; ``live_progress``: each batch's
+    progress is published at once (no throttle)."""
+    if live_progress:
+        monkeypatch.setattr(modal_app_module, "PROGRESS_INTERVAL_S", 0.0)
+    model = GatedModel(hold_at=hold_at)
+    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    return model
+
+
 # --- Fixtures -------------------------------------------------------------------------------------
 
 
@@ -313,13 +325,6 @@ def wait_for(executor: ModalExecutor, call_id: str, limit_s: float = 30.0) -> Ca
 REAL: Any = modal  # the real client, read as plain attributes
 
 
-def _shape(function: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
-    params = list(inspect.signature(function).parameters.values())
-    if params and params[0].name in ("self", "cls"):
-        params = params[1:]
-    return [(p.name, p.kind, p.default) for p in params]
-
-
 @pytest.mark.parametrize(
     ("double", "real"),
     [
@@ -337,7 +342,7 @@ def test_double_signatures_equal_the_real_client(
     double: Callable[..., Any], real: Callable[..., Any]
 ) -> None:
     assert modal.__version__ == "1.6.4"
-    assert _shape(double) == _shape(real)
+    assert signature_shape(double) == signature_shape(real)
 
 
 def test_the_real_client_has_what_the_executor_uses() -> None:
@@ -461,9 +466,7 @@ def test_submit_spawns_the_request_and_the_call_runs_the_real_job(
 def test_a_pending_call_reports_live_progress(
     cloud: FakeCloud, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(modal_app_module, "PROGRESS_INTERVAL_S", 0.0)
-    model = GatedModel(hold_at=2)
-    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    model = use_gated_model(monkeypatch, hold_at=2, live_progress=True)
     executor = executor_for(cloud)
     call_id = executor.submit(make_request(clip[0]))
     assert model.holding.wait(10)
@@ -481,9 +484,7 @@ def test_a_pending_call_reports_live_progress(
 def test_a_fresh_instance_reattaches_with_only_the_call_id(
     cloud: FakeCloud, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(modal_app_module, "PROGRESS_INTERVAL_S", 0.0)
-    model = GatedModel(hold_at=1)
-    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    model = use_gated_model(monkeypatch, hold_at=1, live_progress=True)
     call_id = executor_for(cloud).submit(make_request(clip[0]))
     assert model.holding.wait(10)
 
@@ -589,8 +590,7 @@ def test_a_crash_loop_ends_in_a_refusal_after_the_allowed_attempts(
 def test_cancel_calls_function_call_cancel_and_the_call_ends_cancelled(
     cloud: FakeCloud, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = GatedModel(hold_at=1)
-    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    model = use_gated_model(monkeypatch, hold_at=1)
     executor = executor_for(cloud)
     call_id = executor.submit(make_request(clip[0]))
     assert model.holding.wait(10)
@@ -611,8 +611,7 @@ def test_cancel_calls_function_call_cancel_and_the_call_ends_cancelled(
 def test_a_fresh_instance_cancels_by_id_and_cancel_never_raises(
     cloud: FakeCloud, clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = GatedModel(hold_at=1)
-    monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+    model = use_gated_model(monkeypatch, hold_at=1)
     call_id = executor_for(cloud).submit(make_request(clip[0]))
     assert model.holding.wait(10)
     executor_for(cloud).cancel(call_id)
@@ -733,13 +732,7 @@ def test_an_unreachable_video_store_still_raises_and_is_retried(
     cloud: FakeCloud, settings: Settings, refused_port: int
 ) -> None:
     """Infrastructure, not input: another attempt may succeed, so Modal's retries apply."""
-    down = StorageConfig(
-        s3_endpoint_url=f"http://127.0.0.1:{refused_port}",
-        s3_region="us-east-1",
-        s3_access_key_id=SecretStr("k"),
-        s3_secret_access_key=SecretStr("s"),
-        timeout_s=0.5,
-    )
+    down = unreachable_store(refused_port)
     cloud.run_kwargs = {"storage": down}
     executor = executor_for(cloud)
     call_id = executor.submit(

@@ -11,7 +11,6 @@ another file)."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from boundary_inference.videos import RegistrationError
 from modal_app.models import BUILTIN_MODEL, LogisticModel
 from modal_app.synthetic import make_video
 from tests.flow_support import FlowEnv, MakeEnv
+from tests.support import signature_shape
 
 FRAMES = 40
 
@@ -360,13 +360,6 @@ class FakeVolume:
         return FakeBatch(self)
 
 
-def _shape(function: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
-    params = list(inspect.signature(function).parameters.values())
-    if params and params[0].name in ("self", "cls"):
-        params = params[1:]
-    return [(p.name, p.kind, p.default) for p in params]
-
-
 @pytest.mark.parametrize(
     ("double", "real"),
     [
@@ -379,7 +372,7 @@ def _shape(function: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
 def test_volume_double_signatures_equal_the_real_client(
     double: Callable[..., Any], real: Callable[..., Any]
 ) -> None:
-    assert _shape(double) == _shape(real)
+    assert signature_shape(double) == signature_shape(real)
 
 
 def test_models_add_to_modal_uploads_to_the_models_volume(env: FlowEnv, tmp_path: Path) -> None:
