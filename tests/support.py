@@ -12,8 +12,10 @@ import inspect
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,19 @@ def try_reserve(
         now=now,
         **{**caps, **cap_overrides},
     )
+
+
+def in_threads(ledger: Ledger, calls: list[Callable[[Ledger], Any]]) -> list[Any]:
+    """Run ``calls`` at once, one thread (and connection) each."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[Ledger], Any]) -> Any:
+        ledger.ping()  # this thread's connection is open before the race
+        barrier.wait(timeout=60)
+        return call(ledger)
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(run, calls))
 
 
 def run_python(

@@ -7,10 +7,7 @@ race inside the server. Counts must be exact: one creator, 40 reservations, one 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -18,22 +15,9 @@ import pytest
 from boundary_inference.ledger import Ledger
 from boundary_inference.ledger.bench import concurrency_figures, race
 from tests.support import RUN_KEY as KEY
-from tests.support import T0, try_reserve
+from tests.support import T0, in_threads, try_reserve
 
 BREAKER: dict[str, Any] = {"name": "modal", "threshold": 5, "window_s": 3600}
-
-
-def in_threads(ledger: Ledger, calls: list[Callable[[Ledger], Any]]) -> list[Any]:
-    """Run ``calls`` at once, one thread (and connection) each."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[Ledger], Any]) -> Any:
-        ledger.ping()  # this thread's connection is open before the race
-        barrier.wait(timeout=60)
-        return call(ledger)
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(run, calls))
 
 
 def open_breaker(ledger: Ledger) -> None:

@@ -306,7 +306,7 @@ def test_a_modal_call_is_asked_by_its_id_from_another_process(
     only the call id (``FunctionCall.from_id`` on the signature-checked double of
     test_modal_executor, the function body real), settles it from its result, at the seconds the
     function recorded over its attempts."""
-    from tests.test_modal_executor import FakeCloud, executor_for, make_request
+    from tests.modal_double import FakeCloud, executor_for, make_request
 
     settings = get_settings(executor="modal")
     clip = tmp_path / "clip.mp4"

@@ -417,7 +417,7 @@ def test_models_add_to_modal_uploads_to_the_models_volume(env: FlowEnv, tmp_path
 
 def test_racing_registrations_of_one_name_keep_one_content(env: FlowEnv) -> None:
     from boundary_inference.ledger import LedgerError
-    from tests.test_ledger_concurrency import in_threads
+    from tests.support import in_threads
 
     def same(ledger: Any) -> Any:
         return ledger.register_model(

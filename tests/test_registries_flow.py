@@ -32,8 +32,8 @@ from modal_app.models import LogisticModel
 from modal_app.sources import StorageConfig
 from modal_app.synthetic import make_video
 from tests.flow_support import FlowEnv, MakeEnv
+from tests.modal_double import FakeCloud, executor_for
 from tests.storage_support import BUCKET, S3, start_s3
-from tests.test_modal_executor import FakeCloud, executor_for
 
 FRAMES = 40
 MODEL = "builtin-textdiff-v1"

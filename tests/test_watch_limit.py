@@ -23,8 +23,8 @@ from config import get_settings
 from modal_app.models import BUILTIN
 from modal_app.types import InferenceRequest
 from tasks.execute import run_job
+from tests.modal_double import FakeCloud, executor_for
 from tests.support import Clock
-from tests.test_modal_executor import FakeCloud, executor_for
 
 
 class StartupCrashLoop(FakeCloud):
