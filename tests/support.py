@@ -103,13 +103,14 @@ def try_reserve(
     amount: float,
     *,
     caps: dict[str, Any],
-    now: dt.datetime = T0,
+    now: dt.datetime | None = T0,
     tenant: str = "t1",
     run_id: str | uuid.UUID | None = None,
     **cap_overrides: float,
 ) -> dict[str, Any]:
     """Ask to reserve ``amount`` USD under ``caps`` (``daily_cap_usd``, ``monthly_cap_usd``;
-    ``cap_overrides`` over them) at ``now``: the ledger's answer, granted or not."""
+    ``cap_overrides`` over them) at ``now`` (None: the database's clock): the ledger's answer,
+    granted or not."""
     return ledger.reserve_budget(
         run_id=run_id or str(uuid.uuid4()),
         tenant_id=tenant,

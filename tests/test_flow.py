@@ -16,6 +16,7 @@ from flows.boundary_inference import boundary_inference_flow
 from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture
 from tests.flow_support import job as base
 from tests.flow_support import run_flow as run
+from tests.support import try_reserve
 
 FRAMES = 120
 
@@ -167,13 +168,10 @@ def test_budget_exceeded_refunds_the_cooldown(make_env: MakeEnv, video: Any) -> 
         daily_spend_alert_usd="0.02",  # below the budget, or it could never fire
         allow_unreachable_cost_cap="true",
     )
-    env.ledger.reserve_budget(
-        run_id="00000000-0000-0000-0000-000000000001",
-        tenant_id="other",
-        amount_usd=0.02,
-        daily_cap_usd=1.0,
-        monthly_cap_usd=1.0,
-    )
+    # Another tenant's job holds $0.02 of today's budget (now=None: the database's clock).
+    caps = {"daily_cap_usd": 1.0, "monthly_cap_usd": 1.0}
+    other_run = "00000000-0000-0000-0000-000000000001"
+    try_reserve(env.ledger, 0.02, caps=caps, now=None, tenant="other", run_id=other_run)
     _, outcome = run(**base())
     assert outcome["rejection_type"] == "budget_exceeded", outcome
     assert env.executor_calls() == 0

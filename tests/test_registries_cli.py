@@ -39,6 +39,14 @@ def cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def refused_in_one_line(*args: str) -> str:
+    """Run the CLI: it must exit 2 with exactly one line on stderr, which is returned."""
+    code, out, err = cli(*args)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("reg") / "clip.mp4"
@@ -110,9 +118,7 @@ def test_a_source_that_is_not_a_runnable_video_is_refused(
     make, fragment = BAD_VIDEOS[case]
     path = tmp_path / f"{case}.mp4"
     make(clip, path)
-    code, out, err = cli("videos", "add", "v1", "--source", str(path))
-    assert code == 2, (out, err)
-    assert len(err.strip().splitlines()) == 1, err
+    err = refused_in_one_line("videos", "add", "v1", "--source", str(path))
     assert re.search(fragment, err), err
     assert env.ledger.list_videos() == []
 
@@ -245,9 +251,8 @@ def test_a_checkpoint_that_does_not_load_is_refused(
     make, fragment = BAD_CHECKPOINTS[case]
     path = tmp_path / f"{case}.npz"
     make(tmp_path, path)
-    code, out, err = cli("models", "add", "ckpt:bad", "--file", str(path))
-    assert code == 2, (out, err)
-    assert fragment in err and len(err.strip().splitlines()) == 1, err
+    err = refused_in_one_line("models", "add", "ckpt:bad", "--file", str(path))
+    assert fragment in err, err
     assert env.ledger.list_models() == []
     assert not (tmp_path / "models" / "bad.npz").exists()
 
