@@ -12,6 +12,7 @@ from boundary_inference.ledger import Ledger
 from config import Settings
 from flows import rejection_monitor as monitor
 from tests.flow_support import MakeEnv
+from tests.support import try_reserve
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -60,14 +61,9 @@ def test_metrics_and_alerts_from_a_seeded_ledger(
     claim = ledger.claim_run(
         video_id="v1", tenant_id="demo", frames_version="spend", model_version="m"
     )
-    ledger.reserve_budget(
-        run_id=claim["run_id"],
-        tenant_id="demo",
-        amount_usd=21.0,
-        daily_cap_usd=50.0,
-        monthly_cap_usd=100.0,
-        now=NOW,  # the day the metrics are read for (a run across midnight once read 0 here)
-    )
+    caps = {"daily_cap_usd": 50.0, "monthly_cap_usd": 100.0}
+    # now=NOW: the day the metrics are read for (a run across midnight once read 0 here).
+    try_reserve(ledger, 21.0, caps=caps, now=NOW, tenant="demo", run_id=claim["run_id"])
     settings = Settings(queue_depth_alert=2, queue_depth_block=50, job_burst_alert=5)
 
     m = monitor.collect_metrics(ledger, settings, now=NOW)
