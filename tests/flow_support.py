@@ -95,9 +95,9 @@ def clip_fixture(name: str, *, seed: int, frames: int) -> Any:
     return clip
 
 
-def job(**extra: Any) -> dict[str, Any]:
-    """The flow's parameters for video v1 with the built-in model; ``extra`` overrides."""
-    return {"video_id": "v1", "frames_version": "f1", "model_version": MODEL, **extra}
+def job(video_id: str = "v1", **extra: Any) -> dict[str, Any]:
+    """The flow's parameters for ``video_id`` with the built-in model; ``extra`` overrides."""
+    return {"video_id": video_id, "frames_version": "f1", "model_version": MODEL, **extra}
 
 
 def run_flow(**params: Any) -> tuple[Any, dict[str, Any]]:

@@ -29,7 +29,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from tests.flow_support import FlowEnv, MakeEnv
+from tests.flow_support import MODEL, FlowEnv, MakeEnv
 from tests.support import run_python
 
 # Waits below are hang guards, not measurements: on a loaded 2-core machine one Prefect CLI call
@@ -38,7 +38,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK_NAME = "bi-test-alerts"
-MODEL = "builtin-textdiff-v1"
 POOL = "boundary-inference-pool"
 
 

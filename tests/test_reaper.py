@@ -25,10 +25,8 @@ from flows import rejection_monitor as monitor
 from modal_app.synthetic import make_video
 from modal_app.types import InferenceRequest
 from tasks.reaper import reap_stale_runs, watch_limit_of
-from tests.flow_support import MakeEnv
+from tests.flow_support import MODEL, MakeEnv
 from tests.support import reserve
-
-MODEL = "builtin-textdiff-v1"
 
 
 def _claim(ledger: Ledger, frames_version: str, *, lease_s: float | None = 60.0) -> str:
