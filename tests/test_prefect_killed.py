@@ -19,7 +19,7 @@ import pytest
 
 from boundary_inference.embedded_prefect import prefect_status, stop_prefect
 from boundary_inference.processes import pid_alive
-from tests.flow_support import configure
+from tests.flow_support import MakeEnv
 
 FRAMES = 60
 WAIT_S = 240.0  # for the CLI to start its server and reach the job: bounded, not a speed claim
@@ -36,11 +36,11 @@ def _wait_for(what: str, check: object, proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_killed_prefect_server_mid_job_ends_the_cli_and_settles_the_run(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str
+    make_env: MakeEnv, tmp_path: Path
 ) -> None:
     fifo = tmp_path / "blocks.mp4"
     os.mkfifo(fifo)  # no writer: the job's decoder blocks in open() until the test acts
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    env = make_env()
     env.register("v1", fifo, FRAMES, None)
     # No PREFECT_API_URL: the CLI starts (and uses) the state dir's embedded server, as a user's
     # does. One client retry: the bounded give-up is the claim, not how long Prefect backs off.
