@@ -121,15 +121,20 @@ def test_concurrent_submissions_threads_spawn_once(env_threads: FlowEnv) -> None
     with ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(lambda _: run(**base())[1], range(8)))
     statuses = sorted(o["status"] for o in outcomes)
-    assert statuses.count("succeeded") == 1, statuses
-    assert statuses.count("skipped") == 7, statuses
+    others = [o for o in outcomes if o["status"] not in ("succeeded", "skipped")]
+    assert statuses.count("succeeded") == 1, (statuses, others)
+    assert statuses.count("skipped") == 7, (statuses, others)
     assert len({o["run_id"] for o in outcomes}) == 1
     assert env_threads.executor_calls() == 1
 
 
 @pytest.fixture
 def env_threads(make_env: MakeEnv, video: Any) -> FlowEnv:
-    env = make_env()
+    # The claim is the claim under test; every other guard must answer, however loaded the
+    # machine: 8 flows at once on the suite's shared Prefect server once took the queue guard's
+    # backlog count past the default 5 s, and its fail-closed refusal freed the key for a second
+    # job. A generous guard timeout keeps this test about the claim, not about speed.
+    env = make_env(guard_timeout_s="60")
     env.register_clip(video)
     return env
 
