@@ -25,7 +25,7 @@ from prefect.states import Completed
 from pydantic import ValidationError
 
 from boundary_inference.executor import ExecutorUnavailable
-from boundary_inference.ledger import LedgerError
+from boundary_inference.ledger import LedgerError, ModelRow
 from boundary_inference.limiter import LimiterUnavailable
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from boundary_inference.services import EmbeddedNotAllowed, Services, get_services
@@ -264,7 +264,7 @@ def _check_request(
     frames_version: str,
     model_version: str,
     frame_pairs: Any,
-) -> tuple[validate.ValidRequest, dict[str, Any], Any] | Rejected:
+) -> tuple[validate.ValidRequest, ModelRow | model_registry.NoModelRow, dict[str, Any]] | Rejected:
     """The request itself, then the registries: (verdict, model, source) or the refusal."""
     ledger = services.ledger
     video = validate.load_video(ledger, job.video_id)

@@ -197,15 +197,15 @@ def reattach(
     assert job.services is not None
     ledger, executor = job.services.ledger, job.services.executor
     job.run_id = run_id
-    row = ledger.get_run(run_id=run_id) or {}
+    row = ledger.get_run(run_id=run_id)
     est, _ = estimate_cost(
         ledger, settings, model_version=model_version, pairs=len(verdict.frame_pairs)
     )
     # What was admitted and reserved then is what counts, whatever calibration says now.
     est = replace(
         est,
-        estimated_cost_usd=float(row.get("estimated_cost_usd") or est.estimated_cost_usd),
-        worst_case_cost_usd=float(row.get("worst_case_cost_usd") or est.worst_case_cost_usd),
+        estimated_cost_usd=float((row and row["estimated_cost_usd"]) or est.estimated_cost_usd),
+        worst_case_cost_usd=float((row and row["worst_case_cost_usd"]) or est.worst_case_cost_usd),
     )
     job.estimate = est
     get_run_logger().warning(

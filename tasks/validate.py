@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from boundary_inference.ledger import Ledger
+from boundary_inference.ledger import Ledger, VideoRow
 from boundary_inference.outcome import Rejected, RejectionType
 from boundary_inference.pairs import PairsProblem, parse_frame_pairs
 from config.identifiers import coerce_identifier, identifier_problem
@@ -62,15 +62,14 @@ def _source_missing(uri: str) -> bool:
 
 
 @guard_task(name="load-video", tags=GUARD)
-def load_video(ledger: Ledger, video_id: str) -> dict[str, Any] | None:
+def load_video(ledger: Ledger, video_id: str) -> VideoRow | None:
     """The registered video (its frame count, source and crop), or None: one ledger read."""
-    found = ledger.get_video(id=video_id)
-    return dict(found) if found else None
+    return ledger.get_video(id=video_id)
 
 
 @guard_task(name="validate-request", tags=GUARD)
 def validate_request(
-    video: dict[str, Any] | None,
+    video: VideoRow | None,
     *,
     video_id: str,
     tenant_id: str,
