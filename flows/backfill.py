@@ -288,15 +288,7 @@ def backfill_flow(
     for number, wave in enumerate(waves, start=1):
         bf.stop = bf.stop or _gate(settings, tenant)
         if bf.stop is not None:
-            for video_id in (v for later in waves[number - 1 :] for v in later):
-                bf.add_unsubmitted(video_id, bf.stop.kind, bf.stop.message)
-            logger.warning(
-                "backfill stopped before wave %d/%d (%s): %s",
-                number,
-                len(waves),
-                bf.stop.kind,
-                bf.stop.message,
-            )
+            _record_stop(bf, waves, number)
             break
         waves_sent += 1
         submitted += len(wave)
@@ -311,6 +303,20 @@ def backfill_flow(
         )
     update_progress_artifact(progress_id, 100.0)
     return _report(bf, settings, submitted, len(unique), size, waves_sent)
+
+
+def _record_stop(bf: _Backfill, waves: list[list[str]], number: int) -> None:
+    """The gate refused wave ``number``: its videos and every later wave's are not submitted."""
+    assert bf.stop is not None
+    for video_id in (v for later in waves[number - 1 :] for v in later):
+        bf.add_unsubmitted(video_id, bf.stop.kind, bf.stop.message)
+    get_run_logger().warning(
+        "backfill stopped before wave %d/%d (%s): %s",
+        number,
+        len(waves),
+        bf.stop.kind,
+        bf.stop.message,
+    )
 
 
 def _plan_waves(

@@ -61,6 +61,22 @@ def _source_missing(uri: str) -> bool:
     return False  # remote sources (s3://, modal volume paths) are checked by the executor
 
 
+PRIORITIES = ("high", "normal", "low")
+
+
+def flag_rejection(skip_if_exists: Any, priority: Any) -> Rejected | None:
+    """The request's flags: ``priority`` one of :data:`PRIORITIES`, ``skip_if_exists`` a bool."""
+    if not isinstance(priority, str) or priority not in PRIORITIES:
+        return Rejected(RejectionType.VALIDATION_FAILED, f"priority must be one of {PRIORITIES}")
+    if not isinstance(skip_if_exists, bool):
+        # bool("false") is True and bool(0) is False: guess neither, a re-run is a paid decision.
+        return Rejected(
+            RejectionType.VALIDATION_FAILED,
+            f"skip_if_exists must be true or false; got {type(skip_if_exists).__name__}",
+        )
+    return None
+
+
 @guard_task(name="load-video", tags=GUARD)
 def load_video(ledger: Ledger, video_id: str) -> VideoRow | None:
     """The registered video (its frame count, source and crop), or None: one ledger read."""
