@@ -8,10 +8,10 @@ compared with plain dicts in tests and put into logs and artifacts as it is.
 JSON types, as both transports decode them: a ``uuid``, ``date`` or ``timestamptz`` is its ISO
 text (``str``); a ``numeric`` is a number (``float``; an ``int`` when whole, which mypy accepts as
 a ``float``); a nullable column is ``... | None``. A key that only some branches of a function
-build is ``NotRequired``: read it with ``.get()``.
+build is ``NotRequired``: read it with ``.get()``. (No ``from __future__ import annotations``
+here: the annotations are evaluated, so ``__required_keys__`` and ``__optional_keys__`` are right
+at run time too.)
 """
-
-from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
