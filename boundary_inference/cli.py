@@ -627,6 +627,9 @@ def bench(
         raise typer.Exit(inference_bench([*args, *(["--json"] if as_json else [])]))
     from boundary_inference.bench import run_bench
 
+    # The fault figures run flows (the reaper): on the state dir's embedded Prefect server, never
+    # a temporary one per process (it gave up after 20 s on a loaded machine).
+    _use_prefect()
     figures = run_bench(_settings())
     if submit:
         from boundary_inference.bench_submit import submit_figures
