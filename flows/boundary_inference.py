@@ -53,12 +53,6 @@ from tasks.lease import LeaseLost, lease_owner
 GUARD_ERRORS: tuple[type[BaseException], ...] = (LedgerError, LimiterUnavailable)
 
 
-def _known_model(model_version: str) -> bool:
-    from modal_app.models import is_known_model_version
-
-    return bool(is_known_model_version(model_version))
-
-
 def _run_name() -> str:
     """``<video>-<frames>-<model>-<first 8 of the flow run id>``: runs of one video told apart,
     and findable in the UI's search by any of the parts."""
@@ -291,7 +285,7 @@ def _check_request(
         model_version=model_version,
         frame_pairs=frame_pairs,
         max_frame_pairs=settings.max_frame_pairs,
-        known_model=_known_model(model_version) if isinstance(model_version, str) else False,
+        known_model=validate.is_known_model(model_version),
         check_source_exists=False,  # tasks.source_check, against the registered fingerprint
     )
     if isinstance(verdict, Rejected):

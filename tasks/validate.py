@@ -77,6 +77,15 @@ def flag_rejection(skip_if_exists: Any, priority: Any) -> Rejected | None:
     return None
 
 
+def is_known_model(model_version: Any) -> bool:
+    """The builtin model or a well-formed ``ckpt:<name>`` (whether it is registered is
+    tasks.model_registry's question)."""
+    # Imported when asked, as the flow did: modal_app.models brings numpy and the model code.
+    from modal_app.models import is_known_model_version
+
+    return isinstance(model_version, str) and bool(is_known_model_version(model_version))
+
+
 @guard_task(name="load-video", tags=GUARD)
 def load_video(ledger: Ledger, video_id: str) -> VideoRow | None:
     """The registered video (its frame count, source and crop), or None: one ledger read."""
