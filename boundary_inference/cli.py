@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -57,7 +58,7 @@ def _operator_problem(error: BaseException) -> str | None:
         return f"the ledger (PostgreSQL) failed: {first_line}"
     if isinstance(error, LimiterUnavailable):
         return f"Redis failed: {first_line}"
-    if isinstance(error, (PrefectServerError, EmbeddedNotAllowed)):
+    if isinstance(error, (PrefectServerError, EmbeddedNotAllowed, SubmissionCutShort)):
         return first_line
     names = {c.__module__.split(".")[0] + "." + c.__name__ for c in type(error).__mro__}
     if names & {"psycopg.OperationalError", "psycopg.InterfaceError"}:
@@ -201,6 +202,25 @@ def _embedded_run_slot(server: Any) -> Any:
     return run_slot(prefect_dir(state_dir) / "run-slots")
 
 
+class SubmissionCutShort(RuntimeError):
+    """The flow run ended on an operator problem (most often Prefect's API lost mid-run): the
+    ledger, not Prefect, holds what was decided for the job."""
+
+
+@contextmanager
+def _ledger_has_the_outcome(video_id: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        reason = _operator_problem(error)
+        if reason is None:
+            raise
+        raise SubmissionCutShort(
+            f"{reason} (the ledger holds what was decided: boundary-inference runs --video"
+            f" {video_id})"
+        ) from error
+
+
 def _prefect_ui_url(server: Any) -> str | None:
     if server is not None:
         return str(server.ui_url)
@@ -244,7 +264,7 @@ def submit(
 
     # On the embedded (SQLite) Prefect server a burst of submissions queues for a few run slots
     # instead of failing on its lock; a server of your own takes them all at once.
-    with _embedded_run_slot(server):
+    with _embedded_run_slot(server), _ledger_has_the_outcome(video_id):
         state = boundary_inference_flow(
             video_id=video_id,
             frames_version=frames_version,

@@ -262,9 +262,11 @@ def use_embedded_prefect(state_dir: Path) -> EmbeddedPrefect | None:
         return None
     server = start_prefect(state_dir)
     os.environ["PREFECT_API_URL"] = server.api_url
-    # A busy SQLite server answers 503 now and then; Prefect's client retries those with backoff.
-    # More tries than its default 5, unless the user chose a number.
-    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "10")
+    # A busy SQLite server answers 503 now and then; Prefect's client retries those with backoff
+    # (2**n s). One try more than its default 5, unless the user chose a number: about 2 min in
+    # all. Not more: a dead server costs the whole backoff before the CLI can say so (10 tries
+    # were measured to hang a submission ~34 min after its server was killed).
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "6")
     refresh_global_settings_context()
     return server
 

@@ -12,8 +12,9 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,10 +24,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # The session's Prefect test server is SQLite, shared by every test and by the CLI processes the
 # process-level tests start: the same settings as the embedded server (embedded_prefect), so a
-# burst waits for SQLite's lock (60 s, Prefect's default is 10 s) and a 503 is retried 10 times.
+# burst waits for SQLite's lock (60 s, Prefect's default is 10 s) and a 503 is retried 6 times.
 # Set before Prefect is imported: it reads them once; children and the server inherit them.
 os.environ.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
-os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "10")
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "6")
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +126,39 @@ def ledger(pg_dsn: str, ledger_schema: str) -> Iterator[Ledger]:
     transport = PsycopgTransport(pg_dsn, ledger_schema, timeout_s=30)
     yield Ledger(transport)
     transport.close()
+
+
+# --- Flow environments -------------------------------------------------------------------------
+
+from tests.flow_support import SESSION_REDIS, FlowEnv, configure  # noqa: E402
+
+
+@pytest.fixture
+def make_env(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[..., FlowEnv]:
+    """:func:`tests.flow_support.configure` bound to this test: ``make_env(**overrides)`` points
+    the flow at a fresh schema and prefix on the session's PostgreSQL and Redis. ``dsn=`` and
+    ``redis_url=`` name a private server instead (``redis_url=None``: the embedded Redis under
+    the test's state directory); ``clip=`` registers it as v1."""
+
+    def make(
+        *,
+        dsn: str | None = None,
+        redis_url: str | None = SESSION_REDIS,
+        clip: tuple[Path, Any] | None = None,
+        **overrides: Any,
+    ) -> FlowEnv:
+        # The session's servers are asked for only now: a test with a private one starts no other.
+        if redis_url == SESSION_REDIS:
+            redis_url = request.getfixturevalue("redis_url")
+        dsn = dsn or request.getfixturevalue("pg_dsn")
+        env = configure(monkeypatch, tmp_path, dsn=dsn, redis_url=redis_url, **overrides)
+        if clip is not None:
+            env.register_clip(clip)
+        return env
+
+    return make
 
 
 # --- Video stores (appended by the registries work) -----------------------------------------------

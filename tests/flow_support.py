@@ -1,9 +1,14 @@
-"""Helpers for flow tests: configure the flow's environment onto the session's real servers."""
+"""Helpers for flow tests: configure the flow's environment onto the session's real servers, a
+synthetic clip to register, a job's parameters, and one way to run the flow and read its outcome.
+
+The fixture ``make_env`` (``tests/conftest.py``) is :func:`configure` bound to the test's
+monkeypatch, directory and servers."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +16,13 @@ from typing import Any
 import pytest
 
 from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
+from boundary_inference.outcome import outcome_of
 from boundary_inference.services import reset_services
 from config import Settings, get_settings
+from modal_app.synthetic import make_video
+
+MODEL = "builtin-textdiff-v1"  # the built-in model every flow test runs
+SESSION_REDIS = "session"  # make_env's default: the session's Redis (a URL is never this)
 
 
 @dataclass
@@ -44,6 +54,65 @@ class FlowEnv:
             if crop is None
             else {"x": crop.x, "y": crop.y, "width": crop.width, "height": crop.height},
         )
+
+    def register_clip(self, clip: tuple[Path, Any], *video_ids: str) -> None:
+        """Register a :func:`synthetic_clip` (its full length, its caption band) under each id."""
+        path, truth = clip
+        for video_id in video_ids or ("v1",):
+            self.register(video_id, path, len(truth.captions), truth.crop_box)
+
+    def breaker_trip(self) -> None:
+        """Record as many infrastructure failures as open the GPU circuit."""
+        for _ in range(self.settings.breaker_failure_threshold):
+            self.ledger.breaker_record(
+                name="gpu-inference",
+                ok=False,
+                kind="infrastructure",
+                threshold=self.settings.breaker_failure_threshold,
+                window_s=self.settings.breaker_window_s,
+            )
+
+
+MakeEnv = Callable[..., FlowEnv]  # the type of the ``make_env`` fixture
+
+
+def synthetic_clip(
+    factory: pytest.TempPathFactory, folder: str, *, seed: int, frames: int
+) -> tuple[Path, Any]:
+    """A synthetic captioned video of ``frames`` frames and its ground truth (``make_video``)."""
+    path = factory.mktemp(folder) / "clip.mp4"
+    return path, make_video(path, seed=seed, frame_count=frames)
+
+
+def clip_fixture(name: str, *, seed: int, frames: int) -> Any:
+    """A module-scoped fixture called ``name``: a :func:`synthetic_clip`, made once per module.
+    Assign it to the same name in the test module (``video = clip_fixture("video", ...)``)."""
+
+    @pytest.fixture(scope="module", name=name)
+    def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+        return synthetic_clip(tmp_path_factory, name, seed=seed, frames=frames)
+
+    return clip
+
+
+def job(video_id: str = "v1", **extra: Any) -> dict[str, Any]:
+    """The flow's parameters for ``video_id`` with the built-in model; ``extra`` overrides."""
+    return {"video_id": video_id, "frames_version": "f1", "model_version": MODEL, **extra}
+
+
+def run_flow(**params: Any) -> tuple[Any, dict[str, Any]]:
+    """Run the flow in this process: its final state and its JobOutcome (``outcome_of``)."""
+    from flows.boundary_inference import boundary_inference_flow
+
+    state = boundary_inference_flow(**params, return_state=True)
+    return state, outcome_of(state)  # type: ignore[return-value]
+
+
+def flow_outcome(**params: Any) -> dict[str, Any]:
+    """:func:`run_flow`'s outcome, which must exist (a failed job's rides in its Failed state)."""
+    state, outcome = run_flow(**params)
+    assert isinstance(outcome, dict), state
+    return outcome
 
 
 def configure(

@@ -33,6 +33,22 @@ def refused_port() -> Iterator[int]:
         yield int(bound.getsockname()[1])
 
 
+def unreachable_store(port: int) -> Any:
+    """A :class:`modal_app.sources.StorageConfig` whose S3 endpoint refuses every connection
+    (``port`` from the ``refused_port`` fixture), with a short timeout."""
+    from pydantic import SecretStr
+
+    from modal_app.sources import StorageConfig
+
+    return StorageConfig(
+        s3_endpoint_url=f"http://127.0.0.1:{port}",
+        s3_region="us-east-1",
+        s3_access_key_id=SecretStr("k"),
+        s3_secret_access_key=SecretStr("s"),
+        timeout_s=0.5,
+    )
+
+
 @dataclass
 class S3:
     endpoint_url: str

@@ -10,16 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from flows.backfill import MAX_VIDEOS_PER_BACKFILL, backfill_flow
-from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture
 
-MODEL = "builtin-textdiff-v1"
 FRAMES = 30
 LONGER_FRAMES = 2400
 # Small caps that pass the coherence checks; the amounts spent beforehand are computed from the
@@ -40,27 +35,7 @@ TINY_BUDGET = {
 BIG_FRAMES = 100_000  # registered so: its deadline, and so its worst case, is above the floor
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    path = tmp_path_factory.mktemp("bfvid") / "clip.mp4"
-    return path, make_video(path, seed=7, frame_count=FRAMES)
-
-
-def setup_env(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_dsn: str,
-    redis_url: str,
-    video: Any,
-    ids: list[str],
-    frames: int = FRAMES,
-    **overrides: Any,
-) -> FlowEnv:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, **overrides)
-    path, truth = video
-    for video_id in ids:
-        env.register(video_id, path, frames, truth.crop_box)
-    return env
+video = clip_fixture("video", seed=7, frames=FRAMES)
 
 
 def backfill(**params: Any) -> tuple[Any, dict[str, Any]]:
@@ -140,32 +115,17 @@ def artifacts_of(flow_run_id: uuid.UUID) -> dict[str, Any]:
     return {a.key: a for a in found if a.key and a.key.startswith("backfill-")}
 
 
-@pytest.fixture(scope="module")
-def longer_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    # Long enough (a few seconds a job) that two subflows of one wave overlap in time for sure:
-    # a 30-frame job ends before the next thread has started its subflow.
-    path = tmp_path_factory.mktemp("bfvid-long") / "clip.mp4"
-    return path, make_video(path, seed=7, frame_count=LONGER_FRAMES)
+# Long enough (a few seconds a job) that two subflows of one wave overlap in time for sure:
+# a 30-frame job ends before the next thread has started its subflow.
+longer_video = clip_fixture("longer_video", seed=7, frames=LONGER_FRAMES)
 
 
 def test_waves_are_bounded_by_warm_capacity_and_a_bad_id_stops_nothing(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_dsn: str,
-    redis_url: str,
-    longer_video: Any,
+    make_env: MakeEnv, longer_video: Any
 ) -> None:
     ids = ["v1", "v2", "v3"]
-    env = setup_env(
-        monkeypatch,
-        tmp_path,
-        pg_dsn,
-        redis_url,
-        longer_video,
-        ids,
-        LONGER_FRAMES,
-        max_containers="2",
-    )
+    env = make_env(max_containers="2")
+    env.register_clip(longer_video, *ids)
     # Asked for 10 at once: clamped to the autoscaler ceiling of 2.
     state, summary = backfill(video_ids=["v1", "nope", "v2", "v1", "v3"], wave_size=10)
 
@@ -214,10 +174,9 @@ def test_waves_are_bounded_by_warm_capacity_and_a_bad_id_stops_nothing(
     assert child.parent_task_run_id is not None
 
 
-def test_spent_budget_stops_before_any_submission(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
-) -> None:
-    env = setup_env(monkeypatch, tmp_path, pg_dsn, redis_url, video, ["v1", "v2"], **TINY_BUDGET)
+def test_spent_budget_stops_before_any_submission(make_env: MakeEnv, video: Any) -> None:
+    env = make_env(**TINY_BUDGET)
+    env.register_clip(video, "v1", "v2")
     smallest, _ = worst_cases_usd(env)
     spend_leaving(env, smallest / 2)
     state, summary = backfill(video_ids=["v1", "v2"], wave_size=1)
@@ -233,10 +192,9 @@ def test_spent_budget_stops_before_any_submission(
     assert env.ledger.list_runs(limit=10) == []
 
 
-def test_budget_refusal_of_one_video_stops_the_later_waves(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
-) -> None:
-    env = setup_env(monkeypatch, tmp_path, pg_dsn, redis_url, video, ["v1"], **TINY_BUDGET)
+def test_budget_refusal_of_one_video_stops_the_later_waves(make_env: MakeEnv, video: Any) -> None:
+    env = make_env(**TINY_BUDGET)
+    env.register_clip(video, "v1")
     path, _ = video
     env.register("big", path, BIG_FRAMES, None)
     smallest, big = worst_cases_usd(env)
@@ -256,18 +214,10 @@ def test_budget_refusal_of_one_video_stops_the_later_waves(
     assert row["video_id"] == "big" and row["rejection_type"] == "budget_exceeded"
 
 
-def test_open_breaker_stops_the_backfill(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
-) -> None:
-    env = setup_env(monkeypatch, tmp_path, pg_dsn, redis_url, video, ["v1", "v2", "v3"])
-    for _ in range(env.settings.breaker_failure_threshold):
-        env.ledger.breaker_record(
-            name="gpu-inference",
-            ok=False,
-            kind="infrastructure",
-            threshold=env.settings.breaker_failure_threshold,
-            window_s=env.settings.breaker_window_s,
-        )
+def test_open_breaker_stops_the_backfill(make_env: MakeEnv, video: Any) -> None:
+    env = make_env()
+    env.register_clip(video, "v1", "v2", "v3")
+    env.breaker_trip()
     state, summary = backfill(video_ids=["v1", "v2", "v3"])
     assert state.name == "Stopped"
     assert summary["stopped"]["kind"] == "circuit_open"

@@ -9,7 +9,6 @@ or rate slot is taken in Redis.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,42 +17,23 @@ from typer.testing import CliRunner
 
 from boundary_inference.cli import app
 from flows.boundary_inference import boundary_inference_flow
-from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture, job, run_flow
+from tests.support import nested
 
-MODEL = "builtin-textdiff-v1"
 FRAMES = 40
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    path = tmp_path_factory.mktemp("bad") / "clip.mp4"
-    return path, make_video(path, seed=9, frame_count=FRAMES)
+clip = clip_fixture("clip", seed=9, frames=FRAMES)
 
 
 @pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, clip: Any
-) -> FlowEnv:
-    flow_env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
-    path, truth = clip
-    flow_env.register("v1", path, FRAMES, truth.crop_box)
-    return flow_env
-
-
-def nested(depth: int) -> list[Any]:
-    outer: list[Any] = []
-    cursor = outer
-    for _ in range(depth - 1):
-        cursor.append([])
-        cursor = cursor[0]
-    return outer
+def env(make_env: MakeEnv, clip: Any) -> FlowEnv:
+    return make_env(clip=clip)
 
 
 def run(**params: Any) -> tuple[Any, dict[str, Any]]:
-    base = {"video_id": "v1", "frames_version": "f1", "model_version": MODEL}
-    state = boundary_inference_flow(**{**base, **params}, return_state=True)
-    return state, state.result(raise_on_failure=False)
+    """The flow on v1 with ``params`` over the defaults."""
+    return run_flow(**job(**params))
 
 
 def quota_taken(env: FlowEnv, redis_url: str) -> list[str]:
@@ -145,17 +125,10 @@ def test_a_trailing_newline_is_not_a_second_dedup_key(env: FlowEnv, redis_url: s
 
 
 def test_too_many_pairs_are_refused_before_they_are_read(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, clip: Any
+    make_env: MakeEnv, redis_url: str, clip: Any
 ) -> None:
     # A small limit: Prefect itself refuses flow parameters over 512 KB (about 30,000 pairs).
-    env = configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
-        redis_url=redis_url,
-        max_frame_pairs="50",
-        allow_unreachable_cost_cap="true",
-    )
+    env = make_env(max_frame_pairs="50", allow_unreachable_cost_cap="true")
     env.register("v1", clip[0], FRAMES, None)
     _, outcome = run(frame_pairs=[["never", "read"]] * 51)
     assert outcome["rejection_type"] == "frame_count_exceeded"

@@ -19,6 +19,7 @@ import pytest
 from boundary_inference.ledger import Ledger
 from config import Settings
 from tasks.cost import calibrate, calibrated_throughput, calibration_key
+from tests.flow_support import MakeEnv
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 RULE = {"default": 100.0, "percentile": 0.2, "min_runs": 5, "max_rise": 1.5}
@@ -189,13 +190,12 @@ def test_the_calibration_query_is_served_by_its_index(pg_dsn: str, ledger: Ledge
 
 
 def test_a_duplicate_pair_job_is_billed_and_calibrated_as_its_distinct_pairs(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str
+    make_env: MakeEnv, tmp_path: Path
 ) -> None:
     from flows.boundary_inference import boundary_inference_flow
     from modal_app.synthetic import make_video
-    from tests.flow_support import configure
 
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    env = make_env()
     path = tmp_path / "clip.mp4"
     truth = make_video(path, seed=5, frame_count=40)
     env.register("v1", path, 40, truth.crop_box)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,8 @@ from typer.testing import CliRunner
 
 from boundary_inference.cli import SUBMIT_FIELDS, app
 from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv
+from tests.support import run_python
 
 FRAMES = 60
 DATA = Path(__file__).parent / "data"
@@ -29,8 +28,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str) -> FlowEnv:
-    return configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+def env(make_env: MakeEnv) -> FlowEnv:
+    return make_env()
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -178,14 +177,8 @@ def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
     env["BOUNDARY_INFERENCE_DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
     env["BOUNDARY_INFERENCE_GUARD_TIMEOUT_S"] = "2"
     for args in (["runs", "--json"], ["rejections"], ["migrate"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "boundary_inference.cli", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        done = run_python(
+            ["-m", "boundary_inference.cli", *args], env=env, cwd=tmp_path, timeout_s=120
         )
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr + done.stdout, done.stderr
@@ -229,15 +222,8 @@ def test_a_failing_prefect_api_is_one_line_and_exit_2(tmp_path: Path) -> None:
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{server.server_address[1]}/api"
         env["PREFECT_CLIENT_MAX_RETRIES"] = "0"
         env["BOUNDARY_INFERENCE_HOME"] = str(tmp_path / "home")
-        done = subprocess.run(
-            [sys.executable, "-m", "boundary_inference.cli", "submit", "v1", "--json"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        submit = ["-m", "boundary_inference.cli", "submit", "v1", "--json"]
+        done = run_python(submit, env=env, cwd=tmp_path, timeout_s=120)
     finally:
         server.shutdown()
     assert done.returncode == 2, (done.stdout, done.stderr)

@@ -6,7 +6,6 @@ Each test gets a fresh ledger schema and Redis key prefix; the executor is the r
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,37 +13,20 @@ from prefect.events.clients import AssertingEventsClient
 
 from boundary_inference.outcome import outcome_of
 from flows.boundary_inference import boundary_inference_flow
-from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture
+from tests.flow_support import job as base
+from tests.flow_support import run_flow as run
+from tests.support import try_reserve
 
-MODEL = "builtin-textdiff-v1"
 FRAMES = 120
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    truth = make_video(path, seed=11, frame_count=FRAMES)
-    return path, truth
+video = clip_fixture("video", seed=11, frames=FRAMES)
 
 
 @pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
-) -> FlowEnv:
-    flow_env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
-    path, truth = video
-    flow_env.register("v1", path, FRAMES, truth.crop_box)
-    return flow_env
-
-
-def run(**params: Any) -> tuple[Any, dict[str, Any]]:
-    state = boundary_inference_flow(**params, return_state=True)
-    return state, outcome_of(state)
-
-
-def base(**extra: Any) -> dict[str, Any]:
-    return {"video_id": "v1", "frames_version": "f1", "model_version": MODEL, **extra}
+def env(make_env: MakeEnv, video: Any) -> FlowEnv:
+    return make_env(clip=video)
 
 
 def rejections(env: FlowEnv) -> list[dict[str, Any]]:
@@ -149,19 +131,8 @@ def test_bad_input_is_a_recorded_typed_rejection(
     assert env.executor_calls() == 0
 
 
-def test_too_many_pairs_is_frame_count_exceeded(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
-) -> None:
-    env = configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
-        redis_url=redis_url,
-        max_frame_pairs="50",
-        allow_unreachable_cost_cap="true",
-    )
-    path, truth = video
-    env.register("v1", path, FRAMES, truth.crop_box)
+def test_too_many_pairs_is_frame_count_exceeded(make_env: MakeEnv, video: Any) -> None:
+    env = make_env(clip=video, max_frame_pairs="50", allow_unreachable_cost_cap="true")
     _, outcome = run(**base())
     assert outcome["rejection_type"] == "frame_count_exceeded"
     assert "119 frame pairs" in outcome["message"]
@@ -180,16 +151,11 @@ def test_worst_case_over_the_cap_is_cost_exceeded(env: FlowEnv, video: Any) -> N
     assert env.executor_calls() == 0
 
 
-def test_budget_exceeded_refunds_the_cooldown(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
-) -> None:
+def test_budget_exceeded_refunds_the_cooldown(make_env: MakeEnv, video: Any) -> None:
     # Small caps that still pass the coherence checks: ceiling = 1 attempt x (10 s start-up +
     # 60 s + 1 s grace) + 2 s tail = $0.022; this job's worst case is (10 + 30 + 1 + 2) s = $0.013.
-    env = configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
-        redis_url=redis_url,
+    env = make_env(
+        clip=video,
         gpu_retries="0",
         gpu_timeout_s="60",
         startup_timeout_s="10",
@@ -202,15 +168,10 @@ def test_budget_exceeded_refunds_the_cooldown(
         daily_spend_alert_usd="0.02",  # below the budget, or it could never fire
         allow_unreachable_cost_cap="true",
     )
-    path, truth = video
-    env.register("v1", path, FRAMES, truth.crop_box)
-    env.ledger.reserve_budget(
-        run_id="00000000-0000-0000-0000-000000000001",
-        tenant_id="other",
-        amount_usd=0.02,
-        daily_cap_usd=1.0,
-        monthly_cap_usd=1.0,
-    )
+    # Another tenant's job holds $0.02 of today's budget (now=None: the database's clock).
+    caps = {"daily_cap_usd": 1.0, "monthly_cap_usd": 1.0}
+    other_run = "00000000-0000-0000-0000-000000000001"
+    try_reserve(env.ledger, 0.02, caps=caps, now=None, tenant="other", run_id=other_run)
     _, outcome = run(**base())
     assert outcome["rejection_type"] == "budget_exceeded", outcome
     assert env.executor_calls() == 0
@@ -219,22 +180,14 @@ def test_budget_exceeded_refunds_the_cooldown(
     assert again["rejection_type"] == "budget_exceeded"
 
 
-def test_global_rate_limit(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
-) -> None:
-    env = configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
-        redis_url=redis_url,
+def test_global_rate_limit(make_env: MakeEnv, video: Any) -> None:
+    env = make_env(
         global_rate_limit_jobs="1",
         # At 1 job an hour at most 2 can fail inside one breaker window: a threshold of 5 could
         # never open the circuit, and is refused at start.
         breaker_failure_threshold="2",
     )
-    path, truth = video
-    env.register("v1", path, FRAMES, truth.crop_box)
-    env.register("v2", path, FRAMES, truth.crop_box)
+    env.register_clip(video, "v1", "v2")
     _, first = run(**base(frame_pairs=[[0, 1], [1, 2]]))
     _, second = run(**base(video_id="v2", frame_pairs=[[0, 1], [1, 2]]))
     assert first["status"] == "succeeded"
@@ -263,14 +216,7 @@ def test_queue_full(env: FlowEnv, video: Any) -> None:
 
 
 def test_open_circuit_refuses(env: FlowEnv) -> None:
-    for _ in range(env.settings.breaker_failure_threshold):
-        env.ledger.breaker_record(
-            name="gpu-inference",
-            ok=False,
-            kind="infrastructure",
-            threshold=env.settings.breaker_failure_threshold,
-            window_s=env.settings.breaker_window_s,
-        )
+    env.breaker_trip()
     _, outcome = run(**base())
     assert outcome["rejection_type"] == "circuit_open"
     assert outcome["retry_after_s"] > 0

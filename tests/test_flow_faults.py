@@ -20,39 +20,32 @@ from boundary_inference.executor import LocalExecutor
 from boundary_inference.outcome import outcome_of
 from boundary_inference.processes import pid_alive
 from flows.boundary_inference import boundary_inference_flow
-from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture
+from tests.flow_support import job as base
+from tests.flow_support import run_flow as run
 
-MODEL = "builtin-textdiff-v1"
 FRAMES = 60
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    path = tmp_path_factory.mktemp("vid") / "clip.mp4"
-    return path, make_video(path, seed=5, frame_count=FRAMES)
+video = clip_fixture("video", seed=5, frames=FRAMES)
 
 
-def run(**params: Any) -> tuple[Any, dict[str, Any]]:
-    state = boundary_inference_flow(**params, return_state=True)
-    return state, outcome_of(state)
-
-
-def base(**extra: Any) -> dict[str, Any]:
-    return {"video_id": "v1", "frames_version": "f1", "model_version": MODEL, **extra}
-
-
-def test_redis_down_fails_closed_and_is_recorded(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, video: Any
-) -> None:
-    private = start_redis(tmp_path / "r")
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=private.url, guard_timeout_s="1")
-    path, truth = video
-    env.register("v1", path, FRAMES, truth.crop_box)
-    private.stop()
+def refused_while_down(server: Any) -> dict[str, Any]:
+    """Stop ``server`` (a store the flow needs), then submit v1: refused, ``guard_unavailable``."""
+    server.stop()
     state, outcome = run(**base())
     assert state.name == "Rejected"
     assert outcome["rejection_type"] == "guard_unavailable"
+    return outcome
+
+
+def test_redis_down_fails_closed_and_is_recorded(
+    make_env: MakeEnv, tmp_path: Path, video: Any
+) -> None:
+    private = start_redis(tmp_path / "r")
+    env = make_env(redis_url=private.url, guard_timeout_s="1")
+    env.register_clip(video)
+    refused_while_down(private)
     assert env.executor_calls() == 0
     (row,) = env.ledger.list_rejections(unacknowledged_only=True, limit=10)
     assert row["rejection_type"] == "guard_unavailable"
@@ -60,34 +53,20 @@ def test_redis_down_fails_closed_and_is_recorded(
     assert float(env.ledger.spend_summary()["daily_committed_usd"]) == 0.0
 
 
-def test_postgres_down_fails_closed(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server_dir: Path, redis_url: str, video: Any
-) -> None:
+def test_postgres_down_fails_closed(make_env: MakeEnv, server_dir: Path, video: Any) -> None:
     private = start_postgres(server_dir, stop_at_exit=True)
-    env = configure(
-        monkeypatch, tmp_path, dsn=private.dsn, redis_url=redis_url, guard_timeout_s="2"
-    )
-    path, truth = video
-    env.register("v1", path, FRAMES, truth.crop_box)
-    private.stop()
-    state, outcome = run(**base())
-    assert state.name == "Rejected"
-    assert outcome["rejection_type"] == "guard_unavailable"
+    env = make_env(dsn=private.dsn, guard_timeout_s="2")
+    env.register_clip(video)
+    outcome = refused_while_down(private)
     assert outcome["rejection_id"] is None  # the ledger was what was down: reported, not recorded
     assert env.executor_calls() == 0
 
 
-def test_hung_decoder_is_killed_at_the_deadline(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str
-) -> None:
+def test_hung_decoder_is_killed_at_the_deadline(make_env: MakeEnv, tmp_path: Path) -> None:
     # A FIFO with no writer: opening it blocks forever inside the native decoder.
     fifo = tmp_path / "hang.mp4"
     os.mkfifo(fifo)
-    env = configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
-        redis_url=redis_url,
+    env = make_env(
         min_deadline_s="2",
         deadline_factor="1",
         cold_start_s="0",
@@ -113,13 +92,13 @@ class TimesOutWhileWatching(LocalExecutor):
 
 
 def test_flow_timeout_cancels_the_call(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str
+    make_env: MakeEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import boundary_inference.services as services
 
     fifo = tmp_path / "hang.mp4"
     os.mkfifo(fifo)
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    env = make_env()
     env.register("v1", fifo, FRAMES, None)
     monkeypatch.setattr(
         services, "open_executor", lambda settings: TimesOutWhileWatching(env.jobs_dir)
@@ -149,12 +128,9 @@ def test_concurrent_submissions_threads_spawn_once(env_threads: FlowEnv) -> None
 
 
 @pytest.fixture
-def env_threads(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
-) -> FlowEnv:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
-    path, truth = video
-    env.register("v1", path, FRAMES, truth.crop_box)
+def env_threads(make_env: MakeEnv, video: Any) -> FlowEnv:
+    env = make_env()
+    env.register_clip(video)
     return env
 
 
@@ -199,7 +175,7 @@ boundary_inference_flow(video_id="v1", frames_version="f1", model_version=sys.ar
 
 
 def test_retried_flow_run_reattaches_to_its_call_instead_of_spawning_again(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
+    make_env: MakeEnv, video: Any
 ) -> None:
     """The flow process is SIGKILLed after the spawn (no chance to cancel anything); the call
     lives on. Retrying that flow run (same id, as the UI's Retry does) watches the same call and
@@ -211,9 +187,8 @@ def test_retried_flow_run_reattaches_to_its_call_instead_of_spawning_again(
     from prefect.settings import PREFECT_API_URL
     from prefect.states import Scheduled
 
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
-    path, truth = video
-    env.register("v1", path, FRAMES, truth.crop_box)
+    env = make_env()
+    env.register_clip(video)
     child_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     flow_proc = subprocess.Popen(
         [sys.executable, "-c", _FLOW_IN_A_CHILD, MODEL], env=child_env, start_new_session=True
@@ -266,7 +241,7 @@ def test_retried_flow_run_reattaches_to_its_call_instead_of_spawning_again(
 
 
 def test_ledger_lost_after_the_spawn_is_a_failure_that_keeps_the_money_and_quota(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server_dir: Path, redis_url: str, video: Any
+    make_env: MakeEnv, tmp_path: Path, server_dir: Path, redis_url: str, video: Any
 ) -> None:
     """PostgreSQL dies while the job runs; settling then fails. The job was spawned, so this is
     no "rejection, nothing spawned": the reservation stays at the worst case, the cooldown is
@@ -277,18 +252,14 @@ def test_ledger_lost_after_the_spawn_is_a_failure_that_keeps_the_money_and_quota
     from boundary_inference.limiter import Limiter, open_redis_client
 
     private = start_postgres(server_dir)
-    env = configure(
-        monkeypatch,
-        tmp_path,
+    env = make_env(
         dsn=private.dsn,
-        redis_url=redis_url,
         guard_timeout_s="2",
         min_deadline_s="3",
         deadline_factor="1",
         cold_start_s="0",
     )
-    path, truth = video
-    env.register("v1", path, FRAMES, truth.crop_box)
+    env.register_clip(video)
     fifo = tmp_path / "hang.mp4"
     os.mkfifo(fifo)
     env.register("v2", fifo, FRAMES, None)  # hangs until its 3 s deadline: time to kill the DB

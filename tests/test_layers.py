@@ -40,6 +40,16 @@ def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
+def _imports_into(package: str, ours: set[str]) -> set[str]:
+    """ "<module> imports <name>" for each import in ``package`` of a top-level package in ``ours``."""
+    return {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in _modules(package)
+        for name in _imports(path)
+        if _top(name) in ours
+    }
+
+
 def test_adapters_never_import_flows_or_tasks() -> None:
     upward = {
         f"{path.relative_to(ROOT)} imports {name}"
@@ -66,26 +76,14 @@ def test_tasks_never_import_flows_or_entry_points() -> None:
 
 
 def test_the_gpu_payload_imports_nothing_of_ours_but_config() -> None:
-    ours = {"boundary_inference", "flows", "tasks"}
-    upward = {
-        f"{path.relative_to(ROOT)} imports {name}"
-        for path in _modules("modal_app")
-        for name in _imports(path)
-        if _top(name) in ours
-    }
+    upward = _imports_into("modal_app", {"boundary_inference", "flows", "tasks"})
     assert not upward, sorted(upward)
 
 
 def test_config_imports_nothing_of_ours() -> None:
     # The Modal image ships exactly modal_app and config (modal_config.build_image): an import of
     # boundary_inference here would fail in the container at `import config`.
-    ours = {"boundary_inference", "flows", "tasks", "modal_app"}
-    upward = {
-        f"{path.relative_to(ROOT)} imports {name}"
-        for path in _modules("config")
-        for name in _imports(path)
-        if _top(name) in ours
-    }
+    upward = _imports_into("config", {"boundary_inference", "flows", "tasks", "modal_app"})
     assert not upward, sorted(upward)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from boundary_inference.ledger import IllegalTransition, Ledger, PsycopgTransport
 from tasks.lease import LeaseKeeper
+from tests.support import reserve
 
 KEY = {"video_id": "v1", "tenant_id": "t1", "frames_version": "f1", "model_version": "m1"}
 
@@ -32,17 +33,6 @@ def expire(ledger: Ledger, pg_dsn: str, run_id: str, seconds_ago: float = 1.0) -
             " SET lease_expires_at = now() - make_interval(secs => %s) WHERE id = %s",
             (seconds_ago, run_id),
         )
-
-
-def reserve(ledger: Ledger, run_id: str, amount_usd: float) -> None:
-    done = ledger.reserve_budget(
-        run_id=run_id,
-        tenant_id="t1",
-        amount_usd=amount_usd,
-        daily_cap_usd=100,
-        monthly_cap_usd=1000,
-    )
-    assert done["ok"], done
 
 
 def test_a_live_lease_is_a_duplicate_and_an_expired_one_is_not(

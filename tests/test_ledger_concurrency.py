@@ -7,38 +7,17 @@ race inside the server. Counts must be exact: one creator, 40 reservations, one 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from boundary_inference.ledger import Ledger
 from boundary_inference.ledger.bench import concurrency_figures, race
+from tests.support import RUN_KEY as KEY
+from tests.support import T0, in_threads, try_reserve
 
-T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
-KEY: dict[str, Any] = {
-    "video_id": "v1",
-    "tenant_id": "t1",
-    "frames_version": "f1",
-    "model_version": "m1",
-}
 BREAKER: dict[str, Any] = {"name": "modal", "threshold": 5, "window_s": 3600}
-
-
-def in_threads(ledger: Ledger, calls: list[Callable[[Ledger], Any]]) -> list[Any]:
-    """Run ``calls`` at once, one thread (and connection) each."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[Ledger], Any]) -> Any:
-        ledger.ping()  # this thread's connection is open before the race
-        barrier.wait(timeout=60)
-        return call(ledger)
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(run, calls))
 
 
 def open_breaker(ledger: Ledger) -> None:
@@ -71,17 +50,8 @@ def test_50_threads_force_claim_after_success_one_rerun(ledger: Ledger) -> None:
 
 def test_100_reservations_of_50_cents_against_20_dollars_threads(ledger: Ledger) -> None:
     def call(lg: Ledger) -> list[dict]:
-        return [
-            lg.reserve_budget(
-                run_id=uuid.uuid4(),
-                tenant_id="t1",
-                amount_usd=0.5,
-                daily_cap_usd=20.0,
-                monthly_cap_usd=100.0,
-                now=T0,
-            )
-            for _ in range(2)
-        ]
+        caps = {"daily_cap_usd": 20.0, "monthly_cap_usd": 100.0}
+        return [try_reserve(lg, 0.5, caps=caps, now=T0, run_id=uuid.uuid4()) for _ in range(2)]
 
     results = [r for pair in in_threads(ledger, [call] * 50) for r in pair]
     assert len(results) == 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from typing import Any
 
@@ -17,14 +18,8 @@ from boundary_inference.ledger import (
     PsycopgTransport,
     RunNotFound,
 )
-
-T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
-KEY: dict[str, Any] = {
-    "video_id": "v1",
-    "tenant_id": "t1",
-    "frames_version": "f1",
-    "model_version": "m1",
-}
+from tests.support import RUN_KEY as KEY
+from tests.support import T0, try_reserve
 
 
 def at(seconds: float) -> dt.datetime:
@@ -322,24 +317,7 @@ def test_recent_throughput_reads_distinct_pairs_over_gpu_seconds(ledger: Ledger)
 # --- budget ---------------------------------------------------------------------------------------
 
 CAPS: dict[str, Any] = {"daily_cap_usd": 2.0, "monthly_cap_usd": 3.0}
-
-
-def reserve(
-    ledger: Ledger,
-    amount: float,
-    *,
-    now: dt.datetime = T0,
-    tenant: str = "t1",
-    run_id: str | None = None,
-    **caps: float,
-) -> dict:
-    return ledger.reserve_budget(
-        run_id=run_id or str(uuid.uuid4()),
-        tenant_id=tenant,
-        amount_usd=amount,
-        now=now,
-        **{**CAPS, **caps},
-    )
+reserve = functools.partial(try_reserve, caps=CAPS)
 
 
 def test_reserve_until_daily_then_monthly_cap(ledger: Ledger) -> None:
@@ -451,6 +429,13 @@ def check(ledger: Ledger, seconds: float, acquire: bool = True) -> dict:
     return ledger.breaker_check(**BREAKER, open_s=300, acquire_probe=acquire, now=at(seconds))
 
 
+def probe_out(ledger: Ledger) -> None:
+    """Open the circuit (five failures), then take its half-open probe once ``open_s`` is over."""
+    for i in range(5):
+        fail(ledger, i)
+    assert check(ledger, 304)["probe"] is True
+
+
 def test_breaker_opens_after_threshold_failures_in_window(ledger: Ledger) -> None:
     assert check(ledger, 0) == {
         "allowed": True,
@@ -494,18 +479,14 @@ def test_half_open_probe_success_closes_and_old_failures_stop_counting(ledger: L
 
 
 def test_half_open_probe_failure_reopens(ledger: Ledger) -> None:
-    for i in range(5):
-        fail(ledger, i)
-    assert check(ledger, 304)["probe"] is True
+    probe_out(ledger)
     assert fail(ledger, 320)["state"] == "open"
     again = check(ledger, 400)
     assert again["allowed"] is False and again["retry_after_s"] == 220  # opened_at moved to 320
 
 
 def test_half_open_closes_only_on_the_probes_own_success(ledger: Ledger) -> None:
-    for i in range(5):
-        fail(ledger, i)
-    assert check(ledger, 304)["probe"] is True
+    probe_out(ledger)
     # A job admitted before the circuit opened finishes late: says nothing about the service now.
     late = ledger.breaker_record(**BREAKER, ok=True, kind="success", probe=False, now=at(306))
     assert late["state"] == "half_open"
@@ -515,17 +496,13 @@ def test_half_open_closes_only_on_the_probes_own_success(ledger: Ledger) -> None
 
 
 def test_half_open_reopens_on_any_failure(ledger: Ledger) -> None:
-    for i in range(5):
-        fail(ledger, i)
-    assert check(ledger, 304)["probe"] is True
+    probe_out(ledger)
     late = ledger.breaker_record(**BREAKER, ok=False, kind="timeout", probe=False, now=at(306))
     assert late["state"] == "open"
 
 
 def test_lost_probe_is_replaced_after_open_s(ledger: Ledger) -> None:
-    for i in range(5):
-        fail(ledger, i)
-    assert check(ledger, 304)["probe"] is True
+    probe_out(ledger)
     assert check(ledger, 500)["allowed"] is False  # probe still out
     replacement = check(ledger, 604)
     assert replacement["allowed"] is True and replacement["probe"] is True

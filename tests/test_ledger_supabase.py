@@ -26,6 +26,7 @@ from boundary_inference.ledger import (
     RunNotFound,
     SupabaseTransport,
 )
+from tests.support import try_reserve
 
 URL = "https://project-ref.supabase.co"
 # Shape of a service-role JWT (not a real one).
@@ -34,6 +35,15 @@ SCHEMA = "bi_contract"
 RUN = "7d8c3c1e-6c57-4f3e-9a57-2a7c4f1b9e01"
 NOW = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
 NOW_S = NOW.isoformat()
+# What claim_run sends for the key (v1, t1, f, m) and no options of its own.
+CLAIM_PARAMS: dict[str, Any] = {
+    "p_video_id": "v1",
+    "p_tenant_id": "t1",
+    "p_frames_version": "f",
+    "p_model_version": "m",
+    "p_priority": "normal",
+    "p_force": False,
+}
 
 # (method, kwargs, expected JSON body). Every Ledger method appears at least once.
 CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
@@ -139,14 +149,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     (
         "claim_run",
         {"video_id": "v1", "tenant_id": "t1", "frames_version": "f", "model_version": "m"},
-        {
-            "p_video_id": "v1",
-            "p_tenant_id": "t1",
-            "p_frames_version": "f",
-            "p_model_version": "m",
-            "p_priority": "normal",
-            "p_force": False,
-        },
+        CLAIM_PARAMS,
     ),
     (
         "transition_run",
@@ -324,16 +327,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             "lease_s": 60.0,
             "lease_owner": "fr",
         },
-        {
-            "p_video_id": "v1",
-            "p_tenant_id": "t1",
-            "p_frames_version": "f",
-            "p_model_version": "m",
-            "p_priority": "normal",
-            "p_force": False,
-            "p_lease_s": 60.0,
-            "p_lease_owner": "fr",
-        },
+        {**CLAIM_PARAMS, "p_lease_s": 60.0, "p_lease_owner": "fr"},
     ),
     (
         "renew_lease",
@@ -575,23 +569,10 @@ def test_guard_lifecycle_through_supabase_path(supa_on_postgres: Ledger) -> None
     )
     run_id = claim["run_id"]
     assert lg.queue_depth() == {"queued": 1, "running": 0, "total": 1}
-    budget = lg.reserve_budget(
-        run_id=run_id,
-        tenant_id="t1",
-        amount_usd=0.5,
-        daily_cap_usd=0.75,
-        monthly_cap_usd=10,
-        now=NOW,
-    )
+    caps = {"daily_cap_usd": 0.75, "monthly_cap_usd": 10}
+    budget = try_reserve(lg, 0.5, caps=caps, now=NOW, run_id=run_id)
     assert budget["ok"] is True
-    refused = lg.reserve_budget(
-        run_id=uuid.uuid4(),
-        tenant_id="t1",
-        amount_usd=0.5,
-        daily_cap_usd=0.75,
-        monthly_cap_usd=10,
-        now=NOW,
-    )
+    refused = try_reserve(lg, 0.5, caps=caps, now=NOW, run_id=uuid.uuid4())
     assert refused["reason"] == "daily_cap"
     assert lg.breaker_check(name="modal", threshold=5, window_s=60, open_s=60)["allowed"]
     lg.set_call_id(run_id=run_id, call_id="fc-1")

@@ -4,7 +4,7 @@ for drift, rebuilt on demand, and exact under concurrent reserve, settle and rel
 from __future__ import annotations
 
 import datetime as dt
-import shutil
+import functools
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -17,9 +17,8 @@ from psycopg import sql
 
 from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
 from boundary_inference.ledger.bench import race
-from migrations import migration_files
+from tests.support import T0, schema_migrated_before, try_reserve
 
-T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
 ALL_HISTORY = dt.date(2000, 1, 1)
 CAPS: dict[str, Any] = {"daily_cap_usd": 100.0, "monthly_cap_usd": 1000.0}
 
@@ -29,22 +28,7 @@ def prefect_harness() -> None:
     """Overrides the suite-wide Prefect API: nothing here touches Prefect."""
 
 
-def reserve(
-    ledger: Ledger,
-    amount: float,
-    *,
-    tenant: str = "t1",
-    now: dt.datetime = T0,
-    run_id: str | None = None,
-    **caps: float,
-) -> dict:
-    return ledger.reserve_budget(
-        run_id=run_id or str(uuid.uuid4()),
-        tenant_id=tenant,
-        amount_usd=amount,
-        now=now,
-        **{**CAPS, **caps},
-    )
+reserve = functools.partial(try_reserve, caps=CAPS)
 
 
 def totals(dsn: str, schema: str) -> dict[tuple[str, str, str], tuple[Decimal, Decimal, int]]:
@@ -170,16 +154,8 @@ def test_rebuild_from_a_month_leaves_earlier_months_alone(ledger: Ledger, pg_dsn
 @pytest.fixture
 def old_schema(pg_dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A schema migrated only up to the migrations before the totals (as production was)."""
-    schema = f"bi_old_{uuid.uuid4().hex[:10]}"
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in migration_files():
-        if path.name < "20261130400000":
-            shutil.copy(path, before / path.name)
-    apply_migrations(pg_dsn, schema, directory=before)
-    yield schema, before
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    with schema_migrated_before(pg_dsn, tmp_path, "20261130400000") as made:
+        yield made
 
 
 def test_the_migration_back_fills_existing_reservations(

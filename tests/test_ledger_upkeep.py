@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from prefect.events.clients import AssertingEventsClient
 from psycopg import sql
 from typer.testing import CliRunner
@@ -17,7 +15,7 @@ from typer.testing import CliRunner
 from boundary_inference.cli import app
 from flows import rejection_monitor as monitor
 from tasks.ledger_upkeep import BUDGET_DRIFT_EVENT
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -57,15 +55,9 @@ def drift(env: FlowEnv, pg_dsn: str, run_id: str) -> None:
 
 
 def test_monitor_alerts_on_drift_and_prunes_old_predictions(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_dsn: str,
-    redis_url: str,
-    asserting_events_worker: Any,
+    make_env: MakeEnv, pg_dsn: str, asserting_events_worker: Any
 ) -> None:
-    env = configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, predictions_retention_days="30"
-    )
+    env = make_env(predictions_retention_days="30")
     old, recent = seed(env)
 
     quiet = monitor.rejection_monitor_flow()
@@ -84,10 +76,8 @@ def test_monitor_alerts_on_drift_and_prunes_old_predictions(
     assert found[0].payload["ok"] is False and found[0].payload["drift_rows"] == 4
 
 
-def test_ledger_cli_checks_repairs_prunes_and_sizes(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str
-) -> None:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+def test_ledger_cli_checks_repairs_prunes_and_sizes(make_env: MakeEnv, pg_dsn: str) -> None:
+    env = make_env()
     old, recent = seed(env)
 
     assert cli("check")[0] == 0

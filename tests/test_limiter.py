@@ -29,6 +29,7 @@ from boundary_inference.limiter import (
 from boundary_inference.limiter.bench import concurrency_figures, fresh_limiter
 from boundary_inference.processes import pid_alive
 from tests.flow_support import freeze
+from tests.support import Clock
 
 HOUR_S = 3600.0
 
@@ -401,26 +402,13 @@ def test_a_rebuild_only_adds(limiter: Limiter) -> None:
     assert limiter.window_count(window_s=HOUR_S) == 2
 
 
-class _Clock:
-    """An injected clock: sleeping advances it; nothing waits for real."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_one_process_rebuilds_the_others_fail_closed_until_it_is_done(redis_url: str) -> None:
     """Eight clients find the state unsynced at once. Exactly one reads the ledger; while its read
     is held open (a source that blocks until told), the others wait their guard timeout (an
     injected clock) and refuse: nothing is admitted from a half-rebuilt state."""
     prefix = f"r{uuid.uuid4().hex[:8]}"
     clients = [open_redis_client(redis_url, timeout_s=5) for _ in range(8)]
-    clocks = [_Clock() for _ in clients]
+    clocks = [Clock() for _ in clients]
     limiters = [
         Limiter(c, prefix=prefix, clock=k, sleep=k.sleep)
         for c, k in zip(clients, clocks, strict=True)

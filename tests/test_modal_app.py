@@ -44,6 +44,8 @@ from modal_app.modal_config import (
 from modal_app.models import BUILTIN, BUILTIN_MODEL
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import InferenceRequest
+from tests.storage_support import unreachable_store
+from tests.support import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 # Threads an attempt starts; none may outlive it.
@@ -147,6 +149,22 @@ class HungModel:
 
 def use_model(monkeypatch: pytest.MonkeyPatch, model: Any) -> None:
     monkeypatch.setattr(predictor, "get_model", lambda version, models_dir=None: model)
+
+
+def run_watched(
+    request: InferenceRequest, store: Any, exits: list[int], clock: FakeClock
+) -> dict[str, Any]:
+    """``run_call`` with its watchdogs on the job's ``clock``; a hard exit is recorded in
+    ``exits`` instead of ending the test process."""
+    return run_call(
+        request.to_dict(),
+        store=store,
+        max_attempts=3,
+        models_dir=None,
+        hard_exit=exits.append,
+        abort_grace_s=0.5,
+        clock=clock,
+    )
 
 
 def stepping_clock(step_s: float) -> Callable[[], float]:
@@ -419,14 +437,8 @@ def test_the_deadline_fires_inside_a_batch_that_never_ends(
     exits: list[int] = []
     store = RecordingStore()
     with pytest.raises(DeadlineExceeded, match="deadline watchdog"):
-        run_call(
-            make_request(clip[0], deadline_s=60.0, heartbeat_timeout_s=600).to_dict(),
-            store=store,
-            max_attempts=3,
-            models_dir=None,
-            hard_exit=exits.append,
-            abort_grace_s=0.5,
-            clock=clock,
+        run_watched(
+            make_request(clip[0], deadline_s=60.0, heartbeat_timeout_s=600), store, exits, clock
         )
     assert store[attempts_key("run-1")]["billed_s"] == pytest.approx(61.0)
     time.sleep(0.8)  # past the grace: the thread honoured the abort, so no exit
@@ -442,14 +454,8 @@ def test_the_heartbeat_ends_a_hang_well_before_the_hard_timeout(
     store = RecordingStore()
     exits: list[int] = []
     with pytest.raises(Stalled, match="heartbeat"):
-        run_call(
-            make_request(clip[0], deadline_s=3000.0, heartbeat_timeout_s=120.0).to_dict(),
-            store=store,
-            max_attempts=3,
-            models_dir=None,
-            hard_exit=exits.append,
-            abort_grace_s=0.5,
-            clock=clock,
+        run_watched(
+            make_request(clip[0], deadline_s=3000.0, heartbeat_timeout_s=120.0), store, exits, clock
         )
     assert model.calls == 1
     record = store[attempts_key("run-1")]
@@ -680,7 +686,6 @@ def test_modal_deploy_can_import_the_app_file_offline() -> None:
     """``modal deploy modal_app/app.py`` imports the file in script mode (its folder first on
     ``sys.path``, module name ``app``): done here with modal's own import code, in a child
     process so that the path change does not leak into the suite."""
-    import subprocess
 
     code = (
         "from modal.cli.import_refs import import_file_or_module, parse_import_ref\n"
@@ -690,15 +695,7 @@ def test_modal_deploy_can_import_the_app_file_offline() -> None:
         "print(module.__name__, module.app.name, info.max_retries, info.timeout)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOUNDARY_INFERENCE_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python(["-c", code], env=env, cwd=ROOT, timeout_s=60)
     assert done.returncode == 0, done.stderr[-2000:]
     fields = type(get_settings()).model_fields  # the child ran with no overrides: defaults
     expected = " ".join(
@@ -744,18 +741,9 @@ def test_a_swapped_checkpoint_is_returned_typed_before_any_frame_is_decoded(
 def test_a_store_that_does_not_answer_is_raised_for_modal_to_retry(
     refused_port: int,
 ) -> None:
-    from pydantic import SecretStr
-
     from modal_app.errors import SourceUnavailable
-    from modal_app.sources import StorageConfig
 
-    down = StorageConfig(
-        s3_endpoint_url=f"http://127.0.0.1:{refused_port}",
-        s3_region="us-east-1",
-        s3_access_key_id=SecretStr("k"),
-        s3_secret_access_key=SecretStr("s"),
-        timeout_s=0.5,
-    )
+    down = unreachable_store(refused_port)
     store: dict[str, Any] = {}
     request = make_request("s3://videos/clip.mp4")
     with pytest.raises(SourceUnavailable):

@@ -20,6 +20,7 @@ from boundary_inference.pairs import (
     max_json_chars,
     parse_frame_pairs,
 )
+from tests.support import nested
 
 FRAMES = 120
 
@@ -34,15 +35,6 @@ LIMIT = 1000
 
 def parse(value: Any, *, max_pairs: int = LIMIT) -> FramePairs | PairsProblem:
     return parse_frame_pairs(value, frame_count=FRAMES, max_pairs=max_pairs)
-
-
-def nested(depth: int) -> list[Any]:
-    outer: list[Any] = []
-    cursor = outer
-    for _ in range(depth - 1):
-        cursor.append([])
-        cursor = cursor[0]
-    return outer
 
 
 def test_duplicates_are_dropped_and_counted_in_first_seen_order() -> None:

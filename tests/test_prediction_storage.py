@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,8 @@ from boundary_inference.ledger import (
     apply_migrations,
 )
 from boundary_inference.ledger.predictions import pack, save_in_batches, unpack
-from migrations import migration_files
 from modal_app.types import PairPrediction
+from tests.support import schema_migrated_before
 
 T0 = dt.datetime(2030, 1, 15, 12, 0, tzinfo=dt.UTC)
 
@@ -224,16 +223,8 @@ def test_retention_deletes_whole_old_runs_in_bounded_calls(ledger: Ledger, pg_ds
 @pytest.fixture
 def schema_before(pg_dsn: str, tmp_path: Path) -> Iterator[str]:
     """A schema migrated up to the migrations before the packed predictions."""
-    schema = f"bi_old_{uuid.uuid4().hex[:10]}"
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in migration_files():
-        if path.name < "20261130400000":
-            shutil.copy(path, before / path.name)
-    apply_migrations(pg_dsn, schema, directory=before)
-    yield schema
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    with schema_migrated_before(pg_dsn, tmp_path, "20261130400000") as (schema, _):
+        yield schema
 
 
 def test_the_migration_packs_existing_rows(schema_before: str, pg_dsn: str) -> None:

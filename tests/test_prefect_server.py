@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
 
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import MODEL, FlowEnv, MakeEnv
+from tests.support import run_python
 
 # Waits below are hang guards, not measurements: on a loaded 2-core machine one Prefect CLI call
 # or flow run takes a minute.
@@ -37,7 +38,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK_NAME = "bi-test-alerts"
-MODEL = "builtin-textdiff-v1"
 POOL = "boundary-inference-pool"
 
 
@@ -65,6 +65,21 @@ def _wait(what: str, check: Callable[[], Any], timeout_s: float, every_s: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(every_s)
+
+
+def _spawn_python(
+    args: list[str], *, env: dict[str, str], cwd: Path | None, log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """``python <args>`` in its own session (so :func:`_stop` ends its whole group), its output
+    in ``log``."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env=env,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -171,23 +186,8 @@ def prefect_server(server_log: Path) -> Iterator[str]:
         PREFECT_SERVER_API_PORT=str(port),
     )
     log = server_log.open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    start = ["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    proc = _spawn_python(start, env=env, cwd=None, log=log)
     url = f"http://127.0.0.1:{port}/api"
 
     def healthy() -> bool:
@@ -218,8 +218,8 @@ def webhook() -> Iterator[_Webhook]:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str) -> FlowEnv:
-    return configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+def env(make_env: MakeEnv) -> FlowEnv:
+    return make_env()
 
 
 def _client_env(api_url: str, home: Path) -> dict[str, str]:
@@ -289,14 +289,7 @@ def test_served_deployments_rejection_schedule_and_automations(
     api_url = prefect_server
     child_env = _client_env(api_url, tmp_path / "client-home")
     serve_log = (tmp_path / "serve.log").open("wb")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "flows.serve"],
-        env=child_env,
-        cwd=ROOT,
-        stdout=serve_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    serve = _spawn_python(["-m", "flows.serve"], env=child_env, cwd=ROOT, log=serve_log)
     try:
         # While the deployments register: a notification block and the shipped automations.
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -414,15 +407,7 @@ def test_served_deployments_rejection_schedule_and_automations(
 
 
 def _prefect_cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "prefect", "--no-prompt", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    done = run_python(["-m", "prefect", "--no-prompt", *args], env=env, cwd=ROOT, timeout_s=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -502,14 +487,8 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
     env.register("broken", broken, 30, None)
     worker_log = tmp_path / "worker.log"
     with worker_log.open("wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
-            env=worker_env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        start = ["-m", "prefect", "worker", "start", "--pool", POOL]
+        worker = _spawn_python(start, env=worker_env, cwd=tmp_path, log=log)
     try:
         api = _api(api_url)
         no_parameters = _deployment_run(["boundary-inference/default"], worker_env)

@@ -20,10 +20,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Completed, Late, Pending, Running, Scheduled
 
 from flows import rejection_monitor as monitor
-from flows.boundary_inference import boundary_inference_flow
 from modal_app.synthetic import make_video
 from tasks.queue import BacklogUnavailable, check_queue_depth, prefect_backlog
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv, job, run_flow
 
 
 @pytest.fixture
@@ -46,18 +45,8 @@ def add_runs(deployment_id: Any, states: list[Any]) -> None:
 
 
 @pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_dsn: str,
-    redis_url: str,
-    deployment: tuple[str, Any],
-) -> FlowEnv:
-    flow_env = configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
-        redis_url=redis_url,
+def env(make_env: MakeEnv, tmp_path: Path, deployment: tuple[str, Any]) -> FlowEnv:
+    flow_env = make_env(
         queue_prefect_deployment=deployment[0],
         queue_depth_alert="2",
         queue_depth_block="3",
@@ -85,24 +74,10 @@ def test_a_backlog_in_prefect_fills_the_queue(env: FlowEnv, deployment: tuple[st
     keep that small, so a backlog of any size waited inside Prefect unseen."""
     _, deployment_id = deployment
     add_runs(deployment_id, [Scheduled(), Scheduled()])
-    state = boundary_inference_flow(
-        video_id="v1",
-        frames_version="f1",
-        model_version="builtin-textdiff-v1",
-        frame_pairs=[[0, 1]],
-        return_state=True,
-    )
-    outcome = state.result(raise_on_failure=False)
+    _, outcome = run_flow(**job(frames_version="f1", frame_pairs=[[0, 1]]))
     assert outcome["status"] == "succeeded", outcome  # 2 waiting: below the block at 3
     add_runs(deployment_id, [Scheduled()])
-    state = boundary_inference_flow(
-        video_id="v1",
-        frames_version="f2",
-        model_version="builtin-textdiff-v1",
-        frame_pairs=[[0, 1]],
-        return_state=True,
-    )
-    outcome = state.result(raise_on_failure=False)
+    _, outcome = run_flow(**job(frames_version="f2", frame_pairs=[[0, 1]]))
     assert outcome["rejection_type"] == "queue_full", outcome
     assert "3 waiting in Prefect" in outcome["message"]
     assert env.executor_calls() == 1

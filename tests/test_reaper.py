@@ -25,9 +25,8 @@ from flows import rejection_monitor as monitor
 from modal_app.synthetic import make_video
 from modal_app.types import InferenceRequest
 from tasks.reaper import reap_stale_runs, watch_limit_of
-from tests.flow_support import configure
-
-MODEL = "builtin-textdiff-v1"
+from tests.flow_support import MODEL, MakeEnv
+from tests.support import reserve
 
 
 def _claim(ledger: Ledger, frames_version: str, *, lease_s: float | None = 60.0) -> str:
@@ -43,19 +42,8 @@ def _claim(ledger: Ledger, frames_version: str, *, lease_s: float | None = 60.0)
     return str(claim["run_id"])
 
 
-def _reserve(ledger: Ledger, run_id: str, amount_usd: float) -> None:
-    done = ledger.reserve_budget(
-        run_id=run_id,
-        tenant_id="demo",
-        amount_usd=amount_usd,
-        daily_cap_usd=100.0,
-        monthly_cap_usd=1000.0,
-    )
-    assert done["ok"], done
-
-
 def _start(ledger: Ledger, run_id: str, worst_usd: float) -> None:
-    _reserve(ledger, run_id, worst_usd)
+    reserve(ledger, run_id, worst_usd, tenant_id="demo")
     ledger.transition_run(
         run_id=run_id,
         to_status="running",
@@ -123,7 +111,7 @@ def test_runs_without_a_watcher_are_ended_or_their_call_asked(
 
     # A flow that died between its claim and its spawn, holding a reservation.
     queued = _claim(ledger, "f-queued")
-    _reserve(ledger, queued, 0.30)
+    reserve(ledger, queued, 0.30, tenant_id="demo")
     # A flow that died while watching a call that then finished on its own.
     done = _claim(ledger, "f-done")
     _start(ledger, done, 0.50)
@@ -196,7 +184,7 @@ def test_a_run_claimed_without_a_lease_keeps_the_age_rule(
     settings = get_settings()
     ledger.upsert_video(id="v1", tenant_id="demo", frame_count=100, fps=25.0)
     old = _claim(ledger, "f-old", lease_s=None)
-    _reserve(ledger, old, 0.3)
+    reserve(ledger, old, 0.3, tenant_id="demo")
     recent = _claim(ledger, "f-recent", lease_s=None)
     _sql(
         ledger,
@@ -220,10 +208,8 @@ def test_watch_limit_is_what_the_admission_priced(tmp_path: Path) -> None:
     assert watch_limit_of({}, settings) == settings.watch_limit_s(float(settings.gpu_timeout_s))
 
 
-def test_the_scheduled_monitor_reaps_and_alerts(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str
-) -> None:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+def test_the_scheduled_monitor_reaps_and_alerts(make_env: MakeEnv, pg_dsn: str) -> None:
+    env = make_env()
     env.ledger.upsert_video(id="v1", tenant_id="demo", frame_count=100, fps=25.0)
     run_id = _claim(env.ledger, "f1")
     _watcher_died(env.ledger, pg_dsn, run_id)
@@ -238,13 +224,13 @@ def test_the_scheduled_monitor_reaps_and_alerts(
 
 
 def test_a_monitor_whose_host_clock_is_hours_ahead_ends_nothing_alive(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str
+    make_env: MakeEnv, tmp_path: Path, pg_dsn: str
 ) -> None:
     """The monitor (and the local executor it asks) runs with this process's wall clock four hours
     ahead of the database's. A run started seconds ago, its worker alive, and a run just claimed
     must both be left alone: every age is the database's, every elapsed time the machine's
     monotonic clock."""
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    env = make_env()
     env.ledger.upsert_video(id="v1", tenant_id="demo", frame_count=100, fps=25.0)
     fifo = tmp_path / "hang.mp4"
     os.mkfifo(fifo)
@@ -255,7 +241,7 @@ def test_a_monitor_whose_host_clock_is_hours_ahead_ends_nothing_alive(
     env.ledger.set_call_id(run_id=running, call_id=call_id)
     pid = int((env.jobs_dir / call_id / "pid").read_text())
     queued = _claim(env.ledger, "f-queued")
-    _reserve(env.ledger, queued, 0.3)
+    reserve(env.ledger, queued, 0.3, tenant_id="demo")
     # Someone else's run, whose lease really did expire by the database's clock: ended anyway.
     dead = _claim(env.ledger, "f-dead")
     _watcher_died(env.ledger, pg_dsn, dead)
@@ -282,12 +268,12 @@ def test_open_reservations_of_ended_runs_are_closed(
     settings = get_settings()
     ledger.upsert_video(id="v1", tenant_id="demo", frame_count=100, fps=25.0)
     spawned = _claim(ledger, "f-spawned")
-    _reserve(ledger, spawned, 0.40)
+    reserve(ledger, spawned, 0.40, tenant_id="demo")
     ledger.transition_run(run_id=spawned, to_status="running")
     ledger.set_call_id(run_id=spawned, call_id="local-0123456789abcdef")
     ledger.transition_run(run_id=spawned, to_status="failed")  # ...and its settle was lost
     refused = _claim(ledger, "f-refused")
-    _reserve(ledger, refused, 0.25)
+    reserve(ledger, refused, 0.25, tenant_id="demo")
     ledger.transition_run(run_id=refused, to_status="rejected")  # ...and its release was lost
     executor = LocalExecutor(tmp_path / "jobs")
 
@@ -318,7 +304,7 @@ def test_a_modal_call_is_asked_by_its_id_from_another_process(
     only the call id (``FunctionCall.from_id`` on the signature-checked double of
     test_modal_executor, the function body real), settles it from its result, at the seconds the
     function recorded over its attempts."""
-    from tests.test_modal_executor import FakeCloud, executor_for, make_request
+    from tests.modal_double import FakeCloud, executor_for, make_request
 
     settings = get_settings(executor="modal")
     clip = tmp_path / "clip.mp4"

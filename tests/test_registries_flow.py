@@ -25,18 +25,16 @@ import redis
 
 import boundary_inference.services as services_module
 from boundary_inference.model_registry import register_model
-from boundary_inference.outcome import outcome_of
 from boundary_inference.videos import register_video
-from flows.boundary_inference import boundary_inference_flow
 from modal_app.models import LogisticModel
 from modal_app.sources import StorageConfig
 from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv, job
+from tests.flow_support import flow_outcome as run
+from tests.modal_double import FakeCloud, executor_for
 from tests.storage_support import BUCKET, S3, start_s3
-from tests.test_modal_executor import FakeCloud, executor_for
 
 FRAMES = 40
-MODEL = "builtin-textdiff-v1"
 
 
 @pytest.fixture(scope="module")
@@ -53,29 +51,12 @@ def s3() -> Iterator[S3]:
 
 
 @pytest.fixture
-def env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, s3: S3
-) -> FlowEnv:
-    return configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
-        redis_url=redis_url,
+def env(make_env: MakeEnv, tmp_path: Path, s3: S3) -> FlowEnv:
+    return make_env(
         models_dir=str(tmp_path / "models"),
         source_timeout_s="120",  # a loaded machine answers late, never wrongly
         **s3.env(),
     )
-
-
-def run(**params: Any) -> dict[str, Any]:
-    state = boundary_inference_flow(**params, return_state=True)
-    outcome = outcome_of(state)  # a failed job's outcome rides in its Failed state as JobFailed
-    assert isinstance(outcome, dict), state
-    return outcome
-
-
-def job(video_id: str = "v1", **extra: Any) -> dict[str, Any]:
-    return {"video_id": video_id, "frames_version": "f1", "model_version": MODEL, **extra}
 
 
 def assert_nothing_taken(env: FlowEnv, redis_url: str, *, calls: int = 0) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +11,8 @@ from prefect.events.clients import AssertingEventsClient
 from boundary_inference.ledger import Ledger
 from config import Settings
 from flows import rejection_monitor as monitor
-from tests.flow_support import configure
+from tests.flow_support import MakeEnv
+from tests.support import try_reserve
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -61,14 +61,9 @@ def test_metrics_and_alerts_from_a_seeded_ledger(
     claim = ledger.claim_run(
         video_id="v1", tenant_id="demo", frames_version="spend", model_version="m"
     )
-    ledger.reserve_budget(
-        run_id=claim["run_id"],
-        tenant_id="demo",
-        amount_usd=21.0,
-        daily_cap_usd=50.0,
-        monthly_cap_usd=100.0,
-        now=NOW,  # the day the metrics are read for (a run across midnight once read 0 here)
-    )
+    caps = {"daily_cap_usd": 50.0, "monthly_cap_usd": 100.0}
+    # now=NOW: the day the metrics are read for (a run across midnight once read 0 here).
+    try_reserve(ledger, 21.0, caps=caps, now=NOW, tenant="demo", run_id=claim["run_id"])
     settings = Settings(queue_depth_alert=2, queue_depth_block=50, job_burst_alert=5)
 
     m = monitor.collect_metrics(ledger, settings, now=NOW)
@@ -162,13 +157,9 @@ def test_quiet_ledger_raises_no_alert(ledger: Ledger) -> None:
 
 
 def test_flow_publishes_artifacts_and_one_event_per_alert(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_dsn: str,
-    redis_url: str,
-    asserting_events_worker: Any,
+    make_env: MakeEnv, asserting_events_worker: Any
 ) -> None:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url)
+    env = make_env()
     env.ledger.log_rejection(
         rejection_type="cost_exceeded", message="too big", video_id="v9", estimated_cost_usd=1.25
     )

@@ -23,20 +23,8 @@ from config import get_settings
 from modal_app.models import BUILTIN
 from modal_app.types import InferenceRequest
 from tasks.execute import run_job
-from tests.test_modal_executor import FakeCloud, executor_for
-
-
-class Clock:
-    """The watcher's clock: it moves only when the watcher sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.modal_double import FakeCloud, executor_for
+from tests.support import Clock
 
 
 class StartupCrashLoop(FakeCloud):

@@ -30,39 +30,17 @@ import pytest
 
 from boundary_inference.embedded import redis_status, start_postgres, start_redis, stop_redis
 from boundary_inference.ledger import Ledger, PsycopgTransport
-from boundary_inference.outcome import outcome_of
 from boundary_inference.processes import pid_alive
 from boundary_inference.services import reset_services
-from flows.boundary_inference import boundary_inference_flow
 from flows.lease_reaper import lease_reaper_flow
-from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure, freeze
+from tests.flow_support import FlowEnv, MakeEnv, clip_fixture, freeze
+from tests.flow_support import flow_outcome as run
+from tests.flow_support import job as base
 
-MODEL = "builtin-textdiff-v1"
 FRAMES = 60
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    path = tmp_path_factory.mktemp("vid") / "clip.mp4"
-    return path, make_video(path, seed=7, frame_count=FRAMES)
-
-
-def run(**params: Any) -> dict[str, Any]:
-    state = boundary_inference_flow(**params, return_state=True)
-    outcome = outcome_of(state)
-    assert outcome is not None, state
-    return outcome
-
-
-def base(**extra: Any) -> dict[str, Any]:
-    return {"video_id": "v1", "frames_version": "f1", "model_version": MODEL, **extra}
-
-
-def register(env: FlowEnv, video: tuple[Path, Any], *ids: str) -> None:
-    path, truth = video
-    for video_id in ids:
-        env.register(video_id, path, FRAMES, truth.crop_box)
+video = clip_fixture("video", seed=7, frames=FRAMES)
 
 
 def redis_servers(socket_path: Path) -> list[int]:
@@ -84,11 +62,11 @@ def redis_servers(socket_path: Path) -> list[int]:
 
 
 def test_redis_kill_9_between_two_submissions_keeps_the_cooldown(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, video: Any
+    make_env: MakeEnv, tmp_path: Path, video: Any
 ) -> None:
     private = start_redis(tmp_path / "r")
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=private.url)
-    register(env, video, "v1")
+    env = make_env(redis_url=private.url)
+    env.register_clip(video, "v1")
     try:
         assert run(**base())["status"] == "succeeded"
         private.stop()  # kill -9 of the daemon
@@ -103,20 +81,17 @@ def test_redis_kill_9_between_two_submissions_keeps_the_cooldown(
 
 
 def test_redis_restarted_empty_admits_nothing_past_the_rate_limit(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, video: Any
+    make_env: MakeEnv, tmp_path: Path, video: Any
 ) -> None:
     private = start_redis(tmp_path / "r")
-    env = configure(
-        monkeypatch,
-        tmp_path,
-        dsn=pg_dsn,
+    env = make_env(
         redis_url=private.url,
         global_rate_limit_jobs="2",
         # At 2 jobs an hour at most 4 can fail inside one breaker window: a threshold of 5 could
         # never open the circuit, and is refused at start.
         breaker_failure_threshold="4",
     )
-    register(env, video, "v1", "v2", "v3")
+    env.register_clip(video, "v1", "v2", "v3")
     try:
         assert run(**base(video_id="v1"))["status"] == "succeeded"
         assert run(**base(video_id="v2"))["status"] == "succeeded"
@@ -135,11 +110,11 @@ def test_redis_restarted_empty_admits_nothing_past_the_rate_limit(
 
 
 def test_a_frozen_redis_is_unavailable_and_never_gets_a_second_server(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, video: Any
+    make_env: MakeEnv, video: Any
 ) -> None:
     # 3 s: the ledger shares the timeout, and its calls must not hit it on a loaded machine.
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=None, guard_timeout_s="3")
-    register(env, video, "v1", "v2")
+    env = make_env(redis_url=None, guard_timeout_s="3")
+    env.register_clip(video, "v1", "v2")
     assert run(**base(video_id="v1"))["status"] == "succeeded"  # starts the embedded Redis
     status = redis_status(env.state_dir)
     assert status.state == "running" and status.pid is not None
@@ -181,21 +156,18 @@ def test_a_frozen_redis_is_unavailable_and_never_gets_a_second_server(
 
 
 def test_postgres_killed_mid_admission_blocks_the_video_no_longer_than_its_lease(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server_dir: Path, redis_url: str, video: Any
+    make_env: MakeEnv, server_dir: Path, video: Any
 ) -> None:
     """The flow is held inside its budget reservation (the test holds the budget lock: a source
     that blocks until told); PostgreSQL is killed there. Its run stays queued, but only until its
     lease runs out: then the same submission is a new run, not a duplicate."""
     private = start_postgres(server_dir)
-    env = configure(
-        monkeypatch,
-        tmp_path,
+    env = make_env(
         dsn=private.dsn,
-        redis_url=redis_url,
         guard_timeout_s="60",  # the kill, not a statement timeout, must end the wait
         run_lease_s="3",
     )
-    register(env, video, "v1")
+    env.register_clip(video, "v1")
     holder = psycopg.connect(private.dsn)
     holder.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{env.schema}.budget",)
@@ -283,10 +255,10 @@ def _submit_then_kill_the_watcher(env: FlowEnv, *, resume: bool = True) -> dict[
 
 
 def test_a_killed_watcher_s_run_is_settled_from_its_call_s_real_result(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
+    make_env: MakeEnv, video: Any
 ) -> None:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, run_lease_s="3")
-    register(env, video, "v1")
+    env = make_env(run_lease_s="3")
+    env.register_clip(video, "v1")
     row = _submit_then_kill_the_watcher(env)
     while not env.ledger.expired_leases():  # the dead watcher's lease runs out
         time.sleep(0.1)
@@ -305,14 +277,12 @@ def test_a_killed_watcher_s_run_is_settled_from_its_call_s_real_result(
     assert env.executor_calls() == 1
 
 
-def test_a_new_submission_takes_over_a_killed_watcher_s_call(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str, video: Any
-) -> None:
+def test_a_new_submission_takes_over_a_killed_watcher_s_call(make_env: MakeEnv, video: Any) -> None:
     """The same video submitted again once the watcher's lease ran out, its call still running:
     not a duplicate "skipped", and no second job: this submission becomes the call's watcher and
     settles it. (The job is held until the takeover, so the flow-start reaper finds it running.)"""
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, run_lease_s="3")
-    register(env, video, "v1")
+    env = make_env(run_lease_s="3")
+    env.register_clip(video, "v1")
     row = _submit_then_kill_the_watcher(env, resume=False)
     while not env.ledger.expired_leases():
         time.sleep(0.1)

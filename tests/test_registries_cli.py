@@ -11,7 +11,6 @@ another file)."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
 from collections.abc import Callable
@@ -29,7 +28,8 @@ from boundary_inference.model_registry import register_model
 from boundary_inference.videos import RegistrationError
 from modal_app.models import BUILTIN_MODEL, LogisticModel
 from modal_app.synthetic import make_video
-from tests.flow_support import FlowEnv, configure
+from tests.flow_support import FlowEnv, MakeEnv
+from tests.support import signature_shape
 
 FRAMES = 40
 
@@ -37,6 +37,14 @@ FRAMES = 40
 def cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
+
+
+def refused_in_one_line(*args: str) -> str:
+    """Run the CLI: it must exit 2 with exactly one line on stderr, which is returned."""
+    code, out, err = cli(*args)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1, err
+    return err
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +55,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str, redis_url: str) -> FlowEnv:
-    return configure(
-        monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, models_dir=str(tmp_path / "models")
-    )
+def env(make_env: MakeEnv, tmp_path: Path) -> FlowEnv:
+    return make_env(models_dir=str(tmp_path / "models"))
 
 
 # --- Bad videos, built here -----------------------------------------------------------------------
@@ -112,9 +118,7 @@ def test_a_source_that_is_not_a_runnable_video_is_refused(
     make, fragment = BAD_VIDEOS[case]
     path = tmp_path / f"{case}.mp4"
     make(clip, path)
-    code, out, err = cli("videos", "add", "v1", "--source", str(path))
-    assert code == 2, (out, err)
-    assert len(err.strip().splitlines()) == 1, err
+    err = refused_in_one_line("videos", "add", "v1", "--source", str(path))
     assert re.search(fragment, err), err
     assert env.ledger.list_videos() == []
 
@@ -124,16 +128,9 @@ def test_a_source_that_is_not_a_runnable_video_is_refused(
     [("video_max_bytes", "1000", "over video_max_bytes"), ("video_max_pixels", "1000", "320x180")],
 )
 def test_a_video_over_the_limits_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    pg_dsn: str,
-    redis_url: str,
-    clip: Path,
-    limit: str,
-    value: str,
-    fragment: str,
+    make_env: MakeEnv, clip: Path, limit: str, value: str, fragment: str
 ) -> None:
-    env = configure(monkeypatch, tmp_path, dsn=pg_dsn, redis_url=redis_url, **{limit: value})
+    env = make_env(**{limit: value})
     code, _, err = cli("videos", "add", "v1", "--source", str(clip))
     assert code == 2 and fragment in err, err
     assert env.ledger.list_videos() == []
@@ -254,9 +251,8 @@ def test_a_checkpoint_that_does_not_load_is_refused(
     make, fragment = BAD_CHECKPOINTS[case]
     path = tmp_path / f"{case}.npz"
     make(tmp_path, path)
-    code, out, err = cli("models", "add", "ckpt:bad", "--file", str(path))
-    assert code == 2, (out, err)
-    assert fragment in err and len(err.strip().splitlines()) == 1, err
+    err = refused_in_one_line("models", "add", "ckpt:bad", "--file", str(path))
+    assert fragment in err, err
     assert env.ledger.list_models() == []
     assert not (tmp_path / "models" / "bad.npz").exists()
 
@@ -369,13 +365,6 @@ class FakeVolume:
         return FakeBatch(self)
 
 
-def _shape(function: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
-    params = list(inspect.signature(function).parameters.values())
-    if params and params[0].name in ("self", "cls"):
-        params = params[1:]
-    return [(p.name, p.kind, p.default) for p in params]
-
-
 @pytest.mark.parametrize(
     ("double", "real"),
     [
@@ -388,7 +377,7 @@ def _shape(function: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
 def test_volume_double_signatures_equal_the_real_client(
     double: Callable[..., Any], real: Callable[..., Any]
 ) -> None:
-    assert _shape(double) == _shape(real)
+    assert signature_shape(double) == signature_shape(real)
 
 
 def test_models_add_to_modal_uploads_to_the_models_volume(env: FlowEnv, tmp_path: Path) -> None:
@@ -433,7 +422,7 @@ def test_models_add_to_modal_uploads_to_the_models_volume(env: FlowEnv, tmp_path
 
 def test_racing_registrations_of_one_name_keep_one_content(env: FlowEnv) -> None:
     from boundary_inference.ledger import LedgerError
-    from tests.test_ledger_concurrency import in_threads
+    from tests.support import in_threads
 
     def same(ledger: Any) -> Any:
         return ledger.register_model(
