@@ -33,6 +33,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from boundary_inference.ledger import Ledger
 from config import Settings
 
 MODEL = "builtin-textdiff-v1"
@@ -65,7 +66,7 @@ def calibration_figures(
 class _Runs:
     """Real inference on one video, each job recorded as the flow records a succeeded run."""
 
-    def __init__(self, ledger: Any, settings: Settings, video: Path, frames: int, crop: Any):
+    def __init__(self, ledger: Ledger, settings: Settings, video: Path, frames: int, crop: Any):
         from tasks.cost import calibration_key
 
         self.ledger, self.settings, self.frames = ledger, settings, frames
@@ -147,7 +148,7 @@ class _Runs:
         return mean, self.settings.deadline_s(self.reference_pairs, mean)
 
 
-def _measure(ledger: Any, settings: Settings, workdir: Path, frames: int) -> dict[str, Any]:
+def _measure(ledger: Ledger, settings: Settings, workdir: Path, frames: int) -> dict[str, Any]:
     from modal_app.synthetic import make_video
 
     video = workdir / "calibration.mp4"

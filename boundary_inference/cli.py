@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from boundary_inference.cli_ledger import ledger_app
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` must not pay for the services
+    from boundary_inference.services import Services
 
 
 class _OneLineErrors(TyperGroup):
@@ -114,7 +117,7 @@ def _refuse_bad_configuration(ctx: typer.Context) -> None:
     _settings()
 
 
-def _services() -> Any:
+def _services() -> Services:
     from boundary_inference.services import get_services
 
     return get_services(_settings())
@@ -152,7 +155,7 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+def _table(title: str, rows: Sequence[Mapping[str, Any]], columns: list[str]) -> None:
     table = Table(title=title)
     for column in columns:
         # An id is what `ack` and people copy: never cut, whatever the terminal's width.
@@ -334,18 +337,24 @@ def runs(
     as_json: JsonOpt = False,
 ) -> None:
     """Recent runs with their status and cost."""
-    rows = list(_services().ledger.list_runs(limit=limit, video_id=video))
+    rows = _services().ledger.list_runs(limit=limit, video_id=video)
     if as_json:
         _print_json(rows)
         return
-    for row in rows:
-        row["age"] = _age(row.get("created_at"))
-        row["id"] = _short_id(row.get("id"))
-        row["estimated"] = _usd(row.get("estimated_cost_usd"))
-        row["actual"] = _usd(row.get("actual_cost_usd"))
+    # What the table shows: the run rows with display columns added (or shortened).
+    shown: list[dict[str, Any]] = [
+        {
+            **row,
+            "age": _age(row["created_at"]),
+            "id": _short_id(row["id"]),
+            "estimated": _usd(row["estimated_cost_usd"]),
+            "actual": _usd(row["actual_cost_usd"]),
+        }
+        for row in rows
+    ]
     _table(
         "runs",
-        rows,
+        shown,
         [
             "id",
             "age",
@@ -367,17 +376,22 @@ def rejections_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """What was refused, why, and at what estimate (unacknowledged only unless --all)."""
-    rows = list(_services().ledger.list_rejections(unacknowledged_only=not all_, limit=limit))
+    rows = _services().ledger.list_rejections(unacknowledged_only=not all_, limit=limit)
     if as_json:
         _print_json(rows)
         return
-    for row in rows:
-        row["age"] = _age(row.get("created_at"))
-        row["id"] = _short_id(row.get("id"))
-        row["estimate"] = _usd(row.get("estimated_cost_usd"))
+    shown: list[dict[str, Any]] = [
+        {
+            **row,
+            "age": _age(row["created_at"]),
+            "id": _short_id(row["id"]),
+            "estimate": _usd(row["estimated_cost_usd"]),
+        }
+        for row in rows
+    ]
     _table(
         "rejections",
-        rows,
+        shown,
         [
             "id",
             "age",
@@ -462,8 +476,8 @@ def spend(
     """Today's and this month's spend against the budgets, and a daily report."""
     settings = _settings()
     ledger = _services().ledger
-    summary = dict(ledger.spend_summary())
-    by_day = list(ledger.spend_by_day(days=days))
+    summary = ledger.spend_summary()
+    by_day = ledger.spend_by_day(days=days)
     data = {
         "summary": summary,
         "daily_budget_usd": settings.daily_budget_usd,
@@ -489,8 +503,8 @@ def breaker_status(as_json: JsonOpt = False) -> None:
     from tasks.breaker import BREAKER_NAME
 
     settings = _settings()
-    status = dict(
-        _services().ledger.breaker_status(name=BREAKER_NAME, window_s=settings.breaker_window_s)
+    status = _services().ledger.breaker_status(
+        name=BREAKER_NAME, window_s=settings.breaker_window_s
     )
     if as_json:
         _print_json(status)

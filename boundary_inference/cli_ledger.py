@@ -9,11 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` must not pay for them
+    from boundary_inference.ledger import Ledger
+    from config import Settings
 
 ledger_app = typer.Typer(
     no_args_is_help=True, help="Ledger size, budget totals check and repair, prediction retention."
@@ -26,7 +30,7 @@ SinceOpt = Annotated[
 ]
 
 
-def _open_ledger() -> Any:
+def _open_ledger() -> tuple[Settings, Ledger]:
     from boundary_inference.services import open_ledger
     from config import get_settings
 
@@ -61,7 +65,7 @@ def size(as_json: JsonOpt = False) -> None:
     """Rows and bytes (with indexes and TOAST) of every ledger table, largest first."""
     _, ledger = _open_ledger()
     try:
-        rows = list(ledger.ledger_size())
+        rows = ledger.ledger_size()
     finally:
         ledger.close()
     if as_json:
@@ -87,7 +91,7 @@ def check(since: SinceOpt = None, as_json: JsonOpt = False) -> None:
     """Compare the budget totals with the reservations (default: this month). Exit 1 on drift."""
     _, ledger = _open_ledger()
     try:
-        result = dict(ledger.budget_totals_drift(since=_day(since), limit=50))
+        result = ledger.budget_totals_drift(since=_day(since), limit=50)
     finally:
         ledger.close()
     if as_json:
@@ -113,7 +117,7 @@ def rebuild_totals(since: SinceOpt = None, as_json: JsonOpt = False) -> None:
     """Recompute the budget totals from the reservations (default: all of history)."""
     _, ledger = _open_ledger()
     try:
-        result = dict(ledger.budget_totals_rebuild(since=_day(since)))
+        result = ledger.budget_totals_rebuild(since=_day(since))
     finally:
         ledger.close()
     if as_json:

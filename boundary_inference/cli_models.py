@@ -58,15 +58,16 @@ def models_list(as_json: JsonOpt = False) -> None:
     """Registered checkpoints (builtin code models need no registration)."""
     from boundary_inference.cli import _print_json, _services, _table
 
-    rows = list(_services().ledger.list_models())
+    rows = _services().ledger.list_models()
     if as_json:
         _print_json(rows)
         return
-    for row in rows:
-        row["sha256"] = str(row["sha256"])[:16] + "..."
-        row["locations"] = ", ".join(row.get("locations") or [])
+    shown = [
+        {**row, "sha256": row["sha256"][:16] + "...", "locations": ", ".join(row["locations"])}
+        for row in rows
+    ]
     _table(
         "models",
-        rows,
+        shown,
         ["model_version", "format", "size_bytes", "sha256", "locations", "created_at"],
     )

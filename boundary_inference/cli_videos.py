@@ -71,14 +71,15 @@ def videos_list(
     """Registered videos with what was recorded about their source."""
     from boundary_inference.cli import _print_json, _services, _table
 
-    rows = list(_services().ledger.list_videos(tenant_id=tenant, limit=limit))
+    rows = _services().ledger.list_videos(tenant_id=tenant, limit=limit)
     if as_json:
         _print_json(rows)
         return
-    for row in rows:
-        row["size"] = f"{row['width']}x{row['height']}" if row.get("width") else ""
+    shown = [
+        {**row, "size": f"{row['width']}x{row['height']}" if row["width"] else ""} for row in rows
+    ]
     _table(
         "videos",
-        rows,
+        shown,
         ["id", "tenant_id", "frame_count", "size", "codec", "size_bytes", "crop_box", "source_uri"],
     )

@@ -174,7 +174,7 @@ def run_demo(
             str(row["rejection_type"]),
             str(row["video_id"]),
             str(row.get("frame_count") or ""),
-            f"${float(row['estimated_cost_usd']):.4f}" if row.get("estimated_cost_usd") else "",
+            f"${cost:.4f}" if (cost := row["estimated_cost_usd"]) else "",
             str(row["message"])[:90],
         )
     console.print(table)

@@ -35,20 +35,17 @@ Nothing here is a fake: the servers are the real ones, only their installation i
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from filelock import FileLock, Timeout
 
+from boundary_inference.locks import lock_held, try_lock
 from boundary_inference.processes import pid_alive, process_state
 
 _START_TIMEOUT_S = 60.0
@@ -190,7 +187,7 @@ def start_redis(state_dir: Path) -> EmbeddedRedis:
     server = _redis_paths(state_dir)
     server.directory.mkdir(parents=True, exist_ok=True)
     with FileLock(str(server.directory / "start.lock"), timeout=_START_TIMEOUT_S):
-        with _try_lock(server.lock_path) as lock_fd:
+        with try_lock(server.lock_path) as lock_fd:
             if lock_fd is None:
                 return server  # a daemon owns this directory; it is the only one there will be
             _end_unlocked_daemon(server)
@@ -245,7 +242,7 @@ def _wait_until_answers(server: EmbeddedRedis) -> None:
                 pass
             finally:
                 client.close()
-        if time.monotonic() > deadline or not _lock_held(server.lock_path):
+        if time.monotonic() > deadline or not lock_held(server.lock_path):
             log = (server.directory / "redis.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"embedded Redis did not start; log tail:\n{log}")
         time.sleep(0.02)
@@ -282,37 +279,9 @@ def _is_redis_daemon(server: EmbeddedRedis, pid: int) -> bool:
 # --- Locks ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _try_lock(path: Path) -> Iterator[int | None]:
-    """An fd holding an exclusive flock on ``path``, or None when someone else holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            yield None
-            return
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _lock_held(path: Path) -> bool:
-    """Whether another open file description holds ``path``'s flock (probed, released at once).
-
-    Callers hold the directory's start lock, so no starter can be probing at the same moment.
-    """
-    if not path.exists():
-        return False
-    with _try_lock(path) as fd:
-        return fd is None
-
-
 def _wait_for_lock_free(path: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while _lock_held(path):
+    while lock_held(path):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} is still held {timeout_s:.0f} s after the kill")
         time.sleep(0.02)
@@ -327,9 +296,9 @@ def redis_status(state_dir: Path) -> DaemonStatus:
     pid = server.pid()
     try:
         with FileLock(str(server.directory / "start.lock"), timeout=_START_TIMEOUT_S):
-            held = _lock_held(server.lock_path)
+            held = lock_held(server.lock_path)
     except (FileNotFoundError, Timeout):
-        held = False if not server.directory.exists() else _lock_held(server.lock_path)
+        held = False if not server.directory.exists() else lock_held(server.lock_path)
     if not held:
         return DaemonStatus("redis", server.directory, pid, False, "stopped", server.url)
     if pid is None or not _is_redis_daemon(server, pid):

@@ -22,8 +22,6 @@ PostgreSQL 16.2). Point ``PREFECT_API_URL`` at a server of your own to use anyth
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import signal
@@ -31,14 +29,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock
 
+from boundary_inference.locks import try_lock
 from boundary_inference.processes import pid_alive
 
 # Start-up only: a first start migrates a new SQLite database (seconds idle, far longer on a
@@ -101,7 +98,7 @@ def start_prefect(state_dir: Path) -> EmbeddedPrefect:
     directory.mkdir(parents=True, exist_ok=True)
     with (
         FileLock(str(directory / "start.lock"), timeout=START_TIMEOUT_S * 2),
-        _try_lock(directory / "server.lock") as lock_fd,
+        try_lock(directory / "server.lock") as lock_fd,
     ):
         if lock_fd is not None:
             return _start_locked(directory, lock_fd)
@@ -327,23 +324,6 @@ def _log_tail(directory: Path, chars: int = 3000) -> str:
         return "(no log)"
 
 
-@contextmanager
-def _try_lock(path: Path) -> Iterator[int | None]:
-    """An fd holding an exclusive flock on ``path``, or None when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            yield None
-            return
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def _server_lock_held(directory: Path) -> bool:
     """Probed under the start lock: a probe that briefly holds ``server.lock`` must never make a
     starter believe a server owns the directory."""
@@ -351,6 +331,6 @@ def _server_lock_held(directory: Path) -> bool:
         return False
     with (
         FileLock(str(directory / "start.lock"), timeout=START_TIMEOUT_S * 2),
-        _try_lock(directory / "server.lock") as fd,
+        try_lock(directory / "server.lock") as fd,
     ):
         return fd is None

@@ -232,7 +232,7 @@ def _postgres_killed(directory: Path) -> dict[str, Any]:
         "lease_s": _LEASE_S,
         "video_blocked_after_kill_s": round(blocked_s, 2),
         "dead_run_reservation_left_usd": reserved,
-        "ended_run": (claim.get("ended_run") or {}).get("action"),
+        "ended_run": ended["action"] if (ended := claim["ended_run"]) else None,
     }
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from boundary_inference.ledger import LedgerError
+from boundary_inference.ledger import Ledger, LedgerError, ModelRegistration
 from boundary_inference.videos import RegistrationError
 from config import Settings
 from config.identifiers import identifier_problem
@@ -92,14 +92,14 @@ def _private_copy(source: Path, scratch: Path, max_bytes: int) -> tuple[Path, in
 
 
 def register_model(
-    ledger: Any,
+    ledger: Ledger,
     settings: Settings,
     *,
     model_version: str,
     file: Path,
     destination: str | None = None,
     volume_from_name: Callable[..., Any] | None = None,
-) -> dict[str, Any]:
+) -> ModelRegistration:
     """Check, place and record a checkpoint; returns its ledger row (with ``created``).
 
     ``destination``: ``local`` or ``modal`` (default: the configured executor).
@@ -137,9 +137,9 @@ def register_model(
         return _upload_to_volume(ledger, settings, record, copy, volume_from_name)
 
 
-def _register(ledger: Any, record: Mapping[str, Any], location: str) -> dict[str, Any]:
+def _register(ledger: Ledger, record: Mapping[str, Any], location: str) -> ModelRegistration:
     try:
-        return dict(ledger.register_model(**record, location=location))
+        return ledger.register_model(**record, location=location)
     except LedgerError as error:
         if error.code == "BI409":
             raise RegistrationError(error.message) from error
@@ -147,8 +147,8 @@ def _register(ledger: Any, record: Mapping[str, Any], location: str) -> dict[str
 
 
 def _place_locally(
-    ledger: Any, settings: Settings, record: Mapping[str, Any], copy: Path, model_version: str
-) -> dict[str, Any]:
+    ledger: Ledger, settings: Settings, record: Mapping[str, Any], copy: Path, model_version: str
+) -> ModelRegistration:
     models_dir = Path(settings.models_dir).resolve()
     models_dir.mkdir(parents=True, exist_ok=True)
     dest = models_dir / str(record["file_name"])
@@ -170,12 +170,12 @@ def _place_locally(
 
 
 def _upload_to_volume(
-    ledger: Any,
+    ledger: Ledger,
     settings: Settings,
     record: Mapping[str, Any],
     copy: Path,
     volume_from_name: Callable[..., Any] | None,
-) -> dict[str, Any]:
+) -> ModelRegistration:
     if volume_from_name is None:
         import modal
 

@@ -14,13 +14,13 @@ embedded server: against a Prefect server of your own (``PREFECT_API_URL``) no s
 
 from __future__ import annotations
 
-import fcntl
-import os
 import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from boundary_inference.locks import try_lock
 
 # Four flow runs at once keep the embedded server's SQLite under its lock timeout on a 2-core
 # machine (measured: 50 at once gave 22 failed submissions without slots); more gains nothing,
@@ -43,15 +43,9 @@ def run_slot(directory: Path, *, slots: int = SLOTS) -> Iterator[int]:
     while True:
         for offset in range(slots):
             index = (start + offset) % slots
-            fd = os.open(directory / f"slot-{index}", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            try:
-                yield index
-            finally:
-                os.close(fd)  # closing the only descriptor releases the lock
-            return
+            with try_lock(directory / f"slot-{index}") as fd:
+                if fd is None:
+                    continue
+                yield index  # leaving the with closes the only descriptor: the lock is released
+                return
         time.sleep(_POLL_S * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boundary_inference.ledger import Ledger, VideoRow
 from config import Settings
 from config.identifiers import identifier_problem
 from modal_app import sources
@@ -154,14 +155,14 @@ def _check_size(size_bytes: int, settings: Settings) -> None:
 
 
 def register_video(
-    ledger: Any,
+    ledger: Ledger,
     settings: Settings,
     *,
     video_id: str,
     source: str,
     tenant_id: str | None = None,
     crop: str | Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> VideoRow:
     """Check, measure and record a video; returns its ledger row."""
     tenant = tenant_id or settings.default_tenant_id
     for kind, value in (("video_id", video_id), ("tenant_id", tenant)):
@@ -178,10 +179,8 @@ def register_video(
         problem = crop_problem(crop_box, measured.info.width, measured.info.height)
         if problem:
             raise RegistrationError(problem)
-    return dict(
-        ledger.upsert_video(
-            id=video_id, tenant_id=tenant, crop_box=crop_box, **measured.row_fields()
-        )
+    return ledger.upsert_video(
+        id=video_id, tenant_id=tenant, crop_box=crop_box, **measured.row_fields()
     )
 
 

@@ -55,7 +55,7 @@ from prefect.futures import as_completed
 from prefect.states import Completed
 from pydantic import Field
 
-from boundary_inference.ledger import Ledger
+from boundary_inference.ledger import Ledger, SpendSummary
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, RejectionType
 from boundary_inference.services import get_services
 from config import Settings, get_settings
@@ -184,12 +184,19 @@ def check_gate(ledger: Ledger, settings: Settings, tenant_id: str) -> StopReason
         caps.append(("tenant daily", tenant_id, settings.tenant_daily_budget_usd))
     if settings.tenant_monthly_budget_usd is not None:
         caps.append(("tenant monthly", tenant_id, settings.tenant_monthly_budget_usd))
-    summaries: dict[str | None, dict[str, Any]] = {}
+    summaries: dict[str | None, SpendSummary] = {}
     for label, tenant, cap_usd in caps:
         if tenant not in summaries:
-            summaries[tenant] = dict(ledger.spend_summary(tenant_id=tenant))
-        period = "daily" if label.endswith("daily") else "monthly"
-        committed_usd = float(summaries[tenant].get(f"{period}_committed_usd") or 0.0)
+            summaries[tenant] = ledger.spend_summary(tenant_id=tenant)
+        summary = summaries[tenant]
+        committed_usd = float(
+            (
+                summary["daily_committed_usd"]
+                if label.endswith("daily")
+                else summary["monthly_committed_usd"]
+            )
+            or 0.0
+        )
         if cap_usd - committed_usd < smallest_usd:
             return StopReason(
                 str(RejectionType.BUDGET_EXCEEDED),
@@ -281,15 +288,7 @@ def backfill_flow(
     for number, wave in enumerate(waves, start=1):
         bf.stop = bf.stop or _gate(settings, tenant)
         if bf.stop is not None:
-            for video_id in (v for later in waves[number - 1 :] for v in later):
-                bf.add_unsubmitted(video_id, bf.stop.kind, bf.stop.message)
-            logger.warning(
-                "backfill stopped before wave %d/%d (%s): %s",
-                number,
-                len(waves),
-                bf.stop.kind,
-                bf.stop.message,
-            )
+            _record_stop(bf, waves, number)
             break
         waves_sent += 1
         submitted += len(wave)
@@ -304,6 +303,20 @@ def backfill_flow(
         )
     update_progress_artifact(progress_id, 100.0)
     return _report(bf, settings, submitted, len(unique), size, waves_sent)
+
+
+def _record_stop(bf: _Backfill, waves: list[list[str]], number: int) -> None:
+    """The gate refused wave ``number``: its videos and every later wave's are not submitted."""
+    assert bf.stop is not None
+    for video_id in (v for later in waves[number - 1 :] for v in later):
+        bf.add_unsubmitted(video_id, bf.stop.kind, bf.stop.message)
+    get_run_logger().warning(
+        "backfill stopped before wave %d/%d (%s): %s",
+        number,
+        len(waves),
+        bf.stop.kind,
+        bf.stop.message,
+    )
 
 
 def _plan_waves(

@@ -25,7 +25,7 @@ from prefect.states import Completed
 from pydantic import ValidationError
 
 from boundary_inference.executor import ExecutorUnavailable
-from boundary_inference.ledger import LedgerError
+from boundary_inference.ledger import LedgerError, ModelRow
 from boundary_inference.limiter import LimiterUnavailable
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from boundary_inference.services import EmbeddedNotAllowed, Services, get_services
@@ -51,13 +51,6 @@ from tasks.lease import LeaseLost, lease_owner
 
 # A guard whose backing service fails raises one of these; the flow turns it into guard_unavailable.
 GUARD_ERRORS: tuple[type[BaseException], ...] = (LedgerError, LimiterUnavailable)
-PRIORITIES = ("high", "normal", "low")
-
-
-def _known_model(model_version: str) -> bool:
-    from modal_app.models import is_known_model_version
-
-    return bool(is_known_model_version(model_version))
 
 
 def _run_name() -> str:
@@ -116,6 +109,24 @@ def boundary_inference_flow(
         "frames_version": coerce_identifier(frames_version),
         "model_version": coerce_identifier(model_version),
     }
+    job = _start_job(settings, ids)
+    if not isinstance(job, Job):
+        return job  # the services could not be reached: refused
+    refused = validate.identifier_rejection(**ids)
+    if refused is not None:
+        return job.reject(refused)
+    return _run_job(
+        job,
+        frames_version=ids["frames_version"],
+        model_version=ids["model_version"],
+        frame_pairs=frame_pairs,
+        skip_if_exists=skip_if_exists,
+        priority=priority,
+    )
+
+
+def _start_job(settings: Settings, ids: dict[str, Any]) -> Job | State:
+    """The job with its services connected, or the refusal when they cannot be reached."""
     # Recorded with a refusal (row, event, artifact): the id itself when valid, else a short
     # escaped stand-in, so a bad id never reaches a store or an event resource as it is.
     video_id = display_identifier(ids["video_id"])
@@ -123,25 +134,34 @@ def boundary_inference_flow(
     try:
         services = get_services(settings)
     except EmbeddedNotAllowed as error:
-        return Job(None, settings, video_id, shown_tenant).reject(
-            Rejected(RejectionType.GUARD_UNAVAILABLE, str(error))
-        )
+        refusal = str(error)
     except Exception as error:
-        job = Job(None, settings, video_id, shown_tenant)
-        return job.reject(
-            Rejected(RejectionType.GUARD_UNAVAILABLE, f"cannot reach the ledger or Redis: {error}")
-        )
-    job = Job(services, settings, video_id, shown_tenant)
-    refused = validate.identifier_rejection(**ids)
-    if refused is not None:
-        return job.reject(refused)
+        refusal = f"cannot reach the ledger or Redis: {error}"
+    else:
+        return Job(services, settings, video_id, shown_tenant)
+    job = Job(None, settings, video_id, shown_tenant)
+    return job.reject(Rejected(RejectionType.GUARD_UNAVAILABLE, refusal))
+
+
+def _run_job(
+    job: Job,
+    *,
+    frames_version: str,
+    model_version: str,
+    frame_pairs: Any,
+    skip_if_exists: Any,  # checked by the guards: a bad value is a recorded refusal
+    priority: Any,
+) -> State:
+    """The guards and the run; a store lost on the way refuses (before the spawn) or leaves the
+    run to whoever watches it next (after)."""
+    assert job.services is not None  # _start_job connected them
     try:
         return _guarded_run(
             job,
-            services,
-            settings,
-            frames_version=ids["frames_version"],
-            model_version=ids["model_version"],
+            job.services,
+            job.settings,
+            frames_version=frames_version,
+            model_version=model_version,
             frame_pairs=frame_pairs,
             skip_if_exists=skip_if_exists,
             priority=priority,
@@ -212,7 +232,7 @@ def _guarded_run(
     priority: Any,
 ) -> State:
     """The guards in the README's order; the first refusal ends the job (recorded, undone)."""
-    refused = _flag_rejection(skip_if_exists, priority)
+    refused = validate.flag_rejection(skip_if_exists, priority)
     if refused is not None:
         return job.reject(refused)
 
@@ -245,18 +265,6 @@ def _guarded_run(
     )
 
 
-def _flag_rejection(skip_if_exists: Any, priority: Any) -> Rejected | None:
-    if not isinstance(priority, str) or priority not in PRIORITIES:
-        return Rejected(RejectionType.VALIDATION_FAILED, f"priority must be one of {PRIORITIES}")
-    if not isinstance(skip_if_exists, bool):
-        # bool("false") is True and bool(0) is False: guess neither, a re-run is a paid decision.
-        return Rejected(
-            RejectionType.VALIDATION_FAILED,
-            f"skip_if_exists must be true or false; got {type(skip_if_exists).__name__}",
-        )
-    return None
-
-
 def _check_request(
     job: Job,
     services: Services,
@@ -264,7 +272,7 @@ def _check_request(
     frames_version: str,
     model_version: str,
     frame_pairs: Any,
-) -> tuple[validate.ValidRequest, dict[str, Any], Any] | Rejected:
+) -> tuple[validate.ValidRequest, ModelRow | model_registry.NoModelRow, dict[str, Any]] | Rejected:
     """The request itself, then the registries: (verdict, model, source) or the refusal."""
     ledger = services.ledger
     video = validate.load_video(ledger, job.video_id)
@@ -277,7 +285,7 @@ def _check_request(
         model_version=model_version,
         frame_pairs=frame_pairs,
         max_frame_pairs=settings.max_frame_pairs,
-        known_model=_known_model(model_version) if isinstance(model_version, str) else False,
+        known_model=validate.is_known_model(model_version),
         check_source_exists=False,  # tasks.source_check, against the registered fingerprint
     )
     if isinstance(verdict, Rejected):

@@ -113,7 +113,7 @@ class MonitorMetrics:
         return asdict(self)
 
 
-def _money(value: Any) -> float:
+def _money(value: float | None) -> float:
     return float(value) if value is not None else 0.0
 
 
@@ -176,11 +176,11 @@ def collect_metrics(
 
     unacked, by_type = _open_rejections(ledger, now)
 
-    spend = dict(ledger.spend_summary(now=now))
-    depth = dict(ledger.queue_depth())
+    spend = ledger.spend_summary(now=now)
+    depth = ledger.queue_depth()
 
-    counts = dict(
-        ledger.run_counts(finished_since=now - FAILURE_WINDOW, created_since=now - BURST_WINDOW)
+    counts = ledger.run_counts(
+        finished_since=now - FAILURE_WINDOW, created_since=now - BURST_WINDOW
     )
     finished, failed = int(counts["finished"]), int(counts["failed"])
     jobs_last_hour = int(counts["created"])

@@ -8,9 +8,7 @@ not bad input.
 
 from __future__ import annotations
 
-from typing import Any
-
-from boundary_inference.ledger import Ledger
+from boundary_inference.ledger import BreakerCheck, BreakerRecord, Ledger
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
 from tasks._common import GUARD, LEDGER, guard_task
@@ -18,19 +16,17 @@ from tasks._common import GUARD, LEDGER, guard_task
 BREAKER_NAME = "gpu-inference"
 
 
-def _check(ledger: Ledger, settings: Settings, *, acquire_probe: bool) -> dict[str, Any]:
-    return dict(
-        ledger.breaker_check(
-            name=BREAKER_NAME,
-            threshold=settings.breaker_failure_threshold,
-            window_s=settings.breaker_window_s,
-            open_s=settings.breaker_open_s,
-            acquire_probe=acquire_probe,
-        )
+def _check(ledger: Ledger, settings: Settings, *, acquire_probe: bool) -> BreakerCheck:
+    return ledger.breaker_check(
+        name=BREAKER_NAME,
+        threshold=settings.breaker_failure_threshold,
+        window_s=settings.breaker_window_s,
+        open_s=settings.breaker_open_s,
+        acquire_probe=acquire_probe,
     )
 
 
-def _refusal(decision: dict[str, Any]) -> Rejected:
+def _refusal(decision: BreakerCheck) -> Rejected:
     retry = float(decision.get("retry_after_s") or 0.0)
     return Rejected(
         RejectionType.CIRCUIT_OPEN,
@@ -62,15 +58,13 @@ def admit_breaker(ledger: Ledger, settings: Settings) -> tuple[Rejected | None, 
 @guard_task(name="circuit-breaker-record", tags=LEDGER)
 def record_outcome(
     ledger: Ledger, settings: Settings, *, ok: bool, kind: str, probe: bool
-) -> dict[str, Any]:
+) -> BreakerRecord:
     """``probe``: this job held the half-open probe; only its success closes the circuit."""
-    return dict(
-        ledger.breaker_record(
-            name=BREAKER_NAME,
-            ok=ok,
-            kind=kind,
-            threshold=settings.breaker_failure_threshold,
-            window_s=settings.breaker_window_s,
-            probe=probe,
-        )
+    return ledger.breaker_record(
+        name=BREAKER_NAME,
+        ok=ok,
+        kind=kind,
+        threshold=settings.breaker_failure_threshold,
+        window_s=settings.breaker_window_s,
+        probe=probe,
     )

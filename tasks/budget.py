@@ -15,16 +15,14 @@ from tasks._common import GUARD, LEDGER, guard_task
 def reserve(
     ledger: Ledger, settings: Settings, *, run_id: str, tenant_id: str, amount_usd: float
 ) -> Rejected | None:
-    result = dict(
-        ledger.reserve_budget(
-            run_id=run_id,
-            tenant_id=tenant_id,
-            amount_usd=amount_usd,
-            daily_cap_usd=settings.daily_budget_usd,
-            monthly_cap_usd=settings.monthly_budget_usd,
-            tenant_daily_cap_usd=settings.tenant_daily_budget_usd,
-            tenant_monthly_cap_usd=settings.tenant_monthly_budget_usd,
-        )
+    result = ledger.reserve_budget(
+        run_id=run_id,
+        tenant_id=tenant_id,
+        amount_usd=amount_usd,
+        daily_cap_usd=settings.daily_budget_usd,
+        monthly_cap_usd=settings.monthly_budget_usd,
+        tenant_daily_cap_usd=settings.tenant_daily_budget_usd,
+        tenant_monthly_cap_usd=settings.tenant_monthly_budget_usd,
     )
     if result.get("ok"):
         return None

@@ -106,14 +106,12 @@ def calibrated_throughput(
     ledger: Ledger, settings: Settings, model_version: str
 ) -> tuple[float, str]:
     executor, gpu_type = calibration_key(settings)
-    found = dict(
-        ledger.recent_throughput(
-            model_version=model_version,
-            runs=settings.calibration_runs,
-            executor=executor,
-            gpu_type=gpu_type,
-            percentile=settings.calibration_percentile,
-        )
+    found = ledger.recent_throughput(
+        model_version=model_version,
+        runs=settings.calibration_runs,
+        executor=executor,
+        gpu_type=gpu_type,
+        percentile=settings.calibration_percentile,
     )
     value, source = calibrate(
         list(found.get("samples") or []),

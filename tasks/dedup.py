@@ -12,9 +12,7 @@ run whose lease has expired has no watcher and is never a duplicate: the claim t
 
 from __future__ import annotations
 
-from typing import Any
-
-from boundary_inference.ledger import Ledger
+from boundary_inference.ledger import ClaimResult, Ledger
 from tasks._common import GUARD, guard_task
 
 
@@ -32,19 +30,17 @@ def claim_run(
     flow_run_id: str | None,
     lease_s: float | None = None,
     lease_owner: str | None = None,
-) -> dict[str, Any]:
+) -> ClaimResult:
     """Returns the ledger's claim: ``{run_id, created, status, rerun_of, taken_over, ...}``."""
-    return dict(
-        ledger.claim_run(
-            video_id=video_id,
-            tenant_id=tenant_id,
-            frames_version=frames_version,
-            model_version=model_version,
-            pairs=pairs,
-            priority=priority,
-            force=not skip_if_exists,
-            flow_run_id=flow_run_id,
-            lease_s=lease_s,
-            lease_owner=lease_owner,
-        )
+    return ledger.claim_run(
+        video_id=video_id,
+        tenant_id=tenant_id,
+        frames_version=frames_version,
+        model_version=model_version,
+        pairs=pairs,
+        priority=priority,
+        force=not skip_if_exists,
+        flow_run_id=flow_run_id,
+        lease_s=lease_s,
+        lease_owner=lease_owner,
     )

@@ -44,7 +44,7 @@ def ledger_upkeep(
     logger = get_run_logger()
     events: list[str] = []
     try:
-        drift = dict(ledger.budget_totals_drift(now=now))
+        drift = ledger.budget_totals_drift(now=now)
     except Exception as error:
         logger.error("budget totals not checked: %s", error)
     else:
@@ -105,7 +105,7 @@ def prune_predictions(
     runs = chunks = calls = 0
     more = True
     while more and calls < max_calls:
-        result = dict(ledger.prune_predictions(keep_days=keep_days, limit=runs_per_call, now=now))
+        result = ledger.prune_predictions(keep_days=keep_days, limit=runs_per_call, now=now)
         calls += 1
         runs += int(result.get("runs") or 0)
         chunks += int(result.get("chunks") or 0)

@@ -6,9 +6,9 @@ again by the function, which checks the registered SHA-256 before it runs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Never
 
-from boundary_inference.ledger import Ledger
+from boundary_inference.ledger import Ledger, ModelRow
 from boundary_inference.model_registry import local_location, volume_location
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
@@ -20,10 +20,14 @@ def _invalid(message: str) -> Rejected:
     return Rejected(RejectionType.VALIDATION_FAILED, message)
 
 
+# What check_model returns for the builtin code model, which has no registry row: ``{}``.
+NoModelRow = dict[str, Never]
+
+
 @guard_task(name="check-model", tags=GUARD)
 def check_model(
     ledger: Ledger, settings: Settings, model_version: str
-) -> dict[str, Any] | Rejected:
+) -> ModelRow | NoModelRow | Rejected:
     """The registry row of ``model_version`` (``{}`` for a builtin model), or the refusal."""
     if model_version == BUILTIN or checkpoint_name(model_version) is None:
         return {}  # the builtin, or a name the validation already refused
@@ -41,7 +45,7 @@ def check_model(
                 f" {volume_location(settings).split(':', 1)[1]!r}: run `boundary-inference models"
                 f" add {model_version} --file PATH --to modal`"
             )
-        return dict(row)
+        return row
     path = checkpoint_path(Path(settings.models_dir).resolve(), model_version)
     if not path.is_file():
         where = "registered elsewhere" if local_location(settings) not in locations else "missing"
@@ -54,4 +58,4 @@ def check_model(
             f"{model_version}: {path} changed since registration (size {row['size_bytes']} ->"
             f" {path.stat().st_size} bytes)"
         )
-    return dict(row)
+    return row

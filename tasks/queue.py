@@ -109,7 +109,7 @@ def prefect_backlog(settings: Settings) -> int:
 
 def measure_queue_depth(ledger: Ledger, settings: Settings) -> QueueDepth:
     """The ledger's live runs plus, when configured, Prefect's backlog for the deployment."""
-    depth = dict(ledger.queue_depth())
+    depth = ledger.queue_depth()
     waiting = prefect_backlog(settings) if settings.queue_counts_prefect_backlog else 0
     return QueueDepth(
         queued=int(depth.get("queued", 0)),

@@ -41,7 +41,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from boundary_inference.executor import CallState, CallStatus, Executor
-from boundary_inference.ledger import Ledger
+from boundary_inference.ledger import LeasedRun, Ledger, RunRow
 from config import Settings
 from tasks._common import LEDGER, guard_task
 from tasks.execute import watch_limit_exceeded
@@ -58,7 +58,7 @@ def stale_after_s(settings: Settings, status: str) -> float:
     return settings.watch_limit_s(float(settings.gpu_timeout_s)) + settings.stale_margin_s
 
 
-def watch_limit_of(run: dict[str, Any], settings: Settings) -> float:
+def watch_limit_of(run: RunRow, settings: Settings) -> float:
     """The longest its admission allowed this run's call to be watched: every attempt to its
     limit. Recovered from the worst case reserved for it (worst case = watch limit + idle tail,
     at the GPU price), so a run admitted with a short deadline is not watched for an hour."""
@@ -95,7 +95,7 @@ def reap_stale_runs(
         )
         if not taken.get("taken"):
             continue  # renewed, ended or taken by someone else meanwhile
-        run = dict(taken["run"])
+        run = taken["run"]
         record = _reap(ledger, executor, settings, run, owner)
         logger.warning(
             "run %s of video %s (%s, no watcher): %s",
@@ -111,7 +111,7 @@ def reap_stale_runs(
 
 
 def _reap(
-    ledger: Ledger, executor: Executor, settings: Settings, run: dict[str, Any], owner: str
+    ledger: Ledger, executor: Executor, settings: Settings, run: LeasedRun, owner: str
 ) -> dict[str, Any]:
     run_id, call_id, status = str(run["id"]), run.get("executor_call_id"), str(run["status"])
     record: dict[str, Any] = {

@@ -77,26 +77,7 @@ def spawn_and_settle(
     assert job.services is not None and job.run_id is not None and job.estimate is not None
     settings, run_id, est = job.settings, job.run_id, job.estimate
     ledger, executor = job.services.ledger, job.services.executor
-    executor_name, gpu_type = calibration_key(settings)
-    ledger.transition_run(
-        run_id=run_id,
-        to_status="running",
-        fields={
-            "estimated_cost_usd": est.estimated_cost_usd,
-            "worst_case_cost_usd": est.worst_case_cost_usd,
-            "reserved_cost_usd": est.worst_case_cost_usd,
-            # What calibration reads back: where it ran, and how many distinct pairs.
-            "executor": executor_name,
-            "gpu_type": gpu_type,
-            "unique_pairs": len(verdict.frame_pairs),
-            "duplicate_pairs": verdict.duplicate_pairs,
-        },
-    )
-    create_markdown_artifact(
-        markdown=estimate_markdown(job.video_id, est, probe, verdict.duplicate_pairs),
-        key=artifact_key("estimate", job.video_id),
-        description=f"expected ${est.estimated_cost_usd:.4f}, worst ${est.worst_case_cost_usd:.4f}",
-    )
+    _mark_running(job, verdict, probe=probe)
     request = build_request(
         settings,
         verdict,
@@ -120,6 +101,32 @@ def spawn_and_settle(
         raise
     job.spawned = True
     return settle(job, status, call_id, probe)
+
+
+def _mark_running(job: Job, verdict: Any, *, probe: bool) -> None:
+    """The run is running, with the estimate it was admitted at (and the estimate artifact)."""
+    assert job.services is not None and job.run_id is not None and job.estimate is not None
+    est = job.estimate
+    executor_name, gpu_type = calibration_key(job.settings)
+    job.services.ledger.transition_run(
+        run_id=job.run_id,
+        to_status="running",
+        fields={
+            "estimated_cost_usd": est.estimated_cost_usd,
+            "worst_case_cost_usd": est.worst_case_cost_usd,
+            "reserved_cost_usd": est.worst_case_cost_usd,
+            # What calibration reads back: where it ran, and how many distinct pairs.
+            "executor": executor_name,
+            "gpu_type": gpu_type,
+            "unique_pairs": len(verdict.frame_pairs),
+            "duplicate_pairs": verdict.duplicate_pairs,
+        },
+    )
+    create_markdown_artifact(
+        markdown=estimate_markdown(job.video_id, est, probe, verdict.duplicate_pairs),
+        key=artifact_key("estimate", job.video_id),
+        description=f"expected ${est.estimated_cost_usd:.4f}, worst ${est.worst_case_cost_usd:.4f}",
+    )
 
 
 def _refused_at_spawn(job: Job, executor_name: str, error: ExecutorUnavailable) -> State:
@@ -197,15 +204,15 @@ def reattach(
     assert job.services is not None
     ledger, executor = job.services.ledger, job.services.executor
     job.run_id = run_id
-    row = ledger.get_run(run_id=run_id) or {}
+    row = ledger.get_run(run_id=run_id)
     est, _ = estimate_cost(
         ledger, settings, model_version=model_version, pairs=len(verdict.frame_pairs)
     )
     # What was admitted and reserved then is what counts, whatever calibration says now.
     est = replace(
         est,
-        estimated_cost_usd=float(row.get("estimated_cost_usd") or est.estimated_cost_usd),
-        worst_case_cost_usd=float(row.get("worst_case_cost_usd") or est.worst_case_cost_usd),
+        estimated_cost_usd=float((row and row["estimated_cost_usd"]) or est.estimated_cost_usd),
+        worst_case_cost_usd=float((row and row["worst_case_cost_usd"]) or est.worst_case_cost_usd),
     )
     job.estimate = est
     get_run_logger().warning(

@@ -16,6 +16,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from boundary_inference.ledger import VideoRow
 from boundary_inference.outcome import Rejected, RejectionType
 from boundary_inference.videos import crop_problem, fingerprint_of
 from config import Settings
@@ -34,7 +35,7 @@ def _changed(video_id: str, reason: str) -> Rejected:
 
 
 @guard_task(name="check-source", tags=GUARD)
-def check_source(video: dict[str, Any], settings: Settings) -> dict[str, Any] | Rejected:
+def check_source(video: VideoRow, settings: Settings) -> dict[str, Any] | Rejected:
     """The registered fingerprint to send with the request (empty when none), or the refusal."""
     video_id = str(video.get("id"))
     uri = str(video.get("source_uri") or "")
@@ -42,9 +43,9 @@ def check_source(video: dict[str, Any], settings: Settings) -> dict[str, Any] | 
         ref = sources.parse(uri)
     except InferenceError as error:
         return Rejected(RejectionType.VALIDATION_FAILED, f"video {video_id!r}: {error}")
-    crop = video.get("crop_box")
-    if crop and video.get("width") and video.get("height"):
-        problem = crop_problem(crop, int(video["width"]), int(video["height"]))
+    crop, width, height = video.get("crop_box"), video.get("width"), video.get("height")
+    if crop and width and height:
+        problem = crop_problem(crop, int(width), int(height))
         if problem:
             return Rejected(RejectionType.VALIDATION_FAILED, f"video {video_id!r}: {problem}")
     fingerprint = {k: v for k, v in fingerprint_of(video).items() if v is not None}

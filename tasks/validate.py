@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from boundary_inference.ledger import Ledger
+from boundary_inference.ledger import Ledger, VideoRow
 from boundary_inference.outcome import Rejected, RejectionType
 from boundary_inference.pairs import PairsProblem, parse_frame_pairs
 from config.identifiers import coerce_identifier, identifier_problem
@@ -61,16 +61,40 @@ def _source_missing(uri: str) -> bool:
     return False  # remote sources (s3://, modal volume paths) are checked by the executor
 
 
+PRIORITIES = ("high", "normal", "low")
+
+
+def flag_rejection(skip_if_exists: Any, priority: Any) -> Rejected | None:
+    """The request's flags: ``priority`` one of :data:`PRIORITIES`, ``skip_if_exists`` a bool."""
+    if not isinstance(priority, str) or priority not in PRIORITIES:
+        return Rejected(RejectionType.VALIDATION_FAILED, f"priority must be one of {PRIORITIES}")
+    if not isinstance(skip_if_exists, bool):
+        # bool("false") is True and bool(0) is False: guess neither, a re-run is a paid decision.
+        return Rejected(
+            RejectionType.VALIDATION_FAILED,
+            f"skip_if_exists must be true or false; got {type(skip_if_exists).__name__}",
+        )
+    return None
+
+
+def is_known_model(model_version: Any) -> bool:
+    """The builtin model or a well-formed ``ckpt:<name>`` (whether it is registered is
+    tasks.model_registry's question)."""
+    # Imported when asked, as the flow did: modal_app.models brings numpy and the model code.
+    from modal_app.models import is_known_model_version
+
+    return isinstance(model_version, str) and bool(is_known_model_version(model_version))
+
+
 @guard_task(name="load-video", tags=GUARD)
-def load_video(ledger: Ledger, video_id: str) -> dict[str, Any] | None:
+def load_video(ledger: Ledger, video_id: str) -> VideoRow | None:
     """The registered video (its frame count, source and crop), or None: one ledger read."""
-    found = ledger.get_video(id=video_id)
-    return dict(found) if found else None
+    return ledger.get_video(id=video_id)
 
 
 @guard_task(name="validate-request", tags=GUARD)
 def validate_request(
-    video: dict[str, Any] | None,
+    video: VideoRow | None,
     *,
     video_id: str,
     tenant_id: str,
