@@ -130,11 +130,7 @@ def test_concurrent_submissions_threads_spawn_once(env_threads: FlowEnv) -> None
 
 @pytest.fixture
 def env_threads(make_env: MakeEnv, video: Any) -> FlowEnv:
-    # The claim is the claim under test; every other guard must answer, however loaded the
-    # machine: 8 flows at once on the suite's shared Prefect server once took the queue guard's
-    # backlog count past the default 5 s, and its fail-closed refusal freed the key for a second
-    # job. A generous guard timeout keeps this test about the claim, not about speed.
-    env = make_env(guard_timeout_s="60")
+    env = make_env()
     env.register_clip(video)
     return env
 
