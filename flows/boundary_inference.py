@@ -21,23 +21,22 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, runtime
 from prefect.client.schemas.objects import State
-from prefect.states import Completed
 from pydantic import ValidationError
 
 from boundary_inference.executor import ExecutorUnavailable
 from boundary_inference.ledger import LedgerError, ModelRow
 from boundary_inference.limiter import LimiterUnavailable
-from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
-from boundary_inference.services import EmbeddedNotAllowed, Services, get_services
+from boundary_inference.outcome import Rejected, RejectionType
+from boundary_inference.services import Services
 from config import Settings, get_settings
-from config.identifiers import coerce_identifier, display_identifier
-from config.settings import configuration_problems, settings_for_recording
+from config.identifiers import coerce_identifier
 from flows.parameters import bind_leniently
 from tasks import (
     breaker,
     budget,
     cost,
     dedup,
+    early_refusals,
     limits,
     model_registry,
     queue,
@@ -98,7 +97,7 @@ def boundary_inference_flow(
     try:
         settings = get_settings()
     except ValidationError as error:
-        return _refuse_configuration(error, video_id, tenant_id)
+        return early_refusals.refuse_configuration(error, video_id, tenant_id)
     # Identifiers as given (an all-digit id may arrive as a JSON int); checked against the one
     # grammar before any store is read with them.
     ids: dict[str, Any] = {
@@ -109,7 +108,7 @@ def boundary_inference_flow(
         "frames_version": coerce_identifier(frames_version),
         "model_version": coerce_identifier(model_version),
     }
-    job = _start_job(settings, ids)
+    job = early_refusals.start_job(settings, ids)
     if not isinstance(job, Job):
         return job  # the services could not be reached: refused
     refused = validate.identifier_rejection(**ids)
@@ -125,24 +124,6 @@ def boundary_inference_flow(
     )
 
 
-def _start_job(settings: Settings, ids: dict[str, Any]) -> Job | State:
-    """The job with its services connected, or the refusal when they cannot be reached."""
-    # Recorded with a refusal (row, event, artifact): the id itself when valid, else a short
-    # escaped stand-in, so a bad id never reaches a store or an event resource as it is.
-    video_id = display_identifier(ids["video_id"])
-    shown_tenant = display_identifier(ids["tenant_id"])
-    try:
-        services = get_services(settings)
-    except EmbeddedNotAllowed as error:
-        refusal = str(error)
-    except Exception as error:
-        refusal = f"cannot reach the ledger or Redis: {error}"
-    else:
-        return Job(services, settings, video_id, shown_tenant)
-    job = Job(None, settings, video_id, shown_tenant)
-    return job.reject(Rejected(RejectionType.GUARD_UNAVAILABLE, refusal))
-
-
 def _run_job(
     job: Job,
     *,
@@ -154,7 +135,7 @@ def _run_job(
 ) -> State:
     """The guards and the run; a store lost on the way refuses (before the spawn) or leaves the
     run to whoever watches it next (after)."""
-    assert job.services is not None  # _start_job connected them
+    assert job.services is not None  # early_refusals.start_job connected them
     try:
         return _guarded_run(
             job,
@@ -184,40 +165,6 @@ def _run_job(
         # was unreachable when it should have ended it) is left to the next claim or the reaper
         # at once instead of after its lease.
         job.release_lease()
-
-
-def _refuse_configuration(error: ValidationError, video_id: Any, tenant_id: Any) -> State:
-    """The settings were refused at start: nothing can be admitted. Record why (one line per
-    problem) in the ledger, when the connection settings alone are readable."""
-    problems = configuration_problems(error)
-    logger = get_run_logger()
-    ledger = None
-    try:
-        recording = settings_for_recording()
-    except ValidationError as bad:
-        recording = Settings.model_construct()
-        logger.error("configuration refused, connection settings too: %s", bad)
-    else:
-        try:
-            from boundary_inference.services import open_ledger
-
-            ledger = open_ledger(recording)
-        except Exception as unreachable:
-            logger.error("configuration refused; the ledger is not reachable: %s", unreachable)
-    tenant = "" if tenant_id is None else display_identifier(coerce_identifier(tenant_id))
-    job = Job(None, recording, display_identifier(coerce_identifier(video_id)), tenant)
-    job.recording_ledger = ledger
-    try:
-        return job.reject(
-            Rejected(
-                RejectionType.GUARD_UNAVAILABLE,
-                "configuration refused at start, nothing can be admitted: " + "; ".join(problems),
-                details={"configuration_problems": problems},
-            )
-        )
-    finally:
-        if ledger is not None:
-            ledger.close()
 
 
 def _guarded_run(
@@ -322,12 +269,11 @@ def _claim(
 ) -> State | None:
     """Claim the run (None: this flow owns a new run now), or end here: a skip, or a call
     this flow watches again (its own after a retry, or one whose watcher's lease expired)."""
-    ledger, logger = services.ledger, get_run_logger()
     run_lifecycle.reap_at_start(services, settings)
     this_flow_run = runtime.flow_run.id
     owner = lease_owner(this_flow_run)
     claim = dedup.claim_run(
-        ledger,
+        services.ledger,
         video_id=job.video_id,
         tenant_id=job.tenant_id,
         frames_version=frames_version,
@@ -339,26 +285,7 @@ def _claim(
         lease_s=settings.run_lease_s,
         lease_owner=owner,
     )
-    run_id = str(claim["run_id"])
-    if claim.get("taken_over"):
-        # Its watcher died (its lease expired) after the spawn: this flow is its watcher now.
-        job.hold_lease(run_id, owner)
-        logger.warning("run %s had no watcher (lease expired): taking over its call", run_id)
-        call_id = claim["executor_call_id"]
-        return run_lifecycle.reattach(job, settings, verdict, model_version, run_id, call_id)
-    if not claim["created"]:
-        own_call = run_lifecycle.own_live_call(ledger, run_id)
-        if own_call is not None:
-            return run_lifecycle.reattach(job, settings, verdict, model_version, run_id, own_call)
-        message = (
-            f"run {run_id} already exists for this video, frames and model ({claim['status']})"
-        )
-        logger.info("skipped: %s", message)
-        outcome = JobOutcome(OutcomeStatus.SKIPPED, job.video_id, message, run_id=run_id)
-        return Completed(name="Skipped", message=message, data=outcome.to_dict())
-    job.run_id = run_id
-    job.hold_lease(run_id, owner)
-    return None
+    return run_lifecycle.end_at_claim(job, settings, verdict, model_version, claim, owner)
 
 
 def _cheap_refusals(
@@ -416,33 +343,12 @@ def _admit(job: Job, services: Services, settings: Settings) -> tuple[Rejected |
     return refusal, bool(probe)
 
 
-def _reject_parameters(parameters: dict[str, Any], problems: list[str]) -> State:
-    """Missing or mistyped parameters: recorded like any other refusal, before any guard runs."""
-    settings = get_settings()
-    video_id = parameters.get("video_id")
-    tenant_id = parameters.get("tenant_id")
-    # Shown as given when it is a valid id, else a short escaped stand-in (never stored as is).
-    job = Job(
-        None,
-        settings,
-        "(missing)" if video_id is None else display_identifier(coerce_identifier(video_id)),
-        settings.default_tenant_id
-        if tenant_id is None
-        else display_identifier(coerce_identifier(tenant_id)),
-    )
-    try:
-        job.services = get_services(settings)
-    except Exception as error:  # recorded as an event and an artifact still
-        get_run_logger().error("cannot reach the ledger to record the rejection: %s", error)
-    return job.reject(Rejected(RejectionType.VALIDATION_FAILED, "; ".join(problems)))
-
-
 # frame_pairs has two shapes (pairs or a range spec) whose checks name the offending pair, and the
 # identifiers have one grammar (config.identifiers: an all-digit id given as a JSON int
 # is its decimal string, anything else not a string is refused with its type): tasks.validate owns
 # them, so their values arrive untouched. Missing ones are still refused here.
 bind_leniently(
     boundary_inference_flow,
-    _reject_parameters,
+    early_refusals.reject_parameters,
     unchecked=["frame_pairs", "video_id", "frames_version", "model_version", "tenant_id"],
 )

@@ -17,7 +17,7 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
 from boundary_inference.executor import ExecutorUnavailable
-from boundary_inference.ledger import Ledger
+from boundary_inference.ledger import ClaimResult, Ledger
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus
 from config import Settings
 from modal_app.types import InferenceRequest
@@ -194,6 +194,41 @@ def own_live_call(ledger: Ledger, run_id: str) -> str | None:
         and str(row.get("flow_run_id")) == str(this_flow_run)
     ):
         return str(row["executor_call_id"])
+    return None
+
+
+def end_at_claim(
+    job: Job,
+    settings: Settings,
+    verdict: Any,
+    model_version: str,
+    claim: ClaimResult,
+    owner: str,
+) -> State | None:
+    """After the dedup claim: None when this flow created the run (it holds its lease now); else
+    where this flow ends: watching a call again (one whose watcher's lease expired, or its own
+    after a retry) or a skip."""
+    assert job.services is not None  # claimed through them
+    logger = get_run_logger()
+    run_id = str(claim["run_id"])
+    if claim.get("taken_over"):
+        # Its watcher died (its lease expired) after the spawn: this flow is its watcher now.
+        job.hold_lease(run_id, owner)
+        logger.warning("run %s had no watcher (lease expired): taking over its call", run_id)
+        call_id = claim["executor_call_id"]
+        return reattach(job, settings, verdict, model_version, run_id, call_id)
+    if not claim["created"]:
+        own_call = own_live_call(job.services.ledger, run_id)
+        if own_call is not None:
+            return reattach(job, settings, verdict, model_version, run_id, own_call)
+        message = (
+            f"run {run_id} already exists for this video, frames and model ({claim['status']})"
+        )
+        logger.info("skipped: %s", message)
+        outcome = JobOutcome(OutcomeStatus.SKIPPED, job.video_id, message, run_id=run_id)
+        return Completed(name="Skipped", message=message, data=outcome.to_dict())
+    job.run_id = run_id
+    job.hold_lease(run_id, owner)
     return None
 
 
