@@ -29,21 +29,12 @@ import numpy as np
 from modal_app.frames import FrameSource
 from modal_app.models import BUILTIN, TEXT_THRESHOLD, LogisticModel, fit_logistic, get_model
 from modal_app.predictor import run_inference
+from modal_app.quality import boundary_quality
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import InferenceRequest
 
 GOALS = {"f1_min": 0.95, "total_over_decode_max": 1.5, "model_over_one_pass_max": 3.0}
 GPU_BATCH_SIZES = (64, 128, 256, 512)
-
-
-def _quality(predicted: Sequence[bool], actual: Sequence[bool]) -> dict[str, float | int]:
-    tp = sum(1 for p, a in zip(predicted, actual, strict=True) if p and a)
-    fp = sum(1 for p, a in zip(predicted, actual, strict=True) if p and not a)
-    fn = sum(1 for p, a in zip(predicted, actual, strict=True) if a and not p)
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
 
 
 def _decode_only_s(path: Path, truth: GroundTruth, pairs: list[tuple[int, int]], bs: int) -> float:
@@ -201,8 +192,8 @@ def run_inference_bench(
         "crop": [truth.crop_box.width, truth.crop_box.height],
         "boundaries": int(sum(actual)),
         "generate_s": generate_s,
-        "builtin": _quality([p.is_boundary for p in result.predictions], actual),
-        "checkpoint": _quality([p.is_boundary for p in ckpt_result.predictions], actual),
+        "builtin": boundary_quality([p.is_boundary for p in result.predictions], actual),
+        "checkpoint": boundary_quality([p.is_boundary for p in ckpt_result.predictions], actual),
         "total_s": total_s,
         "pairs_per_s": pairs / total_s,
         "checkpoint_pairs_per_s": pairs / ckpt_result.metrics.elapsed_s,

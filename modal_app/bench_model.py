@@ -15,27 +15,18 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from modal_app.errors import CheckpointError
+from modal_app.quality import boundary_quality
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import InferenceRequest
 
 F1_GOAL = 0.95
 GPU_BATCH_SIZES = (64, 128, 256, 512)
 BENCH_SEED = 7  # train-synthetic renders seeds 10000+ (training) and 20000+ (its own check)
-
-
-def _quality(predicted: Sequence[bool], actual: Sequence[bool]) -> dict[str, float]:
-    tp = sum(1 for p, a in zip(predicted, actual, strict=True) if p and a)
-    fp = sum(1 for p, a in zip(predicted, actual, strict=True) if p and not a)
-    fn = sum(1 for p, a in zip(predicted, actual, strict=True) if a and not p)
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
 
 
 def _job(model: Any, path: Path, truth: GroundTruth, pairs: list[tuple[int, int]], bs: int) -> Any:
@@ -139,7 +130,7 @@ def run_model_bench(
             "boundaries": int(sum(actual)),
             "generate_s": generate_s,
             "batch_size": batch_size,
-            "quality": _quality([p.is_boundary for p in result.predictions], actual),
+            "quality": boundary_quality([p.is_boundary for p in result.predictions], actual),
             "cpu": _figures(result),
             "f1_goal": F1_GOAL,
         }
@@ -178,7 +169,7 @@ def _gpu_sweep(
         _job(model, path, truth, pairs[:size], size)  # warm-up: cuDNN picks its kernels
         result = _job(model, path, truth, pairs, size)
         rates[str(size)] = _figures(result)
-        quality = _quality([p.is_boundary for p in result.predictions], actual)
+        quality = boundary_quality([p.is_boundary for p in result.predictions], actual)
     return {
         "available": True,
         "device": detail,

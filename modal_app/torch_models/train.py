@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from modal_app.frames import FrameSource
+from modal_app.quality import boundary_quality
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.torch_models.checkpoint import apply_lora, save_torch_checkpoint
 from modal_app.torch_models.resnet_pair import BOUNDARY_CLASSES, CLASSES, build, default_config
@@ -148,16 +149,6 @@ def _balanced_batch(
     return np.stack(a_list), np.stack(b_list), np.array(y_list, dtype=np.int64)
 
 
-def _quality(predicted: Sequence[bool], actual: Sequence[bool]) -> tuple[float, float, float]:
-    tp = sum(1 for p, a in zip(predicted, actual, strict=True) if p and a)
-    fp = sum(1 for p, a in zip(predicted, actual, strict=True) if p and not a)
-    fn = sum(1 for p, a in zip(predicted, actual, strict=True) if a and not p)
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
 def train_synthetic(
     config: TrainConfig,
     out: Path,
@@ -266,7 +257,8 @@ def train_synthetic(
             decode_s += result.metrics.decode_s
             model_s += result.metrics.model_s
             device = result.metrics.device
-    precision, recall, f1 = _quality(predicted, actual)
+    quality = boundary_quality(predicted, actual)
+    precision, recall, f1 = quality["precision"], quality["recall"], quality["f1"]
     return TrainReport(
         checkpoint=str(out),
         format=fmt,
