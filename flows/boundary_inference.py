@@ -17,6 +17,7 @@ be reached, nothing is spawned: ``guard_unavailable`` (fail closed).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, runtime
@@ -114,39 +115,30 @@ def boundary_inference_flow(
     refused = validate.identifier_rejection(**ids)
     if refused is not None:
         return job.reject(refused)
-    return _run_job(
-        job,
-        frames_version=ids["frames_version"],
-        model_version=ids["model_version"],
-        frame_pairs=frame_pairs,
-        skip_if_exists=skip_if_exists,
-        priority=priority,
+    request = _Request(
+        ids["frames_version"], ids["model_version"], frame_pairs, skip_if_exists, priority
     )
+    return _run_job(job, request)
 
 
-def _run_job(
-    job: Job,
-    *,
-    frames_version: str,
-    model_version: str,
-    frame_pairs: Any,
-    skip_if_exists: Any,  # checked by the guards: a bad value is a recorded refusal
-    priority: Any,
-) -> State:
+@dataclass(frozen=True)
+class _Request:
+    """What was asked beyond the video, as given: the guards check every value (a bad one is a
+    recorded refusal), so nothing here is trusted yet."""
+
+    frames_version: str
+    model_version: str
+    frame_pairs: Any
+    skip_if_exists: Any
+    priority: Any
+
+
+def _run_job(job: Job, request: _Request) -> State:
     """The guards and the run; a store lost on the way refuses (before the spawn) or leaves the
     run to whoever watches it next (after)."""
     assert job.services is not None  # early_refusals.start_job connected them
     try:
-        return _guarded_run(
-            job,
-            job.services,
-            job.settings,
-            frames_version=frames_version,
-            model_version=model_version,
-            frame_pairs=frame_pairs,
-            skip_if_exists=skip_if_exists,
-            priority=priority,
-        )
+        return _guarded_run(job, job.services, job.settings, request)
     except LeaseLost as error:
         return run_lifecycle.taken_over(job, error)
     except GUARD_ERRORS as error:
@@ -167,32 +159,21 @@ def _run_job(
         job.release_lease()
 
 
-def _guarded_run(
-    job: Job,
-    services: Services,
-    settings: Settings,
-    *,
-    frames_version: str,
-    model_version: str,
-    frame_pairs: Any,
-    skip_if_exists: Any,
-    priority: Any,
-) -> State:
+def _guarded_run(job: Job, services: Services, settings: Settings, request: _Request) -> State:
     """The guards in the README's order; the first refusal ends the job (recorded, undone)."""
-    refused = validate.flag_rejection(skip_if_exists, priority)
+    model_version = request.model_version
+    refused = validate.flag_rejection(request.skip_if_exists, request.priority)
     if refused is not None:
         return job.reject(refused)
 
     # 1. Validation and the registries: reads only.
-    checked = _check_request(job, services, settings, frames_version, model_version, frame_pairs)
+    checked = _check_request(job, services, settings, request)
     if isinstance(checked, Rejected):
         return job.reject(checked)
     verdict, model, source = checked
 
     # 2. Dedup: one atomic claim, with a lease this flow renews while it watches the run.
-    ended = _claim(
-        job, services, settings, verdict, frames_version, model_version, priority, skip_if_exists
-    )
+    ended = _claim(job, services, settings, verdict, request)
     if ended is not None:
         return ended
 
@@ -213,12 +194,7 @@ def _guarded_run(
 
 
 def _check_request(
-    job: Job,
-    services: Services,
-    settings: Settings,
-    frames_version: str,
-    model_version: str,
-    frame_pairs: Any,
+    job: Job, services: Services, settings: Settings, request: _Request
 ) -> tuple[validate.ValidRequest, ModelRow | model_registry.NoModelRow, dict[str, Any]] | Rejected:
     """The request itself, then the registries: (verdict, model, source) or the refusal."""
     ledger = services.ledger
@@ -228,11 +204,11 @@ def _check_request(
         video,
         video_id=job.video_id,
         tenant_id=job.tenant_id,
-        frames_version=frames_version,
-        model_version=model_version,
-        frame_pairs=frame_pairs,
+        frames_version=request.frames_version,
+        model_version=request.model_version,
+        frame_pairs=request.frame_pairs,
         max_frame_pairs=settings.max_frame_pairs,
-        known_model=validate.is_known_model(model_version),
+        known_model=validate.is_known_model(request.model_version),
         check_source_exists=False,  # tasks.source_check, against the registered fingerprint
     )
     if isinstance(verdict, Rejected):
@@ -247,7 +223,7 @@ def _check_request(
         )
     # The registries, still before any quota: the checkpoint is registered where this executor
     # reads it, and the video's source is still what was registered.
-    model = model_registry.check_model(ledger, settings, model_version)
+    model = model_registry.check_model(ledger, settings, request.model_version)
     if isinstance(model, Rejected):
         return model
     assert video is not None  # validation refuses an unregistered video
@@ -262,10 +238,7 @@ def _claim(
     services: Services,
     settings: Settings,
     verdict: validate.ValidRequest,
-    frames_version: str,
-    model_version: str,
-    priority: str,
-    skip_if_exists: bool,
+    request: _Request,
 ) -> State | None:
     """Claim the run (None: this flow owns a new run now), or end here: a skip, or a call
     this flow watches again (its own after a retry, or one whose watcher's lease expired)."""
@@ -276,16 +249,16 @@ def _claim(
         services.ledger,
         video_id=job.video_id,
         tenant_id=job.tenant_id,
-        frames_version=frames_version,
-        model_version=model_version,
+        frames_version=request.frames_version,
+        model_version=request.model_version,
         pairs=len(verdict.frame_pairs),
-        priority=priority,
-        skip_if_exists=skip_if_exists,
+        priority=request.priority,  # checked by validate.flag_rejection
+        skip_if_exists=request.skip_if_exists,
         flow_run_id=str(this_flow_run) if this_flow_run else None,
         lease_s=settings.run_lease_s,
         lease_owner=owner,
     )
-    return run_lifecycle.end_at_claim(job, settings, verdict, model_version, claim, owner)
+    return run_lifecycle.end_at_claim(job, settings, verdict, request.model_version, claim, owner)
 
 
 def _cheap_refusals(
