@@ -151,9 +151,12 @@ def _server_env(directory: Path, port: int) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         # Warnings and errors only: uvicorn's access log would grow by a line per API call.
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
-        # SQLite takes one writer at a time: a burst of clients waits up to a minute for the lock
-        # (Prefect's default is 10 s, then "database is locked" and a 503).
-        PREFECT_SERVER_DATABASE_TIMEOUT="60",
+        # SQLite takes one writer at a time: a burst of clients waits up to 30 s for the lock
+        # (Prefect's default is 10 s, then "database is locked" and a 503, which the client
+        # retries). Shorter than the client's request timeout (60 s): a request the client gave
+        # up on while the server still committed it is retried, and the retry returns the state
+        # without its data (seen in CI with 60 s: a retried flow run's outcome came back empty).
+        PREFECT_SERVER_DATABASE_TIMEOUT="30",
         DO_NOT_TRACK="1",
     )
     return env

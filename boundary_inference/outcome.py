@@ -130,8 +130,8 @@ def outcome_of(state: Any) -> dict[str, Any] | None:
 
 def _outcome_from_state_name(state: Any) -> dict[str, Any] | None:
     """The outcome as far as a final state's name and message tell it, when its data is gone: a
-    state the client got back from the API (a state change retried after a busy server's 503 whose
-    first try had landed) carries no result. The status and, for a refusal, its type.
+    state the client got back from the API (a state change the client retried after its request
+    timed out while the server still committed it) carries no result. The status and, for a refusal, its type.
 
     Not solved by persisting the flow's result: measured, ``persist_result=True`` made the
     backfill's per-video subflows run one after another instead of at once."""
