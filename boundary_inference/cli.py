@@ -58,7 +58,9 @@ def _operator_problem(error: BaseException) -> str | None:
         return f"the ledger (PostgreSQL) failed: {first_line}"
     if isinstance(error, LimiterUnavailable):
         return f"Redis failed: {first_line}"
-    if isinstance(error, (PrefectServerError, EmbeddedNotAllowed, SubmissionCutShort)):
+    if isinstance(error, SubmissionCutShort):
+        return " ".join(str(error).split())  # its reason is clipped already; keep the hint whole
+    if isinstance(error, (PrefectServerError, EmbeddedNotAllowed)):
         return first_line
     names = {c.__module__.split(".")[0] + "." + c.__name__ for c in type(error).__mro__}
     if names & {"psycopg.OperationalError", "psycopg.InterfaceError"}:

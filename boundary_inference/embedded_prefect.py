@@ -43,6 +43,16 @@ from boundary_inference.processes import pid_alive
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 _HOST = "127.0.0.1"
+# SQLite takes one writer at a time: a burst of clients waits up to this long for the lock
+# (Prefect's default is 10 s, then "database is locked" and a 503, which the client retries).
+# Shorter than the client's request timeout (60 s): a request the client gave up on while the
+# server still committed it is retried, and the retry returns the state without its data (seen in
+# CI with 60 s: a retried flow run's outcome came back empty).
+SQLITE_LOCK_WAIT_S = 30
+# Prefect's client retries a 503 with backoff (2**n s). One try more than its default 5: about
+# 2 min in all. Not more: a dead server costs the whole backoff before the CLI can say so (10
+# tries were measured to hang a submission ~34 min after its server was killed).
+CLIENT_MAX_RETRIES = 6
 
 State = Literal["running", "stopped", "exiting"]
 
@@ -151,12 +161,7 @@ def _server_env(directory: Path, port: int) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         # Warnings and errors only: uvicorn's access log would grow by a line per API call.
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
-        # SQLite takes one writer at a time: a burst of clients waits up to 30 s for the lock
-        # (Prefect's default is 10 s, then "database is locked" and a 503, which the client
-        # retries). Shorter than the client's request timeout (60 s): a request the client gave
-        # up on while the server still committed it is retried, and the retry returns the state
-        # without its data (seen in CI with 60 s: a retried flow run's outcome came back empty).
-        PREFECT_SERVER_DATABASE_TIMEOUT="30",
+        PREFECT_SERVER_DATABASE_TIMEOUT=str(SQLITE_LOCK_WAIT_S),
         DO_NOT_TRACK="1",
     )
     return env
@@ -265,11 +270,8 @@ def use_embedded_prefect(state_dir: Path) -> EmbeddedPrefect | None:
         return None
     server = start_prefect(state_dir)
     os.environ["PREFECT_API_URL"] = server.api_url
-    # A busy SQLite server answers 503 now and then; Prefect's client retries those with backoff
-    # (2**n s). One try more than its default 5, unless the user chose a number: about 2 min in
-    # all. Not more: a dead server costs the whole backoff before the CLI can say so (10 tries
-    # were measured to hang a submission ~34 min after its server was killed).
-    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "6")
+    # A busy SQLite server answers 503 now and then: more client tries, unless the user chose.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", str(CLIENT_MAX_RETRIES))
     refresh_global_settings_context()
     return server
 

@@ -19,16 +19,15 @@ from typing import Any
 import pytest
 
 from boundary_inference.embedded import EmbeddedPostgres, EmbeddedRedis, start_postgres, start_redis
+from boundary_inference.embedded_prefect import CLIENT_MAX_RETRIES, SQLITE_LOCK_WAIT_S
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # The session's Prefect test server is SQLite, shared by every test and by the CLI processes the
-# process-level tests start: the same settings as the embedded server (embedded_prefect), so a
-# burst waits for SQLite's lock (30 s, Prefect's default is 10 s; under the client's 60 s request
-# timeout, see embedded_prefect) and a 503 is retried 6 times.
-# Set before Prefect is imported: it reads them once; children and the server inherit them.
-os.environ.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "30")
-os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "6")
+# process-level tests start: the embedded server's lock wait and client retries (embedded_prefect),
+# set before Prefect is imported (it reads them once); children and the server inherit them.
+os.environ.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", str(SQLITE_LOCK_WAIT_S))
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", str(CLIENT_MAX_RETRIES))
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,9 @@ FRAMES = 60
 WAIT_S = 240.0  # for the CLI to start its server and reach the job: bounded, not a speed claim
 
 
-def _wait_for(what: str, check: object, proc: subprocess.Popen[bytes]) -> None:
+def _wait_for(what: str, check: Callable[[], object], proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + WAIT_S
-    while not check():  # type: ignore[operator]
+    while not check():
         if proc.poll() is not None:
             _out, err = proc.communicate()
             pytest.fail(f"submit ended before {what}: {proc.returncode}\n{err.decode()[-3000:]}")
