@@ -235,14 +235,20 @@ CATALOGUE: tuple[LedgerCall, ...] = (
         max_rows_read=5000,
         max_pages=600,
     ),
-    # Reads the current month's reservations: one month of history, by design (an audit).
+    # Reads the current month's reservations: one month of history, by design (an audit). How
+    # much of the month has passed is the calendar's doing, so the bounds are a whole month's
+    # (31 days of this history: 42k reservations), not today's share. Measured on the 1M-run
+    # history ended at three instants: Dec 1 00:30 read 12 rows, 20 pages; Dec 7 07:00 8,534
+    # rows, 6,060 pages (an index scan: about one buffer hit per row); Dec 31 23:30 42,139 rows,
+    # 682 pages (a bitmap scan). A plan that reads history is still caught: by the scan check and
+    # by max_rows_read (history holds a million reservations).
     LedgerCall(
         "budget_totals_drift (month)",
         "budget_totals_drift",
         "monitor",
         lambda s: {},
         max_rows_read=100_000,
-        max_pages=5000,
+        max_pages=50_000,
     ),
     # --- the reaper -----------------------------------------------------------------------------
     LedgerCall(
