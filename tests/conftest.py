@@ -8,6 +8,7 @@ ledger gets a fresh schema with the migrations applied, so tests never see each 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -187,3 +188,33 @@ def reference_checkpoint(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return models_dir, json.loads(result.stdout)
+
+
+# --- A run leaves nothing behind -------------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the daemons a test left running under this session's temporary directories.
+
+    Embedded PostgreSQL and Redis outlive the process that started them, by design; a test whose
+    CLI child starts them under its ``tmp_path`` and does not stop them would leave one behind on
+    the developer's machine. Each is named here so the test can be mended, then stopped.
+    """
+    import psutil
+
+    basetemp = getattr(session.config, "_tmp_path_factory", None)
+    roots = [str(basetemp.getbasetemp())] if basetemp is not None else []
+    if not roots:
+        return
+    leaked = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "cwd"]):
+        try:
+            where = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
+        except (psutil.Error, TypeError):
+            continue
+        if proc.pid != os.getpid() and any(root in where for root in roots):
+            leaked.append(proc)
+    for proc in leaked:
+        print(f"\nleft running by a test, stopped now: pid {proc.pid} {proc.info['name']}")
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
