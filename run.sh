@@ -18,7 +18,7 @@ fi
 # Its own stamp: the base install above is never touched by it.
 torch_stamp="$venv/.torch-$(sha1sum "$here/requirements.lock" "$here/requirements-torch.lock" | sha1sum | cut -c1-12)"
 case "${1:-} ${2:-} ${3:-}" in
-  "test "*|"bench "*|"cli models train-synthetic") need_torch=1 ;;
+  "test "*|"fast "*|"bench "*|"cli models train-synthetic") need_torch=1 ;;
   *) need_torch=0 ;;
 esac
 if [ "$need_torch" = 1 ] && [ ! -f "$torch_stamp" ]; then
@@ -33,8 +33,10 @@ cmd="${1:-help}"; shift || true
 case "$cmd" in
   demo)  exec "$venv/bin/boundary-inference" demo "$@" ;;
   test)  exec "$venv/bin/python" -m pytest "$@" ;;
+  # The lane to run while editing: tests that need no server and are not slow (tests/conftest.py).
+  fast)  exec "$venv/bin/python" -m pytest -m unit -q "$@" ;;
   bench) exec "$venv/bin/boundary-inference" bench "$@" ;;
   lint)  "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
   cli)   exec "$venv/bin/boundary-inference" "$@" ;;
-  *) echo "usage: ./run.sh demo|test|bench|lint|cli [args...]" >&2; exit 2 ;;
+  *) echo "usage: ./run.sh demo|test|fast|bench|lint|cli [args...]" >&2; exit 2 ;;
 esac

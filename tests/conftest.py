@@ -215,6 +215,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if proc.pid != os.getpid() and any(root in where for root in roots):
             leaked.append(proc)
     for proc in leaked:
-        print(f"\nleft running by a test, stopped now: pid {proc.pid} {proc.info['name']}")
+        command = " ".join(proc.info["cmdline"] or [])[:200]
+        print(f"\nleft running by a test, stopped now: pid {proc.pid} {command}")
         with contextlib.suppress(psutil.Error):
             proc.kill()
+
+
+# --- The fast lane: `./run.sh fast` --------------------------------------------------------------
+
+# Session fixtures that start a real server (PostgreSQL, Redis) or train a model (~20 s).
+_COSTLY_FIXTURES = ("embedded_pg", "embedded_redis", "reference_checkpoint")
+
+
+def _needs_servers(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return True
+    if any(name in info.name2fixturedefs for name in _COSTLY_FIXTURES):
+        return True
+    # The session's Prefect API, unless the module overrides it with a fixture of its own.
+    harness = info.name2fixturedefs.get("prefect_harness")
+    return bool(harness) and harness[-1].func is prefect_harness.__wrapped__  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``unit``: a test that needs no server and is not ``slow``; the lane to run while editing."""
+    for item in items:
+        if not _needs_servers(item) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.unit)

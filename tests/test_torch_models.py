@@ -96,6 +96,7 @@ def _crops(video: tuple[Path, GroundTruth], count: int = 48) -> tuple[np.ndarray
 # --- The reference checkpoint, made by the CLI ----------------------------------------------------
 
 
+@pytest.mark.slow  # trains, or starts a child process with torch: seconds each
 def test_train_synthetic_writes_a_checkpoint_that_finds_boundaries(
     reference_checkpoint: tuple[Path, dict[str, Any]],
 ) -> None:
@@ -259,6 +260,7 @@ def test_broken_checkpoints_are_typed_refusals(tmp_path: Path) -> None:
         inspect_checkpoint(tmp_path / "model.onnx")
 
 
+@pytest.mark.slow  # trains, or starts a child process with torch: seconds each
 def test_lora_adapters_round_trip(tmp_path: Path, held_out: tuple[Path, GroundTruth]) -> None:
     config = {
         **default_config("resnet18", (16, 64)),
@@ -362,6 +364,7 @@ def test_the_autocast_path_runs_and_agrees_with_float32(
 # --- The benchmark --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains, or starts a child process with torch: seconds each
 def test_bench_model_prints_quality_throughput_and_the_decode_model_split(
     reference_checkpoint: tuple[Path, dict[str, Any]],
 ) -> None:
@@ -389,6 +392,7 @@ def test_bench_model_prints_quality_throughput_and_the_decode_model_split(
     assert missing.exit_code == 2 and "no checkpoint absent" in missing.stdout
 
 
+@pytest.mark.slow  # trains, or starts a child process with torch: seconds each
 def test_the_local_executor_runs_the_checkpoint_in_its_child_process(
     reference_checkpoint: tuple[Path, dict[str, Any]],
     held_out: tuple[Path, GroundTruth],
