@@ -316,6 +316,13 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         2.0, gt=0, le=300, description="How often the flow polls a running job for progress."
     )
+    cancel_check_s: float = Field(
+        3.0,
+        gt=0,
+        le=300,
+        description="How often a flow watching a call asks the Prefect API whether its flow run"
+        " (or the backfill above it) was cancelled, to cancel the call and stop paying.",
+    )
     default_tenant_id: str = Field("demo", description="Tenant used when a request names none.")
     stale_queued_s: int = Field(
         3600,

@@ -52,7 +52,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.futures import as_completed
-from prefect.states import Completed
+from prefect.states import Cancelled, Completed
 from pydantic import Field
 
 from boundary_inference.ledger import Ledger, SpendSummary
@@ -62,11 +62,13 @@ from config import Settings, get_settings
 from flows.boundary_inference import GUARD_ERRORS, boundary_inference_flow
 from tasks import breaker
 from tasks._common import GUARD, guard_task
+from tasks.cancellation import CancelWatch, stop_backfill_spending
 
 # One backfill is one Prefect flow run with a subflow per video; beyond this, split it (the global
 # rate limit, 20 jobs per hour by default, stops a larger backfill long before anyway).
 MAX_VIDEOS_PER_BACKFILL = 200
 NOT_SUBMITTED = "not_submitted"
+CANCELLED = "cancelled"  # the stop reason of a backfill cancelled from Prefect
 # Refusals that say nothing about the video itself: the next video would be refused the same way.
 STOP_REJECTIONS = frozenset(
     {
@@ -247,7 +249,14 @@ def _summary_markdown(
     return "\n".join(lines)
 
 
-@flow(name="backfill", flow_run_name="backfill-{frames_version}-{model_version}")
+@flow(
+    name="backfill",
+    flow_run_name="backfill-{frames_version}-{model_version}",
+    # Second layer: a backfill killed by its runner (cancelled from the UI) or crashed leaves
+    # its videos' calls running; these cancel and settle them.
+    on_cancellation=[stop_backfill_spending],
+    on_crashed=[stop_backfill_spending],
+)
 def backfill_flow(
     video_ids: Annotated[list[str], Field(min_length=1, max_length=MAX_VIDEOS_PER_BACKFILL)],
     frames_version: Annotated[str, Field(min_length=1)],
@@ -286,7 +295,7 @@ def backfill_flow(
     assert isinstance(progress_id, uuid.UUID)  # sync context: the id, not a coroutine
     submitted = waves_sent = 0
     for number, wave in enumerate(waves, start=1):
-        bf.stop = bf.stop or _gate(settings, tenant)
+        bf.stop = bf.stop or _cancelled(settings) or _gate(settings, tenant)
         if bf.stop is not None:
             _record_stop(bf, waves, number)
             break
@@ -302,6 +311,8 @@ def backfill_flow(
             video_args=(frames_version, model_version, bool(skip_if_exists), priority, tenant_id),
         )
     update_progress_artifact(progress_id, 100.0)
+    # A cancel during the last wave: the server accepts no other end than Cancelled now.
+    bf.stop = _cancelled(settings) or bf.stop
     return _report(bf, settings, submitted, len(unique), size, waves_sent)
 
 
@@ -400,9 +411,19 @@ def _report(
     message = f"{submitted}/{videos} videos submitted; " + ", ".join(
         f"{n} {s}" for s, n in sorted(bf.counts().items())
     )
+    if bf.stop is not None and bf.stop.kind == CANCELLED:
+        return Cancelled(message=f"{bf.stop.message}: {message}", data=summary)
     if bf.stop is not None:
         return Completed(name="Stopped", message=f"{bf.stop.kind}: {message}", data=summary)
     return Completed(message=message, data=summary)
+
+
+def _cancelled(settings: Settings) -> StopReason | None:
+    """Before each wave: was this backfill cancelled from Prefect? (Its running videos see it
+    themselves, each cancelling its own call.)"""
+    watch = CancelWatch.for_this_flow_run(settings)  # a new watch asks at once
+    reason = watch.requested() if watch is not None else None
+    return StopReason(CANCELLED, reason) if reason else None
 
 
 def _gate(settings: Settings, tenant_id: str) -> StopReason | None:

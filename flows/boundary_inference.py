@@ -46,6 +46,7 @@ from tasks import (
     source_check,
     validate,
 )
+from tasks.cancellation import stop_spending
 from tasks.job import Job
 from tasks.lease import LeaseLost, lease_owner
 
@@ -70,6 +71,10 @@ def _run_name() -> str:
     # Bad parameters must reach our validation (recorded, typed rejection) rather than fail in
     # Prefect's parameter validation, which records nothing in the ledger (see bind_leniently).
     validate_parameters=False,
+    # Second layer behind the watch's own cancel check (tasks.cancellation): a flow process
+    # killed by its runner's cancel, or crashed, leaves its call running and unsettled.
+    on_cancellation=[stop_spending],
+    on_crashed=[stop_spending],
 )
 def boundary_inference_flow(
     video_id: str,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 R = TypeVar("R")
 
@@ -35,3 +37,11 @@ def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lower-case letters, digits and dashes only."""
     text = "-".join(parts).lower()
     return _SLUG.sub("-", text).strip("-")[:200] or "artifact"
+
+
+def run_logger() -> Any:
+    """The run's logger; outside a run (a flow hook in the runner) the module logger."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("boundary_inference")

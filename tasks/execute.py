@@ -7,6 +7,11 @@ other than a finished call (flow timeout, cancellation, crash of this process wh
 run code) cancels the call. The one exception is :class:`~tasks.lease.LeaseLost`: another watcher
 took the run over while this one was stalled, and that watcher owns the call now.
 
+A cancel from Prefect (this flow run, or the backfill above it, set to ``Cancelling`` from the UI
+or the API) is asked for by the watch itself (:class:`tasks.cancellation.CancelWatch`): the call is
+cancelled and its status says how many seconds it used, so it is settled at those, not its worst
+case.
+
 The watch loop's clock and sleep are parameters, so the watch limit is tested by advancing a
 clock, not by waiting for it.
 """
@@ -31,7 +36,8 @@ from boundary_inference.executor import (
 from boundary_inference.ledger import Ledger
 from config import Settings
 from modal_app.types import InferenceRequest
-from tasks._common import GPU, artifact_key, guard_task
+from tasks._common import GPU, guard_task
+from tasks.cancellation import CancelWatch, cancelled_status
 from tasks.lease import LeaseLost
 
 
@@ -44,6 +50,7 @@ def run_job(
     *,
     existing_call_id: str | None = None,
     lease: Any = None,
+    cancel: CancelWatch | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[str, CallStatus]:
@@ -55,17 +62,22 @@ def run_job(
     failure while the attempt still runs, and nobody would watch it any more.
     """
     logger = get_run_logger()
+    cancel = cancel or CancelWatch.for_this_flow_run(settings, clock)
+    spawned_at: float | None = None  # unknown for a call another watcher spawned
     if existing_call_id:
         call_id = existing_call_id
         logger.info("reattaching to call %s instead of spawning again", call_id)
     else:
+        spawned_at = clock()  # before the submit: an upper bound on what the call has run
         call_id = executor.submit(request)
     finished = False
     try:
         if not existing_call_id:
             ledger.set_call_id(run_id=request.run_id, call_id=call_id)
             logger.info("spawned %s call %s for run %s", executor.name, call_id, request.run_id)
-        status = _watch(executor, settings, request, call_id, lease, clock, sleep)
+        status = _watch(executor, settings, request, call_id, lease, cancel, clock, sleep)
+        if cancel is not None and cancel.reason and status.state is CallState.FAILED:
+            status = _cancelled(status, cancel.reason, spawned_at, clock)
         finished = status.state is CallState.SUCCEEDED
         if not finished:
             executor.cancel(call_id)
@@ -81,21 +93,41 @@ def run_job(
             executor.cancel(call_id)
 
 
+def _cancelled(
+    status: CallStatus, reason: str, spawned_at: float | None, clock: Callable[[], float]
+) -> CallStatus:
+    """A call that ended after this watch cancelled it on Prefect's request: the seconds the
+    executor measured; else, for a call this watcher spawned, the time since its spawn (it has
+    ended, so it ran no longer: a bound on what it billed); else unknown (its worst case)."""
+    elapsed = status.failure.elapsed_s if status.failure is not None else None
+    if elapsed is None and spawned_at is not None:
+        elapsed = max(0.0, clock() - spawned_at)
+    return cancelled_status(status, reason, elapsed_s=elapsed)
+
+
 def _watch(
     executor: Executor,
     settings: Settings,
     request: InferenceRequest,
     call_id: str,
     lease: Any,
+    cancel: CancelWatch | None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> CallStatus:
     progress = _Progress(request, executor.name)
     watch_limit_s = settings.watch_limit_s(request.deadline_s)
     give_up_at = clock() + watch_limit_s
+    cancel_sent = False
     while True:
         if lease is not None:
             lease.check()
+        reason = cancel.requested() if cancel is not None else None
+        if reason is not None and not cancel_sent:
+            # Watched on until the executor says it ended: that answer carries its seconds.
+            get_run_logger().warning("%s: cancelling call %s", reason, call_id)
+            executor.cancel(call_id)
+            cancel_sent = True
         polled_at = clock()
         status: CallStatus = executor.poll(call_id, timeout_s=settings.poll_interval_s)
         progress.report(100.0 if status.state is CallState.SUCCEEDED else 100.0 * status.progress)
@@ -116,9 +148,10 @@ class _Progress:
         self.artifact_id: uuid.UUID | None = None
         self.last_percent = -1.0
         try:
+            # No key: a key per run would fill the Artifacts page with one entry per job; the
+            # artifact is still on its flow run's and task run's pages.
             created = create_progress_artifact(  # sync context: returns the id
                 progress=0.0,
-                key=artifact_key("progress", request.run_id),
                 description=f"{len(request.frame_pairs)} frame pairs on {executor_name}",
             )
             self.artifact_id = created if isinstance(created, uuid.UUID) else None

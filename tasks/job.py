@@ -23,6 +23,7 @@ from tasks.lease import LeaseKeeper
 
 if TYPE_CHECKING:
     from boundary_inference.services import Services
+    from tasks.cancellation import CancelWatch
 
 
 class Job:
@@ -52,6 +53,8 @@ class Job:
         self.duplicate_pairs: int | None = None
         # Renews the run's lease while this flow watches it (tasks.lease); stopped at the end.
         self.lease: LeaseKeeper | None = None
+        # Asks Prefect whether this flow run was cancelled while it watches the call.
+        self.cancel: CancelWatch | None = None
 
     def hold_lease(self, run_id: str, owner: str) -> None:
         assert self.services is not None

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from prefect import get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
-from prefect.states import Completed, Failed
+from prefect.exceptions import TerminationSignal
+from prefect.states import Cancelled, Completed, Failed
 
 from boundary_inference.executor import ExecutorUnavailable
 from boundary_inference.ledger import ClaimResult, Ledger
@@ -22,6 +23,7 @@ from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus
 from config import Settings
 from modal_app.types import InferenceRequest
 from tasks._common import artifact_key
+from tasks.cancellation import CancelWatch, stop_flow_run_calls
 from tasks.cost import CostEstimate, calibration_key, estimate_cost
 from tasks.execute import run_job
 from tasks.job import Job
@@ -87,8 +89,11 @@ def spawn_and_settle(
         model_sha256=model_sha256,
         source=source or None,
     )
+    job.cancel = CancelWatch.for_this_flow_run(settings)
     try:
-        call_id, status = run_job(executor, ledger, settings, request, lease=job.lease)
+        call_id, status = run_job(
+            executor, ledger, settings, request, lease=job.lease, cancel=job.cancel
+        )
     except ExecutorUnavailable as error:
         return _refused_at_spawn(job, executor.name, error)
     except LeaseLost:
@@ -257,9 +262,16 @@ def reattach(
     )
     request = build_request(settings, verdict, model_version, run_id, est)
     job.spawned = True
+    job.cancel = CancelWatch.for_this_flow_run(settings)
     try:
         call_id, status = run_job(
-            executor, ledger, settings, request, existing_call_id=call_id, lease=job.lease
+            executor,
+            ledger,
+            settings,
+            request,
+            existing_call_id=call_id,
+            lease=job.lease,
+            cancel=job.cancel,
         )
     except LeaseLost:
         raise
@@ -281,6 +293,8 @@ def finish_unwatched(job: Job, error: BaseException) -> None:
         return  # ...or another watcher has it now, and settles it
     job.finished_unwatched = True
     ledger, logger = job.services.ledger, get_run_logger()
+    if isinstance(error, TerminationSignal) and _settle_terminated(job, error):
+        return
     try:
         ledger.transition_run(
             run_id=job.run_id,
@@ -294,6 +308,27 @@ def finish_unwatched(job: Job, error: BaseException) -> None:
         ledger.settle_budget(run_id=job.run_id, actual_usd=job.estimate.worst_case_cost_usd)
     except Exception as inner:
         logger.error("could not settle run %s after %s: %s", job.run_id, error, inner)
+
+
+def _settle_terminated(job: Job, error: BaseException) -> bool:
+    """The runner's SIGTERM (a cancel from the UI of a run a runner or worker started): the call
+    is cancelled already (run_job's ``finally``); settle it at the seconds it used when the
+    executor knows them. False when it could not be settled here (the worst case stays)."""
+    assert job.services is not None and job.run_id is not None
+    from prefect import runtime
+
+    try:
+        settled = stop_flow_run_calls(
+            job.services.ledger,
+            job.services.executor,
+            job.settings,
+            [(runtime.flow_run.id, job.video_id)],
+            f"cancelled: the flow run was stopped ({type(error).__name__})",
+        )
+    except Exception as inner:
+        get_run_logger().error("run %s not settled after %s: %s", job.run_id, error, inner)
+        return False
+    return bool(settled)
 
 
 def settle(job: Job, status: Any, call_id: str, probe: bool) -> State:
@@ -323,8 +358,14 @@ def settle(job: Job, status: Any, call_id: str, probe: bool) -> State:
         metrics=settled.metrics if succeeded else {},
         duplicate_pairs=job.duplicate_pairs,
     )
+    if job.cancel is not None and job.cancel.reason:
+        # The flow run is Cancelling: the server accepts no other end but Cancelled.
+        get_run_logger().warning("run %s %s: %s", job.run_id, settled.status, job.cancel.reason)
+        return Cancelled(message=job.cancel.reason, data=JobFailed(outcome.to_dict()))
     if succeeded:
         return Completed(message=outcome.message, data=outcome.to_dict())
+    if settled.status is OutcomeStatus.CANCELLED:
+        return Cancelled(message=settled.message, data=JobFailed(outcome.to_dict()))
     get_run_logger().error(
         "run %s %s: %s (call %s)", job.run_id, settled.status, settled.message, call_id
     )

@@ -13,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect import get_run_logger
-
 from boundary_inference.executor import CallState, FailureKind
 from boundary_inference.ledger import Ledger
 from boundary_inference.ledger.predictions import DEFAULT_BATCH_PAIRS, save_in_batches
 from boundary_inference.outcome import OutcomeStatus
 from config import Settings
 from tasks import breaker, budget
-from tasks._common import LEDGER, guard_task
+from tasks._common import LEDGER, guard_task, run_logger
 
 FAILURE_STATUS = {
     FailureKind.TIMEOUT: OutcomeStatus.TIMED_OUT,
@@ -98,7 +96,7 @@ def _settle_success(
     budget.settle(ledger, run_id=run_id, actual_usd=actual)
     breaker.record_outcome(ledger, settings, ok=True, kind="success", probe=probe)
     boundaries = sum(1 for p in result.predictions if p.is_boundary)
-    get_run_logger().info(
+    run_logger().info(
         "run %s succeeded: %d pairs, %d boundaries, %.1f pairs/s, $%.4f",
         run_id,
         saved,

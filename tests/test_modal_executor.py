@@ -298,7 +298,7 @@ def test_polls_that_cannot_reach_modal_stay_pending_then_give_up(
     status = executor.poll(call_id, timeout_s=0.1)
     assert status.state is CallState.FAILED and status.failure is not None
     assert status.failure.kind is FailureKind.INFRASTRUCTURE
-    assert cloud.cancels == [(call_id, False)]  # and it stops paying for what it cannot watch
+    assert cloud.cancels == [(call_id, True)]  # and it stops paying for what it cannot watch
 
 
 # --- Refusal, cancel, classification --------------------------------------------------------------
@@ -352,7 +352,7 @@ def test_cancel_calls_function_call_cancel_and_the_call_ends_cancelled(
     assert model.holding.wait(10)
     executor.cancel(call_id)
     executor.cancel(call_id)  # idempotent
-    assert cloud.cancels == [(call_id, False), (call_id, False)]
+    assert cloud.cancels == [(call_id, True), (call_id, True)]
     status = wait_for(executor, call_id)
     assert status.state is CallState.FAILED and status.failure is not None
     assert status.failure.kind is FailureKind.CANCELLED
@@ -374,7 +374,7 @@ def test_a_fresh_instance_cancels_by_id_and_cancel_never_raises(
     assert cloud.calls[call_id].done.wait(10)
     cloud.cancel_raises = modal_exc.ConnectionError("unreachable")
     executor_for(cloud).cancel(call_id)  # logged, not raised: it runs in finally blocks
-    assert cloud.cancels[-3:] == [(call_id, False)] * 3
+    assert cloud.cancels[-3:] == [(call_id, True)] * 3
 
 
 @pytest.mark.parametrize(

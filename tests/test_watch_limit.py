@@ -14,8 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import modal.exception as modal_exc
 import pytest
-from prefect import flow
+from prefect import flow, runtime
+from prefect.client.orchestration import get_client
+from prefect.states import Cancelling
 
 from boundary_inference.executor import CallState, FailureKind
 from boundary_inference.ledger import Ledger
@@ -117,3 +120,47 @@ def test_a_call_that_ends_failed_is_cancelled_too(ledger: Ledger, tmp_path: Path
         cloud.join()
     assert status.state is CallState.FAILED
     assert [cid for cid, _ in cloud.cancels] == [call_id]
+
+
+class RunsUntilCancelled(FakeCloud):
+    """A call that runs until cancelled; Modal then answers its ``get`` with a bare RemoteError."""
+
+    def _run(self, call: Any) -> None:
+        call.cancel_requested.wait()
+        call.error = modal_exc.RemoteError("input ended by the server")
+        call.done.set()
+
+
+def test_a_cancel_from_prefect_terminates_the_modal_call_and_charges_its_seconds(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """The flow run is set Cancelling through the real Prefect API (as the UI does) while it
+    watches a Modal call: the watch cancels the call with its containers terminated, and the
+    call's seconds are the time since its spawn (Modal does not report a cancelled call's), not
+    unknown (which would charge the worst case)."""
+    settings = get_settings(executor="modal", poll_interval_s=0.1)
+    cloud = RunsUntilCancelled(settings)
+    executor = executor_for(cloud)
+    request = running_request(ledger, tmp_path, pairs=10, deadline_s=60.0)
+    clock = Clock()
+    seen: dict[str, Any] = {}
+
+    @flow
+    def watch() -> None:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(runtime.flow_run.id, Cancelling(), force=True)
+        seen["call_id"], seen["status"] = run_job(
+            executor, ledger, settings, request, clock=clock, sleep=clock.sleep
+        )
+
+    try:
+        watch(return_state=True)
+    finally:
+        for call in cloud.calls.values():
+            call.cancel_requested.set()
+        cloud.join()
+    status = seen["status"]
+    assert cloud.cancels[0] == (seen["call_id"], True)  # containers terminated
+    assert status.state is CallState.FAILED and status.failure.kind is FailureKind.CANCELLED
+    assert "Cancelling" in status.failure.message
+    assert status.failure.elapsed_s == pytest.approx(clock.now)  # since the spawn, not unknown

@@ -379,7 +379,8 @@ class ModalExecutor:
         self._cancelled.add(call_id)
         for attempt in range(1, _CANCEL_TRIES + 1):
             try:
-                self._from_id(call_id).cancel(terminate_containers=False)
+                # Terminated, or the cancelled container idles warm (billed) for scaledown_window.
+                self._from_id(call_id).cancel(terminate_containers=True)
                 return
             except (modal_exc.NotFoundError, modal_exc.OutputExpiredError):
                 return
