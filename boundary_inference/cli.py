@@ -188,22 +188,6 @@ def demo(
     )
 
 
-def _embedded_run_slot(server: Any) -> Any:
-    """A run slot when the flow run goes to the state dir's embedded server (started here, or
-    inherited through ``PREFECT_API_URL`` from a parent that started it); else nothing to take."""
-    from contextlib import nullcontext
-
-    from prefect.settings import get_current_settings
-
-    from boundary_inference.embedded_prefect import is_embedded_api, prefect_dir
-    from boundary_inference.run_slots import run_slot
-
-    state_dir = Path(_settings().state_dir)
-    if server is None and not is_embedded_api(state_dir, get_current_settings().api.url):
-        return nullcontext()
-    return run_slot(prefect_dir(state_dir) / "run-slots")
-
-
 class SubmissionCutShort(RuntimeError):
     """The flow run ended on an operator problem (most often Prefect's API lost mid-run): the
     ledger, not Prefect, holds what was decided for the job."""
@@ -261,12 +245,10 @@ def submit(
         except RequestJsonError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from error
-    server = _use_prefect()
+    _use_prefect()
     from flows.boundary_inference import boundary_inference_flow
 
-    # On the embedded (SQLite) Prefect server a burst of submissions queues for a few run slots
-    # instead of failing on its lock; a server of your own takes them all at once.
-    with _embedded_run_slot(server), _ledger_has_the_outcome(video_id):
+    with _ledger_has_the_outcome(video_id):
         state = boundary_inference_flow(
             video_id=video_id,
             frames_version=frames_version,

@@ -1,7 +1,8 @@
 """``boundary-inference services status|env|stop``: the embedded daemons of the state directory.
 
-PostgreSQL (``state/pg``), Redis (``state/redis``) and the Prefect server (``state/prefect``) keep
-running after the command that started them, so that the next one joins them in milliseconds.
+PostgreSQL (``state/pg``), Redis (``state/redis``) and the Prefect server (``state/prefect``, with
+its own PostgreSQL in ``state/prefect/pg``, shown as ``prefect-db``) keep running after the
+command that started them, so that the next one joins them in milliseconds.
 These commands show them and stop them. Whether each lives is read from its pidfile and lock,
 never from a ping (a busy server is not a dead one).
 """
@@ -49,12 +50,20 @@ def _state_dir() -> Path:
 
 
 def _rows(state_dir: Path) -> list[_Row]:
-    from boundary_inference.embedded_prefect import prefect_status
+    from boundary_inference.embedded_prefect import prefect_database_status, prefect_status
 
     prefect = prefect_status(state_dir)
+    prefect_db = prefect_database_status(state_dir)
     return [
         _postgres_row(state_dir),
         _redis_row(state_dir),
+        _Row(
+            prefect_db.name,
+            prefect_db.state,
+            prefect_db.pid,
+            prefect_db.address,
+            prefect_db.directory,
+        ),
         _Row(
             "prefect",
             prefect.state,
@@ -187,7 +196,10 @@ def env() -> None:
 def stop(
     only: Annotated[
         list[str] | None,
-        typer.Argument(help="Which to stop (postgres, redis, prefect); default all."),
+        typer.Argument(
+            help="Which to stop (postgres, redis, prefect: the server and its database);"
+            " default all."
+        ),
     ] = None,
 ) -> None:
     """Stop the embedded daemons (all, or those named). The next command that needs one starts it
@@ -208,8 +220,9 @@ def stop(
     for name in ("prefect", "redis", "postgres"):  # clients first, the ledger last
         if name in names:
             stoppers[name]()
-    for row in _rows(state_dir):
-        if row.name in names:
-            console.print(f"{row.name}: {row.state}")
-    still: list[Any] = [r for r in _rows(state_dir) if r.name in names and r.state == "running"]
+    # "prefect" names the server and its database (prefect-db): they stop together.
+    shown = [r for r in _rows(state_dir) if r.name.removesuffix("-db") in names]
+    for row in shown:
+        console.print(f"{row.name}: {row.state}")
+    still: list[Any] = [r for r in shown if r.state == "running"]
     raise typer.Exit(1 if still else 0)

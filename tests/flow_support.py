@@ -136,7 +136,7 @@ def configure(
         "STATE_DIR": str(tmp_path / "state"),
         "POLL_INTERVAL_S": "0.2",
         # Guards must answer in these tests, however loaded the machine: the suite's one Prefect
-        # test server (SQLite) serves every test's flows, and under load its backlog count once
+        # test server serves every test's flows, and under load its backlog count once
         # took longer than the default 5 s (a correct fail-closed guard_unavailable, in a test
         # about something else). A test of a guard's timeout sets its own.
         "GUARD_TIMEOUT_S": "60",

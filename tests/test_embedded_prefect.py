@@ -18,7 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from boundary_inference.embedded_prefect import prefect_status, start_prefect, stop_prefect
+from boundary_inference.embedded_prefect import (
+    prefect_database_status,
+    prefect_status,
+    start_prefect,
+    stop_prefect,
+)
 from boundary_inference.outcome import outcome_of
 from boundary_inference.services import embedded_refusal, reset_services
 from config import get_settings
@@ -76,7 +81,11 @@ def test_concurrent_starters_share_one_server_that_survives_them(prefect_state: 
     assert (status.state, status.pid, status.alive) == ("running", pid, True)
     assert status.address == f"http://127.0.0.1:{port}/api"
     assert httpx.get(f"{status.address}/health", timeout=30).status_code == 200
-    assert (prefect_state / "prefect" / "prefect.db-wal").exists()  # SQLite in WAL mode
+    # Its database is its own PostgreSQL (with pg_trgm), not SQLite.
+    database = prefect_database_status(prefect_state)
+    assert (database.state, database.directory) == ("running", prefect_state / "prefect" / "pg")
+    assert not list((prefect_state / "prefect").glob("*.db*"))
+    assert _prefect_tables(database.address) >= {"flow_run", "task_run", "deployment"}
 
     # kill -9: the lock goes with the process; the next start replaces it on the same port.
     os.kill(pid, signal.SIGKILL)
@@ -85,8 +94,34 @@ def test_concurrent_starters_share_one_server_that_survives_them(prefect_state: 
     again = start_prefect(prefect_state)
     assert again.pid != pid and again.port == port
 
+    # Its database killed under the live server: the next start joins the server and restarts
+    # the database, and the server reconnects (a write through the API succeeds).
+    database = prefect_database_status(prefect_state)
+    assert database.pid is not None
+    os.kill(database.pid, signal.SIGKILL)
+    while prefect_database_status(prefect_state).alive:
+        time.sleep(0.05)
+    assert start_prefect(prefect_state) == again
+    restarted = prefect_database_status(prefect_state)
+    assert restarted.state == "running" and restarted.pid != database.pid
+    deadline = time.monotonic() + 120
+    body = {"name": f"after-restart-{uuid.uuid4().hex[:6]}"}
+    while (code := httpx.post(f"{again.api_url}/flows/", json=body, timeout=30).status_code) != 201:
+        assert time.monotonic() < deadline, code
+        time.sleep(0.5)
+
     stopped = stop_prefect(prefect_state)
     assert (stopped.state, stopped.alive) == ("stopped", False)
+    assert prefect_database_status(prefect_state).state == "stopped"  # stopped with its server
+
+
+def _prefect_tables(address: str | None) -> set[str]:
+    import psycopg
+
+    assert address is not None
+    with psycopg.connect(address.replace("/postgres?", "/prefect?"), connect_timeout=30) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {str(name) for (name,) in rows}
 
 
 def test_status_of_a_state_dir_without_a_server(tmp_path: Path) -> None:

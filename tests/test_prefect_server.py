@@ -51,8 +51,8 @@ def _free_port() -> int:
 def _wait(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.5) -> Any:
     """Poll `check` until it returns something truthy.
 
-    A poll that cannot reach the server (a read timeout while the SQLite-backed test server is
-    busy on a loaded CI machine) is an observation that failed, not an answer: it is retried
+    A poll that cannot reach the server (a read timeout while the test server is busy on a
+    loaded CI machine) is an observation that failed, not an answer: it is retried
     until the deadline, and only the deadline fails the test.
     """
     deadline = time.monotonic() + timeout_s
@@ -104,7 +104,8 @@ def _base_env(home: Path) -> dict[str, str]:
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
-        PYTHONPATH=str(ROOT),
+        # The checkout first; anything else on the path stays (an install made with --target).
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
     )
     return env
 
@@ -142,15 +143,12 @@ class _Webhook:
 
 
 _LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| (\w+)\s*\|")
-# SQLite's answer when two of the server's writers upgrade a read to a write at once (WAL mode
-# returns it without waiting): Prefect's SQLite backend under concurrent load. Counted, not
-# failed on; any other error is a failure.
-SQLITE_CONTENTION = "database is locked"
 
 
-def _server_log_errors(text: str) -> tuple[list[str], list[str]]:
-    """(errors, tolerated SQLite contention) in a Prefect server log: each ERROR/CRITICAL record
-    with the traceback lines under it, and any traceback outside such a record."""
+def _server_log_errors(text: str) -> list[str]:
+    """The errors in a Prefect server log: each ERROR/CRITICAL record with the traceback lines
+    under it, and any traceback outside such a record. (On PostgreSQL there is no lock contention
+    to tolerate: SQLite's "database is locked" was counted and forgiven here before.)"""
     records: list[tuple[str, list[str]]] = []
     for line in text.splitlines():
         found = _LOG_RECORD.match(line)
@@ -160,12 +158,11 @@ def _server_log_errors(text: str) -> tuple[list[str], list[str]]:
             records[-1][1].append(line)
         elif "Traceback" in line or "Error" in line:
             records.append(("ERROR", [line]))
-    errors, contention = [], []
-    for level, lines in records:
-        if level in ("ERROR", "CRITICAL") or any("Traceback" in x for x in lines):
-            body = "\n".join(lines)
-            (contention if SQLITE_CONTENTION in body else errors).append(body)
-    return errors, contention
+    return [
+        "\n".join(lines)
+        for level, lines in records
+        if level in ("ERROR", "CRITICAL") or any("Traceback" in x for x in lines)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +171,21 @@ def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prefect_server(server_log: Path) -> Iterator[str]:
+def prefect_database() -> Iterator[str]:
+    """The server's database: PostgreSQL with pg_trgm, as the embedded server's (its data outside
+    pytest's basetemp, which a concurrent session may delete under a live server)."""
+    from boundary_inference.embedded_prefect import start_prefect_database, stop_prefect_database
+
+    directory = Path(tempfile.mkdtemp(prefix="bi-ps-"))
+    try:
+        yield start_prefect_database(directory)
+    finally:
+        stop_prefect_database(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(server_log: Path, prefect_database: str) -> Iterator[str]:
     home = server_log.parent
     port = _free_port()
     env = _base_env(home)
@@ -182,6 +193,7 @@ def prefect_server(server_log: Path) -> Iterator[str]:
     # Only the scheduler's main loop is shortened; the schedule itself is the shipped one.
     env.update(
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=prefect_database,
         # The UI finds its API from these settings, not from --port (else it calls :4200).
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
@@ -673,6 +685,5 @@ def test_server_log_has_no_service_errors(prefect_server: str, server_log: Path)
     """Last in this module: everything above ran against this server; its services (scheduler,
     late runs, foreman, event persister...) logged no error while it did. The issue this guards:
     SQLAlchemy 2.1 made them fail every loop with "Can't evaluate bulk DML statement"."""
-    errors, contention = _server_log_errors(server_log.read_text(errors="replace"))
+    errors = _server_log_errors(server_log.read_text(errors="replace"))
     assert errors == [], "\n\n".join(e[:1500] for e in errors[:5])
-    print(f"SQLite lock contention records (tolerated): {len(contention)}")
