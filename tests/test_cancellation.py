@@ -187,6 +187,9 @@ def test_the_hook_settles_a_call_whose_flow_process_stopped_watching(
     assert not pid_alive(pid)
     assert_charged_the_seconds_used(env, [run_id])
     # Run again (the flow's own hook after it settled): nothing left to do.
-    assert stop_flow_run_calls(
-        services.ledger, services.executor, env.settings, [(flow_run_id, "h1")], "again"
-    ) == []
+    assert (
+        stop_flow_run_calls(
+            services.ledger, services.executor, env.settings, [(flow_run_id, "h1")], "again"
+        )
+        == []
+    )

@@ -189,7 +189,10 @@ def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
         # The embedded Redis these commands started (no Redis URL is set) outlives them, as a
         # daemon should: stopped here the way an operator stops it, so the run leaves nothing.
         run_python(
-            ["-m", "boundary_inference.cli", "services", "stop"], env=env, cwd=tmp_path, timeout_s=60
+            ["-m", "boundary_inference.cli", "services", "stop"],
+            env=env,
+            cwd=tmp_path,
+            timeout_s=60,
         )
 
 
