@@ -199,7 +199,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     Embedded PostgreSQL and Redis outlive the process that started them, by design; a test whose
     CLI child starts them under its ``tmp_path`` and does not stop them would leave one behind on
-    the developer's machine. Each is named here so the test can be mended, then stopped.
+    the developer's machine. Each is named here so the test can be mended, then stopped, and the
+    run fails: a leak is a bug, not noise.
     """
     import psutil
 
@@ -220,6 +221,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nleft running by a test, stopped now: pid {proc.pid} {command}")
         with contextlib.suppress(psutil.Error):
             proc.kill()
+    if leaked and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # --- The fast lane: `./run.sh fast` --------------------------------------------------------------

@@ -35,6 +35,9 @@ from modal_app.types import InferenceRequest, InferenceResult
 # Seconds past the request's deadline before the watcher kills a child that has not stopped itself.
 _DEADLINE_GRACE_S = 5.0
 EXIT_DEADLINE = 124  # the child's exit code when its own hard-deadline watchdog fires
+# Seconds a finished child may take to exit (interpreter and torch teardown) before it is killed:
+# a call reported done leaves no process of its own behind.
+_REAP_S = 30.0
 
 
 class LocalExecutor:
@@ -139,9 +142,11 @@ class LocalExecutor:
         error_file = job_dir / "error.json"
         if result_file.exists():
             result = InferenceResult.from_dict(json.loads(result_file.read_text()))
+            self._reap(call_id)
             return CallStatus(CallState.SUCCEEDED, done, total, result=result)
         if error_file.exists():
             error = json.loads(error_file.read_text())
+            self._reap(call_id)
             failure = ExecutorFailure(
                 FailureKind(error["kind"]),
                 error["message"],
@@ -199,6 +204,19 @@ class LocalExecutor:
         child = self._children.get(call_id)
         if child is not None:
             child.wait(timeout=10)
+
+    def _reap(self, call_id: str) -> None:
+        """Wait for a finished child of this process to exit; kill it if its teardown hangs.
+
+        A child another process started (a watcher that took over) is its starter's to reap.
+        """
+        child = self._children.get(call_id)
+        if child is None:
+            return
+        try:
+            child.wait(timeout=_REAP_S)
+        except subprocess.TimeoutExpired:
+            self._kill(call_id)
 
     def cancel(self, call_id: str) -> None:
         job_dir = self._dir(call_id)
