@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from boundary_inference.ledger.errors import LedgerUnavailable, MigrationError
-from migrations import migration_files, substitute_schema
+from migrations import migration_files, reserved_schema_problem, substitute_schema
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Arbitrary constant: "bi-migrate" as an int8 advisory lock key.
@@ -43,12 +43,16 @@ def apply_migrations(
     """Apply pending migrations to ``schema``; return the names applied now (oldest first).
 
     Raises:
-        ValueError: ``schema`` is not a lower-case identifier.
+        ValueError: ``schema`` is not a lower-case identifier, or is ``public`` (or another schema
+            PostgreSQL or Supabase owns).
         MigrationError: an applied file changed, or a migration failed (rolled back).
         LedgerUnavailable: the database cannot be reached.
     """
     if not _IDENTIFIER.fullmatch(schema):
         raise ValueError(f"schema {schema!r} is not a lower-case SQL identifier")
+    problem = reserved_schema_problem(schema)
+    if problem:
+        raise ValueError(problem)
     files = migration_files(directory)
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout_s)
