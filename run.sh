@@ -26,6 +26,20 @@ if [ "$need_torch" = 1 ] && [ ! -f "$torch_stamp" ]; then
   "$venv/bin/python" -m pip install -q -r "$here/requirements-torch.lock"
   rm -f "$venv"/.torch-*; touch "$torch_stamp"
 fi
+# The Supabase CLI (tests/test_supabase_cli.py runs the real `supabase db push`) goes in with the
+# tests, from npm, under .venv; without npm the test fails and says so (it is never skipped).
+supabase_cli_version=2.117.0
+supabase_stamp="$venv/supabase-cli/.installed-$supabase_cli_version"
+if [ "$need_torch" = 1 ] && [ "${1:-}" = test ] && [ ! -f "$supabase_stamp" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "[run.sh] installing the Supabase CLI $supabase_cli_version into .venv/supabase-cli (first run only)" >&2
+    mkdir -p "$venv/supabase-cli"
+    (cd "$venv/supabase-cli" && npm i -E --no-audit --no-fund "supabase@$supabase_cli_version" >&2)
+    touch "$supabase_stamp"
+  else
+    echo "[run.sh] npm not found: tests/test_supabase_cli.py will fail (install Node.js and npm)" >&2
+  fi
+fi
 # No telemetry from an offline machine; no Prefect server needed for local runs (ephemeral mode).
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
 export DO_NOT_TRACK="${DO_NOT_TRACK:-1}"

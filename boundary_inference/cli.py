@@ -508,18 +508,34 @@ def breaker_reset() -> None:
 @app.command()
 def migrate(
     dsn: Annotated[
-        str | None, typer.Option(help="Postgres DSN; default: configured or embedded.")
+        str | None,
+        typer.Option(
+            help="Postgres DSN; default: the configured ledger's (database_url, or the embedded"
+            " one). A Supabase ledger needs it: the project's direct or session-pooler DSN."
+        ),
     ] = None,
 ) -> None:
-    """Apply the SQL migrations (idempotent) and print what was applied."""
+    """Apply the SQL migrations (idempotent) to the configured ledger and print what was applied."""
     from boundary_inference.ledger import apply_migrations
     from boundary_inference.services import embedded_dsn
 
     settings = _settings()
     if dsn is None:
+        target = settings.ledger_target
+        if target == "supabase":
+            # PostgREST cannot run DDL, and migrating the embedded database instead would report
+            # success while the project stays empty.
+            typer.echo(
+                "error: the ledger is on Supabase (BOUNDARY_INFERENCE_SUPABASE_URL) and migrations"
+                " cannot go through its Data API: pass --dsn postgresql://... (the project's"
+                " direct connection or session pooler, port 5432), or set"
+                " BOUNDARY_INFERENCE_DATABASE_URL",
+                err=True,
+            )
+            raise typer.Exit(2)
         dsn = (
             settings.database_url.get_secret_value()
-            if settings.database_url is not None
+            if target == "postgres" and settings.database_url is not None
             else embedded_dsn(settings)
         )
     applied = apply_migrations(dsn, settings.db_schema)

@@ -2,8 +2,9 @@
 
 One place decides where state lives:
 
-* ledger: ``database_url`` (psycopg) > ``supabase_url`` + service-role key (supabase-py RPC) >
-  embedded PostgreSQL under ``state_dir`` (migrations applied on first use);
+* ledger: ``ledger_backend`` (``Settings.ledger_target``): ``postgres`` (``database_url``, psycopg),
+  ``supabase`` (``supabase_url`` + service-role key, supabase-py RPC) or ``embedded`` PostgreSQL
+  under ``state_dir`` (migrations applied on first use); ``auto`` picks them in that order;
 * limiter: ``redis_url`` > ``redis_block`` (a saved prefect-redis ``RedisDatabase``) > embedded Redis;
 * executor: ``local`` (child process on this CPU) or ``modal`` (the deployed GPU function).
 
@@ -43,11 +44,13 @@ class Services:
 def open_ledger(settings: Settings) -> Ledger:
     from boundary_inference.ledger import Ledger, PsycopgTransport, SupabaseTransport
 
-    if settings.database_url is not None:
+    target = settings.ledger_target
+    if target == "postgres":
+        assert settings.database_url is not None  # enforced by Settings
         dsn = settings.database_url.get_secret_value()
         return Ledger(PsycopgTransport(dsn, settings.db_schema, timeout_s=settings.guard_timeout_s))
-    if settings.supabase_url:
-        assert settings.supabase_service_role_key is not None  # enforced by Settings
+    if target == "supabase":
+        assert settings.supabase_url and settings.supabase_service_role_key is not None
         return Ledger(
             SupabaseTransport(
                 url=settings.supabase_url,
@@ -119,7 +122,7 @@ def embedded_refusal(settings: Settings) -> str | None:
     needs = [
         name
         for name, configured in (
-            ("PostgreSQL", settings.database_url is not None or bool(settings.supabase_url)),
+            ("PostgreSQL", settings.ledger_target != "embedded"),
             ("Redis", settings.redis_url is not None or bool(settings.redis_block)),
         )
         if not configured

@@ -264,7 +264,17 @@ class Settings(BaseSettings):
         None, description="Supabase service-role key (server side only, never logged)."
     )
     db_schema: str = Field(
-        "boundary_inference", description="Postgres schema holding the ledger tables."
+        "boundary_inference",
+        description="Postgres schema holding the ledger tables: a schema of its own (public and"
+        " the schemas PostgreSQL or Supabase own are refused).",
+    )
+    ledger_backend: Literal["auto", "postgres", "supabase", "embedded"] = Field(
+        "auto",
+        description="Where the ledger lives: postgres (database_url), supabase (PostgREST RPC"
+        " with supabase_url + the service-role key), embedded (PostgreSQL under state_dir), or"
+        " auto: database_url if set, else Supabase if supabase_url is set, else embedded. The"
+        " Supabase URL/key also serve supabase:// videos: name the backend to keep the ledger"
+        " elsewhere.",
     )
     redis_url: SecretStr | None = Field(None, description="Redis URL. None: embedded Redis.")
     redis_block: str | None = Field(
@@ -428,6 +438,16 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("db_schema")
+    @classmethod
+    def _own_schema(cls, value: str) -> str:
+        return _own_schema(value)
+
+    @property
+    def ledger_target(self) -> Literal["postgres", "supabase", "embedded"]:
+        """The ledger backend ``ledger_backend`` resolves to."""
+        return resolve_ledger_backend(self.ledger_backend, self.database_url, self.supabase_url)
+
     @field_validator("monthly_spend_alert_tiers_usd", mode="before")
     @classmethod
     def _tiers(cls, value: Any) -> Any:
@@ -570,6 +590,12 @@ class Settings(BaseSettings):
             )
         if self.supabase_url and self.supabase_service_role_key is None:
             errors.append("supabase_url is set but supabase_service_role_key is not")
+        if self.ledger_backend == "postgres" and self.database_url is None:
+            errors.append("ledger_backend=postgres needs database_url")
+        if self.ledger_backend == "supabase" and not self.supabase_url:
+            errors.append(
+                "ledger_backend=supabase needs supabase_url and supabase_service_role_key"
+            )
         if self.redis_url is not None and self.redis_block:
             errors.append("set redis_url or redis_block, not both")
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
@@ -776,6 +802,7 @@ class _ConnectionSettings(BaseSettings):
     supabase_url: str | None = None
     supabase_service_role_key: SecretStr | None = None
     db_schema: str = "boundary_inference"
+    ledger_backend: Literal["auto", "postgres", "supabase", "embedded"] = "auto"
     state_dir: Path = Path(".state")
 
     @field_validator("db_schema")
@@ -783,7 +810,32 @@ class _ConnectionSettings(BaseSettings):
     def _identifier(cls, value: str) -> str:
         if not _IDENTIFIER.fullmatch(value):
             raise ValueError(f"{value!r} is not a lower-case SQL identifier")
-        return value
+        return _own_schema(value)
+
+
+def _own_schema(value: str) -> str:
+    from migrations import reserved_schema_problem
+
+    problem = reserved_schema_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def resolve_ledger_backend(
+    backend: str, database_url: SecretStr | None, supabase_url: str | None
+) -> Literal["postgres", "supabase", "embedded"]:
+    """``auto``: database_url, else Supabase when its URL is set, else embedded (the rule before
+    ``ledger_backend`` existed, so existing environments keep their ledger)."""
+    if backend == "postgres":
+        return "postgres"
+    if backend == "supabase":
+        return "supabase"
+    if backend == "embedded":
+        return "embedded"
+    if database_url is not None:
+        return "postgres"
+    return "supabase" if supabase_url else "embedded"
 
 
 def settings_for_recording() -> Settings:

@@ -16,6 +16,41 @@ from pathlib import Path
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 SOURCE_SCHEMA = "boundary_inference"
 
+#: Schemas the ledger must never be migrated into. The migrations REVOKE on their whole schema
+#: (``ALTER DEFAULT PRIVILEGES``, ``REVOKE ALL ON ALL ... FROM anon, authenticated``): in ``public``
+#: that strips a Supabase project's own Data API grants; the others belong to PostgreSQL or Supabase.
+RESERVED_SCHEMAS = frozenset(
+    {
+        "public",
+        "auth",
+        "storage",
+        "extensions",
+        "graphql",
+        "graphql_public",
+        "realtime",
+        "supabase_functions",
+        "supabase_migrations",
+        "vault",
+        "pgsodium",
+        "net",
+        "cron",
+        "information_schema",
+        "pg_catalog",
+    }
+)
+
+
+def reserved_schema_problem(schema: str) -> str | None:
+    """Why ``schema`` cannot hold the ledger, or None."""
+    if schema in RESERVED_SCHEMAS or schema.startswith("pg_"):
+        return (
+            f"schema {schema!r} is not the ledger's own: the migrations revoke privileges on their"
+            " whole schema, which would strip the grants others rely on there (in public: the"
+            " project's Data API grants); use a schema of its own (default boundary_inference)"
+        )
+    return None
+
+
 _NAME = re.compile(r"^\d{14}_[a-z0-9_]+\.sql$")
 _TOKEN = re.compile(r"(?<![A-Za-z0-9_$])boundary_inference(?![A-Za-z0-9_$])")
 

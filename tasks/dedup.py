@@ -12,7 +12,7 @@ run whose lease has expired has no watcher and is never a duplicate: the claim t
 
 from __future__ import annotations
 
-from boundary_inference.ledger import ClaimResult, Ledger
+from boundary_inference.ledger import ClaimResult, Ledger, LedgerError
 from tasks._common import GUARD, guard_task
 
 
@@ -31,16 +31,30 @@ def claim_run(
     lease_s: float | None = None,
     lease_owner: str | None = None,
 ) -> ClaimResult:
-    """Returns the ledger's claim: ``{run_id, created, status, rerun_of, taken_over, ...}``."""
-    return ledger.claim_run(
-        video_id=video_id,
-        tenant_id=tenant_id,
-        frames_version=frames_version,
-        model_version=model_version,
-        pairs=pairs,
-        priority=priority,
-        force=not skip_if_exists,
-        flow_run_id=flow_run_id,
-        lease_s=lease_s,
-        lease_owner=lease_owner,
-    )
+    """Returns the ledger's claim: ``{run_id, created, status, rerun_of, taken_over, ...}``.
+
+    A claim whose answer was lost (``maybe_committed``) is asked once more with the same lease
+    owner: a run this owner claimed and never started is then ended by the claim itself and a
+    new one claimed, so a lost answer never leaves a queued run holding the queue and the key.
+    """
+
+    def ask() -> ClaimResult:
+        return ledger.claim_run(
+            video_id=video_id,
+            tenant_id=tenant_id,
+            frames_version=frames_version,
+            model_version=model_version,
+            pairs=pairs,
+            priority=priority,
+            force=not skip_if_exists,
+            flow_run_id=flow_run_id,
+            lease_s=lease_s,
+            lease_owner=lease_owner,
+        )
+
+    try:
+        return ask()
+    except LedgerError as error:
+        if not (error.maybe_committed and (lease_owner or flow_run_id)):
+            raise
+    return ask()

@@ -22,10 +22,10 @@ from boundary_inference.ledger import (
     Ledger,
     LedgerError,
     LedgerUnavailable,
-    PsycopgTransport,
     RunNotFound,
     SupabaseTransport,
 )
+from tests.postgrest_double import PostgrestDouble
 from tests.support import try_reserve
 
 URL = "https://project-ref.supabase.co"
@@ -430,9 +430,12 @@ def test_request_shape(supa: Ledger, method: str, kwargs: dict, body: dict) -> N
     assert request.headers["content-type"].startswith("application/json")
 
 
-def test_timeout_is_an_httpx_timeout(supa: Ledger) -> None:
-    http = supa.transport._http  # type: ignore[attr-defined]
-    assert http.timeout == httpx.Timeout(2.5)
+def test_timeout_waits_for_the_servers_bound(supa: Ledger) -> None:
+    # 2.5 s asked, but the server may run a guard for 4 s and a scan for 50 s: the client waits
+    # until the server has stopped (+1 s), so a call it gives up on has committed nothing since.
+    guard, scan = supa.transport._https  # type: ignore[attr-defined]
+    assert guard.timeout == httpx.Timeout(5.0)
+    assert scan.timeout == httpx.Timeout(51.0)
 
 
 def error(status: int, code: str, message: str = "m") -> httpx.Response:
@@ -519,31 +522,18 @@ def test_an_existing_client_is_pinned_to_the_schema() -> None:
 
 
 @pytest.fixture
-def supa_on_postgres(pg_dsn: str, ledger_schema: str) -> Iterator[Ledger]:
-    """Supabase transport whose HTTP requests are answered by the real ledger SQL.
+def postgrest(pg_dsn: str, ledger_schema: str) -> Iterator[PostgrestDouble]:
+    """A PostgREST-shaped server over the real ledger SQL (tests/postgrest_double.py)."""
+    with PostgrestDouble(pg_dsn, [ledger_schema], key=KEY).running() as server:
+        yield server
 
-    The stand-in for PostgREST runs each RPC with service_role's privileges and turns SQL errors
-    into PostgREST's error JSON, so both the request body and the error mapping go end to end.
-    """
-    server = PsycopgTransport(pg_dsn, ledger_schema, timeout_s=10, role="service_role")
 
-    def postgrest(request: httpx.Request) -> httpx.Response:
-        assert request.headers["content-profile"] == ledger_schema
-        fn = request.url.path.rsplit("/", 1)[-1]
-        try:
-            result = server.call(fn, json.loads(request.content))
-        except LedgerError as exc:
-            return httpx.Response(
-                400, json={"code": exc.code, "message": exc.message, "details": None, "hint": None}
-            )
-        return httpx.Response(200, json=result)
-
-    transport = SupabaseTransport(url=URL, key=KEY, schema=ledger_schema, timeout_s=10)
-    with respx.mock() as mock:
-        mock.post(url__startswith=f"{URL}/rest/v1/rpc/").mock(side_effect=postgrest)
-        yield Ledger(transport)
+@pytest.fixture
+def supa_on_postgres(postgrest: PostgrestDouble, ledger_schema: str) -> Iterator[Ledger]:
+    """Supabase transport (supabase-py's real HTTP requests) answered by ``postgrest``."""
+    transport = SupabaseTransport(url=postgrest.url, key=KEY, schema=ledger_schema, timeout_s=10)
+    yield Ledger(transport)
     transport.close()
-    server.close()
 
 
 def test_guard_lifecycle_through_supabase_path(supa_on_postgres: Ledger) -> None:

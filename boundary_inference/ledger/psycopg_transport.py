@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from boundary_inference.ledger.errors import LedgerError, LedgerUnavailable, error_for_code
+from boundary_inference.ledger.transport import reject_non_finite
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -161,6 +162,7 @@ class PsycopgTransport:
         _identifier(fn, "function")
         for name in params:
             _identifier(name, "parameter")
+        reject_non_finite(fn, params)
         names = tuple(sorted(params))
         values = {name: _adapt(params[name]) for name in names}
         conn = self._connection()
@@ -198,7 +200,6 @@ def _wrap(exc: psycopg.Error) -> LedgerError:
     code = _sqlstate(exc)
     diag = getattr(exc, "diag", None)
     message = (diag.message_primary if diag is not None else None) or str(exc).strip()
-    if code is None:
-        # No SQLSTATE: the driver lost the server (socket closed, connect failure...).
-        return LedgerUnavailable(message, code="unavailable")
+    # No SQLSTATE: the driver lost the server mid-call (socket closed...): the outcome is unknown,
+    # which error_for_code says with maybe_committed.
     return error_for_code(code, message)

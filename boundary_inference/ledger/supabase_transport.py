@@ -14,6 +14,13 @@ from typing import Any
 import httpx
 
 from boundary_inference.ledger.errors import LedgerError, LedgerUnavailable, error_for_code
+from boundary_inference.ledger.time_bounds import (
+    GUARD_STATEMENT_TIMEOUT_S,
+    LONG_FUNCTIONS,
+    LONG_STATEMENT_TIMEOUT_S,
+    RESPONSE_MARGIN_S,
+)
+from boundary_inference.ledger.transport import reject_non_finite
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -25,7 +32,10 @@ class SupabaseTransport:
         url: Supabase project URL (``https://<ref>.supabase.co``); ignored when ``client`` is given.
         key: Service-role key (server side only); ignored when ``client`` is given.
         schema: The ledger schema; it must be listed in the project's exposed schemas.
-        timeout_s: Whole-request timeout; a slower answer raises ``LedgerUnavailable``.
+        timeout_s: Whole-request timeout; a slower answer raises ``LedgerUnavailable``. Never
+            below the function's server-side ``statement_timeout`` plus a margin
+            (:mod:`~boundary_inference.ledger.time_bounds`): PostgREST cannot cancel a call the
+            client gave up on, so the client waits until the server has stopped.
         client: An existing ``supabase.Client`` to use instead (its own schema option is
             overridden per call by ``schema``).
 
@@ -47,19 +57,34 @@ class SupabaseTransport:
             raise ValueError(f"schema {schema!r} is not a lower-case SQL identifier")
         self.schema = schema
         self.timeout_s = float(timeout_s)
-        self._http: httpx.Client | None = None
         self._lock = threading.Lock()
-        if client is None:
+        # Two HTTP clients: guards wait for the guard bound, scans for the long one. A passed-in
+        # client keeps its own timeout (then it is the caller's to keep above the server's bound).
+        self._https: list[httpx.Client] = []
+        self.clients: dict[bool, Any] = {}
+        for long in (False, True):
+            if client is not None:
+                self.clients[long] = client
+                continue
             if not url or not key:
                 raise ValueError("SupabaseTransport needs url and key, or client")
             from supabase import ClientOptions, create_client
 
-            self._http = httpx.Client(timeout=httpx.Timeout(self.timeout_s))
-            client = create_client(
-                url, key, options=ClientOptions(schema=schema, httpx_client=self._http)
+            http = httpx.Client(timeout=httpx.Timeout(self.http_timeout_s(long=long)))
+            self._https.append(http)
+            self.clients[long] = create_client(
+                url, key, options=ClientOptions(schema=schema, httpx_client=http)
             )
-        self.client = client
-        self._rest_client: Any | None = None
+        self.client = self.clients[False]
+        self._rest_clients: dict[bool, Any] = {}
+        # postgrest-py's APIError keeps the body's code but not the HTTP status; a gateway's JSON
+        # without a code is told apart (5xx: maybe committed, 4xx: refused) by the status alone.
+        self._status = threading.local()
+
+    def http_timeout_s(self, *, long: bool) -> float:
+        """The client's wait: ``timeout_s``, but never before the server has stopped."""
+        bound = LONG_STATEMENT_TIMEOUT_S if long else GUARD_STATEMENT_TIMEOUT_S
+        return max(self.timeout_s, bound + RESPONSE_MARGIN_S)
 
     def __repr__(self) -> str:
         return f"SupabaseTransport(schema={self.schema!r}, timeout_s={self.timeout_s})"
@@ -70,44 +95,60 @@ class SupabaseTransport:
 
         if not _IDENTIFIER.fullmatch(fn):
             raise ValueError(f"function {fn!r} is not a lower-case SQL identifier")
+        reject_non_finite(fn, params)
+        long = fn in LONG_FUNCTIONS
+        self._status.code = None
         try:
-            return self._rest().rpc(fn, params).execute().data
+            return self._rest(long).rpc(fn, params).execute().data
         except APIError as exc:
             message = exc.message or str(exc)
-            if exc.details and exc.details not in message:
-                message = f"{message} ({exc.details})"
-            code = exc.code
-            if code is not None and code.isdigit() and int(code) >= 500:
-                # Not PostgREST JSON (gateway / proxy page): the server side is down.
-                return _raise(LedgerUnavailable(message, code=code), exc)
-            return _raise(error_for_code(code, message), exc)
+            if exc.details and str(exc.details) not in message:
+                message = f"{message} ({str(exc.details)[:200]})"
+            code: str | None = exc.code
+            status: int | None = self._status.code
+            if code is not None and code.isdigit() and len(code) == 3:
+                # Not PostgREST's JSON: postgrest-py put the HTTP status there.
+                status = int(code)
+                code = None
+            raise error_for_code(code, message, http_status=status) from exc
         except httpx.TimeoutException as exc:
-            raise LedgerUnavailable(f"ledger RPC {fn} timed out: {exc}", code="timeout") from exc
+            # The server stops by its statement_timeout before this fires, but the answer
+            # (commit or rollback) is lost: the outcome is unknown.
+            raise LedgerUnavailable(
+                f"ledger RPC {fn} timed out after {self.http_timeout_s(long=long):g} s: {exc}",
+                code="timeout",
+                maybe_committed=True,
+            ) from exc
         except httpx.HTTPError as exc:
             raise LedgerUnavailable(
-                f"ledger RPC {fn} failed: {type(exc).__name__}: {exc}", code="unavailable"
+                f"ledger RPC {fn} failed: {type(exc).__name__}: {exc}",
+                code="unavailable",
+                maybe_committed=not isinstance(exc, httpx.ConnectError),
             ) from exc
         except ValueError as exc:  # an unparseable body
             raise LedgerError(f"ledger RPC {fn}: bad response: {exc}", code="bad_response") from exc
 
-    def _rest(self) -> Any:
+    def _record_status(self, response: httpx.Response) -> None:
+        self._status.code = response.status_code
+
+    def _rest(self, long: bool) -> Any:
         # schema() pins Accept-Profile/Content-Profile even on a client made for another schema;
-        # it builds a new PostgREST client sharing the HTTP session, so do it once.
-        rest = self._rest_client
+        # it builds a new PostgREST client sharing the HTTP session, so do it once per client.
+        rest = self._rest_clients.get(long)
         if rest is None:
             with self._lock:
-                if self._rest_client is None:
-                    self._rest_client = self.client.schema(self.schema)
-                rest = self._rest_client
+                rest = self._rest_clients.get(long)
+                if rest is None:
+                    rest = self.clients[long].schema(self.schema)
+                    hooks = rest.session.event_hooks.setdefault("response", [])
+                    if self._record_status not in hooks:
+                        hooks.append(self._record_status)
+                    self._rest_clients[long] = rest
         return rest
 
     def close(self) -> None:
-        """Close the HTTP client this transport created (a passed-in client is left alone)."""
+        """Close the HTTP clients this transport created (a passed-in client is left alone)."""
         with self._lock:
-            http, self._http = self._http, None
-        if http is not None:
+            https, self._https = self._https, []
+        for http in https:
             http.close()
-
-
-def _raise(error: LedgerError, cause: BaseException) -> Any:
-    raise error from cause

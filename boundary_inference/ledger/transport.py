@@ -5,6 +5,7 @@ Private module; :class:`Transport` is re-exported for type hints.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, runtime_checkable
 
 #: A JSON value as both transports see it (parameters in, results out).
@@ -29,3 +30,22 @@ class Transport(Protocol):
     def close(self) -> None:
         """Release connections (idempotent)."""
         ...
+
+
+def reject_non_finite(fn: str, params: dict[str, Any]) -> None:
+    """Refuse NaN/inf anywhere in ``params`` the same way on every transport (``BI400``).
+
+    JSON has no NaN (httpx refuses to encode it) and a numeric parameter would store it: decided
+    here, before sending, so both transports answer a NaN with the same error.
+    """
+    from boundary_inference.ledger.errors import LedgerError
+
+    stack: list[Any] = list(params.items())
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LedgerError(f"{fn}: {name} is not a finite number: {value!r}", code="BI400")
+        if isinstance(value, dict):
+            stack.extend((f"{name}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{name}[{i}]", v) for i, v in enumerate(value))
