@@ -22,6 +22,7 @@ from boundary_inference.ledger import ClaimResult, Ledger
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus
 from config import Settings
 from modal_app.types import InferenceRequest
+from tasks import run_states
 from tasks._common import artifact_key
 from tasks.cancellation import CancelWatch, stop_flow_run_calls
 from tasks.cost import CostEstimate, calibration_key, estimate_cost
@@ -231,7 +232,7 @@ def end_at_claim(
         )
         logger.info("skipped: %s", message)
         outcome = JobOutcome(OutcomeStatus.SKIPPED, job.video_id, message, run_id=run_id)
-        return Completed(name="Skipped", message=message, data=outcome.to_dict())
+        return run_states.skipped(outcome)
     job.run_id = run_id
     job.hold_lease(run_id, owner)
     return None
@@ -369,11 +370,8 @@ def settle(job: Job, status: Any, call_id: str, probe: bool) -> State:
     get_run_logger().error(
         "run %s %s: %s (call %s)", job.run_id, settled.status, settled.message, call_id
     )
-    return Failed(
-        name=str(settled.status).replace("_", " ").title().replace(" ", ""),
-        message=settled.message,
-        data=JobFailed(outcome.to_dict()),
-    )
+    # Failed by its standard name whatever the cause (a timeout too: its tag and data say so).
+    return run_states.failed(outcome, str(settled.status).replace("_", "-"))
 
 
 def taken_over(job: Job, error: LeaseLost) -> State:
@@ -382,7 +380,7 @@ def taken_over(job: Job, error: LeaseLost) -> State:
     message = f"stopped watching: {error}"
     get_run_logger().error(message)
     outcome = JobOutcome(OutcomeStatus.FAILED, job.video_id, message, run_id=job.run_id)
-    return Failed(name="TakenOver", message=message, data=JobFailed(outcome.to_dict()))
+    return run_states.failed(outcome, run_states.TAKEN_OVER_TAG)
 
 
 def reap_at_start(services: Services, settings: Settings) -> None:
