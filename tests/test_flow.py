@@ -64,6 +64,20 @@ def test_admitted_run_succeeds_settles_and_leaves_artifacts(env: FlowEnv, video:
     # The worst-case reservation was settled down to the measured cost.
     assert float(spend["daily_committed_usd"]) == pytest.approx(float(run_row["actual_cost_usd"]))
     assert env.executor_calls() == 1
+    # The settlement on the flow run: actual against the estimate, GPU seconds, the call.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    (settlement,) = [a for a in found if a.key == "settlement-v1"]
+    text = str(settlement.data)
+    assert f"${float(run_row['actual_cost_usd']):.4f}" in text
+    assert f"| GPU seconds | {float(run_row['gpu_seconds']):.1f} |" in text
+    assert run_row["executor_call_id"] in text and "| boundaries found |" in text
 
 
 def server_flow_run(state: Any) -> Any:
