@@ -125,13 +125,33 @@ def outcome_of(state: Any) -> dict[str, Any] | None:
         return data.outcome
     if isinstance(data, dict) and "status" in data:
         return data
+    if state.is_failed() and state.data is None:
+        # A Failed state without its data reads as a FailedRun built from its message.
+        return _outcome_from_state_name(state)
     return None
 
 
+# What a state's message starts with when the standard state name alone cannot tell the outcome
+# (tasks.run_states writes them; _outcome_from_state_name reads them back).
+REFUSAL_PREFIX = "rejected: "
+SKIP_PREFIX = "skipped: "
+
+
+def refusal_message(rejection_type: RejectionType | str, message: str) -> str:
+    """``rejected: <type>: <message>``, the message of a refused run's state."""
+    return f"{REFUSAL_PREFIX}{rejection_type}: {message}"
+
+
+def skip_message(message: str) -> str:
+    return f"{SKIP_PREFIX}{message}"
+
+
 def _outcome_from_state_name(state: Any) -> dict[str, Any] | None:
-    """The outcome as far as a final state's name and message tell it, when its data is gone: a
+    """The outcome as far as a final state's type and message tell it, when its data is gone: a
     state the client got back from the API (a state change the client retried after its request
-    timed out while the server still committed it) carries no result. The status and, for a refusal, its type.
+    timed out while the server still committed it) carries no result. The status and, for a
+    refusal, its type. (``Rejected``/``Skipped`` are the state names runs ended in before the
+    standard names; still read for runs recorded then.)
 
     Not solved by persisting the flow's result: measured, ``persist_result=True`` made the
     backfill's per-video subflows run one after another instead of at once."""
@@ -139,12 +159,16 @@ def _outcome_from_state_name(state: Any) -> dict[str, Any] | None:
         return None
     message = str(state.message or "")
     note = "the flow run's outcome data was not returned; read from its state"
+    if message.startswith(REFUSAL_PREFIX) and (state.is_completed() or state.is_failed()):
+        kind, _, text = message.removeprefix(REFUSAL_PREFIX).partition(": ")
+        return {"status": "rejected", "rejection_type": kind, "message": text, "note": note}
     if state.is_completed():
         if state.name == "Rejected":
             kind, _, text = message.partition(": ")
             return {"status": "rejected", "rejection_type": kind, "message": text, "note": note}
-        status = "skipped" if state.name == "Skipped" else "succeeded"
-        return {"status": status, "message": message, "note": note}
+        if message.startswith(SKIP_PREFIX) or state.name == "Skipped":
+            return {"status": "skipped", "message": message.removeprefix(SKIP_PREFIX), "note": note}
+        return {"status": "succeeded", "message": message, "note": note}
     if state.is_failed():
         return {"status": "failed", "message": message, "note": note}
     return None

@@ -60,7 +60,7 @@ from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, Rej
 from boundary_inference.services import get_services
 from config import Settings, get_settings
 from flows.boundary_inference import GUARD_ERRORS, boundary_inference_flow
-from tasks import breaker
+from tasks import breaker, run_states
 from tasks._common import GUARD, guard_task
 from tasks.cancellation import CancelWatch, stop_backfill_spending
 
@@ -256,6 +256,8 @@ def _summary_markdown(
     # its videos' calls running; these cancel and settle them.
     on_cancellation=[stop_backfill_spending],
     on_crashed=[stop_backfill_spending],
+    # Pinned against a fleet-wide PREFECT_FLOWS_DEFAULT_RETRIES: a re-run backfill re-admits.
+    retries=0,
 )
 def backfill_flow(
     video_ids: Annotated[list[str], Field(min_length=1, max_length=MAX_VIDEOS_PER_BACKFILL)],
@@ -414,7 +416,7 @@ def _report(
     if bf.stop is not None and bf.stop.kind == CANCELLED:
         return Cancelled(message=f"{bf.stop.message}: {message}", data=summary)
     if bf.stop is not None:
-        return Completed(name="Stopped", message=f"{bf.stop.kind}: {message}", data=summary)
+        return run_states.stopped_backfill(bf.stop.kind, message, summary)
     return Completed(message=message, data=summary)
 
 

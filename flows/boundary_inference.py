@@ -10,9 +10,11 @@ Order (cheap reads first, quota consumed only at admission, each step one atomic
    SQL function), breaker probe slot; a later refusal refunds the earlier admissions;
 5. spawn, watch, and settle: actual cost from measured seconds, the unused reservation released.
 
-Any refusal is recorded (ledger row, Prefect event, markdown artifact) and ends the flow run in a
-``Completed`` state named ``Rejected``; a duplicate ends as ``Skipped``. If the ledger or Redis cannot
-be reached, nothing is spawned: ``guard_unavailable`` (fail closed).
+Any refusal is recorded (ledger row, Prefect event, markdown artifact) and ends the flow run
+``Completed`` with the message ``rejected: <type>: ...`` and the tags ``rejected`` and
+``rejected:<type>``; a duplicate ends ``Completed`` tagged ``skipped`` (tasks.run_states: standard
+state names only, so the UI lists them). If the ledger or Redis cannot be reached, nothing is
+spawned: ``guard_unavailable`` (fail closed), which ends ``Failed``: an outage shows red.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def _run_name() -> str:
     # Bad parameters must reach our validation (recorded, typed rejection) rather than fail in
     # Prefect's parameter validation, which records nothing in the ledger (see bind_leniently).
     validate_parameters=False,
+    # Pinned: a fleet-wide PREFECT_FLOWS_DEFAULT_RETRIES would re-run a job (a second admission,
+    # refused as a duplicate or spending twice) and re-run an outage's Failed refusal.
+    retries=0,
     # Second layer behind the watch's own cancel check (tasks.cancellation): a flow process
     # killed by its runner's cancel, or crashed, leaves its call running and unsettled.
     on_cancellation=[stop_spending],

@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
 from prefect.client.schemas.objects import State
-from prefect.states import Completed
 
 from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from config import Settings
-from tasks import budget, limits, rejections
+from tasks import budget, limits, rejections, run_states
 from tasks.cost import CostEstimate
 from tasks.lease import LeaseKeeper
 
@@ -107,11 +106,7 @@ class Job:
             worst_case_cost_usd=estimate["worst_case_cost_usd"] if estimate else None,
             duplicate_pairs=self.duplicate_pairs,
         )
-        return Completed(
-            name="Rejected",
-            message=f"{rejected.rejection_type}: {rejected.message}",
-            data=outcome.to_dict(),
-        )
+        return run_states.refused(outcome)
 
     def _ledger_if_reachable(self) -> Any | None:
         ledger = self.services.ledger if self.services else self.recording_ledger

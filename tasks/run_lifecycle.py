@@ -22,6 +22,7 @@ from boundary_inference.ledger import ClaimResult, Ledger
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus
 from config import Settings
 from modal_app.types import InferenceRequest
+from tasks import run_states
 from tasks._common import artifact_key
 from tasks.cancellation import CancelWatch, stop_flow_run_calls
 from tasks.cost import CostEstimate, calibration_key, estimate_cost
@@ -231,7 +232,7 @@ def end_at_claim(
         )
         logger.info("skipped: %s", message)
         outcome = JobOutcome(OutcomeStatus.SKIPPED, job.video_id, message, run_id=run_id)
-        return Completed(name="Skipped", message=message, data=outcome.to_dict())
+        return run_states.skipped(outcome)
     job.run_id = run_id
     job.hold_lease(run_id, owner)
     return None
@@ -358,6 +359,7 @@ def settle(job: Job, status: Any, call_id: str, probe: bool) -> State:
         metrics=settled.metrics if succeeded else {},
         duplicate_pairs=job.duplicate_pairs,
     )
+    settlement_artifact(job, settled, call_id)
     if job.cancel is not None and job.cancel.reason:
         # The flow run is Cancelling: the server accepts no other end but Cancelled.
         get_run_logger().warning("run %s %s: %s", job.run_id, settled.status, job.cancel.reason)
@@ -369,11 +371,38 @@ def settle(job: Job, status: Any, call_id: str, probe: bool) -> State:
     get_run_logger().error(
         "run %s %s: %s (call %s)", job.run_id, settled.status, settled.message, call_id
     )
-    return Failed(
-        name=str(settled.status).replace("_", " ").title().replace(" ", ""),
-        message=settled.message,
-        data=JobFailed(outcome.to_dict()),
+    # Failed by its standard name whatever the cause (a timeout too: its tag and data say so).
+    return run_states.failed(outcome, str(settled.status).replace("_", "-"))
+
+
+def settlement_artifact(job: Job, settled: Any, call_id: str) -> None:
+    """What the run cost against what it was admitted at, on the flow run: the figures an
+    operator otherwise assembles from the ledger. Best effort: the ledger holds them regardless."""
+    assert job.estimate is not None
+    gpu_s = "unknown" if settled.gpu_seconds is None else f"{settled.gpu_seconds:.1f}"
+    rows = [
+        ("status", str(settled.status)),
+        ("actual cost", f"${settled.actual_cost_usd:.4f}"),
+        ("estimate", f"${job.estimate.estimated_cost_usd:.4f}"),
+        ("worst case (reserved)", f"${job.estimate.worst_case_cost_usd:.4f}"),
+        ("GPU seconds", gpu_s),
+        ("pairs", str(settled.pairs)),
+        ("boundaries found", str(settled.boundaries)),
+        ("call id", f"`{call_id}`"),
+    ]
+    markdown = "\n".join(
+        [f"# Settled: `{job.video_id}`", "", "| | |", "|---|---|"]
+        + [f"| {name} | {value} |" for name, value in rows]
     )
+    try:
+        create_markdown_artifact(
+            markdown=markdown,
+            key=artifact_key("settlement", job.video_id),
+            description=f"actual ${settled.actual_cost_usd:.4f}"
+            f" of estimate ${job.estimate.estimated_cost_usd:.4f}",
+        )
+    except Exception as error:
+        get_run_logger().warning("settlement artifact not created: %s", error)
 
 
 def taken_over(job: Job, error: LeaseLost) -> State:
@@ -382,7 +411,7 @@ def taken_over(job: Job, error: LeaseLost) -> State:
     message = f"stopped watching: {error}"
     get_run_logger().error(message)
     outcome = JobOutcome(OutcomeStatus.FAILED, job.video_id, message, run_id=job.run_id)
-    return Failed(name="TakenOver", message=message, data=JobFailed(outcome.to_dict()))
+    return run_states.failed(outcome, run_states.TAKEN_OVER_TAG)
 
 
 def reap_at_start(services: Services, settings: Settings) -> None:

@@ -180,7 +180,8 @@ def test_spent_budget_stops_before_any_submission(make_env: MakeEnv, video: Any)
     smallest, _ = worst_cases_usd(env)
     spend_leaving(env, smallest / 2)
     state, summary = backfill(video_ids=["v1", "v2"], wave_size=1)
-    assert state.is_completed() and state.name == "Stopped"
+    assert state.is_completed() and state.name == "Completed"
+    assert state.message.startswith("stopped: budget_exceeded: ")
     assert summary["submitted"] == 0 and summary["outcomes"] == []
     assert summary["stopped"]["kind"] == "budget_exceeded"
     assert "daily budget spent" in summary["stopped"]["message"]
@@ -201,7 +202,7 @@ def test_budget_refusal_of_one_video_stops_the_later_waves(make_env: MakeEnv, vi
     # Enough for the smallest job (the gate lets the wave go), not for "big" (admission refuses).
     spend_leaving(env, (smallest + big) / 2)
     state, summary = backfill(video_ids=["big", "v1"], wave_size=1)
-    assert state.name == "Stopped"
+    assert state.name == "Completed"
     assert by_video(summary)["big"]["rejection_type"] == "budget_exceeded"
     assert summary["stopped"]["kind"] == "budget_exceeded"
     assert "big" in summary["stopped"]["message"]
@@ -219,8 +220,8 @@ def test_open_breaker_stops_the_backfill(make_env: MakeEnv, video: Any) -> None:
     env.register_clip(video, "v1", "v2", "v3")
     env.breaker_trip()
     state, summary = backfill(video_ids=["v1", "v2", "v3"])
-    assert state.name == "Stopped"
-    assert summary["stopped"]["kind"] == "circuit_open"
+    assert state.name == "Completed"
+    assert state.message.startswith("stopped: circuit_open: ")
     assert [r["video_id"] for r in summary["not_submitted"]] == ["v1", "v2", "v3"]
     assert {r["reason"] for r in summary["not_submitted"]} == {"circuit_open"}
     assert env.executor_calls() == 0

@@ -1,7 +1,8 @@
 """A corpus of bad requests and bad configurations, end to end on the real servers.
 
-Each is refused before any quota is taken: the flow ends ``Rejected`` (``validation_failed``, or
-``guard_unavailable`` for a configuration that cannot work) with a rejection row, or the CLI exits 2
+Each is refused before any quota is taken: the flow ends ``Completed`` tagged
+``rejected:validation_failed``, or ``Failed`` for a configuration that cannot work
+(``guard_unavailable``), with a rejection row, or the CLI exits 2
 with one line for what it could not even read. Nothing is spawned, nothing is charged, no cooldown
 or rate slot is taken in Redis.
 """
@@ -102,7 +103,7 @@ def test_a_bad_request_is_refused_recorded_and_costs_nothing(
     env: FlowEnv, redis_url: str, params: dict[str, Any], fragment: str
 ) -> None:
     state, outcome = run(**params)
-    assert state.name == "Rejected", outcome
+    assert (state.type.value, state.name) == ("COMPLETED", "Completed"), outcome
     assert outcome["rejection_type"] == "validation_failed"
     assert fragment in outcome["message"]
     assert "\n" not in outcome["message"]
@@ -154,7 +155,7 @@ def test_a_configuration_that_cannot_work_refuses_the_flow(
     monkeypatch.setenv("BOUNDARY_INFERENCE_MONTHLY_BUDGET_USD", "inf")
     monkeypatch.setenv("BOUNDARY_INFERENCE_VIDEO_COOLDOWN_S", "100000000000000")
     state, outcome = run()
-    assert state.name == "Rejected"
+    assert (state.type.value, state.name) == ("FAILED", "Failed")
     assert outcome["rejection_type"] == "guard_unavailable"
     assert outcome["message"].startswith("configuration refused at start")
     row = assert_refused_for_nothing(env, redis_url, "guard_unavailable")

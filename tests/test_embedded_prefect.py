@@ -195,6 +195,6 @@ def test_a_deployment_run_without_configuration_is_refused_before_starting_anyth
     )
     outcome = outcome_of(state)
     assert outcome is not None
-    assert (state.name, outcome["rejection_type"]) == ("Rejected", "guard_unavailable")
+    assert (state.name, outcome["rejection_type"]) == ("Failed", "guard_unavailable")
     assert "BOUNDARY_INFERENCE_STATE_DIR" in outcome["message"]
     assert not (bare_settings / ".state").exists()

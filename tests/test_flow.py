@@ -64,13 +64,56 @@ def test_admitted_run_succeeds_settles_and_leaves_artifacts(env: FlowEnv, video:
     # The worst-case reservation was settled down to the measured cost.
     assert float(spend["daily_committed_usd"]) == pytest.approx(float(run_row["actual_cost_usd"]))
     assert env.executor_calls() == 1
+    # The settlement on the flow run: actual against the estimate, GPU seconds, the call.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    (settlement,) = [a for a in found if a.key == "settlement-v1"]
+    text = str(settlement.data)
+    assert f"${float(run_row['actual_cost_usd']):.4f}" in text
+    assert f"| GPU seconds | {float(run_row['gpu_seconds']):.1f} |" in text
+    assert run_row["executor_call_id"] in text and "| boundaries found |" in text
+
+
+def server_flow_run(state: Any) -> Any:
+    """The flow run as the Prefect server holds it (its state and tags)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id)
+
+
+def test_flow_retries_are_pinned_whatever_the_fleet_default(tmp_path: Any) -> None:
+    """A fleet-wide default would re-run a job (a second admission) or an outage's refusal."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from flows.boundary_inference import boundary_inference_flow as a\n"
+        "from flows.backfill import backfill_flow as b\n"
+        "print(a.retries, b.retries)"
+    )
+    env = {**os.environ, "PREFECT_FLOWS_DEFAULT_RETRIES": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "0"]
 
 
 def test_duplicate_is_skipped_without_a_second_call(env: FlowEnv) -> None:
     _, first = run(**base())
     state, second = run(**base())
-    assert state.name == "Skipped"
+    assert state.is_completed() and state.name == "Completed"
+    assert state.message.startswith("skipped: ")
     assert second["status"] == "skipped" and second["run_id"] == first["run_id"]
+    assert "skipped" in server_flow_run(state).tags
     assert env.executor_calls() == 1
     assert rejections(env) == []
 
@@ -80,7 +123,8 @@ def test_forced_rerun_is_refused_by_cooldown_and_recorded(
 ) -> None:
     _, first = run(**base())
     state, forced = run(**base(skip_if_exists=False))
-    assert state.is_completed() and state.name == "Rejected"
+    assert state.is_completed() and state.name == "Completed"
+    assert state.message.startswith("rejected: cooldown: ")
     assert forced["status"] == "rejected" and forced["rejection_type"] == "cooldown"
     assert 0 < forced["retry_after_s"] <= env.settings.video_cooldown_s
     (row,) = rejections(env)
@@ -90,6 +134,12 @@ def test_forced_rerun_is_refused_by_cooldown_and_recorded(
     assert env.executor_calls() == 1
     (event,) = emitted(asserting_events_worker, "boundary-inference.job.rejected")
     assert event.payload["rejection_type"] == "cooldown"
+    # As the server holds it: a standard state (the UI's Runs tab and state filter list it),
+    # found by the tags of the rejection's type.
+    flow_run = server_flow_run(state)
+    assert (flow_run.state.type.value, flow_run.state.name) == ("COMPLETED", "Completed")
+    assert flow_run.state.message.startswith("rejected: cooldown: ")
+    assert {"rejected", "rejected:cooldown"} <= set(flow_run.tags)
     assert event.resource.id == "boundary-inference.video.v1"
     # The refused re-run did not keep its budget reservation.
     assert float(env.ledger.spend_summary()["daily_committed_usd"]) == pytest.approx(
@@ -123,7 +173,7 @@ def test_bad_input_is_a_recorded_typed_rejection(
     env: FlowEnv, params: dict[str, Any], fragment: str
 ) -> None:
     state, outcome = run(**params)
-    assert state.name == "Rejected"
+    assert state.name == "Completed"
     assert outcome["rejection_type"] == "validation_failed"
     assert fragment in outcome["message"]
     (row,) = rejections(env)
@@ -229,10 +279,12 @@ def test_a_flow_with_retries_is_refused_before_any_quota(env: FlowEnv) -> None:
     retried = boundary_inference_flow.with_options(retries=2)
     state = retried(**base(), return_state=True)
     outcome = outcome_of(state)
-    assert state.name == "Rejected"
+    # Completed, not Failed: the server would re-run a Failed run that has retries left.
+    assert state.name == "Completed"
     assert outcome["rejection_type"] == "guard_unavailable"
     assert "retries=2" in outcome["message"]
     assert env.executor_calls() == 0
+    assert {"rejected", "rejected:guard_unavailable"} <= set(server_flow_run(state).tags)
     (row,) = rejections(env)
     assert row["rejection_type"] == "guard_unavailable"
     assert float(env.ledger.spend_summary()["daily_committed_usd"]) == 0.0

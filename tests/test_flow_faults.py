@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prefect.client.orchestration import get_client
 
 from boundary_inference.embedded import start_postgres, start_redis
 from boundary_inference.executor import LocalExecutor
@@ -34,8 +35,14 @@ def refused_while_down(server: Any) -> dict[str, Any]:
     """Stop ``server`` (a store the flow needs), then submit v1: refused, ``guard_unavailable``."""
     server.stop()
     state, outcome = run(**base())
-    assert state.name == "Rejected"
+    # An outage is red: Failed by its standard name, the refusal's type in its message.
+    assert (state.type.value, state.name) == ("FAILED", "Failed"), state
+    assert state.message.startswith("rejected: guard_unavailable: ")
     assert outcome["rejection_type"] == "guard_unavailable"
+    with get_client(sync_client=True) as client:  # as the server (and its UI) holds it
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+    assert (flow_run.state.type.value, flow_run.state.name) == ("FAILED", "Failed")
+    assert {"rejected", "rejected:guard_unavailable"} <= set(flow_run.tags)
     return outcome
 
 
@@ -281,7 +288,7 @@ def test_ledger_lost_after_the_spawn_is_a_failure_that_keeps_the_money_and_quota
     private.stop()
     thread.join(timeout=120)
     state = result["state"]
-    assert state.is_failed() and state.name != "Rejected", state
+    assert state.is_failed() and not state.message.startswith("rejected: "), state
 
     start_postgres(server_dir)
     ledger = Ledger(PsycopgTransport(private.dsn, env.schema, timeout_s=5.0))  # a new connection

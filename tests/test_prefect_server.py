@@ -363,7 +363,8 @@ def test_served_deployments_rejection_schedule_and_automations(
         state = _wait(
             "the inference run to finish", lambda: _final_state(api, inference_run), timeout_s=600
         )
-        assert (state["type"], state["name"]) == ("COMPLETED", "Rejected"), state
+        assert (state["type"], state["name"]) == ("COMPLETED", "Completed"), state
+        assert state["message"].startswith("rejected: validation_failed: "), state
         rejected = [
             r for r in env.ledger.list_rejections(limit=10) if r["video_id"] == "never-registered"
         ]
@@ -490,8 +491,8 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
 ) -> None:
     """A process worker started as the docs say runs ``prefect deployment run`` with no
     parameters, with mistyped ones, with a misspelt one, and a job that fails after admission: the
-    first three end Completed/Rejected and recorded, the last Failed with a readable message, and the worker's
-    log carries no ``TypeError: Unexpected result for failed state``."""
+    first three end Completed (``rejected: ...``) and recorded, the last Failed with a readable
+    message, and the worker's log carries no ``TypeError: Unexpected result for failed state``."""
     api_url = prefect_server
     worker_env = _client_env(api_url, tmp_path / "worker-home")
     worker_env["PREFECT_WORKER_QUERY_SECONDS"] = "1"
@@ -553,7 +554,8 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
         log_text = worker_log.read_text(errors="replace")
         for name in ("no-parameters", "mistyped", "unknown"):
             state = states[name]
-            assert (state["type"], state["name"]) == ("COMPLETED", "Rejected"), (state, log_text)
+            assert (state["type"], state["name"]) == ("COMPLETED", "Completed"), (state, log_text)
+            assert state["message"].startswith("rejected: validation_failed: "), state
         rejections = {r["message"]: r for r in env.ledger.list_rejections(limit=20)}
         missing = [m for m in rejections if m.startswith("missing required parameter")]
         assert missing == ["missing required parameter(s): video_id, frames_version, model_version"]
@@ -604,8 +606,9 @@ def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
     prefect_server: str, env: FlowEnv, tmp_path: Path
 ) -> None:
     """The Prefect UI of the real server, in Chromium: a rejected run found by its name, its
-    ``Rejected`` state and its rejection artifact (reason and the exact ``ack`` command); an
-    admitted run's estimate and progress artifacts. Screenshots go to docs/ (README shows them)."""
+    standard ``Completed`` state with its ``rejected:validation_failed`` tag and its rejection
+    artifact (reason and the exact ``ack`` command); an admitted run's estimate and progress
+    artifacts. Screenshots go to docs/ (README shows them)."""
     from playwright.sync_api import Page, sync_playwright
     from playwright.sync_api import TimeoutError as PageTimeout
 
@@ -657,7 +660,9 @@ def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
             name = run_name(rejected)
             assert name.startswith("lecture-42-f2-builtin-textdiff-v1-")
             open_run(page, name)
-            page.get_by_text("Rejected", exact=True).first.wait_for()
+            # A standard state name (the Runs tab lists it) and the tag that finds every such run.
+            page.get_by_text("Completed", exact=True).first.wait_for()
+            page.get_by_text("rejected:validation_failed", exact=True).first.wait_for()
             page.get_by_text("rejection-lecture-42", exact=True).first.wait_for()
             page.screenshot(path=str(DOCS / "ui-rejected-run.png"))
             page.get_by_text("rejection-lecture-42", exact=True).first.click()
