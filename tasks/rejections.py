@@ -14,6 +14,17 @@ from boundary_inference.outcome import Rejected
 from tasks._common import LEDGER, artifact_key, guard_task
 
 REJECTION_EVENT = "boundary-inference.job.rejected"
+# The resource label the shipped automation groups by: one notification window per tenant.
+TENANT_LABEL = "boundary-inference.tenant"
+
+
+def rejection_resource(video_id: str, tenant_id: str) -> dict[str, str]:
+    """The event's resource: the video, labelled with its tenant."""
+    return {
+        "prefect.resource.id": f"boundary-inference.video.{video_id}",
+        "prefect.resource.name": video_id,
+        TENANT_LABEL: tenant_id,
+    }
 
 
 def _markdown(
@@ -84,10 +95,7 @@ def record_rejection(
             logger.error("could not record the rejection in the ledger: %s", error)
     emit_event(
         REJECTION_EVENT,
-        resource={
-            "prefect.resource.id": f"boundary-inference.video.{video_id}",
-            "prefect.resource.name": video_id,
-        },
+        resource=rejection_resource(video_id, tenant_id),
         payload={
             "rejection_type": str(rejected.rejection_type),
             "message": rejected.message,

@@ -692,3 +692,58 @@ def test_server_log_has_no_service_errors(prefect_server: str, server_log: Path)
     SQLAlchemy 2.1 made them fail every loop with "Can't evaluate bulk DML statement"."""
     errors = _server_log_errors(server_log.read_text(errors="replace"))
     assert errors == [], "\n\n".join(e[:1500] for e in errors[:5])
+
+
+def test_a_burst_of_rejections_is_one_message_per_tenant(
+    prefect_server: str, webhook: _Webhook
+) -> None:
+    """The shipped "job rejected" automation, on the real server: 20 rejections of one tenant
+    within its window are one notification; another tenant's rejection still gets its own."""
+    import uuid
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.events import Event
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from boundary_inference.automations import apply_automations
+    from tasks.rejections import REJECTION_EVENT, rejection_resource
+
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        CustomWebhookNotificationBlock(
+            name="bi-test",
+            url=webhook.url,
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        ).save(BLOCK_NAME, overwrite=True)
+        apply_automations(BLOCK_NAME)  # unchanged when the test above applied them already
+    burst, other = f"burst-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
+
+    def event(tenant: str, number: int) -> dict[str, Any]:
+        return Event(
+            event=REJECTION_EVENT,
+            resource=rejection_resource(f"{tenant}-v{number}", tenant),
+            payload={
+                "rejection_type": "rate_limited",
+                "message": "over the global rate",
+                "rejection_id": str(uuid.uuid4()),
+                "run_id": None,
+                "tenant_id": tenant,
+                "estimated_cost_usd": 0.01,
+            },
+        ).model_dump(mode="json")
+
+    api = _api(prefect_server)
+    sent = api.post("events", json=[event(burst, n) for n in range(20)])
+    assert sent.status_code == 204, sent.text
+    # The other tenant's event goes after the burst: once its message is in, the burst's 20
+    # events have been through the triggers (one consumer, in order).
+    sent = api.post("events", json=[event(other, 0)])
+    assert sent.status_code == 204, sent.text
+
+    def bodies(tenant: str) -> list[str]:
+        return [str(n.get("body")) for n in webhook.received if f"(tenant {tenant}," in str(n)]
+
+    _wait("the other tenant's notification", lambda: bodies(other), timeout_s=600)
+    _wait("the burst's notification", lambda: bodies(burst), timeout_s=600)
+    assert len(bodies(burst)) == 1, bodies(burst)
+    assert len(bodies(other)) == 1
+    assert "Further rejections of this tenant" in bodies(burst)[0]
