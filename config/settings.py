@@ -316,6 +316,14 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         2.0, gt=0, le=300, description="How often the flow polls a running job for progress."
     )
+    spawn_confirm_s: float = Field(
+        300.0,
+        ge=0,
+        le=MAX_DURATION_S,
+        description="After a spawn whose answer was lost (a connection error or timeout after"
+        " sending), how long the watcher looks for the call by its run id (the call records its"
+        " id when it starts) before it fences the run and charges its worst case.",
+    )
     default_tenant_id: str = Field("demo", description="Tenant used when a request names none.")
     stale_queued_s: int = Field(
         3600,

@@ -40,6 +40,7 @@ from modal_app.modal_config import (
     app_tags,
     attempts_key,
     call_key,
+    fence_key,
     function_options,
     models_mount_path,
     models_volume_name,
@@ -251,7 +252,20 @@ def _start_attempt(
             store[call_key(call_id)] = run_id
         except Exception as error:
             logger.warning("call id mapping not published: %s", error)
-    return record["count"], record
+    try:
+        # Read *after* our id was written: a client that fences the run writes the fence first
+        # and reads the id second, so one of the two always sees the other.
+        fenced = store.get(fence_key(run_id)) is not None
+    except Exception as error:
+        raise AttemptsUnrecorded(f"cannot read the fence of run {run_id}: {error}") from error
+    return record["count"], {**record, "fenced": fenced}
+
+
+class Fenced(InferenceError):
+    """The client gave up finding this call after a lost spawn answer and charged its worst case:
+    the run is over for it, so this late start does no work."""
+
+    kind = "fenced"
 
 
 def _end_attempt(
@@ -275,6 +289,7 @@ def run_call(
     max_attempts: int,
     models_dir: Path | None,
     call_id: str | None = None,
+    reload_models: Callable[[], None] | None = None,
     storage: StorageConfig | None = None,
     max_source_bytes: int | None = None,
     hard_exit: Callable[[int], None] = os._exit,
@@ -298,6 +313,12 @@ def run_call(
     request = InferenceRequest.from_dict(request_dict)
     started = clock()
     attempt, record = _start_attempt(store, request.run_id, call_id)
+    if record.get("fenced"):
+        message = f"run {request.run_id} was fenced by its client (a lost spawn answer): not run"
+        logger.error(message)
+        return {REFUSED: {"kind": Fenced.kind, "message": message, "attempts": attempt}}
+    if reload_models is not None:
+        reload_models()  # after the call recorded its id: a lost spawn is findable at once
     if attempt > max_attempts:
         message = (
             f"attempt {attempt} of run {request.run_id} refused: the retry policy allows"
@@ -428,13 +449,15 @@ class BoundaryInference:
 
     @modal.method()
     def infer(self, request_dict: dict[str, Any]) -> dict[str, Any]:
-        _reload_models_if_missing(request_dict, self.models_dir)
         return run_call(
             request_dict,
             store=self.store,
             max_attempts=self.max_attempts,
             models_dir=self.models_dir,
+            # Recorded first thing, under the run id: a client whose spawn answer was lost
+            # finds this call by its run id (ModalExecutor.find_call).
             call_id=modal.current_function_call_id(),
+            reload_models=lambda: _reload_models_if_missing(request_dict, self.models_dir),
         )
 
 

@@ -144,6 +144,12 @@ def call_key(call_id: str) -> str:
     return f"call:{call_id}"
 
 
+def fence_key(run_id: str) -> str:
+    """Written by a client that gave up finding the call of a lost spawn: a call of this run that
+    starts after it refuses to run (the container checks it after recording its own id)."""
+    return f"fence:{run_id}"
+
+
 # Modal bills apps, not calls: this tag is how boundary_inference.billing tells our spend apart.
 BILLING_TAG_NAME = "project"
 

@@ -65,6 +65,12 @@ class FakeCloud:
         self.cancels: list[tuple[str, bool]] = []
         self.expired: set[str] = set()
         self.get_raises: BaseException | None = None  # what the server answers instead
+        # The spawn's answer is lost *after* the server accepted the call: the client raises this
+        # (modal.exception.ConnectionError is what modal 1.6.4 re-raises a last retry's OSError
+        # or asyncio timeout as, in _utils/grpc_utils.py) while the call runs on.
+        self.answer_lost: BaseException | None = None
+        # While set and not yet open, accepted calls wait in Modal's queue before any attempt.
+        self.start_gate: threading.Event | None = None
         self.cancel_raises: BaseException | None = None
         self._ids = itertools.count(1)
         self._threads: list[threading.Thread] = []
@@ -85,10 +91,14 @@ class FakeCloud:
         thread = threading.Thread(target=self._run, args=(call,), daemon=True)
         self._threads.append(thread)
         thread.start()
+        if self.answer_lost is not None:
+            raise self.answer_lost
         return self.FunctionCall(call.object_id)
 
     def _run(self, call: _Call) -> None:
         """Modal's input loop: exceptions consume ``retries``; crashes are retried uncounted."""
+        if self.start_gate is not None:
+            self.start_gate.wait(30)
         max_retries = function_options(self.settings)["retries"].max_retries
         retries_used = 0
         try:

@@ -41,6 +41,7 @@ from modal_app.modal_config import (
     SPEND_LIMITS,
     attempts_key,
     call_key,
+    fence_key,
     progress_dict_name,
 )
 from modal_app.types import InferenceRequest, InferenceResult
@@ -64,11 +65,12 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
 )
 # Answers to a spawn that mean Modal did not take the input: the app or class is missing, the
-# token is refused, no connection was made.
+# token is refused. NOT modal.exception.ConnectionError: the client re-raises its last retry's
+# OSError/asyncio timeout as that (modal/_utils/grpc_utils.py, process_exception_before_retry),
+# also when an earlier try reached the server and it accepted the call.
 _REFUSED_BEFORE_SENDING: tuple[type[BaseException], ...] = (
     modal_exc.NotFoundError,
     modal_exc.AuthError,
-    modal_exc.ConnectionError,
 )
 # Client-side trouble while polling (the API throttles, an internal gRPC error, a closed client):
 # the call's own state is unknown, so it stays pending until POLL_ERROR_LIMIT_S, like a lost network.
@@ -180,6 +182,25 @@ class ModalExecutor:
         if isinstance(record, dict) and record.get("billed_s") is not None:
             return float(record["billed_s"])
         return None
+
+    def find_call(self, run_id: str) -> str | None:
+        """The call id the function recorded under ``run_id`` when an attempt started (before any
+        other network call of the attempt), or None: not started yet, or the Dict unreachable."""
+        record = self._read(attempts_key(run_id))
+        call_id = record.get("call_id") if isinstance(record, dict) else None
+        if isinstance(call_id, str) and call_id:
+            self._run_ids[call_id] = run_id
+            return call_id
+        return None
+
+    def fence(self, run_id: str) -> str | None:
+        """Write the run's fence, then look once more. The function records its id, then reads
+        the fence: of a late start and this fence, one always sees the other, so a call either
+        shows up here (to be watched or cancelled) or refuses to run. Raises when the fence cannot
+        be written (then a late start is bounded only by its own limits, charged as the worst
+        case)."""
+        self.progress_dict[fence_key(run_id)] = {"fenced_at": time.time()}
+        return self.find_call(run_id)
 
     # --- Protocol ----------------------------------------------------------------------------------
     def _lookup(self) -> Any:
@@ -304,7 +325,7 @@ class ModalExecutor:
                 call_id,
                 FailureKind.INFRASTRUCTURE,
                 str(refused.get("message", "refused")),
-                "AttemptsExhausted",
+                "Fenced" if refused.get("kind") == "fenced" else "AttemptsExhausted",
                 known_elapsed=False,
             )
         if isinstance(value, dict) and FAILED in value:
