@@ -108,6 +108,8 @@ TORCH_IMAGE_PACKAGES = (
 # (modal_app.app.deployed_config) and the client refuses to spawn when any deployed value is looser
 # than its own (ModalExecutor's preflight). One list, so neither side can miss one.
 SPEND_LIMITS: tuple[str, ...] = (
+    "cpu_cores",
+    "memory_mib",
     "gpu_retries",
     "gpu_timeout_s",
     "scaledown_window_s",
@@ -220,6 +222,11 @@ def function_options(settings: Settings) -> dict[str, Any]:
 
     return {
         "gpu": settings.gpu,
+        # Modal bills the greater of request and use, per second: a limit equal to the request is
+        # what makes the per-second price the cost guard multiplies by an upper bound. A job that
+        # needs more memory is killed (a crash the attempt counter bounds), never billed more.
+        "cpu": (settings.cpu_cores, settings.cpu_cores),
+        "memory": (settings.memory_mib, settings.memory_mib),
         # Per attempt; the per-job deadline inside the function is the tighter bound.
         "timeout": settings.gpu_timeout_s,
         # Start-up runs before the per-job deadline's clock: without this it may take the whole

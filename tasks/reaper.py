@@ -69,7 +69,7 @@ def watch_limit_of(run: RunRow, settings: Settings) -> float:
     if worst is None:
         return settings.watch_limit_s(float(settings.gpu_timeout_s))
     return max(
-        float(worst) / settings.gpu_price_usd_per_s - settings.scaledown_window_s,
+        float(worst) / settings.price_usd_per_s - settings.scaledown_window_s,
         0.0,
     )
 
