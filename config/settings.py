@@ -320,6 +320,11 @@ class Settings(BaseSettings):
     )
     modal_app_name: str = Field("boundary-inference", description="Deployed Modal app name.")
     modal_class_name: str = Field("BoundaryInference", description="Modal class in the app.")
+    modal_environment_name: str | None = Field(
+        None,
+        description="Modal environment of the deployed app (None: the token's default, as"
+        " `modal deploy` without -e); deploy with `modal deploy -e NAME` to the same one.",
+    )
     models_dir: Path = Field(
         Path("models"), description="Checkpoint directory (the Modal Volume mount in production)."
     )

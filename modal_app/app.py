@@ -33,10 +33,8 @@ import modal
 from config import Settings, get_settings
 from modal_app.errors import DeadlineExceeded, InferenceError, Stalled, UserInputError
 from modal_app.modal_config import (
-    CONFIG_KEY,
     FAILED,
     REFUSED,
-    SPEND_LIMITS,
     app_tags,
     attempts_key,
     call_key,
@@ -85,11 +83,6 @@ class AttemptsUnrecorded(InferenceError):
 def open_progress_store(settings: Settings) -> ProgressStore:
     """The shared progress/attempts ``modal.Dict`` (lazy: no network until first use)."""
     return modal.Dict.from_name(progress_dict_name(settings), create_if_missing=True)
-
-
-def deployed_config(settings: Settings) -> dict[str, Any]:
-    """What the deployed function was built with; the client's preflight compares it."""
-    return {"gpu": settings.gpu, **{name: getattr(settings, name) for name in SPEND_LIMITS}}
 
 
 class _Abort(BaseException):
@@ -442,10 +435,6 @@ class BoundaryInference:
     def connect(self) -> None:
         # Network handles are made after the restore, never captured in the snapshot.
         self.store = open_progress_store(settings)
-        try:
-            self.store[CONFIG_KEY] = deployed_config(settings)
-        except Exception as error:  # never crash a container on bookkeeping: that loops
-            logger.warning("deployed config not published: %s", error)
 
     @modal.method()
     def infer(self, request_dict: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """The Modal decorator's keyword arguments, from :class:`config.Settings`: one source of truth.
 
-``modal.Function.info()`` shows timeout, retries and GPU, but not ``max_containers``,
-``scaledown_window`` or snapshots, so those can only be checked here: :func:`function_options` is
-what ``modal_app.app`` passes to ``@app.cls`` and what the tests compare with the settings.
+:func:`function_options` is what ``modal_app.app`` passes to ``@app.cls`` and what the tests
+compare with the settings. The deployed values are read back by the client's preflight
+(``boundary_inference.executor.modal_deployment``): ``Function.info()`` for GPU, CPU, memory,
+timeout and retries, ``Function.autoscaler.settings()`` for containers and scaledown, and the app
+tags of :func:`app_tags` for the start-up timeout and abort grace Modal does not report back.
 
 Names are Modal 1.x ones. The removed spellings (``concurrency_limit``, ``keep_warm``,
 ``container_idle_timeout``, ``allow_concurrent_inputs``) raise ``DeprecationError`` in modal 1.6, and
@@ -104,19 +106,13 @@ TORCH_IMAGE_PACKAGES = (
 # models directory). Every setting except connections is baked into the image's environment at
 # deploy time, so the running function agrees with the decorator it was deployed with and passes the
 # same coherence checks. Nothing secret or connection-related is copied.
-# The settings that bound what one job can cost on Modal: the deployed function publishes them
-# (modal_app.app.deployed_config) and the client refuses to spawn when any deployed value is looser
-# than its own (ModalExecutor's preflight). One list, so neither side can miss one.
-SPEND_LIMITS: tuple[str, ...] = (
-    "cpu_cores",
-    "memory_mib",
-    "gpu_retries",
-    "gpu_timeout_s",
-    "scaledown_window_s",
-    "startup_timeout_s",
-    "abort_grace_s",
-    "max_containers",
-)
+# What one job may cost on Modal is bounded by the decorator values, which the deploy records on
+# the function (the client reads them back: boundary_inference.executor.modal_deployment), and by
+# two values Modal does not report back, which the deploy records as app tags (setting -> tag).
+DEPLOY_RECORDED_TAGS: dict[str, str] = {
+    "startup_timeout_s": "bi-startup-timeout-s",
+    "abort_grace_s": "bi-abort-grace-s",
+}
 
 NOT_BAKED = frozenset(
     {
@@ -133,7 +129,6 @@ NOT_BAKED = frozenset(
 
 
 # Keys of the progress ``modal.Dict``, shared by the function (writer) and the executor (reader).
-CONFIG_KEY = "__deployed_config__"
 REFUSED = "refused"  # key of the refusal a call returns instead of a result
 FAILED = "failed"  # key of the typed user failure a call returns instead of raising it
 
@@ -157,7 +152,13 @@ BILLING_TAG_NAME = "project"
 
 
 def app_tags(settings: Settings) -> dict[str, str]:
-    return {BILLING_TAG_NAME: settings.modal_app_name}
+    """The app's tags, set by the deploy: the billing tag and the spend limits Modal's function
+    metadata does not carry (tag values allow digits and periods: ``format(x, "g")``)."""
+    recorded = {
+        tag: format(float(getattr(settings, name)), "g")
+        for name, tag in DEPLOY_RECORDED_TAGS.items()
+    }
+    return {BILLING_TAG_NAME: settings.modal_app_name, **recorded}
 
 
 def models_mount_path(settings: Settings) -> str:

@@ -291,7 +291,14 @@ def test_the_module_decorates_the_class_with_exactly_function_options(
         assert used[key] == expected[key], key
     assert used["startup_timeout"] == module.settings.startup_timeout_s
     # Billing is attributed by this tag (boundary_inference.billing's default tag name).
-    assert module.app._local_state.tags == {"project": module.settings.modal_app_name}
+    # The deploy also records the two spend limits Modal's metadata does not report back.
+    assert module.app._local_state.tags == {
+        "project": module.settings.modal_app_name,
+        "bi-startup-timeout-s": "120",
+        "bi-abort-grace-s": "30",
+    }
+    for key in ("cpu", "memory"):
+        assert used[key] == expected[key], key
     assert vars(used["retries"]) == vars(expected["retries"])
     assert used["max_containers"] == module.settings.max_containers
     assert used["scaledown_window"] == module.settings.scaledown_window_s

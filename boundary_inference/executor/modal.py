@@ -33,12 +33,11 @@ from boundary_inference.executor.base import (
     FailureKind,
     SpawnUncertain,
 )
+from boundary_inference.executor.modal_deployment import deployment_problems
 from config import Settings
 from modal_app.modal_config import (
-    CONFIG_KEY,
     FAILED,
     REFUSED,
-    SPEND_LIMITS,
     attempts_key,
     call_key,
     fence_key,
@@ -121,8 +120,9 @@ class ModalExecutor:
         self,
         settings: Settings,
         *,
-        cls_lookup: Callable[[str, str], Any] | None = None,
+        cls_lookup: Callable[..., Any] | None = None,
         function_call_from_id: Callable[[str], Any] | None = None,
+        app_lookup: Callable[..., Any] | None = None,
         progress_dict: Any | None = None,
         environ: Mapping[str, str] | None = None,
         poll_error_limit_s: float = POLL_ERROR_LIMIT_S,
@@ -133,6 +133,8 @@ class ModalExecutor:
         self.class_name = settings.modal_class_name
         self._cls_lookup = cls_lookup or modal.Cls.from_name
         self._from_id = function_call_from_id or modal.FunctionCall.from_id
+        self._app_lookup = app_lookup or modal.App.lookup
+        self.environment_name = settings.modal_environment_name
         self._progress = progress_dict
         self._environ = environ
         self._poll_error_limit_s = poll_error_limit_s
@@ -150,7 +152,9 @@ class ModalExecutor:
     @property
     def progress_dict(self) -> Any:
         if self._progress is None:
-            self._progress = modal.Dict.from_name(progress_dict_name(self.settings))
+            self._progress = modal.Dict.from_name(
+                progress_dict_name(self.settings), environment_name=self.environment_name
+            )
         return self._progress
 
     def _read(self, key: str) -> Any:
@@ -205,7 +209,9 @@ class ModalExecutor:
     # --- Protocol ----------------------------------------------------------------------------------
     def _lookup(self) -> Any:
         if self._cls is None:
-            self._cls = self._cls_lookup(self.app_name, self.class_name)
+            self._cls = self._cls_lookup(
+                self.app_name, self.class_name, environment_name=self.environment_name
+            )
         return self._cls
 
     def preflight(self) -> None:
@@ -234,17 +240,20 @@ class ModalExecutor:
     def _check_deployed_config(self) -> None:
         """Refuse when the deployed function may spend more per job than these settings price.
 
-        The function publishes its decorator values when a container starts; before the first
-        start after a deploy there is nothing to compare, and the check passes.
+        Read from the deployment itself on every preflight (``modal_deployment``): the function's
+        recorded decorator values and autoscaler, and the app's tags the deploy set.
         """
-        deployed = self._read(CONFIG_KEY)
-        if not isinstance(deployed, dict):
-            return
-        problems = [
-            f"{name}: deployed {deployed[name]} > configured {getattr(self.settings, name)}"
-            for name in SPEND_LIMITS
-            if name in deployed and float(deployed[name]) > float(getattr(self.settings, name))
-        ]
+        try:
+            method = self._lookup()().infer
+            info = method.info(refresh=True)
+            scaling = method.autoscaler.settings()
+            app = self._app_lookup(self.app_name, environment_name=self.environment_name)
+            tags = dict(app.get_tags())
+        except _UNREACHABLE as error:
+            raise ExecutorUnavailable(
+                f"cannot read the deployed function's limits: {error}"
+            ) from error
+        problems = deployment_problems(self.settings, info, scaling, tags)
         if problems:
             raise ExecutorUnavailable(
                 "the deployed Modal function allows more spend per job than the cost guard"
