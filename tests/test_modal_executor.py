@@ -29,7 +29,12 @@ from boundary_inference.executor import (
     FailureKind,
     SpawnUncertain,
 )
-from boundary_inference.executor.modal import ModalExecutor, classify, has_credentials
+from boundary_inference.executor.modal import (
+    ModalExecutor,
+    classify,
+    classify_kind,
+    has_credentials,
+)
 from config import Settings, get_settings
 from modal_app.errors import DeadlineExceeded, Stalled, VideoNotFound
 from modal_app.modal_config import app_tags, attempts_key, function_options
@@ -368,7 +373,7 @@ def test_polls_that_cannot_reach_modal_stay_pending_then_give_up(
     status = executor.poll(call_id, timeout_s=0.1)
     assert status.state is CallState.FAILED and status.failure is not None
     assert status.failure.kind is FailureKind.INFRASTRUCTURE
-    assert cloud.cancels == [(call_id, False)]  # and it stops paying for what it cannot watch
+    assert cloud.cancels == [(call_id, True)]  # and it stops paying for what it cannot watch
 
 
 # --- Refusal, cancel, classification --------------------------------------------------------------
@@ -422,7 +427,7 @@ def test_cancel_calls_function_call_cancel_and_the_call_ends_cancelled(
     assert model.holding.wait(10)
     executor.cancel(call_id)
     executor.cancel(call_id)  # idempotent
-    assert cloud.cancels == [(call_id, False), (call_id, False)]
+    assert cloud.cancels == [(call_id, True), (call_id, True)]  # container terminated too
     status = wait_for(executor, call_id)
     assert status.state is CallState.FAILED and status.failure is not None
     assert status.failure.kind is FailureKind.CANCELLED
@@ -444,7 +449,7 @@ def test_a_fresh_instance_cancels_by_id_and_cancel_never_raises(
     assert cloud.calls[call_id].done.wait(10)
     cloud.cancel_raises = modal_exc.ConnectionError("unreachable")
     executor_for(cloud).cancel(call_id)  # logged, not raised: it runs in finally blocks
-    assert cloud.cancels[-3:] == [(call_id, False)] * 3
+    assert cloud.cancels[-3:] == [(call_id, True)] * 3
 
 
 @pytest.mark.parametrize(
@@ -616,9 +621,20 @@ def test_the_per_job_deadline_is_a_timeout_with_its_billed_seconds(
         FailureKind.TIMEOUT,
         "DeadlineExceeded",
     )
-    # Every attempt (Modal retries a raised error) is billed its 4 s on the clock.
-    assert status.failure.elapsed_s == pytest.approx(4.0 * settings.gpu_attempts)
+    # Returned, not raised: Modal retries nothing, so one attempt is billed its 4 s on the clock.
+    assert status.failure.elapsed_s == pytest.approx(4.0)
+    assert cloud.calls[call_id].invocations == 1
     assert status.pairs_done in (24, 32)  # part-way through 40
+
+
+def test_a_returned_failure_is_classified_by_its_kind() -> None:
+    """Deadlines and stalls count for the breaker as timeouts, out of memory as infrastructure;
+    a code error is the job's own, whichever way it reached the client."""
+    assert classify_kind("deadline_exceeded") is FailureKind.TIMEOUT
+    assert classify_kind("stalled") is FailureKind.TIMEOUT
+    assert classify_kind("out_of_memory") is FailureKind.INFRASTRUCTURE
+    assert classify_kind("code_error") is FailureKind.USER_CODE
+    assert classify_kind("video_changed") is FailureKind.USER_CODE
 
 
 def test_classify_reads_the_stable_kind() -> None:

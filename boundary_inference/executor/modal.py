@@ -338,14 +338,16 @@ class ModalExecutor:
                 known_elapsed=False,
             )
         if isinstance(value, dict) and FAILED in value:
-            # An error in the request itself, returned by the function so that Modal did not
-            # retry it: one attempt, billed for the seconds it used.
+            # A failure that would repeat (the request itself, a deadline, a stall, out of
+            # memory, a code error), returned so that Modal did not retry it: one attempt,
+            # billed for the seconds it used.
             failed = value[FAILED]
             done, total = self._progress_of(call_id)
             billed = failed.get("billed_s")
+            returned_kind = str(failed.get("kind") or "")
             failure = ExecutorFailure(
-                FailureKind.USER_CODE,
-                str(failed.get("message") or failed.get("kind") or "failed"),
+                classify_kind(returned_kind),
+                str(failed.get("message") or returned_kind or "failed"),
                 str(failed.get("error_type") or "UserInputError"),
                 elapsed_s=float(billed) if billed is not None else self._billed_s(call_id),
             )
@@ -409,7 +411,10 @@ class ModalExecutor:
         self._cancelled.add(call_id)
         for attempt in range(1, _CANCEL_TRIES + 1):
             try:
-                self._from_id(call_id).cancel(terminate_containers=False)
+                # Terminate the container too: a cancelled input on a live container leaves it
+                # warm for scaledown_window, billed, and a native call that ignores the
+                # cancellation keeps the GPU busy. One input per container, so nothing else dies.
+                self._from_id(call_id).cancel(terminate_containers=True)
                 return
             except (modal_exc.NotFoundError, modal_exc.OutputExpiredError):
                 return
@@ -420,6 +425,15 @@ class ModalExecutor:
                     )
                     return
                 time.sleep(0.2 * attempt)
+
+
+def classify_kind(kind: str) -> FailureKind:
+    """Failure kind of a failure the function returned, by its stable ``kind``."""
+    if kind in TIMEOUT_KINDS:
+        return FailureKind.TIMEOUT
+    if kind in INFRASTRUCTURE_KINDS or kind == "out_of_memory":
+        return FailureKind.INFRASTRUCTURE
+    return FailureKind.USER_CODE
 
 
 def classify(error: BaseException) -> FailureKind:
