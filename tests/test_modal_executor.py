@@ -43,6 +43,7 @@ from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import CropBox, InferenceRequest
 from tasks.retry_audit import retry_audit
 from tests.modal_double import (
+    CREDENTIALS,
     ContainerCrash,
     FakeApp,
     FakeAutoscaler,
@@ -665,3 +666,29 @@ def test_the_spawning_task_never_retries_and_the_audit_sees_stacking(settings: S
     # The imported class was built from other settings than these: reported, not assumed.
     other = get_settings(gpu_retries=1, allow_unreachable_cost_cap=True)
     assert any("BoundaryInference has max_retries=2" in p for p in retry_audit(other, run_job))
+
+
+def test_the_configured_modal_environment_is_the_one_looked_up(cloud: FakeCloud) -> None:
+    """``modal_environment_name`` reaches every name lookup (None: the token's default)."""
+    seen: list[tuple[str, str | None]] = []
+
+    def cls_lookup(app_name: str, name: str, *, environment_name: str | None = None) -> Any:
+        seen.append(("cls", environment_name))
+        return cloud.Cls.from_name(app_name, name, environment_name=environment_name)
+
+    def app_lookup(name: str, *, environment_name: str | None = None) -> Any:
+        seen.append(("app", environment_name))
+        return cloud.App.lookup(name, environment_name=environment_name)
+
+    for environment in ("staging", None):
+        seen.clear()
+        settings = get_settings(executor="modal", modal_environment_name=environment)
+        ModalExecutor(
+            settings,
+            cls_lookup=cls_lookup,
+            app_lookup=app_lookup,
+            function_call_from_id=cloud.FunctionCall.from_id,
+            progress_dict=cloud.store,
+            environ=CREDENTIALS,
+        ).preflight()
+        assert seen == [("cls", environment), ("app", environment)]
