@@ -59,6 +59,9 @@ class ReconciliationRow:
     ledger_actual_usd: float = 0.0
     billed_usd: float = 0.0
     billed_by_resource_usd: dict[str, float] = field(default_factory=dict)
+    # The ledger's charges split as Modal splits its bill (GPU type, ``CPU``, ``Memory``), by the
+    # per-second rates the charges were computed at: a line that disagrees points at its setting.
+    ledger_by_resource_usd: dict[str, float] = field(default_factory=dict)
     estimate_error_usd: float = 0.0
     estimate_error_pct: float | None = None
     actual_error_usd: float = 0.0
@@ -164,6 +167,7 @@ def reconcile(
     billing_report_rows: Iterable[Any],
     *,
     tag_name: str = DEFAULT_TAG_NAME,
+    price_by_resource_usd_per_s: Mapping[str, float] | None = None,
 ) -> ReconciliationReport:
     """Join ledger costs and Modal's bill per (UTC day, value of tag ``tag_name``).
 
@@ -173,6 +177,8 @@ def reconcile(
         billing_report_rows: ``modal.types.BillingReportItem`` objects (or mappings with the same
             fields) from a daily report; objects without the tag count under ``(untagged)``.
         tag_name: the Modal tag whose value identifies our runs' app.
+        price_by_resource_usd_per_s: ``Settings.price_by_resource_usd_per_s()``: the ledger's
+            charges are split by these rates into ``ledger_by_resource_usd``.
 
     Returns:
         One row per (day, tag) present on either side, sorted, plus totals.
@@ -196,6 +202,13 @@ def reconcile(
                 row.billed_by_resource_usd.get(resource, 0.0) + cost
             )
 
+    rates = dict(price_by_resource_usd_per_s or {})
+    per_s = sum(rates.values())
+    for row in rows.values():
+        if per_s > 0:
+            row.ledger_by_resource_usd = {
+                name: row.ledger_actual_usd * rate / per_s for name, rate in rates.items()
+            }
     ordered = [rows[key]._finish() for key in sorted(rows)]
     totals = ReconciliationRow(day=None, tag="total")
     for row in ordered:
@@ -206,6 +219,10 @@ def reconcile(
         for resource, cost in row.billed_by_resource_usd.items():
             totals.billed_by_resource_usd[resource] = (
                 totals.billed_by_resource_usd.get(resource, 0.0) + cost
+            )
+        for resource, cost in row.ledger_by_resource_usd.items():
+            totals.ledger_by_resource_usd[resource] = (
+                totals.ledger_by_resource_usd.get(resource, 0.0) + cost
             )
     return ReconciliationReport(tag_name=tag_name, rows=ordered, totals=totals._finish())
 

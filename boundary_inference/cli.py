@@ -565,6 +565,8 @@ def config_cmd(as_json: JsonOpt = False) -> None:
     data = json.loads(settings.model_dump_json())
     data["derived"] = {
         "gpu_price_usd_per_s": settings.gpu_price_usd_per_s,
+        "price_usd_per_s": settings.price_usd_per_s,
+        "price_by_resource_usd_per_s": settings.price_by_resource_usd_per_s(),
         "gpu_attempts": settings.gpu_attempts,
         "absolute_ceiling_usd": settings.absolute_ceiling_usd,
         "max_admissible_pairs": settings.max_admissible_pairs,
@@ -704,7 +706,11 @@ def reconcile(
         if save is not None:
             save_billing_report(bill, save)
     runs = _services().ledger.runs_finished_between(start=start, end=end)
-    result = join(ledger_costs_from_runs(runs, tag=settings.modal_app_name), bill)
+    result = join(
+        ledger_costs_from_runs(runs, tag=settings.modal_app_name),
+        bill,
+        price_by_resource_usd_per_s=settings.price_by_resource_usd_per_s(),
+    )
     if as_json:
         _print_json(result.to_dict())
         return
@@ -716,6 +722,18 @@ def reconcile(
         row["estimated_usd"] += _pct(row["estimate_error_pct"])
         row["ledger_actual_usd"] += _pct(row["actual_error_pct"])
     _table(f"ledger vs Modal bill (tag {result.tag_name})", rows, columns)
+    # The totals as Modal splits its bill: a resource line that disagrees points at its price
+    # setting (Modal names a GPU by its type; the recorded or fetched names are shown as they are).
+    ledger, billed = result.totals.ledger_by_resource_usd, result.totals.billed_by_resource_usd
+    by_resource = [
+        {
+            "resource": name,
+            "ledger_usd": f"{ledger.get(name, 0.0):.4f}",
+            "billed_usd": f"{billed.get(name, 0.0):.4f}",
+        }
+        for name in [*ledger, *(n for n in billed if n not in ledger)]
+    ]
+    _table("totals by resource", by_resource, ["resource", "ledger_usd", "billed_usd"])
 
 
 def _pct(error_pct: float | None) -> str:

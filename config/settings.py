@@ -165,8 +165,35 @@ class Settings(BaseSettings):
     tenant_monthly_budget_usd: float | None = Field(
         None, gt=0, description="Optional per-tenant monthly cap; None means only the global cap."
     )
+    # Modal bills a container by the second for its GPU, its CPU cores and its memory, each the
+    # greater of what the function requests and what it uses (https://modal.com/pricing, read
+    # 2026-12: A10G $0.000306/s, CPU $0.0000131 per physical core per s, memory $0.00000222 per
+    # GiB per s). The function requests cpu_cores and memory_mib with equal limits
+    # (modal_app.modal_config.function_options), so usage can never bill above them.
     gpu_price_usd_per_hour: float = Field(
-        1.10, gt=0, description="A10G on-demand price; every estimate multiplies by it."
+        1.1016,
+        gt=0,
+        description="GPU price per hour (Modal's pricing page: A10G $0.000306/s = $1.1016/h).",
+    )
+    cpu_price_usd_per_core_s: float = Field(
+        0.0000131,
+        ge=0,
+        description="Modal's CPU price per physical core per second (pricing page).",
+    )
+    memory_price_usd_per_gib_s: float = Field(
+        0.00000222, ge=0, description="Modal's memory price per GiB per second (pricing page)."
+    )
+    cpu_cores: float = Field(
+        2.0,
+        gt=0,
+        le=64,
+        description="Physical cores the function requests, and its limit: billed per second.",
+    )
+    memory_mib: int = Field(
+        8192,
+        ge=128,
+        le=1_048_576,
+        description="Memory the function requests, and its limit (MiB): billed per GiB-second.",
     )
 
     # --- Estimate and GPU function ----------------------------------------------------------------
@@ -303,6 +330,11 @@ class Settings(BaseSettings):
     )
     modal_app_name: str = Field("boundary-inference", description="Deployed Modal app name.")
     modal_class_name: str = Field("BoundaryInference", description="Modal class in the app.")
+    modal_environment_name: str | None = Field(
+        None,
+        description="Modal environment of the deployed app (None: the token's default, as"
+        " `modal deploy` without -e); deploy with `modal deploy -e NAME` to the same one.",
+    )
     models_dir: Path = Field(
         Path("models"), description="Checkpoint directory (the Modal Volume mount in production)."
     )
@@ -332,6 +364,14 @@ class Settings(BaseSettings):
         le=300,
         description="How often a flow watching a call asks the Prefect API whether its flow run"
         " (or the backfill above it) was cancelled, to cancel the call and stop paying.",
+    )
+    spawn_confirm_s: float = Field(
+        300.0,
+        ge=0,
+        le=MAX_DURATION_S,
+        description="After a spawn whose answer was lost (a connection error or timeout after"
+        " sending), how long the watcher looks for the call by its run id (the call records its"
+        " id when it starts) before it fences the run and charges its worst case.",
     )
     default_tenant_id: str = Field("demo", description="Tenant used when a request names none.")
     stale_queued_s: int = Field(
@@ -485,6 +525,20 @@ class Settings(BaseSettings):
     def gpu_price_usd_per_s(self) -> float:
         return self.gpu_price_usd_per_hour / 3600.0
 
+    def price_by_resource_usd_per_s(self) -> dict[str, float]:
+        """One container-second, by the resource names of Modal's ``cost_by_resource``."""
+        return {
+            self.gpu: self.gpu_price_usd_per_s,
+            "CPU": self.cpu_cores * self.cpu_price_usd_per_core_s,
+            "Memory": self.memory_mib / 1024.0 * self.memory_price_usd_per_gib_s,
+        }
+
+    @property
+    def price_usd_per_s(self) -> float:
+        """What one second of one container costs: GPU + CPU cores + memory. Every estimate,
+        reservation and settlement multiplies seconds by this."""
+        return sum(self.price_by_resource_usd_per_s().values())
+
     @property
     def gpu_attempts(self) -> int:
         """Invocations one logical job may cost: the first try plus Modal's retries."""
@@ -514,7 +568,7 @@ class Settings(BaseSettings):
         """Every attempt starts as slowly as allowed, runs to its deadline and ignores its abort
         for the whole grace; then the idle tail is billed."""
         deadline = self.deadline_s(pairs, throughput_pairs_per_s)
-        return self.worst_case_gpu_s(deadline) * self.gpu_price_usd_per_s
+        return self.worst_case_gpu_s(deadline) * self.price_usd_per_s
 
     @property
     def lease_renew_s(self) -> float:
@@ -531,19 +585,19 @@ class Settings(BaseSettings):
         """What to charge a finished job: its measured GPU seconds plus the start-up and idle tail
         that Modal bills around them but no call can observe. Conservative (a reused warm
         container pays neither); the billing reconciliation measures the difference."""
-        return (gpu_s + self.cold_start_s + self.scaledown_window_s) * self.gpu_price_usd_per_s
+        return (gpu_s + self.cold_start_s + self.scaledown_window_s) * self.price_usd_per_s
 
     @property
     def absolute_ceiling_usd(self) -> float:
         """What one job could cost if its own deadline failed: every attempt to Modal's timeout."""
-        return self.worst_case_gpu_s(float(self.gpu_timeout_s)) * self.gpu_price_usd_per_s
+        return self.worst_case_gpu_s(float(self.gpu_timeout_s)) * self.price_usd_per_s
 
     @property
     def longest_job_s(self) -> float:
         """The longest an admitted job can be watched: every attempt to its limit, for the
         longest deadline a job under the per-job cap can get (or Modal's timeout)."""
         by_timeout = self.watch_limit_s(float(self.gpu_timeout_s))
-        by_cap = self.max_cost_per_job_usd / self.gpu_price_usd_per_s - self.scaledown_window_s
+        by_cap = self.max_cost_per_job_usd / self.price_usd_per_s - self.scaledown_window_s
         return max(0.0, min(by_timeout, by_cap))
 
     def _admitted_within(self, seconds: float) -> int:
@@ -620,7 +674,7 @@ class Settings(BaseSettings):
                 f"one job whose deadline failed could cost ${self.absolute_ceiling_usd:.2f}"
                 f" ({self.gpu_attempts} attempts x ({self.startup_timeout_s} s start-up +"
                 f" {self.gpu_timeout_s} s timeout + {self.abort_grace_s:.0f} s abort grace) at"
-                f" ${self.gpu_price_usd_per_hour}/h + idle tail), more than daily_budget_usd="
+                f" ${self.price_usd_per_s * 3600:.4f}/h + idle tail), more than daily_budget_usd="
                 f"${self.daily_budget_usd:.2f}: lower gpu_timeout_s or gpu_retries."
             )
         if self.daily_budget_usd > self.monthly_budget_usd:

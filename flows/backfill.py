@@ -220,7 +220,7 @@ def _container_note(settings: Settings, videos: int, wave_size: int) -> str:
     return (
         f"Container overhead (cold start {settings.cold_start_s:.0f} s + idle tail"
         f" {settings.scaledown_window_s} s per container): {used} container(s) ="
-        f" {overhead_min:.1f} container-min (${overhead_min * 60 * settings.gpu_price_usd_per_s:.2f})."
+        f" {overhead_min:.1f} container-min (${overhead_min * 60 * settings.price_usd_per_s:.2f})."
         f" With wave_size=1 (one warm container, the container time of one batched call):"
         f" {single_min:.1f} container-min, {saved_min:.1f} fewer, at the cost of running the"
         " videos one after another."

@@ -33,13 +33,12 @@ import modal
 from config import Settings, get_settings
 from modal_app.errors import DeadlineExceeded, InferenceError, Stalled, UserInputError
 from modal_app.modal_config import (
-    CONFIG_KEY,
     FAILED,
     REFUSED,
-    SPEND_LIMITS,
     app_tags,
     attempts_key,
     call_key,
+    fence_key,
     function_options,
     models_mount_path,
     models_volume_name,
@@ -84,11 +83,6 @@ class AttemptsUnrecorded(InferenceError):
 def open_progress_store(settings: Settings) -> ProgressStore:
     """The shared progress/attempts ``modal.Dict`` (lazy: no network until first use)."""
     return modal.Dict.from_name(progress_dict_name(settings), create_if_missing=True)
-
-
-def deployed_config(settings: Settings) -> dict[str, Any]:
-    """What the deployed function was built with; the client's preflight compares it."""
-    return {"gpu": settings.gpu, **{name: getattr(settings, name) for name in SPEND_LIMITS}}
 
 
 class _Abort(BaseException):
@@ -251,7 +245,20 @@ def _start_attempt(
             store[call_key(call_id)] = run_id
         except Exception as error:
             logger.warning("call id mapping not published: %s", error)
-    return record["count"], record
+    try:
+        # Read *after* our id was written: a client that fences the run writes the fence first
+        # and reads the id second, so one of the two always sees the other.
+        fenced = store.get(fence_key(run_id)) is not None
+    except Exception as error:
+        raise AttemptsUnrecorded(f"cannot read the fence of run {run_id}: {error}") from error
+    return record["count"], {**record, "fenced": fenced}
+
+
+class Fenced(InferenceError):
+    """The client gave up finding this call after a lost spawn answer and charged its worst case:
+    the run is over for it, so this late start does no work."""
+
+    kind = "fenced"
 
 
 def _end_attempt(
@@ -268,6 +275,42 @@ def _end_attempt(
         logger.warning("attempt end not recorded: %s", inner)
 
 
+# Raised for Modal's retries: only a video store that did not answer and bookkeeping that could
+# not be written, which another attempt may find working. Every other failure would repeat with the
+# same input and limits (a deadline, a stall, out of memory, a code error): it is returned typed,
+# one attempt billed, since Modal retries only what a call raises.
+RETRYABLE_KINDS = frozenset({"source_unavailable", AttemptsUnrecorded.kind})
+# An attempt whose abort was ignored ends in a hard exit, which Modal retries as a crash: the next
+# attempt reads this kind in the record and returns the failure without running again.
+_ABORT_KINDS = frozenset({DeadlineExceeded.kind, Stalled.kind})
+
+
+def _kind_of(error: BaseException) -> str:
+    kind = getattr(error, "kind", None)
+    if isinstance(kind, str):
+        return kind
+    return "out_of_memory" if isinstance(error, MemoryError) else "code_error"
+
+
+def _repeats(error: BaseException) -> bool:
+    return isinstance(error, Exception) and _kind_of(error) not in RETRYABLE_KINDS
+
+
+def _failed(
+    kind: str, error_type: str, message: str, attempt: int, billed_s: float, call_id: str | None
+) -> dict[str, Any]:
+    return {
+        FAILED: {
+            "kind": kind,
+            "error_type": error_type,
+            "message": message[:2000],
+            "attempts": attempt,
+            "billed_s": billed_s,
+            "call_id": call_id,
+        }
+    }
+
+
 def run_call(
     request_dict: dict[str, Any],
     *,
@@ -275,6 +318,7 @@ def run_call(
     max_attempts: int,
     models_dir: Path | None,
     call_id: str | None = None,
+    reload_models: Callable[[], None] | None = None,
     storage: StorageConfig | None = None,
     max_source_bytes: int | None = None,
     hard_exit: Callable[[int], None] = os._exit,
@@ -286,11 +330,11 @@ def run_call(
 
     Returns ``InferenceResult.to_dict()`` (plus ``extra.attempts`` and ``extra.billed_s``), or
     ``{"refused": {...}}`` when the attempt cap is reached, or ``{"failed": {...}}`` for an error
-    in the request itself (:class:`~modal_app.errors.UserInputError`: a missing or changed video, a
-    bad checkpoint or checksum, an empty crop, a frame out of range). Those are *returns*, not
-    raises, so Modal sees the call finished and retries nothing: another attempt on the same input
-    cannot succeed, and each would be billed. Every other error is raised and Modal's retry policy
-    applies to it (these are the ``gpu_retries``).
+    that would repeat: an error in the request itself (:class:`~modal_app.errors.UserInputError`:
+    a missing or changed video, a bad checkpoint or checksum, an empty crop, a frame out of range),
+    a deadline, a stall, out of memory, a code error. Those are *returns*, not raises, so Modal sees
+    the call finished and retries nothing: another attempt cannot succeed, and each would be
+    billed. Only :data:`RETRYABLE_KINDS` are raised for Modal's retry policy (the ``gpu_retries``).
     """
     from modal_app.inputs import prepared
     from modal_app.predictor import run_inference
@@ -298,6 +342,12 @@ def run_call(
     request = InferenceRequest.from_dict(request_dict)
     started = clock()
     attempt, record = _start_attempt(store, request.run_id, call_id)
+    if record.get("fenced"):
+        message = f"run {request.run_id} was fenced by its client (a lost spawn answer): not run"
+        logger.error(message)
+        return {REFUSED: {"kind": Fenced.kind, "message": message, "attempts": attempt}}
+    if reload_models is not None:
+        reload_models()  # after the call recorded its id: a lost spawn is findable at once
     if attempt > max_attempts:
         message = (
             f"attempt {attempt} of run {request.run_id} refused: the retry policy allows"
@@ -314,6 +364,13 @@ def run_call(
                 "last_error_kind": record.get("last_error_kind"),
             }
         }
+
+    if record.get("last_error_kind") in _ABORT_KINDS:
+        kind = str(record["last_error_kind"])
+        message = f"attempt {attempt - 1} of run {request.run_id} ended by its watchdog ({kind})"
+        logger.error("%s; not run again", message)
+        billed = float(record.get("billed_s", 0.0))
+        return _failed(kind, kind, message, attempt - 1, billed, call_id)
 
     def on_abort(error: InferenceError) -> None:
         # Recorded before anything else happens: if the container must exit, the next attempt (or
@@ -374,15 +431,26 @@ def run_call(
             }
     except BaseException as raised:  # InputCancellation included: record, then let it through
         if watchdog.error is None:
-            _end_attempt(store, request.run_id, clock() - started, raised)
+            elapsed = clock() - started
+            _end_attempt(store, request.run_id, elapsed, raised)
             if progress is not None:
                 progress.publish(progress.done, state="failed", force=True)
-            raise
+            if not _repeats(raised):
+                raise
+            logger.exception("run %s failed (returned, not retried)", request.run_id)
+            billed = float(record.get("billed_s", 0.0)) + elapsed
+            message = f"{type(raised).__name__}: {raised}"
+            return _failed(
+                _kind_of(raised), type(raised).__name__, message, attempt, billed, call_id
+            )
         error = watchdog.error
     if error is not None:
         if progress is not None:
             progress.publish(progress.done, state="failed", force=True)
-        raise error
+        # A deadline or a stall repeats on a retry: returned, one attempt (_end_attempt ran in
+        # on_abort, so the record already holds these seconds).
+        billed = float(record.get("billed_s", 0.0)) + (clock() - started)
+        return _failed(_kind_of(error), type(error).__name__, str(error), attempt, billed, call_id)
     elapsed = clock() - started
     _end_attempt(store, request.run_id, elapsed, None)
     assert progress is not None
@@ -421,20 +489,18 @@ class BoundaryInference:
     def connect(self) -> None:
         # Network handles are made after the restore, never captured in the snapshot.
         self.store = open_progress_store(settings)
-        try:
-            self.store[CONFIG_KEY] = deployed_config(settings)
-        except Exception as error:  # never crash a container on bookkeeping: that loops
-            logger.warning("deployed config not published: %s", error)
 
     @modal.method()
     def infer(self, request_dict: dict[str, Any]) -> dict[str, Any]:
-        _reload_models_if_missing(request_dict, self.models_dir)
         return run_call(
             request_dict,
             store=self.store,
             max_attempts=self.max_attempts,
             models_dir=self.models_dir,
+            # Recorded first thing, under the run id: a client whose spawn answer was lost
+            # finds this call by its run id (ModalExecutor.find_call).
             call_id=modal.current_function_call_id(),
+            reload_models=lambda: _reload_models_if_missing(request_dict, self.models_dir),
         )
 
 

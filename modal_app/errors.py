@@ -6,8 +6,10 @@ Two families matter to the bill:
   checkpoint or checksum, an empty crop, a frame out of range). Another attempt on the same input
   fails the same way, so the function *returns* these as a typed failure instead of raising them:
   Modal's retry policy retries every raised exception, and each retry is billed.
-* everything else (a storage service that does not answer, a deadline, a hang) is raised, and
-  Modal's retry policy applies.
+* a deadline, a hang, out of memory and any other exception (a code error) would also repeat:
+  returned typed too (``modal_app.app.RETRYABLE_KINDS``). Only a storage service that does not
+  answer (:class:`SourceUnavailable`) and attempt bookkeeping that cannot be written are raised,
+  and Modal's retry policy applies to them.
 """
 
 from __future__ import annotations

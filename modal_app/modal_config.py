@@ -1,8 +1,10 @@
 """The Modal decorator's keyword arguments, from :class:`config.Settings`: one source of truth.
 
-``modal.Function.info()`` shows timeout, retries and GPU, but not ``max_containers``,
-``scaledown_window`` or snapshots, so those can only be checked here: :func:`function_options` is
-what ``modal_app.app`` passes to ``@app.cls`` and what the tests compare with the settings.
+:func:`function_options` is what ``modal_app.app`` passes to ``@app.cls`` and what the tests
+compare with the settings. The deployed values are read back by the client's preflight
+(``boundary_inference.executor.modal_deployment``): ``Function.info()`` for GPU, CPU, memory,
+timeout and retries, ``Function.autoscaler.settings()`` for containers and scaledown, and the app
+tags of :func:`app_tags` for the start-up timeout and abort grace Modal does not report back.
 
 Names are Modal 1.x ones. The removed spellings (``concurrency_limit``, ``keep_warm``,
 ``container_idle_timeout``, ``allow_concurrent_inputs``) raise ``DeprecationError`` in modal 1.6, and
@@ -104,17 +106,13 @@ TORCH_IMAGE_PACKAGES = (
 # models directory). Every setting except connections is baked into the image's environment at
 # deploy time, so the running function agrees with the decorator it was deployed with and passes the
 # same coherence checks. Nothing secret or connection-related is copied.
-# The settings that bound what one job can cost on Modal: the deployed function publishes them
-# (modal_app.app.deployed_config) and the client refuses to spawn when any deployed value is looser
-# than its own (ModalExecutor's preflight). One list, so neither side can miss one.
-SPEND_LIMITS: tuple[str, ...] = (
-    "gpu_retries",
-    "gpu_timeout_s",
-    "scaledown_window_s",
-    "startup_timeout_s",
-    "abort_grace_s",
-    "max_containers",
-)
+# What one job may cost on Modal is bounded by the decorator values, which the deploy records on
+# the function (the client reads them back: boundary_inference.executor.modal_deployment), and by
+# two values Modal does not report back, which the deploy records as app tags (setting -> tag).
+DEPLOY_RECORDED_TAGS: dict[str, str] = {
+    "startup_timeout_s": "bi-startup-timeout-s",
+    "abort_grace_s": "bi-abort-grace-s",
+}
 
 NOT_BAKED = frozenset(
     {
@@ -131,7 +129,6 @@ NOT_BAKED = frozenset(
 
 
 # Keys of the progress ``modal.Dict``, shared by the function (writer) and the executor (reader).
-CONFIG_KEY = "__deployed_config__"
 REFUSED = "refused"  # key of the refusal a call returns instead of a result
 FAILED = "failed"  # key of the typed user failure a call returns instead of raising it
 
@@ -144,12 +141,24 @@ def call_key(call_id: str) -> str:
     return f"call:{call_id}"
 
 
+def fence_key(run_id: str) -> str:
+    """Written by a client that gave up finding the call of a lost spawn: a call of this run that
+    starts after it refuses to run (the container checks it after recording its own id)."""
+    return f"fence:{run_id}"
+
+
 # Modal bills apps, not calls: this tag is how boundary_inference.billing tells our spend apart.
 BILLING_TAG_NAME = "project"
 
 
 def app_tags(settings: Settings) -> dict[str, str]:
-    return {BILLING_TAG_NAME: settings.modal_app_name}
+    """The app's tags, set by the deploy: the billing tag and the spend limits Modal's function
+    metadata does not carry (tag values allow digits and periods: ``format(x, "g")``)."""
+    recorded = {
+        tag: format(float(getattr(settings, name)), "g")
+        for name, tag in DEPLOY_RECORDED_TAGS.items()
+    }
+    return {BILLING_TAG_NAME: settings.modal_app_name, **recorded}
 
 
 def models_mount_path(settings: Settings) -> str:
@@ -214,6 +223,11 @@ def function_options(settings: Settings) -> dict[str, Any]:
 
     return {
         "gpu": settings.gpu,
+        # Modal bills the greater of request and use, per second: a limit equal to the request is
+        # what makes the per-second price the cost guard multiplies by an upper bound. A job that
+        # needs more memory is killed (a crash the attempt counter bounds), never billed more.
+        "cpu": (settings.cpu_cores, settings.cpu_cores),
+        "memory": (settings.memory_mib, settings.memory_mib),
         # Per attempt; the per-job deadline inside the function is the tighter bound.
         "timeout": settings.gpu_timeout_s,
         # Start-up runs before the per-job deadline's clock: without this it may take the whole

@@ -57,11 +57,11 @@ def estimate(settings: Settings, pairs: int, throughput: float, source: str) -> 
         throughput_source=source,
         expected_gpu_s=expected_s,
         billed_s=billed_s,
-        estimated_cost_usd=billed_s * settings.gpu_price_usd_per_s,
+        estimated_cost_usd=billed_s * settings.price_usd_per_s,
         deadline_s=settings.deadline_s(pairs, throughput),
         attempts=settings.gpu_attempts,
         worst_case_cost_usd=settings.worst_case_cost_usd(pairs, throughput),
-        price_usd_per_s=settings.gpu_price_usd_per_s,
+        price_usd_per_s=settings.price_usd_per_s,
         cap_usd=settings.max_cost_per_job_usd,
     )
 
@@ -134,7 +134,8 @@ def estimate_cost(
             RejectionType.COST_EXCEEDED,
             f"worst case ${est.worst_case_cost_usd:.2f} ({est.attempts} attempts x"
             f" {settings.attempt_limit_s(est.deadline_s):.0f} s (start-up limit + {est.deadline_s:.0f} s"
-            f" deadline + abort grace) at ${settings.gpu_price_usd_per_hour}/h + idle tail)"
+            f" deadline + abort grace) at ${settings.price_usd_per_s * 3600:.4f}/h for GPU, CPU and"
+            " memory + idle tail)"
             f" exceeds the per-job cap ${settings.max_cost_per_job_usd:.2f}; expected"
             f" ${est.estimated_cost_usd:.2f}. Split the job (at most about"
             f" {settings.max_admissible_pairs} pairs at default throughput).",

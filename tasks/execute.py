@@ -32,6 +32,8 @@ from boundary_inference.executor import (
     Executor,
     ExecutorFailure,
     FailureKind,
+    SpawnUncertain,
+    SpawnUnconfirmed,
 )
 from boundary_inference.ledger import Ledger
 from config import Settings
@@ -69,7 +71,10 @@ def run_job(
         logger.info("reattaching to call %s instead of spawning again", call_id)
     else:
         spawned_at = clock()  # before the submit: an upper bound on what the call has run
-        call_id = executor.submit(request)
+        try:
+            call_id = executor.submit(request)
+        except SpawnUncertain as lost:
+            call_id = find_lost_call(executor, settings, request.run_id, lost, lease, clock, sleep)
     finished = False
     try:
         if not existing_call_id:
@@ -103,6 +108,42 @@ def _cancelled(
     if elapsed is None and spawned_at is not None:
         elapsed = max(0.0, clock() - spawned_at)
     return cancelled_status(status, reason, elapsed_s=elapsed)
+
+
+def find_lost_call(
+    executor: Executor,
+    settings: Settings,
+    run_id: str,
+    lost: SpawnUncertain,
+    lease: Any,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> str:
+    """The call of a spawn whose answer was lost, found by its run id; else the run is fenced.
+
+    A started call records its id under its run id before anything else, so it shows up here
+    within its queueing and start-up. Looked for ``spawn_confirm_s``; then the run is fenced (a
+    later start refuses to run) and :class:`SpawnUnconfirmed` raised: the flow charges the worst
+    case, because an input Modal may still hold in its queue cannot be proved never to start.
+    """
+    logger = get_run_logger()
+    logger.warning("run %s: spawn answer lost (%s); looking for its call", run_id, lost)
+    give_up_at = clock() + settings.spawn_confirm_s
+    while True:
+        if lease is not None:
+            lease.check()
+        found = executor.find_call(run_id)
+        if found is None and clock() >= give_up_at:
+            found = executor.fence(run_id)
+            if found is None:
+                raise SpawnUnconfirmed(
+                    f"no call of run {run_id} showed up within {settings.spawn_confirm_s:g} s"
+                    f" after a lost spawn answer ({lost}); fenced, worst case charged"
+                ) from lost
+        if found is not None:
+            logger.warning("run %s: found its call %s after the lost spawn answer", run_id, found)
+            return found
+        sleep(settings.poll_interval_s)
 
 
 def _watch(

@@ -17,8 +17,11 @@ number of reapers and claimers exactly one gets it) and does what its watcher wo
   - unknowable (a lost job, an expired result): charged its worst case, as a failure with
     unknown seconds always is.
 
-* ``running`` without a call id (it died between ``running`` and recording the call, so a call
-  may run under an id nobody saw): **cancelled** and charged its **worst case**.
+* ``running`` without a call id (it died between ``running`` and recording the call, or while
+  looking for the call of a spawn whose answer was lost): the run is **fenced** and its call looked
+  up by run id (a started call records its id there first thing, :meth:`Executor.fence`); found,
+  it is recorded and asked like any call; not found, the run is **cancelled** and charged its
+  **worst case** (a call that starts later refuses to run).
 
 Third, a reservation left open by a run that already ended (its settle or release was lost) is
 settled at what was reserved when the run was spawned, released when it never was.
@@ -66,7 +69,7 @@ def watch_limit_of(run: RunRow, settings: Settings) -> float:
     if worst is None:
         return settings.watch_limit_s(float(settings.gpu_timeout_s))
     return max(
-        float(worst) / settings.gpu_price_usd_per_s - settings.scaledown_window_s,
+        float(worst) / settings.price_usd_per_s - settings.scaledown_window_s,
         0.0,
     )
 
@@ -123,6 +126,11 @@ def _reap(
         "action": "",
         "cancel_error": None,
     }
+    if not call_id and status == "running":
+        call_id = _fence(executor, run_id, record)
+        if call_id:
+            ledger.set_call_id(run_id=run_id, call_id=call_id)
+            record["executor_call_id"] = call_id
     if not call_id:
         ended = ledger.end_abandoned_run(
             run_id=run_id,
@@ -169,6 +177,16 @@ def _reap(
     record["settled_status"] = str(settled.status)
     record["actual_cost_usd"] = settled.actual_cost_usd
     return record
+
+
+def _fence(executor: Executor, run_id: str, record: dict[str, Any]) -> str | None:
+    """The call of a run whose spawn answer may have been lost, after fencing the run."""
+    try:
+        return executor.fence(run_id)
+    except Exception as error:  # charged its worst case below either way
+        record["cancel_error"] = f"fence failed: {type(error).__name__}: {error}"
+        get_run_logger().warning("could not fence run %s: %s", run_id, error)
+        return None
 
 
 def _ask(executor: Executor, call_id: str) -> CallStatus | None:

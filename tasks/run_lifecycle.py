@@ -17,7 +17,7 @@ from prefect.client.schemas.objects import State
 from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled, Completed, Failed
 
-from boundary_inference.executor import ExecutorUnavailable
+from boundary_inference.executor import ExecutorUnavailable, SpawnUnconfirmed
 from boundary_inference.ledger import ClaimResult, Ledger
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus
 from config import Settings
@@ -74,7 +74,8 @@ def spawn_and_settle(
     """Run an admitted job: mark it running with its estimate, spawn, watch and settle it.
 
     Refused at spawn (the executor is unavailable): nothing ran, so nothing is charged and the
-    quota is given back. Anything after the spawn keeps the worst case charged unless the call's
+    quota is given back. A lost spawn answer is "maybe spawned" (:func:`tasks.execute.find_lost_call`).
+    Anything after the spawn keeps the worst case charged unless the call's
     real result says otherwise.
     """
     assert job.services is not None and job.run_id is not None and job.estimate is not None
@@ -97,6 +98,10 @@ def spawn_and_settle(
         )
     except ExecutorUnavailable as error:
         return _refused_at_spawn(job, executor.name, error)
+    except SpawnUnconfirmed as error:
+        job.spawned = True  # maybe: an input Modal holds may still start (fenced, so it refuses)
+        finish_unwatched(job, error)
+        return _unconfirmed(job, error)
     except LeaseLost:
         job.spawned = True
         raise
@@ -157,6 +162,22 @@ def _refused_at_spawn(job: Job, executor_name: str, error: ExecutorUnavailable) 
         actual_cost_usd=0.0,
     )
     return Failed(name="Failed", message=message, data=JobFailed(outcome.to_dict()))
+
+
+def _unconfirmed(job: Job, error: SpawnUnconfirmed) -> State:
+    """A lost spawn answer whose call never showed up: fenced, charged its worst case."""
+    assert job.run_id is not None and job.estimate is not None
+    message = f"spawn unconfirmed: {error}"
+    outcome = JobOutcome(
+        OutcomeStatus.FAILED,
+        job.video_id,
+        message,
+        run_id=job.run_id,
+        estimated_cost_usd=job.estimate.estimated_cost_usd,
+        worst_case_cost_usd=job.estimate.worst_case_cost_usd,
+        actual_cost_usd=job.estimate.worst_case_cost_usd,
+    )
+    return Failed(name="SpawnUnconfirmed", message=message, data=JobFailed(outcome.to_dict()))
 
 
 def build_request(

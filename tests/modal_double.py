@@ -19,6 +19,10 @@ from typing import Any, ClassVar
 import modal.exception as modal_exc
 import numpy as np
 import pytest
+from modal._functions import _parse_retries
+from modal._resources import convert_fn_config_to_resources_config
+from modal.types import FunctionAutoscalerSettings, FunctionInfo
+from modal_proto import api_pb2
 
 import modal_app.app as modal_app_module
 import modal_app.predictor as predictor
@@ -29,7 +33,7 @@ from boundary_inference.executor import (
 from boundary_inference.executor.modal import ModalExecutor
 from config import Settings
 from modal_app.app import run_call
-from modal_app.modal_config import function_options
+from modal_app.modal_config import app_tags, function_options
 from modal_app.models import BUILTIN, BUILTIN_MODEL
 from modal_app.types import InferenceRequest
 
@@ -56,6 +60,10 @@ class FakeCloud:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # What the deployed app was deployed with (a redeploy replaces it): what Modal's function
+        # metadata, autoscaler and app tags answer. The client's own settings are ``settings``.
+        self.deployed_settings = settings
+        self.autoscaler_override: dict[str, int] = {}  # Function.update_autoscaler after deploy
         self.store: dict[str, Any] = {}  # the progress modal.Dict
         self.deployed = True
         self.calls: dict[str, _Call] = {}
@@ -65,6 +73,12 @@ class FakeCloud:
         self.cancels: list[tuple[str, bool]] = []
         self.expired: set[str] = set()
         self.get_raises: BaseException | None = None  # what the server answers instead
+        # The spawn's answer is lost *after* the server accepted the call: the client raises this
+        # (modal.exception.ConnectionError is what modal 1.6.4 re-raises a last retry's OSError
+        # or asyncio timeout as, in _utils/grpc_utils.py) while the call runs on.
+        self.answer_lost: BaseException | None = None
+        # While set and not yet open, accepted calls wait in Modal's queue before any attempt.
+        self.start_gate: threading.Event | None = None
         self.cancel_raises: BaseException | None = None
         self._ids = itertools.count(1)
         self._threads: list[threading.Thread] = []
@@ -75,6 +89,35 @@ class FakeCloud:
         self.FunctionCall: type[FakeFunctionCall] = type(
             "BoundFunctionCall", (FakeFunctionCall,), bound
         )
+        self.App: type[FakeApp] = type("BoundApp", (FakeApp,), bound)
+
+    def function_info(self) -> FunctionInfo:
+        """What ``Function.info(refresh=True)`` answers for the deployed class: the SDK's own
+        parser over the ``FunctionData`` the SDK builds from the decorator values at deploy."""
+        options = function_options(self.deployed_settings)
+        function = api_pb2.Function(
+            resources=convert_fn_config_to_resources_config(
+                cpu=options["cpu"], memory=options["memory"], gpu=options["gpu"]
+            ),
+            retry_policy=_parse_retries(options["retries"], "Class 'BoundaryInference'"),
+            timeout_secs=options["timeout"],
+            startup_timeout_secs=int(options["startup_timeout"]),
+        )
+        data = api_pb2.FunctionData(
+            ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=function)],
+            timeout_secs=options["timeout"],
+            startup_timeout_secs=int(options["startup_timeout"]),
+        )
+        return FunctionInfo._from_function_proto(data)
+
+    def autoscaler_settings(self) -> FunctionAutoscalerSettings:
+        options = function_options(self.deployed_settings)
+        current = {
+            "max_containers": options["max_containers"],
+            "scaledown_window": options["scaledown_window"],
+            **self.autoscaler_override,
+        }
+        return FunctionAutoscalerSettings._from_proto(api_pb2.AutoscalerSettings(**current))
 
     def spawn(self, request: dict[str, Any]) -> FakeFunctionCall:
         if not self.deployed:
@@ -85,10 +128,14 @@ class FakeCloud:
         thread = threading.Thread(target=self._run, args=(call,), daemon=True)
         self._threads.append(thread)
         thread.start()
+        if self.answer_lost is not None:
+            raise self.answer_lost
         return self.FunctionCall(call.object_id)
 
     def _run(self, call: _Call) -> None:
         """Modal's input loop: exceptions consume ``retries``; crashes are retried uncounted."""
+        if self.start_gate is not None:
+            self.start_gate.wait(30)
         max_retries = function_options(self.settings)["retries"].max_retries
         retries_used = 0
         try:
@@ -140,6 +187,46 @@ class FakeFunction:
     def spawn(self, *args: Any, **kwargs: Any) -> FakeFunctionCall:
         assert not kwargs and len(args) == 1
         return self.cloud.spawn(args[0])
+
+    def info(self, *, refresh: bool = False) -> FunctionInfo:
+        assert refresh, "a cached FunctionInfo could be stale"
+        return self.cloud.function_info()
+
+    @property
+    def autoscaler(self) -> FakeAutoscaler:
+        return FakeAutoscaler(self.cloud)
+
+
+class FakeAutoscaler:
+    """``Function.autoscaler``: modal 1.6.4's ``FunctionAutoscalerManager``."""
+
+    def __init__(self, cloud: FakeCloud) -> None:
+        self.cloud = cloud
+
+    def settings(self) -> FunctionAutoscalerSettings:
+        return self.cloud.autoscaler_settings()
+
+
+class FakeApp:
+    """``modal.App.lookup(name)`` of the deployed app: its tags are what the deploy set."""
+
+    cloud: ClassVar[FakeCloud]
+
+    @classmethod
+    def lookup(
+        cls,
+        name: str,
+        *,
+        client: Any = None,
+        environment_name: str | None = None,
+        create_if_missing: bool = False,
+    ) -> FakeApp:
+        if not cls.cloud.deployed:
+            raise modal_exc.NotFoundError(f"App {name!r} not found")
+        return cls()
+
+    def get_tags(self, *, client: Any = None) -> dict[str, str]:
+        return app_tags(self.cloud.deployed_settings)
 
 
 class FakeObj:
@@ -258,6 +345,7 @@ def executor_for(
         cloud.settings,
         cls_lookup=cloud.Cls.from_name,
         function_call_from_id=cloud.FunctionCall.from_id,
+        app_lookup=cloud.App.lookup,
         progress_dict=cloud.store,
         environ=CREDENTIALS if environ is None else environ,
         **kwargs,

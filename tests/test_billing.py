@@ -128,3 +128,37 @@ def test_fetch_calls_the_workspace_billing_report_as_modal_defines_it() -> None:
     items = fetch_modal_billing(start, end, tag_names=["project"], workspace=Workspace())
     assert len(items) == 3
     assert calls == [{"start": start, "end": end, "resolution": "d", "tag_names": ["project"]}]
+
+
+def test_one_job_estimated_reserved_and_settled_at_modals_bill() -> None:
+    """The job docs/MODAL.md bills line by line: 10,000 pairs at 100 pairs/s on an A10G with 2
+    cores and 8 GiB. Expected 30 s start + 100 s + 300 s idle tail = 430 container-seconds."""
+    from config import Settings
+    from tasks.cost import estimate
+
+    s = Settings(_env_file=None)
+    est = estimate(s, 10_000, 100.0, "default")
+    gpu, cpu, memory = 430 * 0.000306, 430 * 2 * 0.0000131, 430 * 8 * 0.00000222
+    assert (gpu, cpu, memory) == pytest.approx((0.13158, 0.011266, 0.0076368))
+    assert est.estimated_cost_usd == pytest.approx(gpu + cpu + memory)  # $0.1504828
+    # Reserved: 3 attempts x (120 s start-up + 390 s deadline + 30 s grace) + 300 s = 1920 s.
+    assert est.worst_case_cost_usd == pytest.approx(1920 * 0.00034996)  # $0.6719232
+    # Settled after 100 measured seconds: the same 430 s as the estimate.
+    assert s.billed_cost_usd(100.0) == pytest.approx(gpu + cpu + memory)
+    # Reconcile splits the ledger's charge as Modal splits its bill.
+    day = dt.date(2026, 12, 1)
+    report = reconcile(
+        [
+            {
+                "day": day,
+                "tag": "boundary-inference",
+                "runs": 1,
+                "actual_cost_usd": gpu + cpu + memory,
+            }
+        ],
+        [],
+        price_by_resource_usd_per_s=s.price_by_resource_usd_per_s(),
+    )
+    assert report.rows[0].ledger_by_resource_usd == pytest.approx(
+        {"A10G": gpu, "CPU": cpu, "Memory": memory}
+    )

@@ -118,6 +118,13 @@ def test_reconcile_with_a_recorded_report(env: FlowEnv, tmp_path: Path) -> None:
     assert result["totals"]["billed_usd"] == pytest.approx(billed)
     assert billed > 0
     assert {r["tag"] for r in result["rows"]} >= {"boundary-inference", "(untagged)"}
+    # The ledger's side split as Modal splits its bill, at the configured per-second rates.
+    assert set(result["totals"]["ledger_by_resource_usd"]) == {"A10G", "CPU", "Memory"}
+    assert sum(result["totals"]["ledger_by_resource_usd"].values()) == pytest.approx(
+        result["totals"]["ledger_actual_usd"]
+    )
+    code, text = cli("reconcile", "--since", "2026-11-01", "--report", str(report))
+    assert code == 0 and "totals by resource" in text and "Memory" in text
 
 
 def test_ack_takes_the_short_id_shown_and_refuses_ambiguous_or_malformed_ones(

@@ -34,7 +34,7 @@ def test_defaults_are_the_seed_numbers() -> None:
     assert s.monthly_spend_alert_tiers_usd == (25.0, 50.0, 75.0)
     assert (s.failure_rate_alert, s.job_burst_alert) == (0.20, 50)
     assert (s.calibration_runs, s.calibration_min_runs, s.calibration_percentile) == (20, 5, 0.2)
-    assert s.gpu_price_usd_per_hour == 1.10 and s.default_throughput_pairs_per_s == 100.0
+    assert s.gpu_price_usd_per_hour == 1.1016 and s.default_throughput_pairs_per_s == 100.0
     assert (s.max_frame_pairs, s.gpu_timeout_s, s.scaledown_window_s) == (100_000, 3600, 300)
     assert (s.max_containers, s.gpu_retries) == (5, 2)
 
@@ -48,17 +48,43 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2" not in repr(s) and "hunter2" not in s.model_dump_json()
 
 
+# One A10G container-second as Modal bills it (modal.com/pricing), by hand: GPU $0.000306 +
+# 2 cores x $0.0000131 + 8 GiB x $0.00000222 = 0.000306 + 0.0000262 + 0.00001776.
+CONTAINER_USD_PER_S = 0.00034996
+
+
+def test_a_container_second_is_billed_for_gpu_cpu_and_memory() -> None:
+    s = Settings(_env_file=None)
+    assert s.price_by_resource_usd_per_s() == pytest.approx(
+        {"A10G": 0.000306, "CPU": 0.0000262, "Memory": 0.00001776}
+    )
+    assert s.price_usd_per_s == pytest.approx(CONTAINER_USD_PER_S)
+    # The function requests exactly what is priced, with an equal limit: never billed above it.
+    from modal_app.modal_config import function_options
+
+    options = function_options(s)
+    assert options["cpu"] == (2.0, 2.0) and options["memory"] == (8192, 8192)
+    # As modal 1.6.4 sends them: request and limit equal (a limit of 0 would mean "none").
+    from modal._resources import convert_fn_config_to_resources_config
+
+    sent = convert_fn_config_to_resources_config(
+        cpu=options["cpu"], memory=options["memory"], gpu=options["gpu"]
+    )
+    assert (sent.milli_cpu, sent.milli_cpu_max) == (2000, 2000)
+    assert (sent.memory_mb, sent.memory_mb_max) == (8192, 8192)
+
+
 def test_worst_case_arithmetic() -> None:
     s = Settings(_env_file=None)
     # 10,000 pairs at 100 pairs/s: expected 30 + 100 s; deadline 3x = 390 s; 3 attempts, each
     # up to 120 s start-up + 390 s + 30 s abort grace; then the 300 s idle tail.
     assert s.deadline_s(10_000, 100.0) == pytest.approx(390.0)
     assert s.worst_case_cost_usd(10_000, 100.0) == pytest.approx(
-        3 * (120 + 390 + 30) * 1.10 / 3600 + 300 * 1.10 / 3600
+        (3 * (120 + 390 + 30) + 300) * CONTAINER_USD_PER_S
     )
     assert s.watch_limit_s(390.0) == pytest.approx(3 * (120 + 390 + 30))
     # A finished job is charged its seconds plus the start-up and tail, never above its worst case.
-    assert s.billed_cost_usd(100.0) == pytest.approx((100 + 30 + 300) * 1.10 / 3600)
+    assert s.billed_cost_usd(100.0) == pytest.approx((100 + 30 + 300) * CONTAINER_USD_PER_S)
     assert s.billed_cost_usd(3 * (390 + 30)) <= s.worst_case_cost_usd(10_000, 100.0)
     assert s.deadline_s(1, 100.0) == s.min_deadline_s  # floor for tiny jobs
     assert s.deadline_s(10_000_000, 100.0) == s.gpu_timeout_s  # capped by Modal's timeout

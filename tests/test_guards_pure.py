@@ -99,6 +99,10 @@ def _settings(**overrides: Any) -> Settings:
         "gpu_retries": 2,
         "scaledown_window_s": 20,
         "gpu_price_usd_per_hour": 3.6,  # $0.001 a second
+        # CPU and memory unpriced here, so a container-second is the GPU's round $0.001
+        # (tests/test_config.py and test_billing.py check the three together).
+        "cpu_price_usd_per_core_s": 0.0,
+        "memory_price_usd_per_gib_s": 0.0,
         "max_cost_per_job_usd": 1.0,
         "allow_unreachable_cost_cap": True,
     }

@@ -29,7 +29,6 @@ import modal_app.app as modal_app_module
 import modal_app.predictor as predictor
 from config import get_settings
 from modal_app.app import EXIT_ABORTED, AttemptsUnrecorded, run_call
-from modal_app.errors import DeadlineExceeded, Stalled
 from modal_app.modal_config import (
     FAILED,
     IMAGE_PACKAGES,
@@ -291,7 +290,14 @@ def test_the_module_decorates_the_class_with_exactly_function_options(
         assert used[key] == expected[key], key
     assert used["startup_timeout"] == module.settings.startup_timeout_s
     # Billing is attributed by this tag (boundary_inference.billing's default tag name).
-    assert module.app._local_state.tags == {"project": module.settings.modal_app_name}
+    # The deploy also records the two spend limits Modal's metadata does not report back.
+    assert module.app._local_state.tags == {
+        "project": module.settings.modal_app_name,
+        "bi-startup-timeout-s": "120",
+        "bi-abort-grace-s": "30",
+    }
+    for key in ("cpu", "memory"):
+        assert used[key] == expected[key], key
     assert vars(used["retries"]) == vars(expected["retries"])
     assert used["max_containers"] == module.settings.max_containers
     assert used["scaledown_window"] == module.settings.scaledown_window_s
@@ -409,14 +415,16 @@ def test_a_tiny_deadline_stops_a_real_decode(
     clock = FakeClock()
     use_model(monkeypatch, ClockedModel(clock, step_s=1.0))
     store = RecordingStore()
-    with pytest.raises(DeadlineExceeded):
-        run_call(
-            make_request(video, pairs=80, batch_size=8, deadline_s=5.5, truth=truth).to_dict(),
-            store=store,
-            max_attempts=3,
-            models_dir=None,
-            clock=clock,
-        )
+    outcome = run_call(
+        make_request(video, pairs=80, batch_size=8, deadline_s=5.5, truth=truth).to_dict(),
+        store=store,
+        max_attempts=3,
+        models_dir=None,
+        clock=clock,
+    )
+    # Returned, not raised: a retry would pass the same deadline again, billed again.
+    assert outcome[FAILED]["kind"] == "deadline_exceeded" and outcome[FAILED]["attempts"] == 1
+    assert outcome[FAILED]["billed_s"] == pytest.approx(6.0)
     record = store[attempts_key("run-1")]
     assert record["last_error_kind"] == "deadline_exceeded"
     # Either watch (the predictor between batches or the deadline watchdog inside one) ends it
@@ -436,10 +444,11 @@ def test_the_deadline_fires_inside_a_batch_that_never_ends(
     use_model(monkeypatch, HungModel(clock, advance_s=61.0))  # the batch outlives the deadline
     exits: list[int] = []
     store = RecordingStore()
-    with pytest.raises(DeadlineExceeded, match="deadline watchdog"):
-        run_watched(
-            make_request(clip[0], deadline_s=60.0, heartbeat_timeout_s=600), store, exits, clock
-        )
+    outcome = run_watched(
+        make_request(clip[0], deadline_s=60.0, heartbeat_timeout_s=600), store, exits, clock
+    )
+    assert outcome[FAILED]["error_type"] == "DeadlineExceeded"
+    assert "deadline watchdog" in outcome[FAILED]["message"]
     assert store[attempts_key("run-1")]["billed_s"] == pytest.approx(61.0)
     time.sleep(0.8)  # past the grace: the thread honoured the abort, so no exit
     assert exits == []
@@ -453,10 +462,10 @@ def test_the_heartbeat_ends_a_hang_well_before_the_hard_timeout(
     use_model(monkeypatch, model)
     store = RecordingStore()
     exits: list[int] = []
-    with pytest.raises(Stalled, match="heartbeat"):
-        run_watched(
-            make_request(clip[0], deadline_s=3000.0, heartbeat_timeout_s=120.0), store, exits, clock
-        )
+    outcome = run_watched(
+        make_request(clip[0], deadline_s=3000.0, heartbeat_timeout_s=120.0), store, exits, clock
+    )
+    assert outcome[FAILED]["kind"] == "stalled" and "heartbeat" in outcome[FAILED]["message"]
     assert model.calls == 1
     record = store[attempts_key("run-1")]
     assert record["last_error_kind"] == "stalled"
@@ -492,15 +501,15 @@ def test_a_thread_stuck_in_native_code_gets_the_hard_exit(tmp_path: Path) -> Non
     safety = threading.Timer(15.0, unblock)  # never leave the suite hanging if the exit is missing
     safety.start()
     try:
-        with pytest.raises((Stalled, DeadlineExceeded)):
-            run_call(
-                make_request(fifo, deadline_s=60.0, heartbeat_timeout_s=0.5).to_dict(),
-                store=store,
-                max_attempts=3,
-                models_dir=None,
-                hard_exit=hard_exit,
-                abort_grace_s=0.3,
-            )
+        outcome = run_call(
+            make_request(fifo, deadline_s=60.0, heartbeat_timeout_s=0.5).to_dict(),
+            store=store,
+            max_attempts=3,
+            models_dir=None,
+            hard_exit=hard_exit,
+            abort_grace_s=0.3,
+        )
+        assert outcome[FAILED]["kind"] in ("stalled", "deadline_exceeded")
     finally:
         safety.cancel()
     assert len(exits) == 1
@@ -584,10 +593,11 @@ def modal_retry_loop(
 @pytest.mark.parametrize(
     ("failure", "expected_end"),
     [
-        (lambda: ContainerCrash("OOM-killed"), "returned"),  # the crash loop, cut by the counter
-        (lambda: MemoryError("CUDA out of memory"), "raised"),  # Modal's retries run out first
+        (lambda: ContainerCrash("OOM-killed"), "refused"),  # the crash loop, cut by the counter
+        (lambda: MemoryError("CUDA out of memory"), "failed"),  # would repeat: one attempt
+        (lambda: ValueError("a bug in the model code"), "failed"),  # would repeat: one attempt
     ],
-    ids=["crash-loop", "user-exception"],
+    ids=["crash-loop", "out-of-memory", "code-error"],
 )
 def test_invocations_per_logical_job_are_bounded_by_the_retry_policy(
     clip: tuple[Path, GroundTruth],
@@ -606,15 +616,33 @@ def test_invocations_per_logical_job_are_bounded_by_the_retry_policy(
         lambda: run_call(request, store=store, max_attempts=settings.gpu_attempts, models_dir=None),
         max_retries=max_retries,
     )
-    assert end == expected_end
-    assert model.invocations == 1 + max_retries == settings.gpu_attempts
-    if end == "returned":
+    assert end == "returned"  # never left to Modal's retries
+    if expected_end == "refused":
+        assert model.invocations == 1 + max_retries == settings.gpu_attempts
         assert value[REFUSED]["kind"] == "attempts_exhausted"
         assert invocations == settings.gpu_attempts + 1  # the refused one ran nothing
     else:
-        assert isinstance(value, MemoryError)
-        assert invocations == settings.gpu_attempts
+        assert model.invocations == invocations == 1
+        kind = "out_of_memory" if "memory" in str(value[FAILED]["message"]) else "code_error"
+        assert value[FAILED]["kind"] == kind and value[FAILED]["attempts"] == 1
     assert store[attempts_key("run-1")]["count"] == invocations
+
+
+def test_an_attempt_after_a_hard_exit_returns_its_watchdog_failure(
+    clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempt ignored its abort and the container exited: Modal retries that as a crash,
+    and the retry returns the recorded failure without loading or decoding anything."""
+    model = FailingModel(lambda: AssertionError("must not run"))
+    use_model(monkeypatch, model)
+    store: dict[str, Any] = {
+        attempts_key("run-1"): {"count": 1, "billed_s": 61.0, "last_error_kind": "stalled"}
+    }
+    outcome = run_call(
+        make_request(clip[0]).to_dict(), store=store, max_attempts=3, models_dir=None
+    )
+    assert outcome[FAILED]["kind"] == "stalled" and outcome[FAILED]["attempts"] == 1
+    assert outcome[FAILED]["billed_s"] == 61.0 and model.invocations == 0
 
 
 def test_an_attempt_that_cannot_be_counted_does_not_run(

@@ -29,17 +29,24 @@ from boundary_inference.executor import (
     FailureKind,
     SpawnUncertain,
 )
-from boundary_inference.executor.modal import ModalExecutor, classify, has_credentials
+from boundary_inference.executor.modal import (
+    ModalExecutor,
+    classify,
+    classify_kind,
+    has_credentials,
+)
 from config import Settings, get_settings
-from modal_app.app import deployed_config
 from modal_app.errors import DeadlineExceeded, Stalled, VideoNotFound
-from modal_app.modal_config import CONFIG_KEY, attempts_key, function_options
+from modal_app.modal_config import app_tags, attempts_key, function_options
 from modal_app.models import BUILTIN, BUILTIN_MODEL, LogisticModel
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import CropBox, InferenceRequest
 from tasks.retry_audit import retry_audit
 from tests.modal_double import (
+    CREDENTIALS,
     ContainerCrash,
+    FakeApp,
+    FakeAutoscaler,
     FakeCloud,
     FakeCls,
     FakeFunction,
@@ -88,6 +95,10 @@ REAL: Any = modal  # the real client, read as plain attributes
         (FakeCls.hydrate, REAL.Cls.hydrate),
         (FakeCls.__call__, REAL.Cls.__call__),
         (FakeFunction.spawn, REAL.Function.spawn),
+        (FakeFunction.info, REAL.Function.info),
+        (FakeAutoscaler.settings, REAL.functions.FunctionAutoscalerManager.settings),
+        (FakeApp.lookup, REAL.App.lookup),
+        (FakeApp.get_tags, REAL.App.get_tags),
         (FakeFunctionCall.from_id, REAL.FunctionCall.from_id),
         (FakeFunctionCall.get, REAL.FunctionCall.get),
         (FakeFunctionCall.cancel, REAL.FunctionCall.cancel),
@@ -189,13 +200,78 @@ def test_a_spawn_that_may_have_been_accepted_is_not_called_refused(
 def test_a_deployment_that_allows_more_spend_is_refused(
     cloud: FakeCloud, settings: Settings
 ) -> None:
+    """Read from the deployment itself on each preflight: a looser redeploy is refused at once,
+    a corrected redeploy passes at once (nothing cached, nothing to delete by hand)."""
     executor = executor_for(cloud)
-    cloud.store[CONFIG_KEY] = deployed_config(settings)
     executor.preflight()
-    bigger = get_settings(gpu_retries=4, gpu_timeout_s=3000, allow_unreachable_cost_cap=True)
-    cloud.store[CONFIG_KEY] = deployed_config(bigger)
-    with pytest.raises(ExecutorUnavailable, match="gpu_retries: deployed 4 > configured 2"):
+    cloud.deployed_settings = get_settings(
+        executor="modal", gpu_retries=4, gpu_timeout_s=3000, allow_unreachable_cost_cap=True
+    )
+    with pytest.raises(ExecutorUnavailable) as refused:
         executor.preflight()
+    assert "gpu_retries: deployed 4 > configured 2" in str(refused.value)
+    assert "gpu_timeout_s: deployed 3000 > configured" not in str(refused.value)  # 3000 < 3600
+    cloud.deployed_settings = settings  # the fix, redeployed
+    executor.preflight()
+
+
+@pytest.mark.parametrize(
+    ("deployed", "expected"),
+    [
+        ({"gpu": "H100"}, "gpu: deployed [('H100', 1)] != configured ['A10G' x 1]"),
+        ({"gpu_timeout_s": 3601}, "gpu_timeout_s: deployed 3601 > configured 3600"),
+        ({"cpu_cores": 4.0}, "cpu_cores: deployed 4 > configured 2"),
+        ({"memory_mib": 16384}, "memory_mib: deployed 16384 > configured 8192"),
+        ({"max_containers": 6}, "max_containers: deployed 6 > configured 5"),
+        ({"scaledown_window_s": 301}, "scaledown_window_s: deployed 301 > configured 300"),
+        ({"startup_timeout_s": 121.0}, "startup_timeout_s: deployed 121 > configured 120"),
+        ({"abort_grace_s": 31.0}, "abort_grace_s: deployed 31 > configured 30"),
+    ],
+    ids=lambda v: str(v)[:40],
+)
+def test_every_spend_limit_and_the_gpu_type_are_compared(
+    cloud: FakeCloud, settings: Settings, deployed: dict[str, Any], expected: str
+) -> None:
+    cloud.deployed_settings = get_settings(
+        **{"executor": "modal", "allow_unreachable_cost_cap": True, **deployed}
+    )
+    with pytest.raises(ExecutorUnavailable) as refused:
+        executor_for(cloud).preflight()
+    assert expected in str(refused.value)
+    cloud.deployed_settings = settings
+    executor_for(cloud).preflight()  # the same client passes once the deploy matches
+
+
+def test_an_autoscaler_override_or_a_missing_record_is_refused(
+    cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``update_autoscaler`` after the deploy, and a deployment older than the recorded tags."""
+    for override, expected in (
+        ({"max_containers": 0}, "max_containers: deployed unbounded"),
+        ({"min_containers": 1}, "min_containers: deployed 1 > 0"),
+        ({"buffer_containers": 2}, "buffer_containers: deployed 2 > 0"),
+    ):
+        cloud.autoscaler_override = override
+        with pytest.raises(ExecutorUnavailable, match=expected):
+            executor_for(cloud).preflight()
+    cloud.autoscaler_override = {}
+    monkeypatch.setattr(cloud.App, "get_tags", lambda self, **_: {"project": "x"})
+    with pytest.raises(ExecutorUnavailable, match="abort_grace_s: not recorded by the deploy"):
+        executor_for(cloud).preflight()
+
+
+def test_the_deploy_records_what_modal_does_not_report_back(settings: Settings) -> None:
+    """The tags the real app object carries are valid Modal tags and hold the two values."""
+    from modal._utils.name_utils import check_tag_dict
+
+    tags = app_tags(settings)
+    check_tag_dict(tags)
+    assert tags == {
+        "project": "boundary-inference",
+        "bi-startup-timeout-s": "120",
+        "bi-abort-grace-s": "30",
+    }
+    assert modal_app_module.app._local_state.tags == tags  # what `modal deploy` sends
 
 
 # --- Spawn, poll, progress ------------------------------------------------------------------------
@@ -352,7 +428,7 @@ def test_cancel_calls_function_call_cancel_and_the_call_ends_cancelled(
     assert model.holding.wait(10)
     executor.cancel(call_id)
     executor.cancel(call_id)  # idempotent
-    assert cloud.cancels == [(call_id, True), (call_id, True)]
+    assert cloud.cancels == [(call_id, True), (call_id, True)]  # container terminated too
     status = wait_for(executor, call_id)
     assert status.state is CallState.FAILED and status.failure is not None
     assert status.failure.kind is FailureKind.CANCELLED
@@ -546,9 +622,20 @@ def test_the_per_job_deadline_is_a_timeout_with_its_billed_seconds(
         FailureKind.TIMEOUT,
         "DeadlineExceeded",
     )
-    # Every attempt (Modal retries a raised error) is billed its 4 s on the clock.
-    assert status.failure.elapsed_s == pytest.approx(4.0 * settings.gpu_attempts)
+    # Returned, not raised: Modal retries nothing, so one attempt is billed its 4 s on the clock.
+    assert status.failure.elapsed_s == pytest.approx(4.0)
+    assert cloud.calls[call_id].invocations == 1
     assert status.pairs_done in (24, 32)  # part-way through 40
+
+
+def test_a_returned_failure_is_classified_by_its_kind() -> None:
+    """Deadlines and stalls count for the breaker as timeouts, out of memory as infrastructure;
+    a code error is the job's own, whichever way it reached the client."""
+    assert classify_kind("deadline_exceeded") is FailureKind.TIMEOUT
+    assert classify_kind("stalled") is FailureKind.TIMEOUT
+    assert classify_kind("out_of_memory") is FailureKind.INFRASTRUCTURE
+    assert classify_kind("code_error") is FailureKind.USER_CODE
+    assert classify_kind("video_changed") is FailureKind.USER_CODE
 
 
 def test_classify_reads_the_stable_kind() -> None:
@@ -579,3 +666,29 @@ def test_the_spawning_task_never_retries_and_the_audit_sees_stacking(settings: S
     # The imported class was built from other settings than these: reported, not assumed.
     other = get_settings(gpu_retries=1, allow_unreachable_cost_cap=True)
     assert any("BoundaryInference has max_retries=2" in p for p in retry_audit(other, run_job))
+
+
+def test_the_configured_modal_environment_is_the_one_looked_up(cloud: FakeCloud) -> None:
+    """``modal_environment_name`` reaches every name lookup (None: the token's default)."""
+    seen: list[tuple[str, str | None]] = []
+
+    def cls_lookup(app_name: str, name: str, *, environment_name: str | None = None) -> Any:
+        seen.append(("cls", environment_name))
+        return cloud.Cls.from_name(app_name, name, environment_name=environment_name)
+
+    def app_lookup(name: str, *, environment_name: str | None = None) -> Any:
+        seen.append(("app", environment_name))
+        return cloud.App.lookup(name, environment_name=environment_name)
+
+    for environment in ("staging", None):
+        seen.clear()
+        settings = get_settings(executor="modal", modal_environment_name=environment)
+        ModalExecutor(
+            settings,
+            cls_lookup=cls_lookup,
+            app_lookup=app_lookup,
+            function_call_from_id=cloud.FunctionCall.from_id,
+            progress_dict=cloud.store,
+            environ=CREDENTIALS,
+        ).preflight()
+        assert seen == [("cls", environment), ("app", environment)]

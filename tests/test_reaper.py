@@ -328,3 +328,39 @@ def test_a_modal_call_is_asked_by_its_id_from_another_process(
         settings.billed_cost_usd(float(row["gpu_seconds"]))
     )
     assert float(row["actual_cost_usd"]) < worst
+
+
+def test_a_call_whose_spawn_answer_was_lost_is_found_by_its_run_id(
+    ledger: Ledger, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The watcher's spawn raised modal's real ``ConnectionError`` after the server had accepted
+    the call, and the watcher died before it found the call: the run is ``running`` with no call
+    id. The reaper fences the run, finds the call the function recorded under the run id, and
+    settles it from its result (it used to cancel the run and charge its worst case while the
+    call ran on, unwatched)."""
+    import modal.exception as modal_exc
+
+    from tests.modal_double import FakeCloud, executor_for, make_request
+
+    settings = get_settings(executor="modal")
+    clip = tmp_path / "clip.mp4"
+    make_video(clip, seed=6, frame_count=41)
+    ledger.upsert_video(id="v1", tenant_id="demo", frame_count=41, fps=25.0, source_uri=str(clip))
+    run_id = _claim(ledger, "f-lost")
+    worst = settings.worst_case_cost_usd(40, settings.default_throughput_pairs_per_s)
+    _start(ledger, run_id, worst)
+    cloud = FakeCloud(settings)
+    cloud.answer_lost = modal_exc.ConnectionError("Deadline exceeded")
+    with pytest.raises(Exception, match="a call may be running"):
+        executor_for(cloud).submit(make_request(clip, run_id=run_id))
+    cloud.join()
+    _watcher_died(ledger, pg_dsn, run_id)
+
+    reaped = _reap(ledger, executor_for(cloud), settings)
+
+    (call,) = cloud.calls.values()
+    assert reaped[run_id]["executor_call_id"] == call.object_id
+    assert reaped[run_id]["settled_status"] == "succeeded"
+    row = ledger.get_run(run_id=run_id)
+    assert row["status"] == "succeeded" and row["executor_call_id"] == call.object_id
+    assert float(row["actual_cost_usd"]) < worst

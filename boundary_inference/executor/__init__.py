@@ -14,6 +14,7 @@ from boundary_inference.executor.base import (
     ExecutorUnavailable,
     FailureKind,
     SpawnUncertain,
+    SpawnUnconfirmed,
 )
 from boundary_inference.executor.local import LocalExecutor
 
@@ -26,4 +27,5 @@ __all__ = [
     "FailureKind",
     "LocalExecutor",
     "SpawnUncertain",
+    "SpawnUnconfirmed",
 ]

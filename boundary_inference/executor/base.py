@@ -57,7 +57,17 @@ class ExecutorUnavailable(Exception):
 class SpawnUncertain(Exception):
     """The spawn failed in a way that does not prove nothing runs (a timeout after sending).
 
-    Never treated as "nothing ran": the job keeps its worst case charged.
+    Never treated as "nothing ran": the watcher looks for the call by its run id
+    (:meth:`Executor.find_call`) and watches it when it shows up; when it does not, it fences the
+    run (:meth:`Executor.fence`) and keeps the worst case charged.
+    """
+
+
+class SpawnUnconfirmed(SpawnUncertain):
+    """A spawn whose answer was lost and whose call never showed up within ``spawn_confirm_s``.
+
+    The run is fenced (a call of it that starts later refuses to run), and its worst case stays
+    charged: Modal offers no way to prove that an input it may hold in its queue never started.
     """
 
 
@@ -75,3 +85,10 @@ class Executor(Protocol):
 
     def cancel(self, call_id: str) -> None:
         """Stop the call and its billing. Idempotent."""
+
+    def find_call(self, run_id: str) -> str | None:
+        """The call id a started call of ``run_id`` recorded, if one has (after a lost spawn)."""
+
+    def fence(self, run_id: str) -> str | None:
+        """From now on no call of ``run_id`` may start its work; return the id of one that
+        already recorded itself (it must then be watched or cancelled), else None."""

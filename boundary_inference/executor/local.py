@@ -65,6 +65,13 @@ class LocalExecutor:
             raise ValueError(f"not a local call id: {call_id!r}")
         return self.jobs_dir / call_id
 
+    def find_call(self, run_id: str) -> str | None:
+        """Never needed: a local submit either starts the child or raises before it exists."""
+        return None
+
+    def fence(self, run_id: str) -> str | None:
+        return None
+
     def submit(self, request: InferenceRequest) -> str:
         call_id = f"local-{uuid.uuid4().hex[:16]}"
         job_dir = self._dir(call_id)

@@ -33,14 +33,14 @@ from boundary_inference.executor.base import (
     FailureKind,
     SpawnUncertain,
 )
+from boundary_inference.executor.modal_deployment import deployment_problems
 from config import Settings
 from modal_app.modal_config import (
-    CONFIG_KEY,
     FAILED,
     REFUSED,
-    SPEND_LIMITS,
     attempts_key,
     call_key,
+    fence_key,
     progress_dict_name,
 )
 from modal_app.types import InferenceRequest, InferenceResult
@@ -64,11 +64,12 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
 )
 # Answers to a spawn that mean Modal did not take the input: the app or class is missing, the
-# token is refused, no connection was made.
+# token is refused. NOT modal.exception.ConnectionError: the client re-raises its last retry's
+# OSError/asyncio timeout as that (modal/_utils/grpc_utils.py, process_exception_before_retry),
+# also when an earlier try reached the server and it accepted the call.
 _REFUSED_BEFORE_SENDING: tuple[type[BaseException], ...] = (
     modal_exc.NotFoundError,
     modal_exc.AuthError,
-    modal_exc.ConnectionError,
 )
 # Client-side trouble while polling (the API throttles, an internal gRPC error, a closed client):
 # the call's own state is unknown, so it stays pending until POLL_ERROR_LIMIT_S, like a lost network.
@@ -119,8 +120,9 @@ class ModalExecutor:
         self,
         settings: Settings,
         *,
-        cls_lookup: Callable[[str, str], Any] | None = None,
+        cls_lookup: Callable[..., Any] | None = None,
         function_call_from_id: Callable[[str], Any] | None = None,
+        app_lookup: Callable[..., Any] | None = None,
         progress_dict: Any | None = None,
         environ: Mapping[str, str] | None = None,
         poll_error_limit_s: float = POLL_ERROR_LIMIT_S,
@@ -131,6 +133,8 @@ class ModalExecutor:
         self.class_name = settings.modal_class_name
         self._cls_lookup = cls_lookup or modal.Cls.from_name
         self._from_id = function_call_from_id or modal.FunctionCall.from_id
+        self._app_lookup = app_lookup or modal.App.lookup
+        self.environment_name = settings.modal_environment_name
         self._progress = progress_dict
         self._environ = environ
         self._poll_error_limit_s = poll_error_limit_s
@@ -148,7 +152,9 @@ class ModalExecutor:
     @property
     def progress_dict(self) -> Any:
         if self._progress is None:
-            self._progress = modal.Dict.from_name(progress_dict_name(self.settings))
+            self._progress = modal.Dict.from_name(
+                progress_dict_name(self.settings), environment_name=self.environment_name
+            )
         return self._progress
 
     def _read(self, key: str) -> Any:
@@ -181,10 +187,31 @@ class ModalExecutor:
             return float(record["billed_s"])
         return None
 
+    def find_call(self, run_id: str) -> str | None:
+        """The call id the function recorded under ``run_id`` when an attempt started (before any
+        other network call of the attempt), or None: not started yet, or the Dict unreachable."""
+        record = self._read(attempts_key(run_id))
+        call_id = record.get("call_id") if isinstance(record, dict) else None
+        if isinstance(call_id, str) and call_id:
+            self._run_ids[call_id] = run_id
+            return call_id
+        return None
+
+    def fence(self, run_id: str) -> str | None:
+        """Write the run's fence, then look once more. The function records its id, then reads
+        the fence: of a late start and this fence, one always sees the other, so a call either
+        shows up here (to be watched or cancelled) or refuses to run. Raises when the fence cannot
+        be written (then a late start is bounded only by its own limits, charged as the worst
+        case)."""
+        self.progress_dict[fence_key(run_id)] = {"fenced_at": time.time()}
+        return self.find_call(run_id)
+
     # --- Protocol ----------------------------------------------------------------------------------
     def _lookup(self) -> Any:
         if self._cls is None:
-            self._cls = self._cls_lookup(self.app_name, self.class_name)
+            self._cls = self._cls_lookup(
+                self.app_name, self.class_name, environment_name=self.environment_name
+            )
         return self._cls
 
     def preflight(self) -> None:
@@ -213,17 +240,20 @@ class ModalExecutor:
     def _check_deployed_config(self) -> None:
         """Refuse when the deployed function may spend more per job than these settings price.
 
-        The function publishes its decorator values when a container starts; before the first
-        start after a deploy there is nothing to compare, and the check passes.
+        Read from the deployment itself on every preflight (``modal_deployment``): the function's
+        recorded decorator values and autoscaler, and the app's tags the deploy set.
         """
-        deployed = self._read(CONFIG_KEY)
-        if not isinstance(deployed, dict):
-            return
-        problems = [
-            f"{name}: deployed {deployed[name]} > configured {getattr(self.settings, name)}"
-            for name in SPEND_LIMITS
-            if name in deployed and float(deployed[name]) > float(getattr(self.settings, name))
-        ]
+        try:
+            method = self._lookup()().infer
+            info = method.info(refresh=True)
+            scaling = method.autoscaler.settings()
+            app = self._app_lookup(self.app_name, environment_name=self.environment_name)
+            tags = dict(app.get_tags())
+        except _UNREACHABLE as error:
+            raise ExecutorUnavailable(
+                f"cannot read the deployed function's limits: {error}"
+            ) from error
+        problems = deployment_problems(self.settings, info, scaling, tags)
         if problems:
             raise ExecutorUnavailable(
                 "the deployed Modal function allows more spend per job than the cost guard"
@@ -304,18 +334,20 @@ class ModalExecutor:
                 call_id,
                 FailureKind.INFRASTRUCTURE,
                 str(refused.get("message", "refused")),
-                "AttemptsExhausted",
+                "Fenced" if refused.get("kind") == "fenced" else "AttemptsExhausted",
                 known_elapsed=False,
             )
         if isinstance(value, dict) and FAILED in value:
-            # An error in the request itself, returned by the function so that Modal did not
-            # retry it: one attempt, billed for the seconds it used.
+            # A failure that would repeat (the request itself, a deadline, a stall, out of
+            # memory, a code error), returned so that Modal did not retry it: one attempt,
+            # billed for the seconds it used.
             failed = value[FAILED]
             done, total = self._progress_of(call_id)
             billed = failed.get("billed_s")
+            returned_kind = str(failed.get("kind") or "")
             failure = ExecutorFailure(
-                FailureKind.USER_CODE,
-                str(failed.get("message") or failed.get("kind") or "failed"),
+                classify_kind(returned_kind),
+                str(failed.get("message") or returned_kind or "failed"),
                 str(failed.get("error_type") or "UserInputError"),
                 elapsed_s=float(billed) if billed is not None else self._billed_s(call_id),
             )
@@ -379,7 +411,9 @@ class ModalExecutor:
         self._cancelled.add(call_id)
         for attempt in range(1, _CANCEL_TRIES + 1):
             try:
-                # Terminated, or the cancelled container idles warm (billed) for scaledown_window.
+                # Terminate the container too: a cancelled input on a live container leaves it
+                # warm for scaledown_window, billed, and a native call that ignores the
+                # cancellation keeps the GPU busy. One input per container, so nothing else dies.
                 self._from_id(call_id).cancel(terminate_containers=True)
                 return
             except (modal_exc.NotFoundError, modal_exc.OutputExpiredError):
@@ -391,6 +425,15 @@ class ModalExecutor:
                     )
                     return
                 time.sleep(0.2 * attempt)
+
+
+def classify_kind(kind: str) -> FailureKind:
+    """Failure kind of a failure the function returned, by its stable ``kind``."""
+    if kind in TIMEOUT_KINDS:
+        return FailureKind.TIMEOUT
+    if kind in INFRASTRUCTURE_KINDS or kind == "out_of_memory":
+        return FailureKind.INFRASTRUCTURE
+    return FailureKind.USER_CODE
 
 
 def classify(error: BaseException) -> FailureKind:
