@@ -247,7 +247,8 @@ def _summary_markdown(
     return "\n".join(lines)
 
 
-@flow(name="backfill", flow_run_name="backfill-{frames_version}-{model_version}")
+# retries pinned: a fleet-wide PREFECT_FLOWS_DEFAULT_RETRIES must not retry a backfill's admissions.
+@flow(name="backfill", flow_run_name="backfill-{frames_version}-{model_version}", retries=0)
 def backfill_flow(
     video_ids: Annotated[list[str], Field(min_length=1, max_length=MAX_VIDEOS_PER_BACKFILL)],
     frames_version: Annotated[str, Field(min_length=1)],

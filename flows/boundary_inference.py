@@ -70,6 +70,9 @@ def _run_name() -> str:
     # Bad parameters must reach our validation (recorded, typed rejection) rather than fail in
     # Prefect's parameter validation, which records nothing in the ledger (see bind_leniently).
     validate_parameters=False,
+    # Pinned: unset, Prefect takes PREFECT_FLOWS_DEFAULT_RETRIES, and the retry audit then refuses
+    # every job (a flow retry would stack on Modal's retries).
+    retries=0,
 )
 def boundary_inference_flow(
     video_id: str,

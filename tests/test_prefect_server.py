@@ -225,6 +225,8 @@ def env(make_env: MakeEnv) -> FlowEnv:
 def _client_env(api_url: str, home: Path) -> dict[str, str]:
     env = _base_env(home)  # after configure(): carries the BOUNDARY_INFERENCE_* settings
     env.update(PREFECT_API_URL=api_url, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    # A worker's deployment runs use the executor their configuration names (never a default).
+    env.setdefault("BOUNDARY_INFERENCE_EXECUTOR", "local")
     return env
 
 
