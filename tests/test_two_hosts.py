@@ -27,6 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -339,8 +340,10 @@ def test_two_hosts_share_one_rate_window_and_a_third_without_urls_refuses(
     for directory in directories:
         directory.mkdir()
     # Three independent installs, side by side.
+    marks = [("start", time.monotonic())]  # phase timings, reported, never asserted
     with ThreadPoolExecutor(len(directories)) as installs:
         pythons = list(installs.map(lambda d: _host(d, wheel), directories))
+    marks.append(("three venvs from the wheel", time.monotonic()))
     third_dir, third_python = directories[2], pythons[2]
     # The deployer's state dir, with its PostgreSQL and Redis running here: hidden over there.
     third_env = _host_env(third_dir, state_dir=str(state_dir))
@@ -361,6 +364,7 @@ def test_two_hosts_share_one_rate_window_and_a_third_without_urls_refuses(
                 lambda: len(client.read_workers_for_work_pool(pool)) >= 3,
                 300,
             )
+            marks.append(("workers online", time.monotonic()))
             for i in range(RUNS):
                 client.create_flow_run_from_deployment(
                     deployment_id,
@@ -380,14 +384,15 @@ def test_two_hosts_share_one_rate_window_and_a_third_without_urls_refuses(
                     },
                     work_queue_name="third",
                 )
-        started = time.monotonic()
+        marks.append(("runs created", time.monotonic()))
         runs = _wait("the 40 runs", lambda: _final_runs(deployment_id, "default", RUNS), 1000)
-        elapsed_s = time.monotonic() - started
+        marks.append((f"{RUNS} runs final", time.monotonic()))
         third_runs = _wait(
             "the third host's runs",
             lambda: _final_runs(deployment_id, "third", THIRD_HOST_RUNS),
             300,
         )
+        marks.append(("third host's runs final", time.monotonic()))
         # While the third host still runs (a server it started would die with its namespace).
         assert (
             _servers_naming(state_dir, third_dir)
@@ -400,7 +405,9 @@ def test_two_hosts_share_one_rate_window_and_a_third_without_urls_refuses(
             _stop(worker)
         if third is not None:
             _wait_exit(third)
-    print(f"\n{RUNS} deployment runs on two hosts: {elapsed_s:.0f} s")
+    marks.append(("workers stopped", time.monotonic()))
+    phases = [f"{name} +{t - before:.0f} s" for (_, before), (name, t) in pairwise(marks)]
+    print("\ntwo hosts:", "; ".join(phases))
 
     # One ledger, one rate window: 10 admitted, 30 refused by the shared limit.
     statuses = Counter(r["status"] for r in ledger.list_runs(limit=200))
