@@ -307,6 +307,19 @@ def redis_status(state_dir: Path) -> DaemonStatus:
     return DaemonStatus("redis", server.directory, pid, True, state, server.url)
 
 
+def running_redis(state_dir: Path) -> EmbeddedRedis | None:
+    """The Redis daemon of ``state_dir`` if one runs there (frozen included), else None.
+
+    For a process that may only join (a deployment run): starts nothing and creates no file,
+    not even a directory or a lock file, under a state dir that has never had a daemon.
+    """
+    server = _redis_paths(state_dir)
+    if not (server.directory / "start.lock").exists():
+        return None
+    status = redis_status(state_dir)
+    return server if status.state in ("running", "frozen") else None
+
+
 def stop_redis(state_dir: Path, *, timeout_s: float = 30.0, force: bool = False) -> DaemonStatus:
     """Stop the embedded Redis: ``SIGTERM`` (it writes its files and exits), ``SIGKILL`` with
     ``force`` or when it has not exited after ``timeout_s``. A frozen daemon is resumed first so
@@ -344,6 +357,13 @@ def postmaster_status(name: str, pgdata: Path) -> DaemonStatus:
         return DaemonStatus(name, pgdata, pid, False, "stale")
     state: DaemonState = "frozen" if process_state(pid) == "T" else "running"
     return DaemonStatus(name, pgdata, pid, True, state, address)
+
+
+def running_postgres_dsn(state_dir: Path) -> str | None:
+    """The libpq URI of the PostgreSQL running under ``state_dir`` (frozen included), else None.
+    Starts nothing and writes nothing (it reads ``postmaster.pid``)."""
+    status = postgres_status(state_dir)
+    return status.address if status.alive else None
 
 
 def stop_postgres(state_dir: Path, *, mode: Literal["fast", "immediate"] = "fast") -> DaemonStatus:

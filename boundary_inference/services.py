@@ -6,6 +6,8 @@ One place decides where state lives:
   ``supabase`` (``supabase_url`` + service-role key, supabase-py RPC) or ``embedded`` PostgreSQL
   under ``state_dir`` (migrations applied on first use); ``auto`` picks them in that order;
 * limiter: ``redis_url`` > ``redis_block`` (a saved prefect-redis ``RedisDatabase``) > embedded Redis;
+  in a deployment run (worker or serve) the embedded ones only when already running, never started
+  (:func:`embedded_refusal`);
 * executor: ``local`` (child process on this CPU) or ``modal`` (the deployed GPU function).
 
 Services are cached per process and per settings value, so the tasks of one flow run share
@@ -15,7 +17,6 @@ connections.
 from __future__ import annotations
 
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,9 @@ class Services:
     executor: Executor
 
 
-def open_ledger(settings: Settings) -> Ledger:
+def open_ledger(settings: Settings, *, join_only: bool = False) -> Ledger:
+    """The configured ledger; else the state dir's embedded PostgreSQL, started if needed, or
+    with ``join_only`` (a deployment run) only when it already runs (never started)."""
     from boundary_inference.ledger import Ledger, PsycopgTransport, SupabaseTransport
 
     target = settings.ledger_target
@@ -59,16 +62,25 @@ def open_ledger(settings: Settings) -> Ledger:
                 timeout_s=settings.guard_timeout_s,
             )
         )
-    dsn = embedded_dsn(settings)
+    dsn = embedded_dsn(settings, join_only=join_only)
     return Ledger(PsycopgTransport(dsn, settings.db_schema, timeout_s=settings.guard_timeout_s))
 
 
-def embedded_dsn(settings: Settings) -> str:
-    """Start (or join) the embedded PostgreSQL and make sure the schema is migrated."""
-    from boundary_inference.embedded import start_postgres
+def embedded_dsn(settings: Settings, *, join_only: bool = False) -> str:
+    """Start (or join) the embedded PostgreSQL and make sure the schema is migrated.
+
+    ``join_only``: join the one running under the state dir, or raise :class:`EmbeddedNotAllowed`.
+    """
+    from boundary_inference.embedded import running_postgres_dsn, start_postgres
     from boundary_inference.ledger import apply_migrations
 
-    dsn = start_postgres(Path(settings.state_dir)).dsn
+    if join_only:
+        running = running_postgres_dsn(Path(settings.state_dir))
+        if running is None:
+            raise EmbeddedNotAllowed(_missing_store_message("PostgreSQL", settings))
+        dsn = running
+    else:
+        dsn = start_postgres(Path(settings.state_dir)).dsn
     key = (dsn, settings.db_schema)
     if key not in _migrated:
         apply_migrations(dsn, settings.db_schema)
@@ -76,7 +88,10 @@ def embedded_dsn(settings: Settings) -> str:
     return dsn
 
 
-def open_limiter(settings: Settings) -> Limiter:
+def open_limiter(settings: Settings, *, join_only: bool = False) -> Limiter:
+    """The configured Redis; else the state dir's embedded one, started if needed, or with
+    ``join_only`` (a deployment run) only when it already runs (never started)."""
+    from boundary_inference.embedded import running_redis, start_redis
     from boundary_inference.limiter import Limiter, open_redis_client, redis_client_from_block
 
     timeout_s = settings.guard_timeout_s
@@ -84,11 +99,25 @@ def open_limiter(settings: Settings) -> Limiter:
         client = open_redis_client(settings.redis_url.get_secret_value(), timeout_s=timeout_s)
     elif settings.redis_block:
         client = redis_client_from_block(settings.redis_block, timeout_s=timeout_s)
+    elif join_only:
+        server = running_redis(Path(settings.state_dir))
+        if server is None:
+            raise EmbeddedNotAllowed(_missing_store_message("Redis", settings))
+        client = open_redis_client(server.url, timeout_s=timeout_s)
     else:
-        from boundary_inference.embedded import start_redis
-
         client = open_redis_client(start_redis(Path(settings.state_dir)).url, timeout_s=timeout_s)
     return Limiter(client, prefix=settings.redis_key_prefix)
+
+
+def start_embedded_stores(settings: Settings) -> None:
+    """Start the state dir's embedded PostgreSQL and Redis that ``settings`` leaves unconfigured
+    (``flows.serve``, which the developer started: its deployment runs then join them)."""
+    from boundary_inference.embedded import start_redis
+
+    if settings.database_url is None and not settings.supabase_url:
+        embedded_dsn(settings)
+    if settings.redis_url is None and not settings.redis_block:
+        start_redis(Path(settings.state_dir))
 
 
 def open_executor(settings: Settings) -> Executor:
@@ -106,49 +135,55 @@ def open_executor(settings: Settings) -> Executor:
 
 
 class EmbeddedNotAllowed(RuntimeError):
-    """A deployment run would start embedded servers that its configuration did not ask for."""
+    """A deployment run lacks a store or an executor that its configuration must name."""
+
+
+# What each store is configured by, in the order services reads them.
+_STORE_SETTINGS = {
+    "PostgreSQL": "BOUNDARY_INFERENCE_DATABASE_URL (or BOUNDARY_INFERENCE_SUPABASE_URL with its"
+    " service-role key)",
+    "Redis": "BOUNDARY_INFERENCE_REDIS_URL (or BOUNDARY_INFERENCE_REDIS_BLOCK)",
+}
+
+
+def _missing_store_message(store: str, settings: Settings) -> str:
+    state_dir = Path(settings.state_dir).resolve()
+    return (
+        f"{_STORE_SETTINGS[store]} is not set, and no embedded {store} is running under the"
+        f" state dir {str(state_dir)!r} (BOUNDARY_INFERENCE_STATE_DIR); a deployment run never"
+        " starts one"
+    )
 
 
 def embedded_refusal(settings: Settings) -> str | None:
-    """Why this process may not start the embedded servers ``settings`` would need, or None.
+    """Why a deployment run may not run with ``settings``, or None (and None outside one).
 
-    A flow run started by a worker or ``serve`` (a deployment run) runs where Prefect put it:
-    a worker's temporary working directory is deleted after the run, with any relative state dir
-    in it, and the daemons started there would outlive it, serving a ledger nobody reads. So
-    such a run uses embedded servers only when told: an absolute ``state_dir`` set explicitly,
-    or ``allow_embedded`` (and even then never a relative state dir inside Prefect's temporary
-    directory). The CLI, the demo and tests (no deployment) keep the embedded default.
+    A flow run started by a worker or ``serve`` (a deployment run) may run on another host, in a
+    container or in a worker's temporary directory: embedded servers it started there would be a
+    second ledger and a second rate window, so dedup, budgets, cooldowns and the rate limit would
+    hold per host. Such a run therefore never starts one. It uses the stores its configuration
+    names (URLs, a Redis block) or, for local development, the embedded servers already running
+    under a state dir it can reach (started by the CLI or ``flows.serve``). The executor must be
+    named too: the default, a local CPU child process, would run a GPU-priced job on the worker's
+    CPU. The CLI, the demo and tests (no deployment) keep the embedded defaults.
     """
-    needs = [
-        name
-        for name, configured in (
-            ("PostgreSQL", settings.ledger_target != "embedded"),
-            ("Redis", settings.redis_url is not None or bool(settings.redis_block)),
-        )
-        if not configured
-    ]
-    if not needs or _deployment_id() is None:
+    if _deployment_id() is None:
         return None
+    from boundary_inference.embedded import running_postgres_dsn, running_redis
+
     state_dir = Path(settings.state_dir)
-    if state_dir.is_absolute() and "state_dir" in settings.model_fields_set:
-        return None
-    if settings.allow_embedded:
-        resolved = state_dir.resolve()
-        temporary = _prefect_temporary_dir(resolved)
-        if temporary is None:
-            return None
-        return (
-            f"state_dir {str(state_dir)!r} resolves to {resolved}, inside Prefect's temporary"
-            f" working directory {temporary}, deleted after this run: set"
-            " BOUNDARY_INFERENCE_STATE_DIR to an absolute path"
+    problems = []
+    if settings.ledger_target == "embedded" and running_postgres_dsn(state_dir) is None:
+        problems.append(_missing_store_message("PostgreSQL", settings))
+    if settings.redis_url is None and not settings.redis_block and running_redis(state_dir) is None:
+        problems.append(_missing_store_message("Redis", settings))
+    if "executor" not in settings.model_fields_set:
+        problems.append(
+            "BOUNDARY_INFERENCE_EXECUTOR is not set: a deployment run uses the executor its"
+            " configuration names (modal; local only for a CPU setup), never the default local"
+            " CPU executor at a GPU price"
         )
-    return (
-        f"this flow run comes from a deployment (a worker or serve) and would start an embedded"
-        f" {' and '.join(needs)} under {str(state_dir)!r}: configure"
-        " BOUNDARY_INFERENCE_DATABASE_URL and BOUNDARY_INFERENCE_REDIS_URL, or set"
-        " BOUNDARY_INFERENCE_STATE_DIR to an absolute path (the one the CLI uses), or"
-        " BOUNDARY_INFERENCE_ALLOW_EMBEDDED=true"
-    )
+    return "; ".join(problems) or None
 
 
 def _deployment_id() -> str | None:
@@ -160,16 +195,6 @@ def _deployment_id() -> str | None:
 
     deployment_id = deployment.id  # the running flow run's deployment, None outside of one
     return str(deployment_id) if deployment_id else None
-
-
-def _prefect_temporary_dir(path: Path) -> Path | None:
-    """The process worker's per-run directory (``tempfile.TemporaryDirectory(suffix="prefect")``)
-    that ``path`` lies in, if any."""
-    temp_root = Path(tempfile.gettempdir()).resolve()
-    for parent in [path, *path.parents]:
-        if parent.parent == temp_root and parent.name.endswith("prefect"):
-            return parent
-    return None
 
 
 def get_services(settings: Settings | None = None) -> Services:
@@ -185,10 +210,12 @@ def get_services(settings: Settings | None = None) -> Services:
     refusal = embedded_refusal(settings)
     if refusal is not None:
         raise EmbeddedNotAllowed(refusal)
+    # Checked above, joined here: a daemon that stopped in between is refused, never restarted.
+    join_only = _deployment_id() is not None
     services = Services(
         settings=settings,
-        ledger=open_ledger(settings),
-        limiter=open_limiter(settings),
+        ledger=open_ledger(settings, join_only=join_only),
+        limiter=open_limiter(settings, join_only=join_only),
         executor=open_executor(settings),
     )
     with _lock:

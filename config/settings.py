@@ -311,12 +311,6 @@ class Settings(BaseSettings):
     state_dir: Path = Field(
         Path(".state"), description="Where the embedded PostgreSQL and Redis keep their data."
     )
-    allow_embedded: bool = Field(
-        False,
-        description="Let a deployment run (worker or serve) start the embedded PostgreSQL and"
-        " Redis under state_dir. Off: such a run without database/Redis URLs is refused"
-        " (guard_unavailable) unless state_dir is set to an absolute path.",
-    )
     guard_timeout_s: float = Field(
         5.0,
         gt=0,

@@ -19,7 +19,7 @@ from config import get_settings
 REAPER_CRON = "*/2 * * * *"
 
 
-@flow(name="lease-reaper", log_prints=False)
+@flow(name="lease-reaper", log_prints=False, retries=0)  # pinned: see boundary_inference_flow
 def lease_reaper_flow() -> dict[str, Any]:
     """End or settle every live run whose lease expired (its watcher died); close reservations
     left open by ended runs.

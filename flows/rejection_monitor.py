@@ -421,7 +421,7 @@ def publish(m: MonitorMetrics) -> list[str]:
     return emitted
 
 
-@flow(name="rejection-monitor", log_prints=False)
+@flow(name="rejection-monitor", log_prints=False, retries=0)  # pinned: see boundary_inference_flow
 def rejection_monitor_flow() -> dict[str, Any]:
     """Report unacknowledged rejections, spend against the budgets, failure rate, job rate and
     queue depth; emit one ``boundary-inference.alert.*`` event per alert condition.

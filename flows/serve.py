@@ -4,8 +4,8 @@
 
 Like the CLI, it uses the state dir's embedded Prefect server when ``PREFECT_API_URL`` is not set,
 and the embedded PostgreSQL and Redis when no database or Redis URL is: this process is yours, so
-its working directory's state dir (made absolute here) is the one its flow runs use. A flow run
-started any other way from a deployment refuses to start embedded servers it was not told about.
+it starts them under its working directory's state dir (made absolute here), and its flow runs
+join them. A deployment run never starts an embedded server itself (``services.embedded_refusal``).
 
 The same four deployments as ``prefect.yaml`` (``boundary-inference/default``,
 ``rejection-monitor/scheduled`` with its 12-hourly cron, ``lease-reaper/every-2-minutes``,
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     _pin_state_dir()
+    _start_stores()
     _use_prefect_server()
     serve(*build_deployments(), limit=args.limit)
 
@@ -112,6 +113,20 @@ def _pin_state_dir() -> None:
     state_dir = Path(get_settings().state_dir)
     if not state_dir.is_absolute():
         os.environ["BOUNDARY_INFERENCE_STATE_DIR"] = str(state_dir.resolve())
+
+
+def _start_stores() -> None:
+    """Start the embedded PostgreSQL and Redis that no URL replaces, and name the executor: the
+    deployment runs (child processes) join running servers only and need a named executor
+    (``services.embedded_refusal``). This process is the developer's own, so it may start them."""
+    import os
+
+    from boundary_inference.services import start_embedded_stores
+    from config import get_settings
+
+    settings = get_settings()
+    start_embedded_stores(settings)
+    os.environ["BOUNDARY_INFERENCE_EXECUTOR"] = settings.executor
 
 
 def _use_prefect_server() -> None:

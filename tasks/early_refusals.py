@@ -25,16 +25,35 @@ def start_job(settings: Settings, ids: dict[str, Any]) -> Job | State:
     # escaped stand-in, so a bad id never reaches a store or an event resource as it is.
     video_id = display_identifier(ids["video_id"])
     shown_tenant = display_identifier(ids["tenant_id"])
+    recording = None
     try:
         services = get_services(settings)
     except EmbeddedNotAllowed as error:
         refusal = str(error)
+        recording = _recording_ledger(settings)
     except Exception as error:
         refusal = f"cannot reach the ledger or Redis: {error}"
     else:
         return Job(services, settings, video_id, shown_tenant)
     job = Job(None, settings, video_id, shown_tenant)
-    return job.reject(Rejected(RejectionType.GUARD_UNAVAILABLE, refusal))
+    job.recording_ledger = recording
+    try:
+        return job.reject(Rejected(RejectionType.GUARD_UNAVAILABLE, refusal))
+    finally:
+        if recording is not None:
+            recording.close()
+
+
+def _recording_ledger(settings: Settings) -> Any | None:
+    """The ledger a refused deployment run can still record in (configured, or an embedded one
+    already running), else None; never starts one."""
+    from boundary_inference.services import open_ledger
+
+    try:
+        return open_ledger(settings, join_only=True)
+    except Exception as unreachable:
+        get_run_logger().info("refusal not recorded in the ledger: %s", unreachable)
+        return None
 
 
 def refuse_configuration(error: ValidationError, video_id: Any, tenant_id: Any) -> State:

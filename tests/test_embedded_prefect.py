@@ -1,5 +1,5 @@
-"""The embedded Prefect server (one daemon per state dir, liveness by lock and pid) and the rule
-that a deployment run never starts embedded servers it was not told about."""
+"""The embedded Prefect server (one daemon per state dir, liveness by lock and pid). The rule that
+a deployment run never starts embedded servers: tests/test_deployment_runs.py."""
 
 from __future__ import annotations
 
@@ -24,9 +24,6 @@ from boundary_inference.embedded_prefect import (
     start_prefect,
     stop_prefect,
 )
-from boundary_inference.outcome import outcome_of
-from boundary_inference.services import embedded_refusal, reset_services
-from config import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTER = (
@@ -127,74 +124,3 @@ def _prefect_tables(address: str | None) -> set[str]:
 def test_status_of_a_state_dir_without_a_server(tmp_path: Path) -> None:
     status = prefect_status(tmp_path)
     assert (status.state, status.alive, status.pid) == ("stopped", False, None)
-
-
-# --- Embedded servers in deployment runs ------------------------------------------------------------
-
-
-@pytest.fixture
-def bare_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No database or Redis configured, as on a worker started without them."""
-    for key in list(os.environ):
-        if key.startswith("BOUNDARY_INFERENCE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)  # no .env file here
-    reset_services()
-    return tmp_path
-
-
-def test_outside_a_deployment_run_embedded_servers_are_the_default(bare_settings: Path) -> None:
-    assert embedded_refusal(get_settings()) is None
-
-
-def test_a_deployment_run_needs_configuration_to_start_embedded_servers(
-    bare_settings: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", str(uuid.uuid4()))
-    refusal = embedded_refusal(get_settings())
-    assert refusal is not None
-    for setting in (
-        "BOUNDARY_INFERENCE_DATABASE_URL",
-        "BOUNDARY_INFERENCE_STATE_DIR",
-        "BOUNDARY_INFERENCE_ALLOW_EMBEDDED",
-    ):
-        assert setting in refusal
-
-    monkeypatch.setenv("BOUNDARY_INFERENCE_STATE_DIR", str(bare_settings / "state"))
-    assert embedded_refusal(get_settings()) is None  # absolute and explicit: told so
-    monkeypatch.setenv("BOUNDARY_INFERENCE_STATE_DIR", "relative/state")
-    assert embedded_refusal(get_settings()) is not None
-    monkeypatch.setenv("BOUNDARY_INFERENCE_ALLOW_EMBEDDED", "true")
-    assert embedded_refusal(get_settings()) is None  # cwd is not a worker's temporary dir
-
-
-def test_never_a_relative_state_dir_in_a_workers_temporary_directory(
-    bare_settings: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", str(uuid.uuid4()))
-    monkeypatch.setenv("BOUNDARY_INFERENCE_ALLOW_EMBEDDED", "true")
-    # What Prefect's process worker runs a flow in: tempfile.TemporaryDirectory(suffix="prefect").
-    with tempfile.TemporaryDirectory(suffix="prefect") as workdir:
-        monkeypatch.chdir(workdir)
-        refusal = embedded_refusal(get_settings())
-        assert refusal is not None and "temporary" in refusal
-        assert str(Path(workdir).resolve()) in refusal
-
-
-@pytest.mark.slow
-def test_a_deployment_run_without_configuration_is_refused_before_starting_anything(
-    bare_settings: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The flow itself, as a worker would run it: refused as guard_unavailable naming the
-    missing settings, with no PostgreSQL or Redis started under the (relative) state dir."""
-    from flows.boundary_inference import boundary_inference_flow
-
-    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", str(uuid.uuid4()))
-    state = boundary_inference_flow(
-        video_id="v1", frames_version="f1", model_version="builtin-textdiff-v1", return_state=True
-    )
-    outcome = outcome_of(state)
-    assert outcome is not None
-    assert (state.name, outcome["rejection_type"]) == ("Failed", "guard_unavailable")
-    assert "BOUNDARY_INFERENCE_STATE_DIR" in outcome["message"]
-    assert not (bare_settings / ".state").exists()

@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK_NAME = "bi-test-alerts"
 POOL = "boundary-inference-pool"
+DOCKER_POOL = "boundary-inference-docker"
 
 
 def _free_port() -> int:
@@ -238,6 +239,8 @@ def env(make_env: MakeEnv) -> FlowEnv:
 def _client_env(api_url: str, home: Path) -> dict[str, str]:
     env = _base_env(home)  # after configure(): carries the BOUNDARY_INFERENCE_* settings
     env.update(PREFECT_API_URL=api_url, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    # A worker's deployment runs use the executor their configuration names (never a default).
+    env.setdefault("BOUNDARY_INFERENCE_EXECUTOR", "local")
     return env
 
 
@@ -428,12 +431,19 @@ def _prefect_cli(env: dict[str, str], *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def deployed(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``prefect deploy --all`` from the checkout, as README "Operations" says; returns the
-    directory it was run "from" as far as prefect.yaml's ``{{ $PWD }}`` is concerned."""
+    """``prefect deploy --all`` from the checkout, as docs/OPERATIONS.md says (both pools made
+    first); returns the directory it was run "from" (nothing of it may be recorded)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     where = tmp_path_factory.mktemp("deployed-from")
     env = _client_env(prefect_server, where / "client-home")
-    env["PWD"] = str(where)  # prefect.yaml's state dir, "{{ $PWD }}/.state", resolved now
+    env["PWD"] = str(where)
     _prefect_cli(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
+    # The Docker pool by API: `work-pool create --type docker` wants prefect-docker's template.
+    with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as c:
+        c.create_work_pool(WorkPoolCreate(name=DOCKER_POOL, type="docker"), overwrite=True)
     _prefect_cli(env, "deploy", "--all")
     return where
 
@@ -443,12 +453,13 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server: str, deployed: Pa
     import yaml
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    names = {d["entrypoint"]: d["name"] for d in config["deployments"]}
+    names = {(d["entrypoint"], d["name"]) for d in config["deployments"]}
     assert names == {
-        "flows.boundary_inference:boundary_inference_flow": "default",
-        "flows.rejection_monitor:rejection_monitor_flow": "scheduled",
-        "flows.lease_reaper:lease_reaper_flow": "every-2-minutes",
-        "flows.backfill:backfill_flow": "default",
+        ("flows.boundary_inference:boundary_inference_flow", "default"),
+        ("flows.boundary_inference:boundary_inference_flow", "docker"),
+        ("flows.rejection_monitor:rejection_monitor_flow", "scheduled"),
+        ("flows.lease_reaper:lease_reaper_flow", "every-2-minutes"),
+        ("flows.backfill:backfill_flow", "default"),
     }
     wanted = ["boundary-inference/default", "rejection-monitor/scheduled", "backfill/default"]
     wanted.append("lease-reaper/every-2-minutes")
@@ -459,7 +470,8 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server: str, deployed: Pa
         deployment = _deployment(api, name)
         assert deployment is not None, name
         assert deployment["work_pool_name"] == POOL
-        assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
+        # Cloned and installed on the worker (tests/test_prefect_yaml.py checks the steps).
+        assert deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]
     monitor = _deployment(api, "rejection-monitor/scheduled")
     assert monitor is not None
     assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in monitor["schedules"]] == [
@@ -482,8 +494,23 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server: str, deployed: Pa
     properties = inference["parameter_openapi_schema"]["properties"]
     assert "consecutive pair" in properties["frame_pairs"]["description"]
     assert properties["priority"]["enum"] == ["high", "normal", "low"]
-    job_env = inference["job_variables"]["env"]
-    assert job_env["BOUNDARY_INFERENCE_STATE_DIR"] == f"{tmp_path}/.state"
+    assert str(tmp_path) not in json.dumps(inference)  # nothing of the deployer's machine
+    docker = _deployment(api, "boundary-inference/docker")
+    assert docker is not None and docker["work_pool_name"] == DOCKER_POOL
+
+
+def _run_from_the_checkout(api_url: str, name: str) -> None:
+    """This worker runs on the checkout's machine, in the checkout's venv: its runs use the
+    checkout instead of the shipped clone-and-install pull steps (which would install into that
+    venv; tests/test_two_hosts.py runs workers from wheels of their own)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    step = {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        client.update_deployment(deployment.id, DeploymentUpdate(pull_steps=[step]))
 
 
 def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
@@ -499,6 +526,7 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 100)
     env.register("broken", broken, 30, None)
+    _run_from_the_checkout(api_url, "boundary-inference/default")
     worker_log = tmp_path / "worker.log"
     with worker_log.open("wb") as log:
         start = ["-m", "prefect", "worker", "start", "--pool", POOL]
