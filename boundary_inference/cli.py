@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -245,6 +245,14 @@ def submit(
         except RequestJsonError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from error
+    identifiers = {
+        "video_id": video_id,
+        "frames_version": frames_version,
+        "model_version": model_version,
+        "tenant_id": tenant,
+    }
+    if any("\x00" in (value or "") for value in identifiers.values()):
+        _refuse_unsendable(identifiers, as_json)
     _use_prefect()
     from flows.boundary_inference import boundary_inference_flow
 
@@ -281,6 +289,47 @@ def submit(
             console.print(f"  acknowledge: boundary-inference ack {outcome['rejection_id']}")
         if url:
             console.print(f"  Prefect UI: {url}", soft_wrap=True)
+    raise typer.Exit(_exit_code(outcome))
+
+
+def _refuse_unsendable(identifiers: dict[str, str | None], as_json: bool) -> NoReturn:
+    """Refuse, record and exit 3 for an identifier Prefect cannot carry to the flow.
+
+    U+0000 cannot be stored in PostgreSQL text or jsonb: a Prefect server on PostgreSQL (this
+    one, or Cloud) answers 503 to a flow run whose parameters hold it, before any flow code runs,
+    so the flow's own validation would never record the refusal. Refused here instead, the same
+    way the flow would (validation_failed, a printable stand-in for the id).
+    """
+    from config.identifiers import display_identifier, identifier_problem
+
+    problem = next(
+        identifier_problem(kind, value)
+        for kind, value in identifiers.items()
+        if value is not None and "\x00" in value
+    )
+    message = f"{problem} (refused before Prefect: U+0000 cannot travel in flow parameters)"
+    tenant = identifiers["tenant_id"]
+    rejection_id = _services().ledger.log_rejection(
+        rejection_type="validation_failed",
+        message=message,
+        video_id=display_identifier(identifiers["video_id"]),
+        tenant_id=display_identifier(tenant) if tenant is not None else None,
+    )
+    outcome = {
+        "status": "rejected",
+        "rejection_type": "validation_failed",
+        "message": message,
+        "run_id": None,
+        "estimated_cost_usd": None,
+        "actual_cost_usd": None,
+        "rejection_id": str(rejection_id),
+    }
+    if as_json:
+        _print_json({k: outcome.get(k) for k in SUBMIT_FIELDS} | {"details": outcome})
+    else:
+        console.print(f"[yellow]rejected[/yellow]: {message}")
+        console.print("  rejection_type: validation_failed")
+        console.print(f"  acknowledge: boundary-inference ack {rejection_id}")
     raise typer.Exit(_exit_code(outcome))
 
 

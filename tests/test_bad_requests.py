@@ -60,7 +60,6 @@ BAD_FLOW_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
     # Identifiers: one grammar, checked before any store is read with them.
     ("frames version with a newline", {"frames_version": "f1\n"}, "U+000A (LINE FEED)"),
     ("model version with a newline", {"model_version": MODEL + "\n"}, "model_version"),
-    ("video id with a NUL", {"video_id": "v1\x00"}, "U+0000"),  # was guard_unavailable
     ("video id with a zero-width space", {"video_id": "v\u200b1"}, "ZERO WIDTH SPACE"),
     ("tenant with a newline", {"tenant_id": "demo\n"}, "tenant_id 'demo\\n' has U+000A"),
     ("empty tenant", {"tenant_id": ""}, "tenant_id must not be empty"),
@@ -169,6 +168,29 @@ def test_a_configuration_that_cannot_work_refuses_the_flow(
 def cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("v1\x00",),
+        ("v1", "--frames-version", "f\x001"),
+        ("v1", "--tenant", "t\x00"),
+    ],
+    ids=["video id", "frames version", "tenant"],
+)
+def test_a_nul_is_refused_and_recorded_before_prefect(
+    env: FlowEnv, redis_url: str, args: tuple[str, ...]
+) -> None:
+    """U+0000 cannot travel to a flow on a PostgreSQL-backed Prefect server (503 at flow-run
+    creation, before any flow code): submit refuses it first, recorded like the flow would."""
+    code, out, _ = cli("submit", *args, "--json")
+    assert code == 3, out
+    outcome = json.loads(out)
+    assert (outcome["status"], outcome["rejection_type"]) == ("rejected", "validation_failed")
+    assert "U+0000" in outcome["message"] and "\n" not in outcome["message"]
+    row = assert_refused_for_nothing(env, redis_url, "validation_failed")
+    assert str(row["video_id"]).isprintable() and len(str(row["video_id"])) <= 80
 
 
 @pytest.mark.parametrize(
