@@ -324,7 +324,7 @@ def stop_prefect_database(directory: Path) -> None:
         os.kill(status.pid, signal.SIGCONT)  # a frozen postmaster handles no shutdown request
     except ProcessLookupError:
         return
-    subprocess.run(
+    done = subprocess.run(
         [
             str(POSTGRES_BIN_PATH / "pg_ctl"),
             "-D",
@@ -334,11 +334,17 @@ def stop_prefect_database(directory: Path) -> None:
             "-w",
             "stop",
         ],
-        check=True,
+        check=False,
         capture_output=True,
         timeout=STOP_TIMEOUT_S * 2,
         user=_PG_SYSTEM_USER if os.geteuid() == 0 else None,
     )
+    # pg_ctl fails when the postmaster ended between the status read and its own (a server
+    # killed under a test, or stopping already): stopped is what was asked.
+    if done.returncode != 0 and postmaster_status("prefect-db", directory / "pg").alive:
+        raise RuntimeError(
+            f"pg_ctl stop of Prefect's PostgreSQL failed: {done.stderr.decode(errors='replace')}"
+        )
 
 
 def use_embedded_prefect(state_dir: Path) -> EmbeddedPrefect | None:
