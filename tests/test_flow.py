@@ -202,10 +202,13 @@ def test_worst_case_over_the_cap_is_cost_exceeded(env: FlowEnv, video: Any) -> N
 
 
 def test_budget_exceeded_refunds_the_cooldown(make_env: MakeEnv, video: Any) -> None:
-    # Small caps that still pass the coherence checks: ceiling = 1 attempt x (10 s start-up +
-    # 60 s + 1 s grace) + 2 s tail = $0.022; this job's worst case is (10 + 30 + 1 + 2) s = $0.013.
+    # Small caps that still pass the coherence checks, at the GPU's price alone (CPU and memory
+    # at zero keep the arithmetic by hand): ceiling = 1 attempt x (10 s start-up + 60 s + 1 s
+    # grace) + 2 s tail = $0.022; this job's worst case is (10 + 30 + 1 + 2) s = $0.013.
     env = make_env(
         clip=video,
+        cpu_price_usd_per_core_s="0",
+        memory_price_usd_per_gib_s="0",
         gpu_retries="0",
         gpu_timeout_s="60",
         startup_timeout_s="10",
