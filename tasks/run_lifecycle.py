@@ -177,7 +177,7 @@ def _unconfirmed(job: Job, error: SpawnUnconfirmed) -> State:
         worst_case_cost_usd=job.estimate.worst_case_cost_usd,
         actual_cost_usd=job.estimate.worst_case_cost_usd,
     )
-    return Failed(name="SpawnUnconfirmed", message=message, data=JobFailed(outcome.to_dict()))
+    return Failed(name="Failed", message=message, data=JobFailed(outcome.to_dict()))
 
 
 def build_request(

@@ -26,7 +26,7 @@ from boundary_inference.videos import register_video
 from config import Settings, get_settings
 from modal_app.modal_config import REFUSED
 from modal_app.sources import StorageConfig
-from tests.flow_support import FlowEnv, MakeEnv, clip_fixture, job
+from tests.flow_support import FlowEnv, MakeEnv, clip_fixture, job, run_flow
 from tests.flow_support import flow_outcome as run
 from tests.modal_double import FakeCloud, executor_for, make_request, wait_for
 from tests.storage_support import BUCKET, S3, start_s3
@@ -156,12 +156,14 @@ def test_a_lost_spawn_whose_call_never_shows_up_is_fenced_and_charged_its_worst_
     cloud.start_gate = threading.Event()  # accepted, but still in Modal's queue
     cloud.answer_lost = modal_exc.ConnectionError("Deadline exceeded")
     try:
-        outcome = run(**job())
+        state, outcome = run_flow(**job())
         cloud.start_gate.set()  # it starts at last: the fence stops it
     finally:
         cloud.start_gate.set()
         cloud.join()
     assert outcome["status"] != "succeeded", outcome
+    # A standard state name: the UI's Runs tab and its state filter list it.
+    assert (state.type.value, state.name) == ("FAILED", "Failed"), state
     row = env.ledger.get_run(run_id=outcome["run_id"])
     assert row["status"] == "cancelled" and "SpawnUnconfirmed" in row["error"]
     worst = float(row["worst_case_cost_usd"])
