@@ -170,6 +170,14 @@ class FakeCloud:
         for thread in self._threads:
             thread.join(timeout=10)
 
+    def close(self) -> None:
+        """Release every held call (queued or running) and wait for their threads."""
+        if self.start_gate is not None:
+            self.start_gate.set()
+        for call in self.calls.values():
+            call.cancel_requested.set()
+        self.join()
+
 
 class _Current(threading.local):
     call: _Call | None = None

@@ -49,11 +49,7 @@ def settings() -> Settings:
 def cloud(settings: Settings) -> Iterator[FakeCloud]:
     fake = FakeCloud(settings)
     yield fake
-    if fake.start_gate is not None:
-        fake.start_gate.set()
-    for call in fake.calls.values():
-        call.cancel_requested.set()
-    fake.join()
+    fake.close()
 
 
 @pytest.mark.parametrize(

@@ -77,9 +77,7 @@ def settings() -> Settings:
 def cloud(settings: Settings) -> Iterator[FakeCloud]:
     fake = FakeCloud(settings)
     yield fake
-    for call in fake.calls.values():
-        call.cancel_requested.set()
-    fake.join()
+    fake.close()
 
 
 # --- The double is the real client's shape --------------------------------------------------------

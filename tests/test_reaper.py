@@ -297,6 +297,21 @@ def test_open_reservations_of_ended_runs_are_closed(
     assert _reap(ledger, executor, settings) == {}  # closed once
 
 
+def _started_modal_run(
+    ledger: Ledger, tmp_path: Path, frames_version: str
+) -> tuple[Settings, Path, str, float]:
+    """A registered 40-pair clip and a run claimed and started for it on the Modal executor:
+    its settings, clip, run id and reserved worst case."""
+    settings = get_settings(executor="modal")
+    clip = tmp_path / "clip.mp4"
+    make_video(clip, seed=6, frame_count=41)
+    ledger.upsert_video(id="v1", tenant_id="demo", frame_count=41, fps=25.0, source_uri=str(clip))
+    run_id = _claim(ledger, frames_version)
+    worst = settings.worst_case_cost_usd(40, settings.default_throughput_pairs_per_s)
+    _start(ledger, run_id, worst)
+    return settings, clip, run_id, worst
+
+
 def test_a_modal_call_is_asked_by_its_id_from_another_process(
     ledger: Ledger, pg_dsn: str, tmp_path: Path
 ) -> None:
@@ -306,13 +321,7 @@ def test_a_modal_call_is_asked_by_its_id_from_another_process(
     function recorded over its attempts."""
     from tests.modal_double import FakeCloud, executor_for, make_request
 
-    settings = get_settings(executor="modal")
-    clip = tmp_path / "clip.mp4"
-    make_video(clip, seed=6, frame_count=41)
-    ledger.upsert_video(id="v1", tenant_id="demo", frame_count=41, fps=25.0, source_uri=str(clip))
-    run_id = _claim(ledger, "f-modal")
-    worst = settings.worst_case_cost_usd(40, settings.default_throughput_pairs_per_s)
-    _start(ledger, run_id, worst)
+    settings, clip, run_id, worst = _started_modal_run(ledger, tmp_path, "f-modal")
     cloud = FakeCloud(settings)
     call_id = executor_for(cloud).submit(make_request(clip, run_id=run_id))
     ledger.set_call_id(run_id=run_id, call_id=call_id)
@@ -342,13 +351,7 @@ def test_a_call_whose_spawn_answer_was_lost_is_found_by_its_run_id(
 
     from tests.modal_double import FakeCloud, executor_for, make_request
 
-    settings = get_settings(executor="modal")
-    clip = tmp_path / "clip.mp4"
-    make_video(clip, seed=6, frame_count=41)
-    ledger.upsert_video(id="v1", tenant_id="demo", frame_count=41, fps=25.0, source_uri=str(clip))
-    run_id = _claim(ledger, "f-lost")
-    worst = settings.worst_case_cost_usd(40, settings.default_throughput_pairs_per_s)
-    _start(ledger, run_id, worst)
+    settings, clip, run_id, worst = _started_modal_run(ledger, tmp_path, "f-lost")
     cloud = FakeCloud(settings)
     cloud.answer_lost = modal_exc.ConnectionError("Deadline exceeded")
     with pytest.raises(Exception, match="a call may be running"):

@@ -365,7 +365,8 @@ def test_two_hosts_share_one_rate_window_and_a_third_without_urls_refuses(
                 300,
             )
             marks.append(("workers online", time.monotonic()))
-            for i in range(RUNS):
+            jobs = [(i, None) for i in range(RUNS)] + [(i, "third") for i in range(THIRD_HOST_RUNS)]
+            for i, queue in jobs:
                 client.create_flow_run_from_deployment(
                     deployment_id,
                     parameters={
@@ -373,16 +374,7 @@ def test_two_hosts_share_one_rate_window_and_a_third_without_urls_refuses(
                         "frames_version": "f1",
                         "model_version": MODEL,
                     },
-                )
-            for i in range(THIRD_HOST_RUNS):
-                client.create_flow_run_from_deployment(
-                    deployment_id,
-                    parameters={
-                        "video_id": f"h{i}",
-                        "frames_version": "f1",
-                        "model_version": MODEL,
-                    },
-                    work_queue_name="third",
+                    work_queue_name=queue,
                 )
         marks.append(("runs created", time.monotonic()))
         runs = _wait("the 40 runs", lambda: _final_runs(deployment_id, "default", RUNS), 1000)
