@@ -49,7 +49,7 @@ case "$cmd" in
   test)  exec "$venv/bin/python" -m pytest "$@" ;;
   # The lane to run while editing: tests that need no server and are not slow (tests/conftest.py).
   fast)  exec "$venv/bin/python" -m pytest -m unit -q "$@" ;;
-  bench) exec "$venv/bin/boundary-inference" bench "$@" ;;
+  bench) exec "$venv/bin/python" -m benches "$@" ;;
   lint)  "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
   cli)   exec "$venv/bin/boundary-inference" "$@" ;;
   *) echo "usage: ./run.sh demo|test|fast|bench|lint|cli [args...]" >&2; exit 2 ;;

@@ -132,7 +132,7 @@ def outcome_of(state: Any) -> dict[str, Any] | None:
 
 
 # What a state's message starts with when the standard state name alone cannot tell the outcome
-# (tasks.run_states writes them; _outcome_from_state_name reads them back).
+# (flows.run.states writes them; _outcome_from_state_name reads them back).
 REFUSAL_PREFIX = "rejected: "
 SKIP_PREFIX = "skipped: "
 

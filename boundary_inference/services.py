@@ -71,8 +71,8 @@ def embedded_dsn(settings: Settings, *, join_only: bool = False) -> str:
 
     ``join_only``: join the one running under the state dir, or raise :class:`EmbeddedNotAllowed`.
     """
-    from boundary_inference.embedded import running_postgres_dsn, start_postgres
     from boundary_inference.ledger import apply_migrations
+    from boundary_inference.local.embedded import running_postgres_dsn, start_postgres
 
     if join_only:
         running = running_postgres_dsn(Path(settings.state_dir))
@@ -91,8 +91,8 @@ def embedded_dsn(settings: Settings, *, join_only: bool = False) -> str:
 def open_limiter(settings: Settings, *, join_only: bool = False) -> Limiter:
     """The configured Redis; else the state dir's embedded one, started if needed, or with
     ``join_only`` (a deployment run) only when it already runs (never started)."""
-    from boundary_inference.embedded import running_redis, start_redis
     from boundary_inference.limiter import Limiter, open_redis_client, redis_client_from_block
+    from boundary_inference.local.embedded import running_redis, start_redis
 
     timeout_s = settings.guard_timeout_s
     if settings.redis_url is not None:
@@ -112,7 +112,7 @@ def open_limiter(settings: Settings, *, join_only: bool = False) -> Limiter:
 def start_embedded_stores(settings: Settings) -> None:
     """Start the state dir's embedded PostgreSQL and Redis that ``settings`` leaves unconfigured
     (``flows.serve``, which the developer started: its deployment runs then join them)."""
-    from boundary_inference.embedded import start_redis
+    from boundary_inference.local.embedded import start_redis
 
     if settings.database_url is None and not settings.supabase_url:
         embedded_dsn(settings)
@@ -169,7 +169,7 @@ def embedded_refusal(settings: Settings) -> str | None:
     """
     if _deployment_id() is None:
         return None
-    from boundary_inference.embedded import running_postgres_dsn, running_redis
+    from boundary_inference.local.embedded import running_postgres_dsn, running_redis
 
     state_dir = Path(settings.state_dir)
     problems = []

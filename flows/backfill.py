@@ -55,14 +55,16 @@ from prefect.futures import as_completed
 from prefect.states import Cancelled, Completed
 from pydantic import Field
 
+from boundary_inference.cancel_watch import CancelWatch
 from boundary_inference.ledger import Ledger, SpendSummary
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, RejectionType
 from boundary_inference.services import get_services
 from config import Settings, get_settings
 from flows.boundary_inference import GUARD_ERRORS, boundary_inference_flow
-from tasks import breaker, run_states
+from flows.run import states as run_states
+from flows.run.cancellation import stop_backfill_spending
+from tasks import breaker
 from tasks._common import GUARD, guard_task
-from tasks.cancellation import CancelWatch, stop_backfill_spending
 
 # One backfill is one Prefect flow run with a subflow per video; beyond this, split it (the global
 # rate limit, 20 jobs per hour by default, stops a larger backfill long before anyway).

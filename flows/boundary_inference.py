@@ -12,7 +12,7 @@ Order (cheap reads first, quota consumed only at admission, each step one atomic
 
 Any refusal is recorded (ledger row, Prefect event, markdown artifact) and ends the flow run
 ``Completed`` with the message ``rejected: <type>: ...`` and the tags ``rejected`` and
-``rejected:<type>``; a duplicate ends ``Completed`` tagged ``skipped`` (tasks.run_states: standard
+``rejected:<type>``; a duplicate ends ``Completed`` tagged ``skipped`` (flows.run.states: standard
 state names only, so the UI lists them). If the ledger or Redis cannot be reached, nothing is
 spawned: ``guard_unavailable`` (fail closed), which ends ``Failed``: an outage shows red.
 """
@@ -27,6 +27,7 @@ from prefect.client.schemas.objects import State
 from pydantic import ValidationError
 
 from boundary_inference.executor import ExecutorUnavailable
+from boundary_inference.lease import LeaseLost, lease_owner
 from boundary_inference.ledger import LedgerError, ModelRow
 from boundary_inference.limiter import LimiterUnavailable
 from boundary_inference.outcome import Rejected, RejectionType
@@ -34,23 +35,21 @@ from boundary_inference.services import Services
 from config import Settings, get_settings
 from config.identifiers import coerce_identifier
 from flows.parameters import bind_leniently
+from flows.run import early_refusals, retry_audit
+from flows.run import lifecycle as run_lifecycle
+from flows.run.cancellation import stop_spending
+from flows.run.job import Job
 from tasks import (
     breaker,
     budget,
     cost,
     dedup,
-    early_refusals,
     limits,
     model_registry,
     queue,
-    retry_audit,
-    run_lifecycle,
     source_check,
     validate,
 )
-from tasks.cancellation import stop_spending
-from tasks.job import Job
-from tasks.lease import LeaseLost, lease_owner
 
 # A guard whose backing service fails raises one of these; the flow turns it into guard_unavailable.
 GUARD_ERRORS: tuple[type[BaseException], ...] = (LedgerError, LimiterUnavailable)
@@ -76,7 +75,7 @@ def _run_name() -> str:
     # Pinned: a fleet-wide PREFECT_FLOWS_DEFAULT_RETRIES would re-run a job (a second admission,
     # refused as a duplicate or spending twice) and re-run an outage's Failed refusal.
     retries=0,
-    # Second layer behind the watch's own cancel check (tasks.cancellation): a flow process
+    # Second layer behind the watch's own cancel check (flows.run.cancellation): a flow process
     # killed by its runner's cancel, or crashed, leaves its call running and unsettled.
     on_cancellation=[stop_spending],
     on_crashed=[stop_spending],
@@ -197,7 +196,7 @@ def _guarded_run(job: Job, services: Services, settings: Settings, request: _Req
     if refused is not None:
         return job.reject(refused)
 
-    # 5. Spend: the admitted worst case is reserved; run, watch, settle (tasks.run_lifecycle).
+    # 5. Spend: the admitted worst case is reserved; run, watch, settle (flows.run.lifecycle).
     return run_lifecycle.spawn_and_settle(
         job, verdict, model_version, probe=probe, model_sha256=model.get("sha256"), source=source
     )

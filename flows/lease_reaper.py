@@ -2,7 +2,7 @@
 
 A flow that dies after claiming a run stops renewing its lease; once the lease has expired
 (``run_lease_s``, in the database's clock) this flow takes the run over and asks its call
-(:mod:`tasks.reaper`): a finished call is settled from its real result, a queued run without a
+(:mod:`flows.run.reaper`): a finished call is settled from its real result, a queued run without a
 call is ended and its reservation released, a call past its watch limit is cancelled. Deployed as
 ``lease-reaper/every-2-minutes`` (``prefect.yaml``, ``python -m flows.serve``); the rejection
 monitor and every flow start run the same check.
@@ -28,7 +28,7 @@ def lease_reaper_flow() -> dict[str, Any]:
         ``{"reaped": [...]}``: one record per run acted on (run, video, status, action).
     """
     from boundary_inference.services import open_executor, open_ledger
-    from tasks.reaper import reap_stale_runs
+    from flows.run.reaper import reap_stale_runs
 
     settings = get_settings()
     # The ledger and the executor only: Redis plays no part in ending a run.

@@ -1,7 +1,7 @@
 """``rejection_monitor_flow``: what was refused, what was spent, and whether anything needs a human.
 
 Runs on a schedule (``rejection-monitor/scheduled``, every 12 h, see ``prefect.yaml``). It first ends
-the live runs whose flow died (:mod:`tasks.reaper`: a stale ``queued`` run blocks its video's
+the live runs whose flow died (:mod:`flows.run.reaper`: a stale ``queued`` run blocks its video's
 dedup key; a stale ``running`` one may be a call nobody bounds), then reads the ledger. It
 publishes:
 
@@ -105,7 +105,7 @@ class MonitorMetrics:
     queue_depth_alert: int
     # Flow runs waiting in Prefect for the deployment; None when the API did not answer.
     queue_prefect_waiting: int | None = None
-    # Live runs with no flow behind them, ended by this pass (tasks.reaper); set by the flow.
+    # Live runs with no flow behind them, ended by this pass (flows.run.reaper); set by the flow.
     stale_runs_reaped: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
 
@@ -357,12 +357,12 @@ def collect(settings: Settings) -> MonitorMetrics:
 
 
 def reap(settings: Settings) -> list[dict[str, Any]]:
-    """The monitor's one write: end the live runs whose flow died (see :mod:`tasks.reaper`).
+    """The monitor's one write: end the live runs whose flow died (see :mod:`flows.run.reaper`).
 
     A failure here is logged and the report goes on: the report is what tells a human.
     """
     from boundary_inference.services import open_executor, open_ledger
-    from tasks.reaper import reap_stale_runs
+    from flows.run.reaper import reap_stale_runs
 
     try:
         ledger = open_ledger(settings)

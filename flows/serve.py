@@ -132,7 +132,7 @@ def _start_stores() -> None:
 def _use_prefect_server() -> None:
     from pathlib import Path
 
-    from boundary_inference.embedded_prefect import use_embedded_prefect
+    from boundary_inference.local.prefect_server import use_embedded_prefect
     from config import get_settings
 
     server = use_embedded_prefect(Path(get_settings().state_dir))

@@ -4,12 +4,12 @@ This task never retries (``retries=0``): GPU retries live in exactly one layer, 
 so the worst case admitted by the cost guard is the worst case paid. The call id is stored on the
 run *before* waiting, so a crashed flow can be reattached or cancelled from its run row; any exit
 other than a finished call (flow timeout, cancellation, crash of this process while it can still
-run code) cancels the call. The one exception is :class:`~tasks.lease.LeaseLost`: another watcher
+run code) cancels the call. The one exception is :class:`~boundary_inference.lease.LeaseLost`: another watcher
 took the run over while this one was stalled, and that watcher owns the call now.
 
 A cancel from Prefect (this flow run, or the backfill above it, set to ``Cancelling`` from the UI
-or the API) is asked for by the watch itself (:class:`tasks.cancellation.CancelWatch`): the call is
-cancelled and its status says how many seconds it used, so it is settled at those, not its worst
+or the API) is asked for by the watch itself (:class:`boundary_inference.cancel_watch.CancelWatch`):
+the call is cancelled and its status says how many seconds it used, so it is settled at those, not its worst
 case.
 
 The watch loop's clock and sleep are parameters, so the watch limit is tested by advancing a
@@ -26,6 +26,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from boundary_inference.cancel_watch import CancelWatch, cancelled_status
 from boundary_inference.executor import (
     CallState,
     CallStatus,
@@ -35,12 +36,11 @@ from boundary_inference.executor import (
     SpawnUncertain,
     SpawnUnconfirmed,
 )
+from boundary_inference.lease import LeaseLost
 from boundary_inference.ledger import Ledger
 from config import Settings
 from modal_app.types import InferenceRequest
 from tasks._common import GPU, guard_task
-from tasks.cancellation import CancelWatch, cancelled_status
-from tasks.lease import LeaseLost
 
 
 @guard_task(name="run-inference-job", tags=GPU)

@@ -19,7 +19,12 @@ from typing import Any
 
 import pytest
 
-from boundary_inference.embedded import EmbeddedPostgres, EmbeddedRedis, start_postgres, start_redis
+from boundary_inference.local.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    start_postgres,
+    start_redis,
+)
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -180,7 +185,7 @@ def reference_checkpoint(
 
     from typer.testing import CliRunner
 
-    from boundary_inference.cli import app
+    from boundary_inference.cli.app import app
 
     models_dir = tmp_path_factory.mktemp("torch-models")
     args = ["models", "train-synthetic", "--out", str(models_dir / "ref.pt"), "--json"]

@@ -160,7 +160,7 @@ def freeze(pid: int) -> None:
     import signal
     import time
 
-    from boundary_inference.processes import process_state
+    from boundary_inference.local.processes import process_state
 
     os.kill(pid, signal.SIGSTOP)
     while process_state(pid) != "T":

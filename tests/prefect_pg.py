@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from boundary_inference.embedded_prefect import start_prefect_database, stop_prefect_database
+from boundary_inference.local.prefect_server import start_prefect_database, stop_prefect_database
 
 
 def _free_port() -> int:

@@ -16,7 +16,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from boundary_inference.cli import app
+from boundary_inference.cli.app import app
 from flows.boundary_inference import boundary_inference_flow
 from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture, job, run_flow
 from tests.support import nested
@@ -257,7 +257,7 @@ def test_the_installed_cli_refuses_a_bad_configuration_but_still_helps(
         "BOUNDARY_INFERENCE_DEADLINE_FACTOR": "inf",
         "BOUNDARY_INFERENCE_VIDEO_COOLDOWN_S": "100000000000000",
     }
-    exe = [sys.executable, "-m", "boundary_inference.cli"]
+    exe = [sys.executable, "-m", "boundary_inference.cli.app"]
     done = subprocess.run([*exe, "config"], env=bad, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()

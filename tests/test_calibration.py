@@ -230,7 +230,7 @@ def test_a_duplicate_pair_job_is_billed_and_calibrated_as_its_distinct_pairs(
 
 def test_bench_calibration_figures(pg_dsn: str, schema_name: str) -> None:
     """Real inference on this machine; only what holds at any machine speed is asserted."""
-    from boundary_inference.calibration_bench import calibration_figures
+    from benches.calibration import calibration_figures
 
     settings = Settings(_env_file=None)
     figures = {

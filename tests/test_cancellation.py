@@ -1,4 +1,4 @@
-"""A cancel from the Prefect UI stops the spending (tasks/cancellation.py).
+"""A cancel from the Prefect UI stops the spending (flows/run/cancellation.py).
 
 The UI cancels a flow run by setting it ``Cancelling`` through the API (``force=True``); here the
 test does exactly that against the session's real Prefect server, while a flow run in this
@@ -22,9 +22,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Cancelled, Cancelling
 
-from boundary_inference.processes import pid_alive
+from boundary_inference.local.processes import pid_alive
 from flows.backfill import backfill_flow
-from tasks.cancellation import stop_flow_run_calls, stop_spending
+from flows.run.cancellation import stop_flow_run_calls, stop_spending
 from tests.flow_support import MODEL, FlowEnv, MakeEnv
 from tests.flow_support import job as base
 from tests.flow_support import run_flow as run

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from boundary_inference.cli import SUBMIT_FIELDS, app
+from boundary_inference.cli.app import SUBMIT_FIELDS, app
 from modal_app.synthetic import make_video
 from tests.flow_support import FlowEnv, MakeEnv
 from tests.support import run_python
@@ -186,7 +186,7 @@ def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
     try:
         for args in (["runs", "--json"], ["rejections"], ["migrate"]):
             done = run_python(
-                ["-m", "boundary_inference.cli", *args], env=env, cwd=tmp_path, timeout_s=120
+                ["-m", "boundary_inference.cli.app", *args], env=env, cwd=tmp_path, timeout_s=120
             )
             assert done.returncode == 2, (args, done.stdout, done.stderr)
             assert "Traceback" not in done.stderr + done.stdout, done.stderr
@@ -196,7 +196,7 @@ def test_an_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
         # The embedded Redis these commands started (no Redis URL is set) outlives them, as a
         # daemon should: stopped here the way an operator stops it, so the run leaves nothing.
         run_python(
-            ["-m", "boundary_inference.cli", "services", "stop"],
+            ["-m", "boundary_inference.cli.app", "services", "stop"],
             env=env,
             cwd=tmp_path,
             timeout_s=60,
@@ -239,7 +239,7 @@ def test_a_failing_prefect_api_is_one_line_and_exit_2(tmp_path: Path) -> None:
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{server.server_address[1]}/api"
         env["PREFECT_CLIENT_MAX_RETRIES"] = "0"
         env["BOUNDARY_INFERENCE_HOME"] = str(tmp_path / "home")
-        submit = ["-m", "boundary_inference.cli", "submit", "v1", "--json"]
+        submit = ["-m", "boundary_inference.cli.app", "submit", "v1", "--json"]
         done = run_python(submit, env=env, cwd=tmp_path, timeout_s=120)
     finally:
         server.shutdown()

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from boundary_inference.embedded import EmbeddedPostgres, EmbeddedRedis
+from boundary_inference.local.embedded import EmbeddedPostgres, EmbeddedRedis
 from boundary_inference.services import embedded_refusal, get_services, reset_services
 from config import get_settings
 from tests.flow_support import MODEL, MakeEnv, clip_fixture, job, run_flow
@@ -173,7 +173,7 @@ def test_a_fleet_wide_default_retries_changes_no_flow(make_env: MakeEnv, video: 
         "lease-reaper": 0,
         "rejection-monitor": 0,
     }
-    submit = [sys.executable, "-m", "boundary_inference.cli", "submit", "v1", "--json"]
+    submit = [sys.executable, "-m", "boundary_inference.cli.app", "submit", "v1", "--json"]
     done = subprocess.run(
         [*submit, "--frames-version", "f1", "--model-version", MODEL],
         env=child_env,

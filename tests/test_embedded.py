@@ -12,19 +12,19 @@ from pathlib import Path
 import psutil
 import pytest
 
-from boundary_inference.embedded import (
+from boundary_inference.ledger import Ledger, LedgerUnavailable, PsycopgTransport
+from boundary_inference.local.embedded import (
     postgres_status,
     redis_status,
     start_postgres,
     start_redis,
     stop_redis,
 )
-from boundary_inference.ledger import Ledger, LedgerUnavailable, PsycopgTransport
-from boundary_inference.processes import pid_alive
+from boundary_inference.local.processes import pid_alive
 from tests.flow_support import freeze
 
 _START = (
-    "import sys; from pathlib import Path; from boundary_inference.embedded import {fn};"
+    "import sys; from pathlib import Path; from boundary_inference.local.embedded import {fn};"
     " print({fn}(Path(sys.argv[1])).{attr})"
 )
 

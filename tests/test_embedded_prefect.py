@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from boundary_inference.embedded_prefect import (
+from boundary_inference.local.prefect_server import (
     prefect_database_status,
     prefect_status,
     start_prefect,
@@ -28,7 +28,7 @@ from boundary_inference.embedded_prefect import (
 ROOT = Path(__file__).resolve().parent.parent
 STARTER = (
     "import json, sys; from pathlib import Path;"
-    " from boundary_inference.embedded_prefect import start_prefect;"
+    " from boundary_inference.local.prefect_server import start_prefect;"
     " s = start_prefect(Path(sys.argv[1])); print(json.dumps([s.pid, s.port]))"
 )
 

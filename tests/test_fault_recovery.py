@@ -28,9 +28,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from boundary_inference.embedded import redis_status, start_postgres, start_redis, stop_redis
 from boundary_inference.ledger import Ledger, PsycopgTransport
-from boundary_inference.processes import pid_alive
+from boundary_inference.local.embedded import redis_status, start_postgres, start_redis, stop_redis
+from boundary_inference.local.processes import pid_alive
 from boundary_inference.services import reset_services
 from flows.lease_reaper import lease_reaper_flow
 from tests.flow_support import FlowEnv, MakeEnv, clip_fixture, freeze
@@ -127,7 +127,7 @@ def test_a_frozen_redis_is_unavailable_and_never_gets_a_second_server(
         assert refused["rejection_type"] == "guard_unavailable", refused
         assert "Timeout" in refused["message"]
         # Three more processes start up meanwhile (the CLI, workers): none starts another server.
-        code = "import sys; from pathlib import Path; from boundary_inference.embedded import"
+        code = "import sys; from pathlib import Path; from boundary_inference.local.embedded import"
         code += " start_redis; print(start_redis(Path(sys.argv[1])).url)"
         for _ in range(3):
             out = subprocess.run(
@@ -225,7 +225,7 @@ def _submit_then_kill_the_watcher(env: FlowEnv, *, resume: bool = True) -> dict[
     from prefect.settings import PREFECT_API_URL
 
     child_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    cmd = [sys.executable, "-m", "boundary_inference.cli", "submit", "v1", "--frames-version"]
+    cmd = [sys.executable, "-m", "boundary_inference.cli.app", "submit", "v1", "--frames-version"]
     proc = subprocess.Popen(
         [*cmd, "f1", "--json"], env=child_env, start_new_session=True, stdout=subprocess.DEVNULL
     )
@@ -318,7 +318,7 @@ def test_a_new_submission_takes_over_a_killed_watcher_s_call(make_env: MakeEnv, 
 
 
 def test_the_bench_fault_figures(pg_dsn: str) -> None:
-    from boundary_inference.faults_bench import fault_figures
+    from benches.faults import fault_figures
 
     figures = fault_figures(pg_dsn)
     kill9 = figures["redis_kill9"]

@@ -16,10 +16,10 @@ import psycopg
 import pytest
 from prefect.client.orchestration import get_client
 
-from boundary_inference.embedded import start_postgres, start_redis
 from boundary_inference.executor import LocalExecutor
+from boundary_inference.local.embedded import start_postgres, start_redis
+from boundary_inference.local.processes import pid_alive
 from boundary_inference.outcome import outcome_of
-from boundary_inference.processes import pid_alive
 from flows.boundary_inference import boundary_inference_flow
 from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture
 from tests.flow_support import job as base
@@ -149,7 +149,7 @@ def test_concurrent_submissions_processes_spawn_once(env_threads: FlowEnv) -> No
     cmd = [
         sys.executable,
         "-m",
-        "boundary_inference.cli",
+        "boundary_inference.cli.app",
         "submit",
         "v1",
         "--frames-version",

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from modal_app.bench import format_report, main, run_inference_bench
+from benches.inference import format_report, main, run_inference_bench
 
 
 @pytest.fixture

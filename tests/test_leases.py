@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from boundary_inference.lease import LeaseKeeper
 from boundary_inference.ledger import IllegalTransition, Ledger, PsycopgTransport
-from tasks.lease import LeaseKeeper
 from tests.support import reserve
 
 KEY = {"video_id": "v1", "tenant_id": "t1", "frames_version": "f1", "model_version": "m1"}

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from benches.ledger import concurrency_figures, race
 from boundary_inference.ledger import Ledger
-from boundary_inference.ledger.bench import concurrency_figures, race
 from tests.support import RUN_KEY as KEY
 from tests.support import T0, in_threads, try_reserve
 

@@ -34,7 +34,7 @@ def _env(tmp_path: Path, **values: str) -> dict[str, str]:
 
 def test_migrate_without_dsn_refuses_a_supabase_ledger(tmp_path: Path) -> None:
     done = run_python(
-        ["-m", "boundary_inference.cli", "migrate"],
+        ["-m", "boundary_inference.cli.app", "migrate"],
         env=_env(tmp_path, **SUPABASE),
         cwd=tmp_path,
         timeout_s=120,
@@ -52,7 +52,7 @@ def test_migrate_with_dsn_applies_to_that_database(
     env = _env(tmp_path, **SUPABASE, db_schema=schema_name)
     try:
         done = run_python(
-            ["-m", "boundary_inference.cli", "migrate", "--dsn", pg_dsn],
+            ["-m", "boundary_inference.cli.app", "migrate", "--dsn", pg_dsn],
             env=env,
             cwd=tmp_path,
             timeout_s=120,

@@ -1,9 +1,9 @@
 """At a million runs, no ledger call of an admission or of a monitor pass scans history.
 
 One schema is filled with a million runs of realistic history (``generate_series``, see
-``boundary_inference.ledger.history``: 24 months, 50 tenants, 300k rejections, about a million
+``benches.history``: 24 months, 50 tenants, 300k rejections, about a million
 reservations and breaker events, packed predictions), then every call of
-``boundary_inference.ledger.calls.CATALOGUE`` runs once in a rolled-back transaction with
+``benches.ledger_calls.CATALOGUE`` runs once in a rolled-back transaction with
 ``EXPLAIN (ANALYZE, BUFFERS)`` and the transaction's statistics counters. A call fails when it
 sequentially scans a table of 10,000 rows or more, when its generic plan (SQL functions) has a
 ``Seq Scan`` on one, when any table or index hands it more rows than its own work needs
@@ -20,15 +20,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from boundary_inference.ledger.calls import (
+from benches.history import HistoryShape, build_history
+from benches.ledger_calls import (
     CATALOGUE,
     LedgerCall,
     Subjects,
     find_subjects,
     table_rows,
 )
-from boundary_inference.ledger.history import HistoryShape, build_history
-from boundary_inference.ledger.plans import full_scans, measure
+from benches.plans import full_scans, measure
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from benches.ledger import race
 from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
-from boundary_inference.ledger.bench import race
 from tests.support import T0, schema_migrated_before, try_reserve
 
 ALL_HISTORY = dt.date(2000, 1, 1)

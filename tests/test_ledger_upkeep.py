@@ -12,7 +12,7 @@ from prefect.events.clients import AssertingEventsClient
 from psycopg import sql
 from typer.testing import CliRunner
 
-from boundary_inference.cli import app
+from boundary_inference.cli.app import app
 from flows import rejection_monitor as monitor
 from tasks.ledger_upkeep import BUDGET_DRIFT_EVENT
 from tests.flow_support import FlowEnv, MakeEnv

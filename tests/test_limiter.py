@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from boundary_inference.embedded import EmbeddedRedis, start_redis
+from benches.limiter import concurrency_figures, fresh_limiter
 from boundary_inference.limiter import (
     Admission,
     Limiter,
@@ -26,8 +26,8 @@ from boundary_inference.limiter import (
     open_redis_client,
     redis_client_from_block,
 )
-from boundary_inference.limiter.bench import concurrency_figures, fresh_limiter
-from boundary_inference.processes import pid_alive
+from boundary_inference.local.embedded import EmbeddedRedis, start_redis
+from boundary_inference.local.processes import pid_alive
 from tests.flow_support import freeze
 from tests.support import Clock
 

@@ -36,12 +36,12 @@ from boundary_inference.executor.modal import (
     has_credentials,
 )
 from config import Settings, get_settings
+from flows.run.retry_audit import retry_audit
 from modal_app.errors import DeadlineExceeded, Stalled, VideoNotFound
 from modal_app.modal_config import app_tags, attempts_key, function_options
 from modal_app.models import BUILTIN, BUILTIN_MODEL, LogisticModel
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import CropBox, InferenceRequest
-from tasks.retry_audit import retry_audit
 from tests.modal_double import (
     CREDENTIALS,
     ContainerCrash,

@@ -175,7 +175,10 @@ def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def prefect_database() -> Iterator[str]:
     """The server's database: PostgreSQL with pg_trgm, as the embedded server's (its data outside
     pytest's basetemp, which a concurrent session may delete under a live server)."""
-    from boundary_inference.embedded_prefect import start_prefect_database, stop_prefect_database
+    from boundary_inference.local.prefect_server import (
+        start_prefect_database,
+        stop_prefect_database,
+    )
 
     directory = Path(tempfile.mkdtemp(prefix="bi-ps-"))
     try:
@@ -618,7 +621,7 @@ DOCS = Path(
 def _submit(api_url: str, home: Path, *args: str) -> dict[str, Any]:
     """``boundary-inference submit --json`` as a user runs it, against this server."""
     done = subprocess.run(
-        [sys.executable, "-m", "boundary_inference.cli", "submit", *args, "--json"],
+        [sys.executable, "-m", "boundary_inference.cli.app", "submit", *args, "--json"],
         env=_client_env(api_url, home),
         cwd=ROOT,
         capture_output=True,

@@ -22,9 +22,9 @@ from boundary_inference.executor import CallState, LocalExecutor
 from boundary_inference.ledger import Ledger
 from config import Settings, get_settings
 from flows import rejection_monitor as monitor
+from flows.run.reaper import reap_stale_runs, watch_limit_of
 from modal_app.synthetic import make_video
 from modal_app.types import InferenceRequest
-from tasks.reaper import reap_stale_runs, watch_limit_of
 from tests.flow_support import MODEL, MakeEnv
 from tests.support import reserve
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from boundary_inference.cli import app
+from boundary_inference.cli.app import app
 from boundary_inference.model_registry import register_model
 from boundary_inference.videos import RegistrationError
 from modal_app.models import BUILTIN_MODEL, LogisticModel

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from boundary_inference.cli import app
-from boundary_inference.ledger.calls import CATALOGUE
-from boundary_inference.scale_bench import format_report, percentile, run_scale_bench
+from benches.__main__ import bench_app
+from benches.ledger_calls import CATALOGUE
+from benches.scale import format_report, percentile, run_scale_bench
 from config import Settings
 
 
@@ -81,7 +81,7 @@ def test_cli_refuses_sizes_that_do_not_start_at_zero(
 ) -> None:
     monkeypatch.setenv("BOUNDARY_INFERENCE_DATABASE_URL", pg_dsn)
     monkeypatch.setenv("BOUNDARY_INFERENCE_REDIS_URL", redis_url)
-    result = CliRunner().invoke(app, ["bench", "--scale", "--rows", "100,0", "--json"])
+    result = CliRunner().invoke(bench_app, ["--scale", "--rows", "100,0", "--json"])
     assert result.exit_code == 2
     with pytest.raises(json.JSONDecodeError):
         json.loads(result.stdout)

@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 import modal_app.models as models
-from boundary_inference.cli import app as cli_app
+from boundary_inference.cli.app import app as cli_app
 from modal_app.app import run_call
 from modal_app.errors import CheckpointError
 from modal_app.frames import FrameSource

@@ -133,8 +133,8 @@ def _host(directory: Path, wheel: Path) -> Path:
 
 
 _WHERE = """
-import json, boundary_inference, config, flows.boundary_inference, tasks.job
-mods = [boundary_inference, config, flows.boundary_inference, tasks.job]
+import json, boundary_inference, config, flows.boundary_inference, flows.run.job
+mods = [boundary_inference, config, flows.boundary_inference, flows.run.job]
 print(json.dumps({m.__name__: m.__file__ for m in mods}))
 """
 
@@ -169,7 +169,7 @@ def tcp_postgres() -> Iterator[str]:
     pgserver does: as the system user ``pgserver`` under root)."""
     from pgserver import _commands
 
-    from boundary_inference.embedded import start_postgres
+    from boundary_inference.local.embedded import start_postgres
 
     path = Path(tempfile.mkdtemp(prefix="bi-2h-"))
     server = start_postgres(path)

@@ -29,7 +29,7 @@ from boundary_inference.executor.base import (
     ExecutorFailure,
     FailureKind,
 )
-from boundary_inference.processes import pid_alive
+from boundary_inference.local.processes import pid_alive
 from modal_app.types import InferenceRequest, InferenceResult
 
 # Seconds past the request's deadline before the watcher kills a child that has not stopped itself.

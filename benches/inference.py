@@ -1,6 +1,6 @@
 """Inference benchmark on a synthetic video: prints numbers, asserts nothing.
 
-``python -m modal_app.bench [--pairs N] [--json]`` renders a video of ``N + 1`` frames with known
+``python -m benches.inference [--pairs N] [--json]`` renders a video of ``N + 1`` frames with known
 caption changes, predicts its ``N`` consecutive pairs, and reports:
 
 * quality of the builtin model against the generator's truth: precision, recall, F1 (goal >= 0.95);
@@ -256,7 +256,7 @@ def format_report(numbers: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m modal_app.bench", description=__doc__.split("\n")[0]
+        prog="python -m benches.inference", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--pairs", type=int, default=25000, help="consecutive frame pairs (default 25000)"
@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _model_main(args: argparse.Namespace) -> int:
-    """``--model``: the torch checkpoint benchmark (:mod:`modal_app.bench_model`)."""
+    """``--model``: the torch checkpoint benchmark (:mod:`benches.inference_model`)."""
     import importlib.util
 
     from modal_app.errors import CheckpointError
@@ -297,8 +297,8 @@ def _model_main(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("torch") is None:
         print("--model needs the torch extra: pip install -e '.[torch]' (./run.sh bench does it)")
         return 2
+    from benches.inference_model import format_model_report, run_model_bench
     from config import get_settings
-    from modal_app.bench_model import format_model_report, run_model_bench
 
     models_dir = args.models_dir or get_settings().models_dir
     try:

@@ -1,6 +1,6 @@
 """Safeguard: runs nobody watches. A live run whose watcher died is ended, or its call is asked.
 
-Every live run carries a lease its watching flow renews every few seconds (:mod:`tasks.lease`).
+Every live run carries a lease its watching flow renews every few seconds (:mod:`boundary_inference.lease`).
 When the flow dies (``kill -9``, a lost machine, a frozen process), the lease runs out after
 ``run_lease_s`` and this reaper takes the run over (one atomic ``take_expired_lease``: of any
 number of reapers and claimers exactly one gets it) and does what its watcher would have done:
@@ -10,7 +10,7 @@ number of reapers and claimers exactly one gets it) and does what its watcher wo
 * a call exists: the executor is **asked** (``poll`` of the local job directory, or Modal's
   ``FunctionCall.from_id``):
 
-  - finished: the run is **settled from its real result** (:func:`tasks.settlement.settle_call`,
+  - finished: the run is **settled from its real result** (:func:`flows.run.settlement.settle_call`,
     the flow's own arithmetic): predictions saved, the measured seconds charged;
   - still running: left running, asked again at the next pass; at its **watch limit** (every
     attempt to its limit, what its admission priced) it is cancelled and charged its worst case;
@@ -46,9 +46,9 @@ from prefect import get_run_logger
 from boundary_inference.executor import CallState, CallStatus, Executor
 from boundary_inference.ledger import LeasedRun, Ledger, RunRow
 from config import Settings
+from flows.run.settlement import settle_call
 from tasks._common import LEDGER, guard_task
 from tasks.execute import watch_limit_exceeded
-from tasks.settlement import settle_call
 
 # Rows examined in one pass; a backlog larger than this is reaped over several passes.
 SCAN_LIMIT = 1000

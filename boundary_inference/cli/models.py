@@ -27,15 +27,16 @@ def models_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Check that a checkpoint loads, put it where the executor reads it, and record its hash."""
-    from boundary_inference.cli import _print_json, _services, _settings, console
+    from boundary_inference.cli.context import load_services, load_settings
+    from boundary_inference.cli.output import console, print_json
     from boundary_inference.ledger import LedgerError
     from boundary_inference.model_registry import register_model
     from boundary_inference.videos import RegistrationError
 
-    settings = _settings()
+    settings = load_settings()
     try:
         row = register_model(
-            _services().ledger, settings, model_version=model_version, file=file, destination=to
+            load_services().ledger, settings, model_version=model_version, file=file, destination=to
         )
     except RegistrationError as error:
         typer.echo(f"error: {error}", err=True)
@@ -44,7 +45,7 @@ def models_add(
         typer.echo(f"error: the ledger refused the model: {error.message}", err=True)
         raise typer.Exit(2 if error.code in ("BI400", "BI409") else 1) from error
     if as_json:
-        _print_json(row)
+        print_json(row)
         return
     verb = "registered" if row.get("created") else "already registered"
     console.print(
@@ -56,17 +57,18 @@ def models_add(
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     """Registered checkpoints (builtin code models need no registration)."""
-    from boundary_inference.cli import _print_json, _services, _table
+    from boundary_inference.cli.context import load_services
+    from boundary_inference.cli.output import print_json, print_table
 
-    rows = _services().ledger.list_models()
+    rows = load_services().ledger.list_models()
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     shown = [
         {**row, "sha256": row["sha256"][:16] + "...", "locations": ", ".join(row["locations"])}
         for row in rows
     ]
-    _table(
+    print_table(
         "models",
         shown,
         ["model_version", "format", "size_bytes", "sha256", "locations", "created_at"],

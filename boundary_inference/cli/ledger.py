@@ -7,13 +7,15 @@ Exit codes as for the rest of the CLI: 0 done, 1 the check found drift, 2 usage 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from boundary_inference.cli.context import load_settings
+from boundary_inference.cli.output import JsonOpt, console, print_json
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not pay for them
     from boundary_inference.ledger import Ledger
@@ -22,9 +24,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `--help` must not pay for them
 ledger_app = typer.Typer(
     no_args_is_help=True, help="Ledger size, budget totals check and repair, prediction retention."
 )
-console = Console()
 errors = Console(stderr=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 SinceOpt = Annotated[
     str | None, typer.Option(help="First UTC day (YYYY-MM-DD); its whole month is included.")
 ]
@@ -32,13 +32,8 @@ SinceOpt = Annotated[
 
 def _open_ledger() -> tuple[Settings, Ledger]:
     from boundary_inference.services import open_ledger
-    from config import get_settings
 
-    try:
-        settings = get_settings()
-    except ValueError as error:
-        errors.print(f"[red]configuration error[/red]: {error}")
-        raise typer.Exit(2) from error
+    settings = load_settings()
     return settings, open_ledger(settings)
 
 
@@ -50,10 +45,6 @@ def _day(value: str | None) -> dt.date | None:
     except ValueError as error:
         errors.print(f"[red]--since must be YYYY-MM-DD[/red]: {value!r}")
         raise typer.Exit(2) from error
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _mib(value: Any) -> str:
@@ -69,7 +60,7 @@ def size(as_json: JsonOpt = False) -> None:
     finally:
         ledger.close()
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title=f"ledger size (schema {ledger.schema})")
     for column in ("table", "rows", "total MiB", "table MiB", "index MiB"):
@@ -95,7 +86,7 @@ def check(since: SinceOpt = None, as_json: JsonOpt = False) -> None:
     finally:
         ledger.close()
     if as_json:
-        _print_json(result)
+        print_json(result)
     elif result["ok"]:
         console.print(
             f"[green]ok[/green]: {result['checked_rows']} totals rows since {result['since']}"
@@ -121,7 +112,7 @@ def rebuild_totals(since: SinceOpt = None, as_json: JsonOpt = False) -> None:
     finally:
         ledger.close()
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     console.print(
         f"rebuilt {result['written']} totals rows (replaced {result['deleted']})"
@@ -155,7 +146,7 @@ def prune_predictions(
         ledger.close()
     result["keep_days"] = days
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     console.print(
         f"deleted the predictions of {result['runs']} runs ({result['chunks']} chunks) saved more"

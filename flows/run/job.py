@@ -13,16 +13,17 @@ from typing import TYPE_CHECKING, Any
 from prefect import get_run_logger
 from prefect.client.schemas.objects import State
 
+from boundary_inference.lease import LeaseKeeper
 from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
 from config import Settings
-from tasks import budget, limits, rejections, run_states
+from flows.run import states as run_states
+from tasks import budget, limits, rejections
 from tasks.cost import CostEstimate
-from tasks.lease import LeaseKeeper
 
 if TYPE_CHECKING:
+    from boundary_inference.cancel_watch import CancelWatch
     from boundary_inference.services import Services
-    from tasks.cancellation import CancelWatch
 
 
 class Job:
@@ -50,7 +51,7 @@ class Job:
         self.recording_ledger: Ledger | None = None
         # Distinct pairs, and the copies the request repeated (dropped before the estimate).
         self.duplicate_pairs: int | None = None
-        # Renews the run's lease while this flow watches it (tasks.lease); stopped at the end.
+        # Renews the run's lease while this flow watches it (boundary_inference.lease); stopped at the end.
         self.lease: LeaseKeeper | None = None
         # Asks Prefect whether this flow run was cancelled while it watches the call.
         self.cancel: CancelWatch | None = None

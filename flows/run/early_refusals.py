@@ -16,7 +16,7 @@ from boundary_inference.services import EmbeddedNotAllowed, get_services
 from config import Settings, get_settings
 from config.identifiers import coerce_identifier, display_identifier
 from config.settings import configuration_problems, settings_for_recording
-from tasks.job import Job
+from flows.run.job import Job
 
 
 def start_job(settings: Settings, ids: dict[str, Any]) -> Job | State:

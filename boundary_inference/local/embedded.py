@@ -45,8 +45,8 @@ from typing import Literal
 
 from filelock import FileLock, Timeout
 
-from boundary_inference.locks import lock_held, try_lock
-from boundary_inference.processes import pid_alive, process_state
+from boundary_inference.local.locks import lock_held, try_lock
+from boundary_inference.local.processes import pid_alive, process_state
 
 _START_TIMEOUT_S = 60.0
 # Seconds between the postmaster's start time written in postmaster.pid and the creation time of

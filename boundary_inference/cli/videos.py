@@ -33,14 +33,15 @@ def videos_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Register a video: frames, size, codec and content hash are read from the source."""
-    from boundary_inference.cli import _print_json, _services, _settings, console
+    from boundary_inference.cli.context import load_services, load_settings
+    from boundary_inference.cli.output import console, print_json
     from boundary_inference.ledger import LedgerError
     from boundary_inference.videos import RegistrationError, register_video
 
-    settings = _settings()
+    settings = load_settings()
     try:
         row = register_video(
-            _services().ledger,
+            load_services().ledger,
             settings,
             video_id=video_id,
             source=source,
@@ -54,7 +55,7 @@ def videos_add(
         typer.echo(f"error: the ledger refused the video: {error.message}", err=True)
         raise typer.Exit(2 if error.code in ("BI400", "BI403") else 1) from error
     if as_json:
-        _print_json(row)
+        print_json(row)
         return
     console.print(
         f"registered {video_id}: {row['frame_count']} frames at {float(row['fps']):.2f} fps,"
@@ -69,16 +70,17 @@ def videos_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Registered videos with what was recorded about their source."""
-    from boundary_inference.cli import _print_json, _services, _table
+    from boundary_inference.cli.context import load_services
+    from boundary_inference.cli.output import print_json, print_table
 
-    rows = _services().ledger.list_videos(tenant_id=tenant, limit=limit)
+    rows = load_services().ledger.list_videos(tenant_id=tenant, limit=limit)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     shown = [
         {**row, "size": f"{row['width']}x{row['height']}" if row["width"] else ""} for row in rows
     ]
-    _table(
+    print_table(
         "videos",
         shown,
         ["id", "tenant_id", "frame_count", "size", "codec", "size_bytes", "crop_box", "source_uri"],

@@ -51,7 +51,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 def _spawn(args: list[str], env: dict[str, str], out_dir: Path) -> tuple[Any, Path, float]:
     tag = out_dir / uuid.uuid4().hex[:8]
-    command = [sys.executable, "-m", "boundary_inference.cli", *args]
+    command = [sys.executable, "-m", "boundary_inference.cli.app", *args]
     with tag.with_suffix(".out").open("wb") as stdout, tag.with_suffix(".err").open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-S", "-c", _LAUNCHER, str(tag.with_suffix(".usage")), *command],
@@ -121,9 +121,9 @@ def _rejection(child: _Child) -> str | None:
 def submit_figures(
     settings: Settings, *, one_key: int = 20, videos: int = 50, rate: int = 5, serial: int = 3
 ) -> dict[str, Any]:
-    from boundary_inference.embedded import start_redis
-    from boundary_inference.embedded_prefect import use_embedded_prefect
     from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
+    from boundary_inference.local.embedded import start_redis
+    from boundary_inference.local.prefect_server import use_embedded_prefect
     from boundary_inference.services import embedded_dsn
     from modal_app.synthetic import make_video
 
@@ -294,7 +294,7 @@ def _import_costs() -> dict[str, Any]:
     figures = {}
     for name, module in (
         ("python", "sys"),
-        ("cli", "boundary_inference.cli"),
+        ("cli", "boundary_inference.cli.app"),
         ("prefect", "prefect.flows"),
         ("flow_module", "flows.boundary_inference"),
         ("modal", "modal"),

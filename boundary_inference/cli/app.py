@@ -9,82 +9,38 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from typer.core import TyperGroup
 
-from boundary_inference.cli_ledger import ledger_app
+from boundary_inference.cli.context import (
+    flow_run_url,
+    load_services,
+    load_settings,
+    use_prefect,
+)
+from boundary_inference.cli.errors import OneLineErrors, SubmissionCutShort, operator_problem
+from boundary_inference.cli.ledger import ledger_app
+from boundary_inference.cli.output import (
+    JsonOpt,
+    age,
+    console,
+    print_json,
+    print_table,
+    short_id,
+    usd,
+)
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` must not pay for the services
-    from boundary_inference.services import Services
-
-
-class _OneLineErrors(TyperGroup):
-    """Usage, configuration and connection problems end as one line and exit 2, never a
-    traceback; anything else is a bug and keeps its traceback."""
-
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except Exception as error:  # typer's Exit/Abort and usage errors are never classified
-            reason = _operator_problem(error)
-            if reason is None:
-                raise
-            from rich.markup import escape
-
-            Console(stderr=True, soft_wrap=True).print(
-                f"[red]error[/red]: {escape(reason)}", highlight=False
-            )
-            raise typer.Exit(2) from None
-
-
-def _operator_problem(error: BaseException) -> str | None:
-    """One line for an error the operator can fix (a store or server unreachable, a bad setting),
-    None for a bug."""
-    from boundary_inference.embedded_prefect import PrefectServerError
-    from boundary_inference.ledger import LedgerError
-    from boundary_inference.limiter import LimiterUnavailable
-    from boundary_inference.services import EmbeddedNotAllowed
-
-    first_line = " ".join(str(error).split())[:400] or type(error).__name__
-    if isinstance(error, LedgerError):
-        return f"the ledger (PostgreSQL) failed: {first_line}"
-    if isinstance(error, LimiterUnavailable):
-        return f"Redis failed: {first_line}"
-    if isinstance(error, SubmissionCutShort):
-        return " ".join(str(error).split())  # its reason is clipped already; keep the hint whole
-    if isinstance(error, (PrefectServerError, EmbeddedNotAllowed)):
-        return first_line
-    names = {c.__module__.split(".")[0] + "." + c.__name__ for c in type(error).__mro__}
-    if names & {"psycopg.OperationalError", "psycopg.InterfaceError"}:
-        return f"cannot reach PostgreSQL: {first_line}"
-    if names & {"redis.ConnectionError", "redis.TimeoutError"}:
-        return f"cannot reach Redis: {first_line}"
-    if names & {"httpx.TransportError"} or first_line.startswith("Failed to reach API"):
-        return f"cannot reach the Prefect API: {first_line}"
-    if "httpx.HTTPStatusError" in names and _server_side(error):
-        # A 5xx after the client's own retries (a busy SQLite server: "database is locked"): the
-        # server's problem, not a bug here. An admitted run's lease lets the reaper settle it.
-        return f"the Prefect API failed: {first_line}"
-    if isinstance(error, (ConnectionError, TimeoutError)):
-        return f"connection failed: {first_line}"
-    return None
-
-
-def _server_side(error: BaseException) -> bool:
-    response = getattr(error, "response", None)
-    return getattr(response, "status_code", 0) >= 500
+    pass
 
 
 app = typer.Typer(
-    cls=_OneLineErrors,
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="GPU batch inference that cannot run away with your money.",
@@ -92,23 +48,6 @@ app = typer.Typer(
 breaker_app = typer.Typer(no_args_is_help=True, help="Inspect or reset the circuit breaker.")
 app.add_typer(breaker_app, name="breaker")
 app.add_typer(ledger_app, name="ledger")
-console = Console()
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _settings() -> Any:
-    from pydantic import ValidationError
-
-    from config import get_settings
-    from config.settings import configuration_problems
-
-    try:
-        return get_settings()
-    except ValidationError as error:
-        # One line per problem, unwrapped, on stderr: scripts and people read them the same way.
-        for problem in configuration_problems(error):
-            typer.echo(f"configuration error: {problem}", err=True)
-        raise typer.Exit(2) from error
 
 
 @app.callback()
@@ -116,62 +55,7 @@ def _refuse_bad_configuration(ctx: typer.Context) -> None:
     """Every command starts by refusing a configuration that cannot work (exit 2)."""
     if ctx.resilient_parsing or "--help" in sys.argv[1:]:
         return
-    _settings()
-
-
-def _services() -> Services:
-    from boundary_inference.services import get_services
-
-    return get_services(_settings())
-
-
-def _use_prefect() -> Any:
-    """Before the first flow run of this process: Prefect's API is ``PREFECT_API_URL`` (or a
-    profile's) when set, else the state dir's embedded Prefect server, started once and shared by
-    every CLI process. Returns the embedded server, or None."""
-    from boundary_inference.embedded_prefect import use_embedded_prefect
-
-    return use_embedded_prefect(Path(_settings().state_dir))
-
-
-def _flow_run_url(state: Any) -> str | None:
-    """Where a flow run shows in the UI of whichever Prefect server ran it."""
-    from prefect.settings import get_current_settings
-
-    flow_run_id = getattr(state.state_details, "flow_run_id", None)
-    ui_url = get_current_settings().ui_url
-    return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}" if flow_run_id and ui_url else None
-
-
-def _usd(value: Any) -> str:
-    """Money as the operator reads it: $0.4037, not 0.40367228957763895."""
-    return "" if value is None or value == "" else f"${float(value):.4f}"
-
-
-def _short_id(value: Any) -> str:
-    """The first 8 characters of a uuid: what the tables show and ``ack`` accepts."""
-    return str(value)[:8] if value else ""
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _table(title: str, rows: Sequence[Mapping[str, Any]], columns: list[str]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        # An id is what `ack` and people copy: never cut, whatever the terminal's width.
-        short = column == "id"
-        table.add_column(column, no_wrap=short, min_width=8 if short else None)
-    for row in rows:
-        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
-    console.print(table)
-
-
-def _age(created_at: Any) -> str:
-    from boundary_inference.timefmt import age_s, format_age
-
-    return format_age(age_s(created_at, datetime.now(UTC))) or str(created_at)
+    load_settings()
 
 
 @app.command()
@@ -180,17 +64,12 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic video.")] = 7,
 ) -> None:
     """The main job: every safeguard, end to end, on the embedded services."""
-    from boundary_inference.demo import run_demo
+    from boundary_inference.cli.demo import run_demo
 
-    server = _use_prefect()
+    server = use_prefect()
     raise typer.Exit(
         run_demo(frames=frames, seed=seed, console=console, ui_url=_prefect_ui_url(server))
     )
-
-
-class SubmissionCutShort(RuntimeError):
-    """The flow run ended on an operator problem (most often Prefect's API lost mid-run): the
-    ledger, not Prefect, holds what was decided for the job."""
 
 
 @contextmanager
@@ -198,7 +77,7 @@ def _ledger_has_the_outcome(video_id: str) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        reason = _operator_problem(error)
+        reason = operator_problem(error)
         if reason is None:
             raise
         raise SubmissionCutShort(
@@ -233,7 +112,7 @@ def submit(
     """Run boundary_inference_flow for one video, in this process. Exit 0/3/1 as documented."""
     from boundary_inference.pairs import RequestJsonError, loads_request_json, max_json_chars
 
-    settings = _settings()
+    settings = load_settings()
     frame_pairs = None
     if pairs is not None:
         # Bounded before json.loads (which recurses): too deep, too large, NaN or not JSON is a
@@ -253,7 +132,7 @@ def submit(
     }
     if any("\x00" in (value or "") for value in identifiers.values()):
         _refuse_unsendable(identifiers, as_json)
-    _use_prefect()
+    use_prefect()
     from flows.boundary_inference import boundary_inference_flow
 
     with _ledger_has_the_outcome(video_id):
@@ -268,9 +147,9 @@ def submit(
             return_state=True,
         )
     outcome = _outcome_from_state(state)
-    url = _flow_run_url(state)
+    url = flow_run_url(state)
     if as_json:
-        _print_json(
+        print_json(
             {k: outcome.get(k) for k in SUBMIT_FIELDS} | {"flow_run_url": url, "details": outcome}
         )
     else:
@@ -284,7 +163,7 @@ def submit(
             console.print(f"  run_id: {outcome['run_id']}")
         for key in ("estimated_cost_usd", "worst_case_cost_usd", "actual_cost_usd"):
             if outcome.get(key) is not None:
-                console.print(f"  {key}: {_usd(outcome[key])}")
+                console.print(f"  {key}: {usd(outcome[key])}")
         if outcome.get("rejection_id"):
             console.print(f"  acknowledge: boundary-inference ack {outcome['rejection_id']}")
         if url:
@@ -309,7 +188,7 @@ def _refuse_unsendable(identifiers: dict[str, str | None], as_json: bool) -> NoR
     )
     message = f"{problem} (refused before Prefect: U+0000 cannot travel in flow parameters)"
     tenant = identifiers["tenant_id"]
-    rejection_id = _services().ledger.log_rejection(
+    rejection_id = load_services().ledger.log_rejection(
         rejection_type="validation_failed",
         message=message,
         video_id=display_identifier(identifiers["video_id"]),
@@ -325,7 +204,7 @@ def _refuse_unsendable(identifiers: dict[str, str | None], as_json: bool) -> NoR
         "rejection_id": str(rejection_id),
     }
     if as_json:
-        _print_json({k: outcome.get(k) for k in SUBMIT_FIELDS} | {"details": outcome})
+        print_json({k: outcome.get(k) for k in SUBMIT_FIELDS} | {"details": outcome})
     else:
         console.print(f"[yellow]rejected[/yellow]: {message}")
         console.print("  rejection_type: validation_failed")
@@ -370,22 +249,22 @@ def runs(
     as_json: JsonOpt = False,
 ) -> None:
     """Recent runs with their status and cost."""
-    rows = _services().ledger.list_runs(limit=limit, video_id=video)
+    rows = load_services().ledger.list_runs(limit=limit, video_id=video)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     # What the table shows: the run rows with display columns added (or shortened).
     shown: list[dict[str, Any]] = [
         {
             **row,
-            "age": _age(row["created_at"]),
-            "id": _short_id(row["id"]),
-            "estimated": _usd(row["estimated_cost_usd"]),
-            "actual": _usd(row["actual_cost_usd"]),
+            "age": age(row["created_at"]),
+            "id": short_id(row["id"]),
+            "estimated": usd(row["estimated_cost_usd"]),
+            "actual": usd(row["actual_cost_usd"]),
         }
         for row in rows
     ]
-    _table(
+    print_table(
         "runs",
         shown,
         [
@@ -409,20 +288,20 @@ def rejections_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """What was refused, why, and at what estimate (unacknowledged only unless --all)."""
-    rows = _services().ledger.list_rejections(unacknowledged_only=not all_, limit=limit)
+    rows = load_services().ledger.list_rejections(unacknowledged_only=not all_, limit=limit)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     shown: list[dict[str, Any]] = [
         {
             **row,
-            "age": _age(row["created_at"]),
-            "id": _short_id(row["id"]),
-            "estimate": _usd(row["estimated_cost_usd"]),
+            "age": age(row["created_at"]),
+            "id": short_id(row["id"]),
+            "estimate": usd(row["estimated_cost_usd"]),
         }
         for row in rows
     ]
-    _table(
+    print_table(
         "rejections",
         shown,
         [
@@ -451,7 +330,7 @@ def ack(
     2 when an id is malformed or its prefix matches several rejections."""
     import re
 
-    ledger = _services().ledger
+    ledger = load_services().ledger
     failed, unusable = 0, 0
     for given in rejection_ids:
         prefix = given.strip().lower()
@@ -491,14 +370,14 @@ def estimate(
     from tasks.cost import calibrated_throughput
     from tasks.cost import estimate as compute
 
-    settings = _settings()
-    throughput, source = calibrated_throughput(_services().ledger, settings, model_version)
+    settings = load_settings()
+    throughput, source = calibrated_throughput(load_services().ledger, settings, model_version)
     est = compute(settings, pairs, throughput, source).to_dict()
     est["admissible"] = est["worst_case_cost_usd"] <= settings.max_cost_per_job_usd
     if as_json:
-        _print_json(est)
+        print_json(est)
         return
-    _table("estimate", [{"field": k, "value": v} for k, v in est.items()], ["field", "value"])
+    print_table("estimate", [{"field": k, "value": v} for k, v in est.items()], ["field", "value"])
 
 
 @app.command()
@@ -507,8 +386,8 @@ def spend(
     as_json: JsonOpt = False,
 ) -> None:
     """Today's and this month's spend against the budgets, and a daily report."""
-    settings = _settings()
-    ledger = _services().ledger
+    settings = load_settings()
+    ledger = load_services().ledger
     summary = ledger.spend_summary()
     by_day = ledger.spend_by_day(days=days)
     data = {
@@ -518,7 +397,7 @@ def spend(
         "by_day": by_day,
     }
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     console.print(
         f"today: committed ${float(summary.get('daily_committed_usd') or 0):.4f}"
@@ -527,7 +406,7 @@ def spend(
         f" of ${settings.monthly_budget_usd:.2f}"
     )
     if by_day:
-        _table("spend by day", by_day, list(by_day[0].keys()))
+        print_table("spend by day", by_day, list(by_day[0].keys()))
 
 
 @breaker_app.command("status")
@@ -535,14 +414,16 @@ def breaker_status(as_json: JsonOpt = False) -> None:
     """State of the GPU circuit breaker."""
     from tasks.breaker import BREAKER_NAME
 
-    settings = _settings()
-    status = _services().ledger.breaker_status(
+    settings = load_settings()
+    status = load_services().ledger.breaker_status(
         name=BREAKER_NAME, window_s=settings.breaker_window_s
     )
     if as_json:
-        _print_json(status)
+        print_json(status)
         return
-    _table("breaker", [{"field": k, "value": v} for k, v in status.items()], ["field", "value"])
+    print_table(
+        "breaker", [{"field": k, "value": v} for k, v in status.items()], ["field", "value"]
+    )
 
 
 @breaker_app.command("reset")
@@ -550,7 +431,7 @@ def breaker_reset() -> None:
     """Close the circuit by hand (after fixing what tripped it)."""
     from tasks.breaker import BREAKER_NAME
 
-    _services().ledger.breaker_reset(name=BREAKER_NAME)
+    load_services().ledger.breaker_reset(name=BREAKER_NAME)
     console.print(f"breaker {BREAKER_NAME} closed")
 
 
@@ -568,7 +449,7 @@ def migrate(
     from boundary_inference.ledger import apply_migrations
     from boundary_inference.services import embedded_dsn
 
-    settings = _settings()
+    settings = load_settings()
     if dsn is None:
         target = settings.ledger_target
         if target == "supabase":
@@ -610,7 +491,7 @@ def _applied_migrations(dsn: str, schema: str) -> list[str]:
 @app.command("config")
 def config_cmd(as_json: JsonOpt = False) -> None:
     """Show the effective limits (secrets masked) and any warnings."""
-    settings = _settings()
+    settings = load_settings()
     data = json.loads(settings.model_dump_json())
     data["derived"] = {
         "gpu_price_usd_per_s": settings.gpu_price_usd_per_s,
@@ -627,91 +508,10 @@ def config_cmd(as_json: JsonOpt = False) -> None:
     }
     data["warnings"] = settings.coherence_warnings()
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     for key, value in data.items():
         console.print(f"{key}: {value}")
-
-
-@app.command()
-def bench(
-    as_json: JsonOpt = False,
-    inference: bool = typer.Option(
-        False,
-        "--inference",
-        help="Instead: inference on a synthetic video (F1, pairs/s, decode and model ratios).",
-    ),
-    pairs: int | None = typer.Option(
-        None, min=10, help="Frame pairs for --inference (default 25000; 1500 with --model)."
-    ),
-    model: str | None = typer.Option(
-        None, "--model", help="With --inference: benchmark this torch checkpoint (ckpt:<name>)."
-    ),
-    models_dir: Annotated[
-        Path | None, typer.Option(help="Where --model lives (default: settings).")
-    ] = None,
-    gpu_pairs: int = typer.Option(
-        20_000, min=10, help="With --model on CUDA: pairs per batch size."
-    ),
-    compile_: bool = typer.Option(False, "--compile", help="With --model: also torch.compile."),
-    scale: bool = typer.Option(
-        False,
-        "--scale",
-        help="Instead: every ledger call and admissions/s at 0, 100k and 1M runs of history.",
-    ),
-    rows: str = typer.Option(
-        "0,100000,1000000", help="History sizes for --scale (runs), the first 0."
-    ),
-    admission_s: float = typer.Option(10.0, min=1.0, help="Seconds per admission round (--scale)."),
-    submit: bool = typer.Option(
-        True,
-        "--submit/--no-submit",
-        help="Also: concurrent `submit` processes (20 on one key, 50 against 5/h) and one"
-        " submission's wall time, CPU and memory against `runs --json`.",
-    ),
-) -> None:
-    """Concurrency figures measured on the real servers (claims, admissions, budget, breaker),
-    or with --inference the inference payload's accuracy and throughput on this machine, or with
-    --scale the ledger's calls and admissions per second against the size of its history."""
-    if scale:
-        from boundary_inference.scale_bench import format_report, run_scale_bench
-
-        try:
-            sizes = [int(v) for v in rows.split(",")]
-            report = run_scale_bench(_settings(), sizes=sizes, admission_s=admission_s)
-        except ValueError as error:
-            console.print(f"[red]--rows[/red]: {error}")
-            raise typer.Exit(2) from error
-        if as_json:
-            _print_json(report)
-        else:
-            console.print(format_report(report), highlight=False, soft_wrap=True)
-        return
-    if inference:
-        from modal_app.bench import main as inference_bench
-
-        args = ["--pairs", str(pairs or (1500 if model else 25_000))]
-        if model is not None:
-            args += ["--model", model, "--gpu-pairs", str(gpu_pairs)]
-            args += ["--models-dir", str(models_dir)] if models_dir else []
-            args += ["--compile"] if compile_ else []
-        raise typer.Exit(inference_bench([*args, *(["--json"] if as_json else [])]))
-    from boundary_inference.bench import run_bench
-
-    # The fault figures run flows (the reaper): on the state dir's embedded Prefect server, never
-    # a temporary one per process (it gave up after 20 s on a loaded machine).
-    _use_prefect()
-    figures = run_bench(_settings())
-    if submit:
-        from boundary_inference.bench_submit import submit_figures
-
-        figures.update(submit_figures(_settings()))
-    if as_json:
-        _print_json(figures)
-        return
-    _table(
-        "concurrency", [{"figure": k, "value": v} for k, v in figures.items()], ["figure", "value"]
-    )
 
 
 @app.command()
@@ -743,7 +543,7 @@ def reconcile(
     except ValueError as error:
         console.print(f"[red]bad date[/red]: {error}")
         raise typer.Exit(2) from error
-    settings = _settings()
+    settings = load_settings()
     if report is not None:
         bill = load_billing_report(report)
     else:
@@ -754,14 +554,14 @@ def reconcile(
             raise typer.Exit(1) from error
         if save is not None:
             save_billing_report(bill, save)
-    runs = _services().ledger.runs_finished_between(start=start, end=end)
+    runs = load_services().ledger.runs_finished_between(start=start, end=end)
     result = join(
         ledger_costs_from_runs(runs, tag=settings.modal_app_name),
         bill,
         price_by_resource_usd_per_s=settings.price_by_resource_usd_per_s(),
     )
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     columns = ["day", "tag", "runs", "estimated_usd", "ledger_actual_usd", "billed_usd"]
     rows = [r.to_dict() for r in [*result.rows, result.totals]]
@@ -770,7 +570,7 @@ def reconcile(
             row[key] = f"{row[key]:.4f}"
         row["estimated_usd"] += _pct(row["estimate_error_pct"])
         row["ledger_actual_usd"] += _pct(row["actual_error_pct"])
-    _table(f"ledger vs Modal bill (tag {result.tag_name})", rows, columns)
+    print_table(f"ledger vs Modal bill (tag {result.tag_name})", rows, columns)
     # The totals as Modal splits its bill: a resource line that disagrees points at its price
     # setting (Modal names a GPU by its type; the recorded or fetched names are shown as they are).
     ledger, billed = result.totals.ledger_by_resource_usd, result.totals.billed_by_resource_usd
@@ -782,7 +582,7 @@ def reconcile(
         }
         for name in [*ledger, *(n for n in billed if n not in ledger)]
     ]
-    _table("totals by resource", by_resource, ["resource", "ledger_usd", "billed_usd"])
+    print_table("totals by resource", by_resource, ["resource", "ledger_usd", "billed_usd"])
 
 
 def _pct(error_pct: float | None) -> str:
@@ -798,16 +598,16 @@ app.add_typer(automations_app, name="automations")
 @app.command()
 def monitor(as_json: JsonOpt = False) -> None:
     """Run the rejection monitor once: open rejections, spend, failure rate, queue, alerts."""
-    _use_prefect()
+    use_prefect()
     from flows.rejection_monitor import ALERT_ACTIONS, rejection_monitor_flow
 
     summary = rejection_monitor_flow()
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
     for row in summary["rejections_by_type"]:
-        row["total_estimated_cost_usd"] = _usd(row.get("total_estimated_cost_usd"))
-    _table(
+        row["total_estimated_cost_usd"] = usd(row.get("total_estimated_cost_usd"))
+    print_table(
         "unacknowledged rejections by type",
         summary["rejections_by_type"],
         ["type", "count", "oldest_age", "newest_age", "total_estimated_cost_usd"],
@@ -838,7 +638,7 @@ def automations_apply(
     """Create or update the shipped alert automations, notifying through BLOCK."""
     from boundary_inference.automations import NotificationBlockNotFound, apply_automations
 
-    _use_prefect()
+    use_prefect()
     try:
         applied = apply_automations(block, directory)
     except NotificationBlockNotFound as error:
@@ -846,16 +646,16 @@ def automations_apply(
         raise typer.Exit(2) from error
     rows = [{"name": a.name, "id": str(a.id), "action": a.action} for a in applied]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    _table("automations", rows, ["name", "action", "id"])
+    print_table("automations", rows, ["name", "action", "id"])
 
 
-# --- Registries: videos and models (boundary_inference.cli_videos, cli_models) ----------------
+# --- Registries: videos and models (boundary_inference.cli.videos, cli_models) ----------------
 
-from boundary_inference.cli_models import models_app  # noqa: E402
-from boundary_inference.cli_torch import train_synthetic  # noqa: E402
-from boundary_inference.cli_videos import videos_app  # noqa: E402
+from boundary_inference.cli.models import models_app  # noqa: E402
+from boundary_inference.cli.torch_models import train_synthetic  # noqa: E402
+from boundary_inference.cli.videos import videos_app  # noqa: E402
 
 models_app.command("train-synthetic")(train_synthetic)
 
@@ -863,9 +663,9 @@ app.add_typer(videos_app, name="videos")
 app.add_typer(models_app, name="models")
 
 
-# --- Embedded servers (boundary_inference.cli_services) -----------------------------------------
+# --- Embedded servers (boundary_inference.cli.services) -----------------------------------------
 
-from boundary_inference.cli_services import services_app  # noqa: E402
+from boundary_inference.cli.services import services_app  # noqa: E402
 
 app.add_typer(services_app, name="services")
 

@@ -65,7 +65,7 @@ def _admit(limiter: Any, video: str, token: str, *, limit: int = 1000) -> Any:
 
 
 def _redis_kill9(directory: Path) -> dict[str, Any]:
-    from boundary_inference.embedded import start_redis
+    from boundary_inference.local.embedded import start_redis
 
     server = start_redis(directory)
     limiter = _limiter(server.url, "fb")
@@ -93,8 +93,8 @@ def _redis_kill9(directory: Path) -> dict[str, Any]:
 
 
 def _redis_restarted_empty(directory: Path, dsn: str) -> dict[str, Any]:
-    from boundary_inference.embedded import start_redis
     from boundary_inference.limiter import LimiterUnsynced, PastAdmission
+    from boundary_inference.local.embedded import start_redis
 
     server = start_redis(directory)
     limiter = _limiter(server.url, "fb")
@@ -137,9 +137,9 @@ def _redis_restarted_empty(directory: Path, dsn: str) -> dict[str, Any]:
 
 
 def _redis_frozen(directory: Path) -> dict[str, Any]:
-    from boundary_inference.embedded import redis_status, start_redis
     from boundary_inference.limiter import LimiterUnavailable
-    from boundary_inference.processes import process_state
+    from boundary_inference.local.embedded import redis_status, start_redis
+    from boundary_inference.local.processes import process_state
 
     guard_timeout_s = 1.0
     server = start_redis(directory)
@@ -176,7 +176,7 @@ def _redis_frozen(directory: Path) -> dict[str, Any]:
 
 
 def _servers(socket_path: Path) -> int:
-    from boundary_inference.processes import pid_alive
+    from boundary_inference.local.processes import pid_alive
 
     count = 0
     for entry in Path("/proc").iterdir():
@@ -191,8 +191,8 @@ def _servers(socket_path: Path) -> int:
 
 
 def _postgres_killed(directory: Path) -> dict[str, Any]:
-    from boundary_inference.embedded import start_postgres
     from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
+    from boundary_inference.local.embedded import start_postgres
 
     server = start_postgres(directory)
     apply_migrations(server.dsn, "fb")
@@ -241,8 +241,8 @@ def _watcher_killed(directory: Path, dsn: str) -> dict[str, Any]:
 
     from boundary_inference.executor import LocalExecutor
     from config import get_settings
+    from flows.run.reaper import reap_stale_runs
     from modal_app.synthetic import make_video
-    from tasks.reaper import reap_stale_runs
 
     directory.mkdir(parents=True)
     clip = directory / "clip.mp4"
@@ -315,10 +315,10 @@ class _schema:
 def _watch_forever(dsn: str, schema: str, directory: Path, clip: Path) -> None:
     """The watcher process: what the flow does up to the spawn, then renew the lease forever."""
     from boundary_inference.executor import LocalExecutor
+    from boundary_inference.lease import LeaseKeeper
     from boundary_inference.ledger import Ledger, PsycopgTransport
     from config import get_settings
     from modal_app.types import InferenceRequest
-    from tasks.lease import LeaseKeeper
 
     settings = get_settings(run_lease_s=_LEASE_S)
     ledger = Ledger(PsycopgTransport(dsn, schema, timeout_s=10))

@@ -3,7 +3,7 @@
 Trains the bundled ResNet pair model (:mod:`modal_app.torch_models.train`) on synthetic caption
 videos, writes ``.pt`` or ``.safetensors``, and reports F1 on held-out synthetic videos. Needs the
 torch extra (``pip install -e '.[torch]'``; ``./run.sh`` installs it for this command).
-Registered on the registry's ``models`` group (``boundary_inference.cli_models``) in ``cli.py``.
+Registered on the registry's ``models`` group (``boundary_inference.cli.models``) in ``cli.py``.
 """
 
 from __future__ import annotations

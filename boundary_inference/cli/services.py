@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from boundary_inference.cli.context import load_settings
+from boundary_inference.cli.output import console
 
 services_app = typer.Typer(
     no_args_is_help=True, help="The embedded PostgreSQL, Redis and Prefect server of the state dir."
 )
-console = Console()
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,11 @@ class _Row:
 
 
 def _state_dir() -> Path:
-    from config import get_settings
-
-    try:
-        return Path(get_settings().state_dir).resolve()
-    except ValueError as error:
-        console.print(f"[red]configuration error[/red]: {error}")
-        raise typer.Exit(2) from error
+    return Path(load_settings().state_dir).resolve()
 
 
 def _rows(state_dir: Path) -> list[_Row]:
-    from boundary_inference.embedded_prefect import prefect_database_status, prefect_status
+    from boundary_inference.local.prefect_server import prefect_database_status, prefect_status
 
     prefect = prefect_status(state_dir)
     prefect_db = prefect_database_status(state_dir)
@@ -75,13 +70,13 @@ def _rows(state_dir: Path) -> list[_Row]:
     ]
 
 
-# PostgreSQL and Redis: ``boundary_inference.embedded`` owns them. Its status API
+# PostgreSQL and Redis: ``boundary_inference.local.embedded`` owns them. Its status API
 # (``postgres_status``/``redis_status``/``stop_*``) is used when present; until then the same
 # facts are read from their pidfiles here.
 
 
 def _postgres_row(state_dir: Path) -> _Row:
-    from boundary_inference import embedded
+    from boundary_inference.local import embedded
 
     if hasattr(embedded, "postgres_status"):
         status = embedded.postgres_status(state_dir)
@@ -99,7 +94,7 @@ def _postgres_row(state_dir: Path) -> _Row:
 
 
 def _redis_row(state_dir: Path) -> _Row:
-    from boundary_inference import embedded
+    from boundary_inference.local import embedded
 
     if hasattr(embedded, "redis_status"):
         status = embedded.redis_status(state_dir)
@@ -113,13 +108,13 @@ def _redis_row(state_dir: Path) -> _Row:
 
 
 def _pid_state(pid: int) -> str:
-    from boundary_inference.processes import pid_alive
+    from boundary_inference.local.processes import pid_alive
 
     return "running" if pid_alive(pid) else "stopped"
 
 
 def _stop_postgres(state_dir: Path) -> None:
-    from boundary_inference import embedded
+    from boundary_inference.local import embedded
 
     if hasattr(embedded, "stop_postgres"):
         embedded.stop_postgres(state_dir)
@@ -129,7 +124,7 @@ def _stop_postgres(state_dir: Path) -> None:
 
 
 def _stop_redis(state_dir: Path) -> None:
-    from boundary_inference import embedded
+    from boundary_inference.local import embedded
 
     if hasattr(embedded, "stop_redis"):
         embedded.stop_redis(state_dir)
@@ -141,7 +136,7 @@ def _stop_redis(state_dir: Path) -> None:
         os.kill(row.pid, signal.SIGTERM)  # redis saves its snapshot and exits
     except ProcessLookupError:
         return
-    from boundary_inference.processes import pid_alive
+    from boundary_inference.local.processes import pid_alive
 
     deadline = time.monotonic() + 30
     while pid_alive(row.pid) and time.monotonic() < deadline:
@@ -185,7 +180,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 def env() -> None:
     """Print ``export PREFECT_API_URL=...`` for the state dir's Prefect server (started if needed),
     so that ``prefect`` commands in this shell use it: ``eval "$(boundary-inference services env)"``."""
-    from boundary_inference.embedded_prefect import start_prefect
+    from boundary_inference.local.prefect_server import start_prefect
 
     server = start_prefect(_state_dir())
     sys.stdout.write(f"export PREFECT_API_URL={server.api_url}\n")
@@ -204,7 +199,7 @@ def stop(
 ) -> None:
     """Stop the embedded daemons (all, or those named). The next command that needs one starts it
     again; their data stays under the state dir."""
-    from boundary_inference.embedded_prefect import stop_prefect
+    from boundary_inference.local.prefect_server import stop_prefect
 
     state_dir = _state_dir()
     names = only or ["prefect", "redis", "postgres"]

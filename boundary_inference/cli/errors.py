@@ -1,0 +1,72 @@
+"""Operator problems end as one line and exit 2, never a traceback; anything else is a bug and
+keeps its traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+
+class SubmissionCutShort(RuntimeError):
+    """The flow run ended on an operator problem (most often Prefect's API lost mid-run): the
+    ledger, not Prefect, holds what was decided for the job."""
+
+
+class OneLineErrors(TyperGroup):
+    """Usage, configuration and connection problems end as one line and exit 2, never a
+    traceback; anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:  # typer's Exit/Abort and usage errors are never classified
+            reason = operator_problem(error)
+            if reason is None:
+                raise
+            from rich.markup import escape
+
+            Console(stderr=True, soft_wrap=True).print(
+                f"[red]error[/red]: {escape(reason)}", highlight=False
+            )
+            raise typer.Exit(2) from None
+
+
+def operator_problem(error: BaseException) -> str | None:
+    """One line for an error the operator can fix (a store or server unreachable, a bad setting),
+    None for a bug."""
+    from boundary_inference.ledger import LedgerError
+    from boundary_inference.limiter import LimiterUnavailable
+    from boundary_inference.local.prefect_server import PrefectServerError
+    from boundary_inference.services import EmbeddedNotAllowed
+
+    first_line = " ".join(str(error).split())[:400] or type(error).__name__
+    if isinstance(error, LedgerError):
+        return f"the ledger (PostgreSQL) failed: {first_line}"
+    if isinstance(error, LimiterUnavailable):
+        return f"Redis failed: {first_line}"
+    if isinstance(error, SubmissionCutShort):
+        return " ".join(str(error).split())  # its reason is clipped already; keep the hint whole
+    if isinstance(error, (PrefectServerError, EmbeddedNotAllowed)):
+        return first_line
+    names = {c.__module__.split(".")[0] + "." + c.__name__ for c in type(error).__mro__}
+    if names & {"psycopg.OperationalError", "psycopg.InterfaceError"}:
+        return f"cannot reach PostgreSQL: {first_line}"
+    if names & {"redis.ConnectionError", "redis.TimeoutError"}:
+        return f"cannot reach Redis: {first_line}"
+    if names & {"httpx.TransportError"} or first_line.startswith("Failed to reach API"):
+        return f"cannot reach the Prefect API: {first_line}"
+    if "httpx.HTTPStatusError" in names and _server_side(error):
+        # A 5xx after the client's own retries (a busy SQLite server: "database is locked"): the
+        # server's problem, not a bug here. An admitted run's lease lets the reaper settle it.
+        return f"the Prefect API failed: {first_line}"
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return f"connection failed: {first_line}"
+    return None
+
+
+def _server_side(error: BaseException) -> bool:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", 0) >= 500
