@@ -308,10 +308,8 @@ def _admit(job: Job, services: Services, settings: Settings) -> tuple[Rejected |
     )
     if refusal:
         return refusal, False
-    job.admitted_limiter = True
-    # Marked before the call: if the answer is lost after the server committed, the reject path
-    # still releases it (release touches only an open reservation of this run).
-    job.reserved_budget = True
+    job.admissions.limiter_slot = True
+    job.admissions.budget_reservation = True  # before the call: see Admissions
     refusal = budget.reserve(
         services.ledger,
         settings,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -36,7 +35,7 @@ from boundary_inference.executor import (
     SpawnUncertain,
     SpawnUnconfirmed,
 )
-from boundary_inference.lease import LeaseLost
+from boundary_inference.lease import LeaseKeeper, LeaseLost
 from boundary_inference.ledger import Ledger
 from config import Settings
 from modal_app.types import InferenceRequest
@@ -51,7 +50,7 @@ def run_job(
     request: InferenceRequest,
     *,
     existing_call_id: str | None = None,
-    lease: Any = None,
+    lease: LeaseKeeper | None = None,
     cancel: CancelWatch | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -115,7 +114,7 @@ def find_lost_call(
     settings: Settings,
     run_id: str,
     lost: SpawnUncertain,
-    lease: Any,
+    lease: LeaseKeeper | None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> str:
@@ -151,7 +150,7 @@ def _watch(
     settings: Settings,
     request: InferenceRequest,
     call_id: str,
-    lease: Any,
+    lease: LeaseKeeper | None,
     cancel: CancelWatch | None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],

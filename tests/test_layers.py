@@ -9,11 +9,17 @@ the folder it lives in.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def prefect_harness() -> None:
+    """No Prefect API: the checks read source files."""
 
 # Bottom to top. A folder may import its own layer and the layers listed for it, nothing else.
 LAYERS: dict[str, set[str]] = {
@@ -43,12 +49,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
 def _resolve(name: str) -> str:
     """``from a.b import c`` names module ``a.b.c`` when that file exists, else ``a.b``."""
     candidate = ROOT / Path(*name.split("."))
     return name if candidate.with_suffix(".py").exists() or candidate.is_dir() else ""
 
 
+@functools.cache
 def _imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -64,6 +72,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+@functools.cache
 def _our_modules() -> dict[str, Path]:
     modules: dict[str, Path] = {}
     for top in ("config", "migrations", "modal_app", "boundary_inference", "tasks", "flows"):
@@ -164,9 +173,9 @@ def test_no_two_modules_import_each_other() -> None:
 
 
 def test_runtime_code_never_imports_benches_or_tests() -> None:
-    graph = _graph()
-    runtime = [m for m in graph if _layer(m) != "benches"]
-    bad = {f"{m} imports {t}" for m in runtime for t in _imports(_our_modules()[m])}
+    modules = _our_modules()
+    runtime = [m for m in modules if _layer(m) != "benches"]
+    bad = {f"{m} imports {t}" for m in runtime for t in _imports(modules[m])}
     assert not {b for b in bad if b.split(" imports ")[1].split(".")[0] in ("benches", "tests")}
 
 
@@ -187,7 +196,11 @@ def test_the_checker_sees_an_upward_import(source: str, arrow: str) -> None:
 
 
 def test_the_checker_sees_a_circle() -> None:
-    graph = {"adapters_a": {"adapters_b"}, "adapters_b": {"adapters_c"}, "adapters_c": {"adapters_a"}}
+    graph = {
+        "adapters_a": {"adapters_b"},
+        "adapters_b": {"adapters_c"},
+        "adapters_c": {"adapters_a"},
+    }
     assert _cycles(graph) == [["adapters_a", "adapters_b", "adapters_c"]]
 
 
@@ -199,3 +212,30 @@ def _imports_text(source: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
     return found
+
+
+# The ledger calls that write a run's row or its reservation, and the only runtime modules that
+# make them: the run's own module, and the budget tasks it runs (reserve, release, settle).
+RUN_WRITES = {"transition_run", "settle_budget", "release_budget"}
+RUN_WRITERS = {"flows.run.row", "tasks.budget"}
+
+
+def _calls(path: Path, names: set[str]) -> set[str]:
+    return {
+        node.func.attr
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in names
+        # ``row.settle_budget(...)`` is the run module's own function, not a ledger call.
+        and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "row")
+    }
+
+
+def test_the_run_row_and_its_reservation_are_written_from_one_module() -> None:
+    writers = {
+        name: sorted(_calls(path, RUN_WRITES))
+        for name, path in _our_modules().items()
+        if _layer(name) not in ("benches", "adapters") or name.startswith("boundary_inference.cli")
+    }
+    assert {name for name, calls in writers.items() if calls} == RUN_WRITERS, writers

@@ -18,20 +18,23 @@ from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled, Completed, Failed
 
 from boundary_inference.cancel_watch import CancelWatch
-from boundary_inference.executor import ExecutorUnavailable, SpawnUnconfirmed
+from boundary_inference.executor import CallStatus, ExecutorUnavailable, SpawnUnconfirmed
 from boundary_inference.lease import LeaseLost
 from boundary_inference.ledger import ClaimResult, Ledger
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus
 from config import Settings
+from flows.run import row
 from flows.run import states as run_states
 from flows.run.cancellation import stop_flow_run_calls
-from flows.run.job import Job
+from flows.run.job import Job, Phase
 from flows.run.reaper import reap_stale_runs
-from flows.run.settlement import settle_call
+from flows.run.row import RunStatus
+from flows.run.settlement import Settlement, settle_call
 from modal_app.types import InferenceRequest
 from tasks._common import artifact_key
 from tasks.cost import CostEstimate, calibration_key, estimate_cost
 from tasks.execute import run_job
+from tasks.validate import ValidRequest
 
 if TYPE_CHECKING:
     from boundary_inference.services import Services
@@ -65,7 +68,7 @@ def estimate_markdown(
 
 def spawn_and_settle(
     job: Job,
-    verdict: Any,
+    verdict: ValidRequest,
     model_version: str,
     *,
     probe: bool,
@@ -100,30 +103,30 @@ def spawn_and_settle(
     except ExecutorUnavailable as error:
         return _refused_at_spawn(job, executor.name, error)
     except SpawnUnconfirmed as error:
-        job.spawned = True  # maybe: an input Modal holds may still start (fenced, so it refuses)
+        job.move(Phase.SPAWNED)  # maybe: an input Modal holds may still start (fenced: refuses)
         finish_unwatched(job, error)
         return _unconfirmed(job, error)
     except LeaseLost:
-        job.spawned = True
+        job.move(Phase.SPAWNED)
         raise
     except BaseException as error:
         # Cancelled, timed out or crashed while watching: run_job already cancelled the call.
-        job.spawned = True
+        job.move(Phase.SPAWNED)
         finish_unwatched(job, error)
         raise
-    job.spawned = True
+    job.move(Phase.SPAWNED)
     return settle(job, status, call_id, probe)
 
 
-def _mark_running(job: Job, verdict: Any, *, probe: bool) -> None:
+def _mark_running(job: Job, verdict: ValidRequest, *, probe: bool) -> None:
     """The run is running, with the estimate it was admitted at (and the estimate artifact)."""
     assert job.services is not None and job.run_id is not None and job.estimate is not None
     est = job.estimate
     executor_name, gpu_type = calibration_key(job.settings)
-    job.services.ledger.transition_run(
-        run_id=job.run_id,
-        to_status="running",
-        fields={
+    row.mark_running(
+        job.services.ledger,
+        job.run_id,
+        {
             "estimated_cost_usd": est.estimated_cost_usd,
             "worst_case_cost_usd": est.worst_case_cost_usd,
             "reserved_cost_usd": est.worst_case_cost_usd,
@@ -144,15 +147,14 @@ def _mark_running(job: Job, verdict: Any, *, probe: bool) -> None:
 def _refused_at_spawn(job: Job, executor_name: str, error: ExecutorUnavailable) -> State:
     """Refused at spawn: nothing ran, so nothing is charged and the quota is given back."""
     assert job.services is not None and job.run_id is not None and job.estimate is not None
-    job.services.ledger.transition_run(
-        run_id=job.run_id,
-        to_status="failed",
-        fields={
-            "error": f"executor unavailable: {error}"[:1000],
-            "failure_kind": "infrastructure",
-        },
+    row.end(
+        job.services.ledger,
+        job.run_id,
+        RunStatus.FAILED,
+        {"error": f"executor unavailable: {error}", "failure_kind": "infrastructure"},
     )
     job.undo_admissions()
+    job.move(Phase.CLOSED)
     message = f"executor {executor_name!r} unavailable at spawn: {error}"
     outcome = JobOutcome(
         OutcomeStatus.FAILED,
@@ -183,7 +185,7 @@ def _unconfirmed(job: Job, error: SpawnUnconfirmed) -> State:
 
 def build_request(
     settings: Settings,
-    verdict: Any,
+    verdict: ValidRequest,
     model_version: str,
     run_id: str,
     est: CostEstimate,
@@ -228,7 +230,7 @@ def own_live_call(ledger: Ledger, run_id: str) -> str | None:
 def end_at_claim(
     job: Job,
     settings: Settings,
-    verdict: Any,
+    verdict: ValidRequest,
     model_version: str,
     claim: ClaimResult,
     owner: str,
@@ -256,12 +258,18 @@ def end_at_claim(
         outcome = JobOutcome(OutcomeStatus.SKIPPED, job.video_id, message, run_id=run_id)
         return run_states.skipped(outcome)
     job.run_id = run_id
+    job.move(Phase.CLAIMED)
     job.hold_lease(run_id, owner)
     return None
 
 
 def reattach(
-    job: Job, settings: Settings, verdict: Any, model_version: str, run_id: str, call_id: str
+    job: Job,
+    settings: Settings,
+    verdict: ValidRequest,
+    model_version: str,
+    run_id: str,
+    call_id: str,
 ) -> State:
     """Watch and settle a call this flow run spawned before it died; nothing new is admitted."""
     assert job.services is not None
@@ -284,7 +292,7 @@ def reattach(
         call_id,
     )
     request = build_request(settings, verdict, model_version, run_id, est)
-    job.spawned = True
+    job.move(Phase.SPAWNED)
     job.cancel = CancelWatch.for_this_flow_run(settings)
     try:
         call_id, status = run_job(
@@ -312,23 +320,25 @@ def finish_unwatched(job: Job, error: BaseException) -> None:
     reservation at the worst case, and the monitor's stale-run reaper settles it later.
     """
     assert job.services is not None and job.run_id is not None and job.estimate is not None
-    if job.finished_unwatched or (job.lease is not None and job.lease.lost):
-        return  # ...or another watcher has it now, and settles it
-    job.finished_unwatched = True
+    if job.lease is not None and job.lease.lost:
+        return  # another watcher has it now, and settles it
+    if not job.settled():
+        return  # ended once already
     ledger, logger = job.services.ledger, get_run_logger()
     if isinstance(error, TerminationSignal) and _settle_terminated(job, error):
         return
     try:
-        ledger.transition_run(
-            run_id=job.run_id,
-            to_status="cancelled",
-            fields={"error": f"flow stopped watching: {type(error).__name__}: {error}"[:1000]},
+        row.end(
+            ledger,
+            job.run_id,
+            RunStatus.CANCELLED,
+            {"error": f"flow stopped watching: {type(error).__name__}: {error}"},
         )
     except Exception as inner:  # e.g. already succeeded, when settling it was what failed
         logger.error("could not end run %s after %s: %s", job.run_id, error, inner)
     try:
         # What ran is unknown: keep the whole worst case charged rather than under-count spend.
-        ledger.settle_budget(run_id=job.run_id, actual_usd=job.estimate.worst_case_cost_usd)
+        row.settle_budget(ledger, job.run_id, job.estimate.worst_case_cost_usd, as_task=False)
     except Exception as inner:
         logger.error("could not settle run %s after %s: %s", job.run_id, error, inner)
 
@@ -354,7 +364,7 @@ def _settle_terminated(job: Job, error: BaseException) -> bool:
     return bool(settled)
 
 
-def settle(job: Job, status: Any, call_id: str, probe: bool) -> State:
+def settle(job: Job, status: CallStatus, call_id: str, probe: bool) -> State:
     assert job.services is not None and job.run_id is not None and job.estimate is not None
     if job.lease is not None:
         job.lease.confirm()  # taken over while this flow stalled: its new watcher settles it
@@ -366,6 +376,7 @@ def settle(job: Job, status: Any, call_id: str, probe: bool) -> State:
         worst_case_usd=job.estimate.worst_case_cost_usd,
         probe=probe,
     )
+    job.move(Phase.SETTLED)
     succeeded = settled.status is OutcomeStatus.SUCCEEDED
     dropped = f"; {job.duplicate_pairs} duplicate pairs dropped" if job.duplicate_pairs else ""
     outcome = JobOutcome(
@@ -397,7 +408,7 @@ def settle(job: Job, status: Any, call_id: str, probe: bool) -> State:
     return run_states.failed(outcome, str(settled.status).replace("_", "-"))
 
 
-def settlement_artifact(job: Job, settled: Any, call_id: str) -> None:
+def settlement_artifact(job: Job, settled: Settlement, call_id: str) -> None:
     """What the run cost against what it was admitted at, on the flow run: the figures an
     operator otherwise assembles from the ledger. Best effort: the ledger holds them regardless."""
     assert job.estimate is not None

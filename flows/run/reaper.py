@@ -46,6 +46,7 @@ from prefect import get_run_logger
 from boundary_inference.executor import CallState, CallStatus, Executor
 from boundary_inference.ledger import LeasedRun, Ledger, RunRow
 from config import Settings
+from flows.run import row
 from flows.run.settlement import settle_call
 from tasks._common import LEDGER, guard_task
 from tasks.execute import watch_limit_exceeded
@@ -166,7 +167,7 @@ def _reap(
         asked = watch_limit_exceeded(asked or CallStatus(CallState.PENDING), limit_s, settings)
 
     if status == "queued":  # a call on a queued run: only a hand-edited row; settle it all the same
-        ledger.transition_run(run_id=run_id, to_status="running")
+        row.mark_running(ledger, run_id)
     settled = settle_call(
         ledger, settings, run_id=run_id, status=asked, worst_case_usd=worst, probe=False
     )
@@ -207,10 +208,10 @@ def _close_orphan_reservations(ledger: Ledger, settings: Settings) -> list[dict[
         run_id, reserved = str(orphan["run_id"]), float(orphan["reserved_usd"])
         if orphan.get("executor_call_id"):
             # It was spawned: what it billed is unknown, so what was reserved is what it cost.
-            ledger.settle_budget(run_id=run_id, actual_usd=reserved)
+            row.settle_budget(ledger, run_id, reserved, as_task=False)
             action = f"open reservation settled at ${reserved:.4f} (run was spawned)"
         else:
-            ledger.release_budget(run_id=run_id)
+            row.release_budget(ledger, run_id, as_task=False)
             action = f"open reservation of ${reserved:.4f} released (run never spawned)"
         get_run_logger().warning("run %s (%s): %s", run_id, orphan.get("run_status"), action)
         closed.append(

@@ -13,12 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from boundary_inference.executor import CallState, FailureKind
+from boundary_inference.executor import CallState, CallStatus, ExecutorFailure, FailureKind
 from boundary_inference.ledger import Ledger
 from boundary_inference.ledger.predictions import DEFAULT_BATCH_PAIRS, save_in_batches
 from boundary_inference.outcome import OutcomeStatus
 from config import Settings
-from tasks import breaker, budget
+from flows.run import row
+from flows.run.row import RunStatus
+from modal_app.types import InferenceResult
+from tasks import breaker
 from tasks._common import LEDGER, guard_task, run_logger
 
 FAILURE_STATUS = {
@@ -56,21 +59,26 @@ def settle_call(
     settings: Settings,
     *,
     run_id: str,
-    status: Any,
+    status: CallStatus,
     worst_case_usd: float,
     probe: bool,
 ) -> Settlement:
     """End the running run ``run_id`` from its finished call's ``status`` (a ``CallStatus``)."""
-    if status.state is CallState.SUCCEEDED:
+    if status.state is CallState.SUCCEEDED and status.result is not None:
         return _settle_success(ledger, settings, run_id, status.result, worst_case_usd, probe)
-    return _settle_failure(ledger, settings, run_id, status.failure, worst_case_usd, probe)
+    # A status that says neither what it produced nor why it failed: what ran is unknown, so
+    # the whole reservation is charged (elapsed_s None), as for a crash.
+    failure = status.failure or ExecutorFailure(
+        FailureKind.INFRASTRUCTURE, f"call ended {status.state} with no result", "NoResult"
+    )
+    return _settle_failure(ledger, settings, run_id, failure, worst_case_usd, probe)
 
 
 def _settle_success(
     ledger: Ledger,
     settings: Settings,
     run_id: str,
-    result: Any,
+    result: InferenceResult,
     worst_case_usd: float,
     probe: bool,
 ) -> Settlement:
@@ -83,17 +91,18 @@ def _settle_success(
     gpu_s = float(result.extra.get("billed_s") or metrics.elapsed_s)
     # Never above the reservation: the worst case bounds every billed second already.
     actual = min(settings.billed_cost_usd(gpu_s), worst_case_usd)
-    ledger.transition_run(
-        run_id=run_id,
-        to_status="succeeded",
-        fields={
+    row.end(
+        ledger,
+        run_id,
+        RunStatus.SUCCEEDED,
+        {
             "gpu_seconds": gpu_s,
             "pairs_per_s": metrics.pairs_per_s,
             "actual_cost_usd": actual,
             "attempts": int(result.extra.get("attempts", 1)),
         },
     )
-    budget.settle(ledger, run_id=run_id, actual_usd=actual)
+    row.settle_budget(ledger, run_id, actual)
     breaker.record_outcome(ledger, settings, ok=True, kind="success", probe=probe)
     boundaries = sum(1 for p in result.predictions if p.is_boundary)
     run_logger().info(
@@ -119,7 +128,7 @@ def _settle_failure(
     ledger: Ledger,
     settings: Settings,
     run_id: str,
-    failure: Any,
+    failure: ExecutorFailure,
     worst_case_usd: float,
     probe: bool,
 ) -> Settlement:
@@ -132,17 +141,18 @@ def _settle_failure(
     else:
         elapsed = failure.elapsed_s
         actual = min(settings.billed_cost_usd(failure.elapsed_s), worst_case_usd)
-    ledger.transition_run(
-        run_id=run_id,
-        to_status=str(outcome_status),
-        fields={
-            "error": f"{failure.error_type}: {failure.message}"[:1000],
+    row.end(
+        ledger,
+        run_id,
+        RunStatus.of_outcome(outcome_status),
+        {
+            "error": f"{failure.error_type}: {failure.message}",
             "failure_kind": str(failure.kind),
             "gpu_seconds": elapsed,
             "actual_cost_usd": actual,
         },
     )
-    budget.settle(ledger, run_id=run_id, actual_usd=actual)
+    row.settle_budget(ledger, run_id, actual)
     if failure.kind.counts_for_breaker:
         breaker.record_outcome(ledger, settings, ok=False, kind=str(failure.kind), probe=probe)
     elif probe and failure.kind is not FailureKind.CANCELLED:
