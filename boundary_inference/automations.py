@@ -22,6 +22,8 @@ from uuid import UUID
 
 import yaml
 
+from boundary_inference.errors import OperatorError
+
 AUTOMATIONS_DIR = Path(__file__).resolve().parent.parent / "automations"
 DEFAULT_BLOCK_NAME = "boundary-inference-alerts"
 NOTIFY_ACTIONS = frozenset({"send-notification"})
@@ -34,7 +36,7 @@ class AppliedAutomation:
     action: str  # "created", "updated" or "unchanged"
 
 
-class NotificationBlockNotFound(LookupError):
+class NotificationBlockNotFound(OperatorError, LookupError):
     """No notification block of that name is saved on the Prefect server."""
 
 

@@ -18,12 +18,13 @@ import logging
 import threading
 import uuid
 
+from boundary_inference.errors import BoundaryInferenceError
 from boundary_inference.ledger import Ledger
 
 logger = logging.getLogger(__name__)
 
 
-class LeaseLost(Exception):
+class LeaseLost(BoundaryInferenceError):
     """Another watcher holds this run now (its lease had expired): stop watching it, and neither
     cancel nor settle it."""
 

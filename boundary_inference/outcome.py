@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from boundary_inference.errors import BoundaryInferenceError
+
 
 class RejectionType(StrEnum):
     VALIDATION_FAILED = "validation_failed"
@@ -96,7 +98,7 @@ class JobOutcome:
         return EXIT_CODES[self.status]
 
 
-class JobFailed(Exception):
+class JobFailed(BoundaryInferenceError):
     """A failed job, as the data of its ``Failed`` flow state; ``outcome`` is its JobOutcome dict.
 
     Prefect turns a failed state's data into an exception whenever the state's result is read

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from boundary_inference.errors import OperatorError
+
 # Valid requests are at most 2 levels deep; this leaves room for a readable "wrong shape" refusal
 # and stays far below where json.loads (about 1,000) and Prefect's parameter resolution (about
 # 300, measured) recurse out of stack.
@@ -81,7 +83,7 @@ class PairsProblem:
     requested: int | None = None
 
 
-class RequestJsonError(ValueError):
+class RequestJsonError(OperatorError, ValueError):
     """JSON text that cannot be a request: not JSON, too large, too deep, NaN or Infinity."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from boundary_inference.errors import OperatorError
 from config import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def open_executor(settings: Settings) -> Executor:
     )
 
 
-class EmbeddedNotAllowed(RuntimeError):
+class EmbeddedNotAllowed(OperatorError):
     """A deployment run lacks a store or an executor that its configuration must name."""
 
 

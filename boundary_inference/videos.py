@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boundary_inference.errors import OperatorError
 from boundary_inference.ledger import Ledger, VideoRow
 from config import Settings
 from config.identifiers import identifier_problem
@@ -37,7 +38,7 @@ FINGERPRINT_FIELDS = ("size_bytes", "content_hash", "etag", "version_id", "modif
 _CROP_PART = re.compile(r"-?[0-9]{1,9}")
 
 
-class RegistrationError(Exception):
+class RegistrationError(OperatorError):
     """A video or checkpoint that cannot be registered. ``exit_code``: 2 for a bad input, 1 for a
     store that could not be reached (try again)."""
 

@@ -56,11 +56,12 @@ from prefect.states import Cancelled, Completed
 from pydantic import Field
 
 from boundary_inference.cancel_watch import CancelWatch
+from boundary_inference.errors import StoreUnavailable
 from boundary_inference.ledger import Ledger, SpendSummary
 from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, RejectionType
 from boundary_inference.services import get_services
 from config import Settings, get_settings
-from flows.boundary_inference import GUARD_ERRORS, boundary_inference_flow
+from flows.boundary_inference import boundary_inference_flow
 from flows.run import states as run_states
 from flows.run.cancellation import stop_backfill_spending
 from tasks import breaker
@@ -434,7 +435,7 @@ def _gate(settings: Settings, tenant_id: str) -> StopReason | None:
     """The between-waves check, failing closed: a store that cannot be read stops the backfill."""
     try:
         return check_gate(get_services(settings).ledger, settings, tenant_id)
-    except GUARD_ERRORS as error:
+    except StoreUnavailable as error:
         return StopReason(
             str(RejectionType.GUARD_UNAVAILABLE),
             f"cannot read the breaker or the budget ({type(error).__name__}: {error})",

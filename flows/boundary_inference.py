@@ -26,10 +26,10 @@ from prefect import flow, get_run_logger, runtime
 from prefect.client.schemas.objects import State
 from pydantic import ValidationError
 
+from boundary_inference.errors import StoreUnavailable
 from boundary_inference.executor import ExecutorUnavailable
 from boundary_inference.lease import LeaseLost, lease_owner
-from boundary_inference.ledger import LedgerError, ModelRow
-from boundary_inference.limiter import LimiterUnavailable
+from boundary_inference.ledger import ModelRow
 from boundary_inference.outcome import Rejected, RejectionType
 from boundary_inference.services import Services
 from config import Settings, get_settings
@@ -52,7 +52,6 @@ from tasks import (
 )
 
 # A guard whose backing service fails raises one of these; the flow turns it into guard_unavailable.
-GUARD_ERRORS: tuple[type[BaseException], ...] = (LedgerError, LimiterUnavailable)
 
 
 def _run_name() -> str:
@@ -150,7 +149,7 @@ def _run_job(job: Job, request: _Request) -> State:
         return _guarded_run(job, job.services, job.settings, request)
     except LeaseLost as error:
         return run_lifecycle.taken_over(job, error)
-    except GUARD_ERRORS as error:
+    except StoreUnavailable as error:
         if job.spawned:
             run_lifecycle.finish_unwatched(job, error)
             raise

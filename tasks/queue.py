@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from prefect import get_run_logger
 from prefect.events import emit_event
 
+from boundary_inference.errors import StoreUnavailable
 from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import Rejected, RejectionType
 from config import Settings
@@ -33,7 +34,7 @@ from tasks._common import GUARD, guard_task
 QUEUE_ALERT_EVENT = "boundary-inference.queue.depth-alert"
 
 
-class BacklogUnavailable(Exception):
+class BacklogUnavailable(StoreUnavailable):
     """The Prefect API could not be asked how many flow runs wait for the deployment."""
 
 

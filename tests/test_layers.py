@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def prefect_harness() -> None:
     """No Prefect API: the checks read source files."""
 
+
 # Bottom to top. A folder may import its own layer and the layers listed for it, nothing else.
 LAYERS: dict[str, set[str]] = {
     "migrations": set(),  # the SQL files and where they are

@@ -9,8 +9,10 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from boundary_inference.errors import OperatorError, StoreUnavailable
 
-class SubmissionCutShort(RuntimeError):
+
+class SubmissionCutShort(OperatorError):
     """The flow run ended on an operator problem (most often Prefect's API lost mid-run): the
     ledger, not Prefect, holds what was decided for the job."""
 
@@ -36,11 +38,11 @@ class OneLineErrors(TyperGroup):
 
 def operator_problem(error: BaseException) -> str | None:
     """One line for an error the operator can fix (a store or server unreachable, a bad setting),
-    None for a bug."""
+    None for a bug. Ours by the error tree (boundary_inference.errors); a driver's error that
+    reached the CLI without an adapter in between (the Prefect client the CLI calls itself, a
+    server probed directly) by its real class, imported only when there is an error to classify."""
     from boundary_inference.ledger import LedgerError
     from boundary_inference.limiter import LimiterUnavailable
-    from boundary_inference.local.prefect_server import PrefectServerError
-    from boundary_inference.services import EmbeddedNotAllowed
 
     first_line = " ".join(str(error).split())[:400] or type(error).__name__
     if isinstance(error, LedgerError):
@@ -49,18 +51,25 @@ def operator_problem(error: BaseException) -> str | None:
         return f"Redis failed: {first_line}"
     if isinstance(error, SubmissionCutShort):
         return " ".join(str(error).split())  # its reason is clipped already; keep the hint whole
-    if isinstance(error, (PrefectServerError, EmbeddedNotAllowed)):
+    if isinstance(error, (OperatorError, StoreUnavailable)):
         return first_line
-    names = {c.__module__.split(".")[0] + "." + c.__name__ for c in type(error).__mro__}
-    if names & {"psycopg.OperationalError", "psycopg.InterfaceError"}:
+    return _driver_problem(error, first_line)
+
+
+def _driver_problem(error: BaseException, first_line: str) -> str | None:
+    import httpx
+    import psycopg
+    import redis
+
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
         return f"cannot reach PostgreSQL: {first_line}"
-    if names & {"redis.ConnectionError", "redis.TimeoutError"}:
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
         return f"cannot reach Redis: {first_line}"
-    if names & {"httpx.TransportError"} or first_line.startswith("Failed to reach API"):
+    if isinstance(error, httpx.TransportError) or first_line.startswith("Failed to reach API"):
         return f"cannot reach the Prefect API: {first_line}"
-    if "httpx.HTTPStatusError" in names and _server_side(error):
-        # A 5xx after the client's own retries (a busy SQLite server: "database is locked"): the
-        # server's problem, not a bug here. An admitted run's lease lets the reaper settle it.
+    if isinstance(error, httpx.HTTPStatusError) and _server_side(error):
+        # A 5xx after the client's own retries: the server's problem, not a bug here. An
+        # admitted run's lease lets the reaper settle it.
         return f"the Prefect API failed: {first_line}"
     if isinstance(error, (ConnectionError, TimeoutError)):
         return f"connection failed: {first_line}"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from boundary_inference.errors import BoundaryInferenceError, StoreUnavailable
 from modal_app.types import InferenceRequest, InferenceResult
 
 
@@ -50,11 +51,11 @@ class CallStatus:
         return self.pairs_done / self.pairs_total if self.pairs_total else 0.0
 
 
-class ExecutorUnavailable(Exception):
+class ExecutorUnavailable(StoreUnavailable):
     """The executor cannot take work (no credentials, app not deployed). Raised before any spend."""
 
 
-class SpawnUncertain(Exception):
+class SpawnUncertain(BoundaryInferenceError):
     """The spawn failed in a way that does not prove nothing runs (a timeout after sending).
 
     Never treated as "nothing ran": the watcher looks for the call by its run id

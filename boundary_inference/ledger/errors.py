@@ -13,9 +13,11 @@ SQLSTATE codes raised by the ledger's SQL functions (see ``migrations/``):
 
 from __future__ import annotations
 
+from boundary_inference.errors import OperatorError, StoreUnavailable
 
-class LedgerError(Exception):
-    """The ledger refused or failed a call.
+
+class LedgerError(StoreUnavailable):
+    """The ledger refused or failed a call: to a safeguard, its store failed (fails closed).
 
     Attributes:
         code: SQLSTATE (``BI409``...), PostgREST code (``PGRST202``...) or a transport tag
@@ -52,7 +54,7 @@ class RunNotFound(LedgerError):
     """The run (or the video a claim names) does not exist (SQLSTATE ``BI404``)."""
 
 
-class MigrationError(LedgerError):
+class MigrationError(LedgerError, OperatorError):
     """A migration cannot be applied (e.g. an applied file was edited afterwards)."""
 
 

@@ -48,12 +48,14 @@ from typing import Literal, cast
 
 import redis
 
+from boundary_inference.errors import StoreUnavailable
+
 _LUA = resources.files("boundary_inference.limiter") / "lua"
 
 Reason = Literal["cooldown", "rate_limited"]
 
 
-class LimiterUnavailable(Exception):
+class LimiterUnavailable(StoreUnavailable):
     """Redis could not be reached, did not answer in time, or failed the call. Fail closed."""
 
 

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from filelock import FileLock
 
+from boundary_inference.errors import OperatorError
 from boundary_inference.local.embedded import DaemonStatus, postmaster_status
 from boundary_inference.local.locks import try_lock
 from boundary_inference.local.processes import pid_alive
@@ -56,7 +57,7 @@ _PG_SYSTEM_USER = "embedded_postgres"
 State = Literal["running", "stopped", "exiting"]
 
 
-class PrefectServerError(RuntimeError):
+class PrefectServerError(OperatorError):
     """The embedded Prefect server could not be started."""
 
 

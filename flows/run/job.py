@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import get_run_logger
 from prefect.client.schemas.objects import State
 
+from boundary_inference.errors import BoundaryInferenceError
 from boundary_inference.lease import LeaseKeeper
 from boundary_inference.ledger import Ledger
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, Rejected, RejectionType
@@ -50,7 +51,7 @@ NEXT: dict[Phase, frozenset[Phase]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(BoundaryInferenceError, RuntimeError):
     """A job asked to move backwards or twice to an end: a bug in the flow, never an outcome."""
 
 
