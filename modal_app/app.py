@@ -45,7 +45,7 @@ from modal_app.modal_config import (
     progress_dict_name,
 )
 from modal_app.sources import StorageConfig
-from modal_app.types import InferenceRequest
+from modal_app.types import InferenceRequest, InferenceResult
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,52 @@ PROGRESS_INTERVAL_S = 2.0
 # The SDK gives ``modal.Dict.get``/``__setitem__`` and ``Volume.reload`` no timeout: each one runs
 # in a helper thread and is given up after this long (a hung call is then a failure to record).
 NETWORK_CALL_TIMEOUT_S = 10.0
+
+
+# How long loading a model (reading a checkpoint, moving it to the GPU, the first batch, which a
+# torch.compile compiles) is kept alive without completing a batch. Past it the stall watchdog
+# takes over again, so a load that hangs ends heartbeat_timeout_s later, not at the deadline.
+LOAD_KEEPALIVE_S = 300.0
+
+
+class _LoadKeepalive:
+    """Beats the heartbeat while the model loads, up to ``limit_s`` on the job's clock."""
+
+    def __init__(
+        self,
+        beat: Callable[[], None],
+        *,
+        limit_s: float,
+        interval_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._beat = beat
+        self._limit_s = limit_s
+        self._interval_s = interval_s
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load-keepalive", daemon=True)
+
+    def __enter__(self) -> _LoadKeepalive:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        started = self._clock()
+        while not self._stop.wait(self._interval_s):
+            if self._clock() - started > self._limit_s:
+                logger.warning("model load past %g s: no longer kept alive", self._limit_s)
+                return
+            try:
+                self._beat()
+            except Stalled:  # the watchdog already ended the attempt
+                return
 
 
 class Cancellable(Protocol):
@@ -386,6 +432,7 @@ def run_call(
     start_timer: Callable[[float, Callable[[], None]], Cancellable] = _daemon_timer,
     require_cuda: bool = False,
     cuda_available: Callable[[], bool] | None = None,
+    load_keepalive_s: float = LOAD_KEEPALIVE_S,
 ) -> dict[str, Any]:
     """One attempt, inside a hard-exit timer started before its first network call.
 
@@ -425,6 +472,7 @@ def run_call(
             abort_grace_s=abort_grace_s,
             clock=clock,
             wall_clock=wall_clock,
+            load_keepalive_s=load_keepalive_s,
             cuda_missing=(
                 (lambda: not (cuda_available or _torch_cuda_available)()) if require_cuda else None
             ),
@@ -455,6 +503,7 @@ def _attempt(
     abort_grace_s: float,
     clock: Callable[[], float],
     wall_clock: Callable[[], float],
+    load_keepalive_s: float,
     cuda_missing: Callable[[], bool] | None,
 ) -> dict[str, Any]:
     """One attempt of one job: the body of ``BoundaryInference.infer``, free of Modal objects.
@@ -468,7 +517,6 @@ def _attempt(
     billed. Only :data:`RETRYABLE_KINDS` are raised for Modal's retry policy (the ``gpu_retries``).
     """
     from modal_app.inputs import prepared
-    from modal_app.predictor import run_inference
 
     started = clock()
     attempt, record = _start_attempt(store, request.run_id, call_id)
@@ -539,12 +587,8 @@ def _attempt(
                     # A download makes no batch progress; its chunks keep the heartbeat alive.
                     on_chunk=lambda _: watchdog.heartbeat.beat(),
                 ) as ready:
-                    result = run_inference(
-                        ready,
-                        models_dir=models_dir,
-                        progress=progress,
-                        should_stop=lambda: watchdog.error is not None,
-                        clock=clock,
+                    result = _infer_loading_kept_alive(
+                        ready, models_dir, watchdog, progress, load_keepalive_s, clock
                     )
             finally:
                 watchdog.stop()
@@ -605,6 +649,53 @@ def _attempt(
         "call_id": call_id,
     }
     return data
+
+
+def _infer_loading_kept_alive(
+    request: InferenceRequest,
+    models_dir: Path | None,
+    watchdog: _Watchdog,
+    progress: _Progress,
+    keepalive_s: float,
+    clock: Callable[[], float],
+) -> InferenceResult:
+    """The model's load and its first forward pass (where a ``torch.compile`` compiles) run under
+    a :class:`_LoadKeepalive`; decoding never does, so a decoder that hangs is still a stall."""
+    from modal_app import predictor
+
+    def keepalive() -> _LoadKeepalive:
+        interval_s = min(1.0, request.heartbeat_timeout_s / 4)
+        beat = watchdog.heartbeat.beat
+        return _LoadKeepalive(beat, limit_s=keepalive_s, interval_s=interval_s, clock=clock)
+
+    with keepalive():
+        model = predictor.get_model(request.model_version, models_dir)
+    return predictor.run_inference(
+        request,
+        models_dir=models_dir,
+        progress=progress,
+        should_stop=lambda: watchdog.error is not None,
+        clock=clock,
+        model=_FirstCallKeptAlive(model, keepalive),
+    )
+
+
+class _FirstCallKeptAlive:
+    """The model, its first ``predict_proba`` under a keepalive; everything else delegated."""
+
+    def __init__(self, model: Any, keepalive: Callable[[], _LoadKeepalive]) -> None:
+        self._model = model
+        self._keepalive: Callable[[], _LoadKeepalive] | None = keepalive
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def predict_proba(self, *inputs: Any) -> Any:
+        keepalive, self._keepalive = self._keepalive, None
+        if keepalive is None:
+            return self._model.predict_proba(*inputs)
+        with keepalive():
+            return self._model.predict_proba(*inputs)
 
 
 @app.cls(**function_options(settings))

@@ -1,5 +1,6 @@
 """The Modal function's money guards around its own body: a hard-exit timer before any network
-call, a time bound on each Dict call, and no CUDA on a GPU container as a typed failure.
+call, a time bound on each Dict call, no CUDA on a GPU container as a typed failure, and
+heartbeats while a model loads (a load that hangs still stalls).
 
 ``run_call`` is the function body, run here for real; a plain ``dict`` stands in for the progress
 ``modal.Dict`` (the same ``get``/``__setitem__``). Nothing waits on a sleep: a hung Dict call
@@ -8,19 +9,24 @@ blocks on an event the test releases, and the timer is the test's own recorder.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import modal_app.predictor as predictor
 from boundary_inference.executor.base import FailureKind
 from boundary_inference.executor.modal import classify_kind
 from modal_app.app import EXIT_ABORTED, AttemptsUnrecorded, run_call
+from modal_app.inputs import verify_checkpoint
 from modal_app.modal_config import FAILED, attempts_key, call_key
-from modal_app.models import BUILTIN
+from modal_app.models import BUILTIN, BUILTIN_MODEL
+from modal_app.sources import CHUNK_BYTES
 from modal_app.synthetic import make_video
 from modal_app.types import InferenceRequest
 
@@ -169,3 +175,91 @@ def test_the_local_cpu_path_runs_without_cuda(tmp_path: Path) -> None:
         request(video), store={}, max_attempts=3, models_dir=None, cuda_available=lambda: False
     )
     assert FAILED not in out and len(out["predictions"]) == 2
+
+
+# --- Heartbeats while a model loads ---------------------------------------------------------------
+
+
+class SlowFirstForward:
+    """The builtin model whose first forward pass takes ``first_s`` (a torch.compile compiling)."""
+
+    threshold = BUILTIN_MODEL.threshold
+
+    def __init__(self, first_s: float) -> None:
+        self.first_s = first_s
+        self.calls = 0
+
+    def predict_proba(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == 1:
+            busy(self.first_s)
+        return BUILTIN_MODEL.predict_proba(a, b)
+
+
+def busy(seconds: float, until: threading.Event | None = None) -> None:
+    """Python-level work for ``seconds`` of real time (the load itself, not a synchronisation):
+    small sleeps, so the watchdog's abort raised into this thread lands."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not (until is not None and until.is_set()):
+        time.sleep(0.01)
+
+
+def test_a_load_and_a_first_forward_longer_than_the_heartbeat_are_kept_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = tmp_path / "clip.mp4"
+    make_video(video, seed=3, frame_count=8)
+    model = SlowFirstForward(first_s=2.5)
+
+    def slow_load(version: str, models_dir: Path | None = None) -> SlowFirstForward:
+        busy(2.5)  # reading a checkpoint and moving it to the GPU: no batch completes meanwhile
+        return model
+
+    monkeypatch.setattr(predictor, "get_model", slow_load)
+    exits: list[int] = []
+    out = run_call(
+        {**request(video), "heartbeat_timeout_s": 1.0},
+        store={},
+        max_attempts=3,
+        models_dir=None,
+        hard_exit=exits.append,
+    )
+    assert FAILED not in out, out  # each phase lasts 2.5 heartbeats and none of them stalls
+    assert len(out["predictions"]) == 2 and model.calls == 1 and exits == []
+    assert not [t for t in threading.enumerate() if t.name == "load-keepalive" and t.is_alive()]
+
+
+def test_a_load_that_hangs_past_its_keepalive_is_still_a_stall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = tmp_path / "clip.mp4"
+    make_video(video, seed=3, frame_count=8)
+    release = threading.Event()
+
+    def hung_load(version: str, models_dir: Path | None = None) -> Any:
+        busy(60.0, until=release)  # a load that never finishes (released by the test's end)
+        return BUILTIN_MODEL
+
+    monkeypatch.setattr(predictor, "get_model", hung_load)
+    started = time.monotonic()
+    try:
+        out = run_call(
+            {**request(video), "heartbeat_timeout_s": 0.5},
+            store={},
+            max_attempts=3,
+            models_dir=None,
+            hard_exit=lambda code: release.set(),
+            load_keepalive_s=0.3,
+        )
+    finally:
+        release.set()
+    assert out[FAILED]["kind"] == "stalled"
+    assert time.monotonic() - started < 30.0  # the stall, not the 60 s "load", ended it
+
+
+def test_a_checkpoint_is_hashed_in_chunks_that_each_beat_the_heartbeat(tmp_path: Path) -> None:
+    body = bytes(range(256)) * (3 * CHUNK_BYTES // 256)
+    (tmp_path / "big.npz").write_bytes(body)
+    beats: list[int] = []
+    verify_checkpoint("ckpt:big", hashlib.sha256(body).hexdigest(), tmp_path, beats.append)
+    assert beats == [CHUNK_BYTES, 2 * CHUNK_BYTES, 3 * CHUNK_BYTES]
