@@ -10,7 +10,9 @@ What bounds one job's spend, innermost first:
 2. the heartbeat (``request.heartbeat_timeout_s``): no completed batch for that long ends the attempt
    with :class:`~modal_app.errors.Stalled`;
 3. if the working thread is stuck in native code and ignores the exception raised into it, the
-   container exits after ``abort_grace_s`` (a crash, retried by Modal, counted by 4);
+   container exits after ``abort_grace_s`` (a crash, retried by Modal, counted by 4); a hard-exit
+   timer started before the body's first network call does the same at ``deadline_s +
+   abort_grace_s`` whatever hangs, and each ``modal.Dict`` call is bounded (:func:`bounded`);
 4. an attempt counter per ``run_id`` in the progress ``modal.Dict``: an attempt beyond
    ``1 + gpu_retries`` returns a refusal at once, without running. Deployed apps retry container
    crashes (OOM, the exit in 3) *indefinitely*; this is what turns that loop into a bounded one;
