@@ -10,7 +10,9 @@ What bounds one job's spend, innermost first:
 2. the heartbeat (``request.heartbeat_timeout_s``): no completed batch for that long ends the attempt
    with :class:`~modal_app.errors.Stalled`;
 3. if the working thread is stuck in native code and ignores the exception raised into it, the
-   container exits after ``abort_grace_s`` (a crash, retried by Modal, counted by 4);
+   container exits after ``abort_grace_s`` (a crash, retried by Modal, counted by 4); a hard-exit
+   timer started before the body's first network call does the same at ``deadline_s +
+   abort_grace_s`` whatever hangs, and each ``modal.Dict`` call is bounded (:func:`bounded`);
 4. an attempt counter per ``run_id`` in the progress ``modal.Dict``: an attempt beyond
    ``1 + gpu_retries`` returns a refusal at once, without running. Deployed apps retry container
    crashes (OOM, the exit in 3) *indefinitely*; this is what turns that loop into a bounded one;
@@ -31,7 +33,7 @@ from typing import Any, Protocol
 import modal
 
 from config import Settings, get_settings
-from modal_app.errors import DeadlineExceeded, InferenceError, Stalled, UserInputError
+from modal_app.errors import DeadlineExceeded, InferenceError, NoCuda, Stalled, UserInputError
 from modal_app.modal_config import (
     FAILED,
     REFUSED,
@@ -45,7 +47,7 @@ from modal_app.modal_config import (
     progress_dict_name,
 )
 from modal_app.sources import StorageConfig
-from modal_app.types import InferenceRequest
+from modal_app.types import InferenceRequest, InferenceResult
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,109 @@ ABORT_GRACE_S = settings.abort_grace_s  # in the worst case (config.Settings.att
 EXIT_ABORTED = 124
 # Progress is published at most this often (one Dict write each), and always at the end.
 PROGRESS_INTERVAL_S = 2.0
+# The SDK gives ``modal.Dict.get``/``__setitem__`` and ``Volume.reload`` no timeout: each one runs
+# in a helper thread and is given up after this long (a hung call is then a failure to record).
+NETWORK_CALL_TIMEOUT_S = 10.0
+
+
+# How long loading a model (reading a checkpoint, moving it to the GPU, the first batch, which a
+# torch.compile compiles) is kept alive without completing a batch. Past it the stall watchdog
+# takes over again, so a load that hangs ends heartbeat_timeout_s later, not at the deadline.
+LOAD_KEEPALIVE_S = 300.0
+
+
+class _LoadKeepalive:
+    """Beats the heartbeat while the model loads, up to ``limit_s`` on the job's clock."""
+
+    def __init__(
+        self,
+        beat: Callable[[], None],
+        *,
+        limit_s: float,
+        interval_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._beat = beat
+        self._limit_s = limit_s
+        self._interval_s = interval_s
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load-keepalive", daemon=True)
+
+    def __enter__(self) -> _LoadKeepalive:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        started = self._clock()
+        while not self._stop.wait(self._interval_s):
+            if self._clock() - started > self._limit_s:
+                logger.warning("model load past %g s: no longer kept alive", self._limit_s)
+                return
+            try:
+                self._beat()
+            except Stalled:  # the watchdog already ended the attempt
+                return
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+def _daemon_timer(delay_s: float, action: Callable[[], None]) -> Cancellable:
+    timer = threading.Timer(delay_s, action)
+    timer.name = "hard-exit"
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """``call()`` in a daemon thread, given up after ``timeout_s`` (``TimeoutError``).
+
+    The abandoned thread may live on, blocked in the SDK; the attempt's hard-exit timer bounds the
+    container, so a hung network call can delay it by at most ``timeout_s``, never keep it billed.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as error:  # handed to the caller's thread
+            box["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="network-call", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise TimeoutError(f"{what} did not answer within {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+class BoundedStore:
+    """A :class:`ProgressStore` whose every call is :func:`bounded`."""
+
+    def __init__(self, store: ProgressStore, timeout_s: float) -> None:
+        self._store = store
+        self._timeout_s = timeout_s
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return bounded(lambda: self._store.get(key, default), self._timeout_s, f"Dict get {key!r}")
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        def put() -> None:
+            self._store[key] = value
+
+        bounded(put, self._timeout_s, f"Dict put {key!r}")
 
 
 class ProgressStore(Protocol):
@@ -325,6 +430,83 @@ def run_call(
     abort_grace_s: float = ABORT_GRACE_S,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
+    network_timeout_s: float = NETWORK_CALL_TIMEOUT_S,
+    start_timer: Callable[[float, Callable[[], None]], Cancellable] = _daemon_timer,
+    require_cuda: bool = False,
+    cuda_available: Callable[[], bool] | None = None,
+    load_keepalive_s: float = LOAD_KEEPALIVE_S,
+) -> dict[str, Any]:
+    """One attempt, inside a hard-exit timer started before its first network call.
+
+    ``require_cuda`` (the Modal entry sets it when a GPU is requested; the local CPU executor runs
+    the same code on the CPU on purpose and leaves it off): no CUDA device is :class:`NoCuda`,
+    returned before any model or video is touched.
+
+    Whatever hangs (a Dict call the SDK never times out, a Volume reload, native code that ignores
+    its abort), the container exits ``deadline_s + abort_grace_s`` after the body starts: the
+    bookkeeping counts inside that, so the worst case per attempt
+    (``config.Settings.attempt_limit_s``) holds. Each store call is also :func:`bounded` by
+    ``network_timeout_s``, so a slow Dict is a failure to record, not a wait. See :func:`_attempt`.
+    """
+    request = InferenceRequest.from_dict(request_dict)  # no network: the limit needs its deadline
+    limit_s = request.deadline_s + abort_grace_s
+
+    def exit_now() -> None:
+        logger.error("run %s outlived its hard limit (%g s); exiting", request.run_id, limit_s)
+        hard_exit(EXIT_ABORTED)
+
+    timer = start_timer(limit_s, exit_now)
+    try:
+        return _attempt(
+            request,
+            store=BoundedStore(store, network_timeout_s),
+            max_attempts=max_attempts,
+            models_dir=models_dir,
+            call_id=call_id,
+            reload_models=(
+                None
+                if reload_models is None
+                else lambda: bounded(reload_models, network_timeout_s, "models Volume reload")
+            ),
+            storage=storage,
+            max_source_bytes=max_source_bytes,
+            hard_exit=hard_exit,
+            abort_grace_s=abort_grace_s,
+            clock=clock,
+            wall_clock=wall_clock,
+            load_keepalive_s=load_keepalive_s,
+            cuda_missing=(
+                (lambda: not (cuda_available or _torch_cuda_available)()) if require_cuda else None
+            ),
+        )
+    finally:
+        timer.cancel()
+
+
+def _torch_cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # the image always has torch; without it nothing runs on the GPU
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _attempt(
+    request: InferenceRequest,
+    *,
+    store: ProgressStore,
+    max_attempts: int,
+    models_dir: Path | None,
+    call_id: str | None,
+    reload_models: Callable[[], None] | None,
+    storage: StorageConfig | None,
+    max_source_bytes: int | None,
+    hard_exit: Callable[[int], None],
+    abort_grace_s: float,
+    clock: Callable[[], float],
+    wall_clock: Callable[[], float],
+    load_keepalive_s: float,
+    cuda_missing: Callable[[], bool] | None,
 ) -> dict[str, Any]:
     """One attempt of one job: the body of ``BoundaryInference.infer``, free of Modal objects.
 
@@ -337,17 +519,27 @@ def run_call(
     billed. Only :data:`RETRYABLE_KINDS` are raised for Modal's retry policy (the ``gpu_retries``).
     """
     from modal_app.inputs import prepared
-    from modal_app.predictor import run_inference
 
-    request = InferenceRequest.from_dict(request_dict)
     started = clock()
     attempt, record = _start_attempt(store, request.run_id, call_id)
     if record.get("fenced"):
         message = f"run {request.run_id} was fenced by its client (a lost spawn answer): not run"
         logger.error(message)
         return {REFUSED: {"kind": Fenced.kind, "message": message, "attempts": attempt}}
+    if cuda_missing is not None and cuda_missing():
+        # After the call id is recorded (a lost spawn stays findable), before any load: the same
+        # container would fail the same way, so one attempt, returned typed.
+        no_cuda = NoCuda(f"run {request.run_id}: a GPU was requested and CUDA is not available")
+        logger.error("%s", no_cuda)
+        elapsed = clock() - started
+        _end_attempt(store, request.run_id, elapsed, no_cuda)
+        billed = float(record.get("billed_s", 0.0)) + elapsed
+        return _failed(NoCuda.kind, "NoCuda", str(no_cuda), attempt, billed, call_id)
     if reload_models is not None:
-        reload_models()  # after the call recorded its id: a lost spawn is findable at once
+        try:
+            reload_models()  # after the call recorded its id: a lost spawn is findable at once
+        except TimeoutError as slow:  # a checkpoint still missing is then a typed failure
+            logger.warning("%s", slow)
     if attempt > max_attempts:
         message = (
             f"attempt {attempt} of run {request.run_id} refused: the retry policy allows"
@@ -397,12 +589,8 @@ def run_call(
                     # A download makes no batch progress; its chunks keep the heartbeat alive.
                     on_chunk=lambda _: watchdog.heartbeat.beat(),
                 ) as ready:
-                    result = run_inference(
-                        ready,
-                        models_dir=models_dir,
-                        progress=progress,
-                        should_stop=lambda: watchdog.error is not None,
-                        clock=clock,
+                    result = _infer_loading_kept_alive(
+                        ready, models_dir, watchdog, progress, load_keepalive_s, clock
                     )
             finally:
                 watchdog.stop()
@@ -465,6 +653,53 @@ def run_call(
     return data
 
 
+def _infer_loading_kept_alive(
+    request: InferenceRequest,
+    models_dir: Path | None,
+    watchdog: _Watchdog,
+    progress: _Progress,
+    keepalive_s: float,
+    clock: Callable[[], float],
+) -> InferenceResult:
+    """The model's load and its first forward pass (where a ``torch.compile`` compiles) run under
+    a :class:`_LoadKeepalive`; decoding never does, so a decoder that hangs is still a stall."""
+    from modal_app import predictor
+
+    def keepalive() -> _LoadKeepalive:
+        interval_s = min(1.0, request.heartbeat_timeout_s / 4)
+        beat = watchdog.heartbeat.beat
+        return _LoadKeepalive(beat, limit_s=keepalive_s, interval_s=interval_s, clock=clock)
+
+    with keepalive():
+        model = predictor.get_model(request.model_version, models_dir)
+    return predictor.run_inference(
+        request,
+        models_dir=models_dir,
+        progress=progress,
+        should_stop=lambda: watchdog.error is not None,
+        clock=clock,
+        model=_FirstCallKeptAlive(model, keepalive),
+    )
+
+
+class _FirstCallKeptAlive:
+    """The model, its first ``predict_proba`` under a keepalive; everything else delegated."""
+
+    def __init__(self, model: Any, keepalive: Callable[[], _LoadKeepalive]) -> None:
+        self._model = model
+        self._keepalive: Callable[[], _LoadKeepalive] | None = keepalive
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def predict_proba(self, *inputs: Any) -> Any:
+        keepalive, self._keepalive = self._keepalive, None
+        if keepalive is None:
+            return self._model.predict_proba(*inputs)
+        with keepalive():
+            return self._model.predict_proba(*inputs)
+
+
 @app.cls(**function_options(settings))
 class BoundaryInference:
     """One job per container at a time (no ``@modal.concurrent``): billed seconds are per job."""
@@ -501,6 +736,7 @@ class BoundaryInference:
             # finds this call by its run id (ModalExecutor.find_call).
             call_id=modal.current_function_call_id(),
             reload_models=lambda: _reload_models_if_missing(request_dict, self.models_dir),
+            require_cuda=bool(settings.gpu),  # never the model on the CPU at the GPU's price
         )
 
 

@@ -95,6 +95,13 @@ class Stalled(InferenceError):
     kind = "stalled"
 
 
+class NoCuda(InferenceError):
+    """A GPU was requested and the container has no CUDA device: refused before any model is
+    loaded, never run on the CPU at the GPU's price."""
+
+    kind = "no_cuda"
+
+
 def is_user_error(error: BaseException) -> bool:
     """Whether another attempt on the same input cannot succeed (see the module docstring)."""
     return isinstance(error, UserInputError)

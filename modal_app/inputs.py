@@ -2,8 +2,8 @@
 
 1. The checkpoint is the one registered: its SHA-256 equals the request's ``model_sha256`` (a
    swapped, truncated or re-uploaded file is :class:`~modal_app.errors.ChecksumMismatch`).
-2. The video is the one registered: a local file is checked in place (size and modification
-   time), a remote one is downloaded with a size cap and checked (ETag, size, SHA-256), by
+2. The video is the one registered: a local file is checked in place (size and SHA-256), a
+   remote one is downloaded with a size cap and checked (ETag, size, SHA-256), by
    :func:`modal_app.sources.materialize`.
 
 Both are user errors (no retry can fix them), returned as a typed failure by the GPU function; a
@@ -25,15 +25,24 @@ from modal_app.models import checkpoint_name, checkpoint_path
 from modal_app.types import InferenceRequest
 
 
-def verify_checkpoint(model_version: str, sha256: str | None, models_dir: Path | None) -> None:
-    """Refuse a checkpoint whose content is not the registered one (no-op for builtin models)."""
+def verify_checkpoint(
+    model_version: str,
+    sha256: str | None,
+    models_dir: Path | None,
+    on_chunk: sources.OnChunk | None = None,
+) -> None:
+    """Refuse a checkpoint whose content is not the registered one (no-op for builtin models).
+
+    Hashed in streamed chunks; each calls ``on_chunk`` (the function's heartbeat: a large
+    checkpoint can take longer to hash than ``heartbeat_timeout_s``, and a stuck read still stalls).
+    """
     if checkpoint_name(model_version) is None or not sha256:
         return
     if models_dir is None:
         raise CheckpointError(f"{model_version} needs a models directory")
     path = checkpoint_path(models_dir, model_version)
     try:
-        found = sources.sha256_file(path).removeprefix(sources.HASH_PREFIX)
+        found = sources.sha256_file(path, on_chunk).removeprefix(sources.HASH_PREFIX)
     except OSError as error:
         raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from error
     expected = sha256.removeprefix(sources.HASH_PREFIX)
@@ -55,7 +64,7 @@ def prepared(
     on_chunk: sources.OnChunk | None = None,
 ) -> Iterator[InferenceRequest]:
     """The request with its video as a checked local file; a download is removed afterwards."""
-    verify_checkpoint(request.model_version, request.model_sha256, models_dir)
+    verify_checkpoint(request.model_version, request.model_sha256, models_dir, on_chunk)
     remote = not sources.parse(request.video_uri).is_local
     scratch = Path(tempfile.mkdtemp(prefix="bi-source-", dir=work_dir)) if remote else None
     try:

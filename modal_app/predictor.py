@@ -23,7 +23,7 @@ import numpy as np
 
 from modal_app.errors import DeadlineExceeded, Stalled
 from modal_app.frames import FrameSource
-from modal_app.models import get_model
+from modal_app.models import get_model as get_model  # re-exported: the function loads through it
 from modal_app.types import InferenceMetrics, InferenceRequest, InferenceResult, PairPrediction
 
 # Batches decoded ahead of the model: enough to hide decoding jitter, few enough that memory is

@@ -15,8 +15,9 @@ Three users, one vocabulary (:class:`SourceStat`):
   :func:`sha256_file` (local) for the content hash, then the probe;
 * admission: :func:`stat` again, compared with the registered fingerprint by :func:`changes`:
   size and modification time for a file, size and ETag (or version, or Last-Modified) remotely;
-* the function: :func:`materialize`, which checks a local file in place or downloads a remote one
-  with a size cap, refusing an object whose ETag, size or SHA-256 is not the registered one.
+* the function: :func:`materialize`, which checks a local file in place (size and SHA-256, not
+  the modification time a Volume upload does not keep) or downloads a remote one with a size cap,
+  refusing an object whose ETag, size or SHA-256 is not the registered one.
 
 Credentials come from :class:`StorageConfig` (settings and environment variables; inside Modal a
 Secret named by ``sources_secret_name`` puts them in the environment), never from the URI: a URI
@@ -304,8 +305,9 @@ def materialize(
 ) -> Path:
     """A local file the decoder can open, checked against the registered fingerprint.
 
-    A local source is checked in place (size and modification time: cheap, no read); a remote one
-    is downloaded into ``work_dir`` with the cap and checked by :func:`fetch_to`.
+    A local source is checked in place (size and SHA-256, one streamed read: see
+    :func:`_check_local`); a remote one is downloaded into ``work_dir`` with the cap and checked by
+    :func:`fetch_to`.
     """
     ref = parse(uri)
     if ref.is_local:
@@ -314,15 +316,7 @@ def materialize(
             if not os.path.exists(ref.path):
                 raise VideoNotFound(f"video file not found: {ref.path}")
             return ref.path
-        current = stat_local(ref.path)
-        differences = changes(expected, current)
-        if differences:
-            raise VideoChanged(f"{ref.path} changed since registration: {'; '.join(differences)}")
-        if current.size_bytes > max_bytes:
-            raise SourceTooLarge(
-                f"{ref.path} is {current.size_bytes} bytes; the limit is {max_bytes}"
-            )
-        return ref.path
+        return _check_local(ref.path, expected, max_bytes=max_bytes, on_chunk=on_chunk)
     work_dir.mkdir(parents=True, exist_ok=True)
     registered_size = (expected or {}).get("size_bytes")
     cap = min(max_bytes, int(registered_size)) if registered_size is not None else max_bytes
@@ -334,6 +328,35 @@ def materialize(
         expected=expected,
         on_chunk=on_chunk,
     ).path
+
+
+def _check_local(
+    path: Path, expected: Mapping[str, Any], *, max_bytes: int, on_chunk: OnChunk | None
+) -> Path:
+    """A file checked by size, then by content hash when one was registered.
+
+    Not by modification time: a file copied onto a Modal Volume (``modal volume put``,
+    ``batch_upload``) does not keep it, so every job after a cold start would read as changed. A
+    row that predates content hashes falls back to size and modification time.
+    """
+    current = stat_local(path)
+    registered_hash = expected.get("content_hash")
+    compared = (
+        {k: v for k, v in expected.items() if k != "modified"} if registered_hash else expected
+    )
+    differences = changes(compared, current)
+    if differences:
+        raise VideoChanged(f"{path} changed since registration: {'; '.join(differences)}")
+    if current.size_bytes > max_bytes:
+        raise SourceTooLarge(f"{path} is {current.size_bytes} bytes; the limit is {max_bytes}")
+    if registered_hash:
+        # Streamed in chunks (each one beats the heartbeat through on_chunk), like a download.
+        found = sha256_file(path, on_chunk)
+        if found != registered_hash:
+            raise VideoChanged(
+                f"{path} changed since registration: content hash {registered_hash} -> {found}"
+            )
+    return path
 
 
 def local_path(uri: str) -> Path:

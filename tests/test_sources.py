@@ -143,9 +143,39 @@ def test_materialize_checks_a_local_file_against_its_fingerprint(tmp_path: Path)
     os.utime(video, ns=(1, 1))  # same size, another file
     with pytest.raises(VideoChanged, match="modification time"):
         sources.materialize(
-            str(video), sources.StorageConfig(), work_dir=tmp_path, max_bytes=10**9,
+            str(video),
+            sources.StorageConfig(),
+            work_dir=tmp_path,
+            max_bytes=10**9,
             expected=registered,
+        )  # fmt: skip  (a row without a content hash: size and modification time, as before)
+
+
+def test_a_volume_copy_with_another_mtime_is_the_same_video_by_its_content_hash(
+    tmp_path: Path,
+) -> None:
+    """A file put on a Modal Volume keeps its bytes, not its mtime: compared by size and SHA-256."""
+    video = tmp_path / "v.mp4"
+    video.write_bytes(BODY)
+    registered = {
+        **sources.stat_local(video).fingerprint(),
+        "content_hash": sources.sha256_file(video),
+    }
+    os.utime(video, ns=(1, 1))  # what the upload does to the modification time
+    chunks: list[int] = []
+
+    def materialize() -> Path:
+        return sources.materialize(
+            str(video), sources.StorageConfig(), work_dir=tmp_path, max_bytes=10**9,
+            expected=registered, on_chunk=chunks.append,
         )  # fmt: skip
+
+    assert materialize() == video
+    assert chunks and chunks[-1] == len(BODY)  # the hash is streamed; each chunk is a heartbeat
+    video.write_bytes(BODY[::-1])  # same size, other bytes
+    os.utime(video, ns=(int(registered["modified"]),) * 2)  # even with the registered mtime
+    with pytest.raises(VideoChanged, match="content hash sha256:"):
+        materialize()
 
 
 # --- S3-compatible store (moto's server, boto3) ---------------------------------------------------

@@ -52,7 +52,7 @@ TIMEOUT_KINDS = frozenset({"deadline_exceeded", "stalled"})
 # Refusals and bookkeeping failures of the function itself, and a video store that did not
 # answer: the service, not the input.
 INFRASTRUCTURE_KINDS = frozenset(
-    {"attempts_exhausted", "attempts_unrecorded", "source_unavailable"}
+    {"attempts_exhausted", "attempts_unrecorded", "source_unavailable", "no_cuda"}
 )
 # Lookup/transport failures: nothing was spawned (at submit), or the call is merely unobservable.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
