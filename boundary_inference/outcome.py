@@ -114,6 +114,15 @@ class JobFailed(BoundaryInferenceError):
         return f"{self.outcome.get('status')}: {self.outcome.get('message')}"
 
 
+class BackfillStopped(BoundaryInferenceError):
+    """A backfill stopped by an outage, as the data of its ``Failed`` state (a failed state's
+    data must be an exception, as for :class:`JobFailed`); ``summary`` is the backfill's."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 def outcome_of(state: Any) -> dict[str, Any] | None:
     """The JobOutcome dict a ``boundary_inference_flow`` state carries, whatever it ended as;
     None when the run ended before producing one (crashed, cancelled by Prefect)."""

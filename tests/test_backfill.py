@@ -10,8 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
+from prefect.client.orchestration import get_client
+
+from boundary_inference.local.embedded import start_postgres
+from boundary_inference.outcome import BackfillStopped
 from flows.backfill import MAX_VIDEOS_PER_BACKFILL, backfill_flow
 from tests.flow_support import MODEL, FlowEnv, MakeEnv, clip_fixture
 
@@ -224,6 +229,26 @@ def test_open_breaker_stops_the_backfill(make_env: MakeEnv, video: Any) -> None:
     assert state.message.startswith("stopped: circuit_open: ")
     assert [r["video_id"] for r in summary["not_submitted"]] == ["v1", "v2", "v3"]
     assert {r["reason"] for r in summary["not_submitted"]} == {"circuit_open"}
+    assert env.executor_calls() == 0
+
+
+def test_a_ledger_outage_stops_the_backfill_red(
+    make_env: MakeEnv, server_dir: Path, video: Any
+) -> None:
+    private = start_postgres(server_dir, stop_at_exit=True)
+    env = make_env(dsn=private.dsn, guard_timeout_s="2")
+    env.register_clip(video, "v1", "v2")
+    private.stop()
+    state, data = backfill(video_ids=["v1", "v2"])
+    # An outage is red, as a job's is: Failed by its standard name, the summary as its data.
+    assert (state.type.value, state.name) == ("FAILED", "Failed"), state
+    assert state.message.startswith("stopped: guard_unavailable: ")
+    assert isinstance(data, BackfillStopped)
+    assert data.summary["submitted"] == 0 and data.summary["stopped"]["kind"] == "guard_unavailable"
+    with get_client(sync_client=True) as client:  # as the server (and its UI) holds it
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+    assert (flow_run.state.type.value, flow_run.state.name) == ("FAILED", "Failed")
+    assert {"stopped", "stopped:guard_unavailable"} <= set(flow_run.tags)
     assert env.executor_calls() == 0
 
 

@@ -22,6 +22,7 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
 from boundary_inference.outcome import (
+    BackfillStopped,
     JobFailed,
     JobOutcome,
     RejectionType,
@@ -95,6 +96,11 @@ def failed(outcome: JobOutcome, *tags: str) -> State:
 
 
 def stopped_backfill(kind: str, message: str, summary: dict[str, Any]) -> State:
-    """A backfill a guard stopped early: Completed, tagged ``stopped:<kind>``."""
+    """A backfill a guard stopped early: Completed, tagged ``stopped:<kind>``; stopped by an
+    outage (``guard_unavailable``: a store it could not read) it is Failed, red like every
+    outage, with the summary as its data."""
     tag_flow_run("stopped", f"stopped:{kind}")
-    return Completed(message=f"stopped: {kind}: {message}", data=summary)
+    text = f"stopped: {kind}: {message}"
+    if kind == str(RejectionType.GUARD_UNAVAILABLE):
+        return Failed(message=text, data=BackfillStopped(text, summary))
+    return Completed(message=text, data=summary)
