@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 import modal_app.models as models
-from boundary_inference.cli.app import app as cli_app
+from benches.__main__ import bench_app
 from modal_app.app import run_call
 from modal_app.errors import CheckpointError
 from modal_app.frames import FrameSource
@@ -375,8 +375,8 @@ def test_bench_model_prints_quality_throughput_and_the_decode_model_split(
     reference_checkpoint: tuple[Path, dict[str, Any]],
 ) -> None:
     models_dir, _ = reference_checkpoint
-    args = ["bench", "--inference", "--model", "ckpt:ref", "--models-dir", str(models_dir)]
-    result = CliRunner().invoke(cli_app, [*args, "--pairs", "120", "--json"])
+    args = ["--inference", "--model", "ckpt:ref", "--models-dir", str(models_dir)]
+    result = CliRunner().invoke(bench_app, [*args, "--pairs", "120", "--json"])
     assert result.exit_code == 0, result.output
     numbers = json.loads(result.stdout)
     assert numbers["cpu"]["pairs"] == 120 and numbers["cpu"]["pairs_per_s"] > 0
@@ -388,12 +388,12 @@ def test_bench_model_prints_quality_throughput_and_the_decode_model_split(
             "available": False,
             "reason": "no GPU available: torch sees no CUDA device",
         }
-    text = CliRunner().invoke(cli_app, [*args, "--pairs", "40"])
+    text = CliRunner().invoke(bench_app, [*args, "--pairs", "40"])
     assert text.exit_code == 0, text.output
     assert "F1" in text.stdout and "pairs/s including decode" in text.stdout
     assert "decode/model" in text.stdout and "GPU" in text.stdout
     missing = CliRunner().invoke(
-        cli_app, ["bench", "--inference", "--model", "ckpt:absent", "--models-dir", str(models_dir)]
+        bench_app, ["--inference", "--model", "ckpt:absent", "--models-dir", str(models_dir)]
     )
     assert missing.exit_code == 2 and "no checkpoint absent" in missing.stdout
 
