@@ -55,10 +55,10 @@ CONTAINER_USD_PER_S = 0.00034996
 
 def test_a_container_second_is_billed_for_gpu_cpu_and_memory() -> None:
     s = Settings(_env_file=None)
-    assert s.price_by_resource_usd_per_s() == pytest.approx(
+    assert s.cost_model.price_by_resource_usd_per_s == pytest.approx(
         {"A10G": 0.000306, "CPU": 0.0000262, "Memory": 0.00001776}
     )
-    assert s.price_usd_per_s == pytest.approx(CONTAINER_USD_PER_S)
+    assert s.cost_model.price_usd_per_s == pytest.approx(CONTAINER_USD_PER_S)
     # The function requests exactly what is priced, with an equal limit: never billed above it.
     from modal_app.modal_config import function_options
 
@@ -78,18 +78,26 @@ def test_worst_case_arithmetic() -> None:
     s = Settings(_env_file=None)
     # 10,000 pairs at 100 pairs/s: expected 30 + 100 s; deadline 3x = 390 s; 3 attempts, each
     # up to 120 s start-up + 390 s + 30 s abort grace; then the 300 s idle tail.
-    assert s.deadline_s(10_000, 100.0) == pytest.approx(390.0)
-    assert s.worst_case_cost_usd(10_000, 100.0) == pytest.approx(
+    assert s.cost_model.deadline_s(10_000, 100.0) == pytest.approx(390.0)
+    assert s.cost_model.worst_case_cost_usd(10_000, 100.0) == pytest.approx(
         (3 * (120 + 390 + 30) + 300) * CONTAINER_USD_PER_S
     )
-    assert s.watch_limit_s(390.0) == pytest.approx(3 * (120 + 390 + 30))
+    assert s.cost_model.watch_limit_s(390.0) == pytest.approx(3 * (120 + 390 + 30))
     # A finished job is charged its seconds plus the start-up and tail, never above its worst case.
-    assert s.billed_cost_usd(100.0) == pytest.approx((100 + 30 + 300) * CONTAINER_USD_PER_S)
-    assert s.billed_cost_usd(3 * (390 + 30)) <= s.worst_case_cost_usd(10_000, 100.0)
-    assert s.deadline_s(1, 100.0) == s.min_deadline_s  # floor for tiny jobs
-    assert s.deadline_s(10_000_000, 100.0) == s.gpu_timeout_s  # capped by Modal's timeout
-    assert s.worst_case_cost_usd(s.max_admissible_pairs, 100.0) <= s.max_cost_per_job_usd
-    assert s.worst_case_cost_usd(s.max_admissible_pairs + 1, 100.0) > s.max_cost_per_job_usd
+    assert s.cost_model.billed_cost_usd(100.0) == pytest.approx(
+        (100 + 30 + 300) * CONTAINER_USD_PER_S
+    )
+    assert s.cost_model.billed_cost_usd(3 * (390 + 30)) <= s.cost_model.worst_case_cost_usd(
+        10_000, 100.0
+    )
+    assert s.cost_model.deadline_s(1, 100.0) == s.min_deadline_s  # floor for tiny jobs
+    assert (
+        s.cost_model.deadline_s(10_000_000, 100.0) == s.gpu_timeout_s
+    )  # capped by Modal's timeout
+    assert s.cost_model.worst_case_cost_usd(s.max_admissible_pairs, 100.0) <= s.max_cost_per_job_usd
+    assert (
+        s.cost_model.worst_case_cost_usd(s.max_admissible_pairs + 1, 100.0) > s.max_cost_per_job_usd
+    )
 
 
 def test_unreachable_cost_cap_is_refused_like_the_original_bug() -> None:

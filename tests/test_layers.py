@@ -187,7 +187,11 @@ def test_the_checker_sees_an_upward_import(source: str, arrow: str) -> None:
 
 
 def test_the_checker_sees_a_circle() -> None:
-    graph = {"adapters_a": {"adapters_b"}, "adapters_b": {"adapters_c"}, "adapters_c": {"adapters_a"}}
+    graph = {
+        "adapters_a": {"adapters_b"},
+        "adapters_b": {"adapters_c"},
+        "adapters_c": {"adapters_a"},
+    }
     assert _cycles(graph) == [["adapters_a", "adapters_b", "adapters_c"]]
 
 
