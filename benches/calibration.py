@@ -141,11 +141,15 @@ class _Runs:
         from tasks.cost import calibrated_throughput
 
         throughput, source = calibrated_throughput(self.ledger, self.settings, MODEL)
-        return throughput, source, self.settings.deadline_s(self.reference_pairs, throughput)
+        return (
+            throughput,
+            source,
+            self.settings.cost_model.deadline_s(self.reference_pairs, throughput),
+        )
 
     def legacy_estimate(self) -> tuple[float, float]:
         mean = float(np.mean(self.legacy_samples[-20:]))
-        return mean, self.settings.deadline_s(self.reference_pairs, mean)
+        return mean, self.settings.cost_model.deadline_s(self.reference_pairs, mean)
 
 
 def _measure(ledger: Ledger, settings: Settings, workdir: Path, frames: int) -> dict[str, Any]:

@@ -332,7 +332,7 @@ def _watch_forever(dsn: str, schema: str, directory: Path, clip: Path) -> None:
         lease_owner=owner,
     )
     run_id = str(claim["run_id"])
-    worst = settings.worst_case_cost_usd(59, settings.default_throughput_pairs_per_s)
+    worst = settings.cost_model.worst_case_cost_usd(59, settings.default_throughput_pairs_per_s)
     ledger.reserve_budget(
         run_id=run_id, tenant_id="t", amount_usd=worst, daily_cap_usd=20, monthly_cap_usd=100
     )

@@ -177,7 +177,7 @@ def reconcile(
         billing_report_rows: ``modal.types.BillingReportItem`` objects (or mappings with the same
             fields) from a daily report; objects without the tag count under ``(untagged)``.
         tag_name: the Modal tag whose value identifies our runs' app.
-        price_by_resource_usd_per_s: ``Settings.price_by_resource_usd_per_s()``: the ledger's
+        price_by_resource_usd_per_s: ``settings.cost_model.price_by_resource_usd_per_s``: the ledger's
             charges are split by these rates into ``ledger_by_resource_usd``.
 
     Returns:

@@ -1,4 +1,5 @@
-"""Configuration: every limit, price and connection in one place (see :mod:`config.settings`)."""
+"""Configuration: every limit, price and connection, one class per concern, and their union
+:class:`Settings` (see :mod:`config.settings`); the cost model in :mod:`config.cost_model`."""
 
 from config.settings import Settings, get_settings
 

@@ -180,7 +180,9 @@ def check_gate(ledger: Ledger, settings: Settings, tenant_id: str) -> StopReason
     if refusal is not None:
         return StopReason(str(refusal.rejection_type), refusal.message)
     # The least any job can reserve: a job of 0 pairs (every attempt at the deadline floor + tail).
-    smallest_usd = settings.worst_case_cost_usd(0, settings.default_throughput_pairs_per_s)
+    smallest_usd = settings.cost_model.worst_case_cost_usd(
+        0, settings.default_throughput_pairs_per_s
+    )
     caps: list[tuple[str, str | None, float]] = [
         ("daily", None, settings.daily_budget_usd),
         ("monthly", None, settings.monthly_budget_usd),
@@ -223,7 +225,7 @@ def _container_note(settings: Settings, videos: int, wave_size: int) -> str:
     return (
         f"Container overhead (cold start {settings.cold_start_s:.0f} s + idle tail"
         f" {settings.scaledown_window_s} s per container): {used} container(s) ="
-        f" {overhead_min:.1f} container-min (${overhead_min * 60 * settings.price_usd_per_s:.2f})."
+        f" {overhead_min:.1f} container-min (${overhead_min * 60 * settings.cost_model.price_usd_per_s:.2f})."
         f" With wave_size=1 (one warm container, the container time of one batched call):"
         f" {single_min:.1f} container-min, {saved_min:.1f} fewer, at the cost of running the"
         " videos one after another."

@@ -56,7 +56,7 @@ app = modal.App(settings.modal_app_name, tags=app_tags(settings))
 
 # Seconds a stalled or overdue attempt gets to honour the exception raised into it before the
 # container exits. Billed at most once per attempt, on top of the deadline or heartbeat.
-ABORT_GRACE_S = settings.abort_grace_s  # in the worst case (config.Settings.attempt_limit_s)
+ABORT_GRACE_S = settings.abort_grace_s  # in the worst case (CostModel.attempt_limit_s)
 EXIT_ABORTED = 124
 # Progress is published at most this often (one Dict write each), and always at the end.
 PROGRESS_INTERVAL_S = 2.0

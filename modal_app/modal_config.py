@@ -231,7 +231,7 @@ def function_options(settings: Settings) -> dict[str, Any]:
         # Per attempt; the per-job deadline inside the function is the tighter bound.
         "timeout": settings.gpu_timeout_s,
         # Start-up runs before the per-job deadline's clock: without this it may take the whole
-        # timeout, and the worst case (config.Settings.attempt_limit_s) would be a fiction.
+        # timeout, and the worst case (config.cost_model.CostModel.attempt_limit_s) would be a fiction.
         "startup_timeout": settings.startup_timeout_s,
         "scaledown_window": settings.scaledown_window_s,
         "max_containers": settings.max_containers,

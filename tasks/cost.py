@@ -48,8 +48,10 @@ class CostEstimate:
 
 
 def estimate(settings: Settings, pairs: int, throughput: float, source: str) -> CostEstimate:
-    """The formula, pure: the same numbers the CLI's `estimate` and the flow use."""
-    expected_s = settings.expected_duration_s(pairs, throughput)
+    """The formula, pure (the cost model of :mod:`config.cost_model`): the same numbers the
+    CLI's `estimate` and the flow use."""
+    model = settings.cost_model
+    expected_s = model.expected_duration_s(pairs, throughput)
     billed_s = expected_s + settings.scaledown_window_s
     return CostEstimate(
         pairs=pairs,
@@ -57,11 +59,11 @@ def estimate(settings: Settings, pairs: int, throughput: float, source: str) -> 
         throughput_source=source,
         expected_gpu_s=expected_s,
         billed_s=billed_s,
-        estimated_cost_usd=billed_s * settings.price_usd_per_s,
-        deadline_s=settings.deadline_s(pairs, throughput),
-        attempts=settings.gpu_attempts,
-        worst_case_cost_usd=settings.worst_case_cost_usd(pairs, throughput),
-        price_usd_per_s=settings.price_usd_per_s,
+        estimated_cost_usd=billed_s * model.price_usd_per_s,
+        deadline_s=model.deadline_s(pairs, throughput),
+        attempts=model.attempts,
+        worst_case_cost_usd=model.worst_case_cost_usd(pairs, throughput),
+        price_usd_per_s=model.price_usd_per_s,
         cap_usd=settings.max_cost_per_job_usd,
     )
 
@@ -130,11 +132,12 @@ def estimate_cost(
     throughput, source = calibrated_throughput(ledger, settings, model_version)
     est = estimate(settings, pairs, throughput, source)
     if est.worst_case_cost_usd > settings.max_cost_per_job_usd:
+        model = settings.cost_model
         return est, Rejected(
             RejectionType.COST_EXCEEDED,
             f"worst case ${est.worst_case_cost_usd:.2f} ({est.attempts} attempts x"
-            f" {settings.attempt_limit_s(est.deadline_s):.0f} s (start-up limit + {est.deadline_s:.0f} s"
-            f" deadline + abort grace) at ${settings.price_usd_per_s * 3600:.4f}/h for GPU, CPU and"
+            f" {model.attempt_limit_s(est.deadline_s):.0f} s (start-up limit + {est.deadline_s:.0f} s"
+            f" deadline + abort grace) at ${model.price_usd_per_s * 3600:.4f}/h for GPU, CPU and"
             " memory + idle tail)"
             f" exceeds the per-job cap ${settings.max_cost_per_job_usd:.2f}; expected"
             f" ${est.estimated_cost_usd:.2f}. Split the job (at most about"

@@ -156,7 +156,7 @@ def _watch(
     sleep: Callable[[float], None],
 ) -> CallStatus:
     progress = _Progress(request, executor.name)
-    watch_limit_s = settings.watch_limit_s(request.deadline_s)
+    watch_limit_s = settings.cost_model.watch_limit_s(request.deadline_s)
     give_up_at = clock() + watch_limit_s
     cancel_sent = False
     while True:

@@ -63,8 +63,8 @@ def spend_leaving(env: FlowEnv, left_usd: float) -> None:
 def worst_cases_usd(env: FlowEnv) -> tuple[float, float]:
     """What the smallest job and a BIG_FRAMES job reserve (fresh ledger: default throughput)."""
     s = env.settings
-    smallest = s.worst_case_cost_usd(0, s.default_throughput_pairs_per_s)
-    big = s.worst_case_cost_usd(BIG_FRAMES - 1, s.default_throughput_pairs_per_s)
+    smallest = s.cost_model.worst_case_cost_usd(0, s.default_throughput_pairs_per_s)
+    big = s.cost_model.worst_case_cost_usd(BIG_FRAMES - 1, s.default_throughput_pairs_per_s)
     assert smallest < big
     return smallest, big
 

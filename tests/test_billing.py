@@ -144,7 +144,7 @@ def test_one_job_estimated_reserved_and_settled_at_modals_bill() -> None:
     # Reserved: 3 attempts x (120 s start-up + 390 s deadline + 30 s grace) + 300 s = 1920 s.
     assert est.worst_case_cost_usd == pytest.approx(1920 * 0.00034996)  # $0.6719232
     # Settled after 100 measured seconds: the same 430 s as the estimate.
-    assert s.billed_cost_usd(100.0) == pytest.approx(gpu + cpu + memory)
+    assert s.cost_model.billed_cost_usd(100.0) == pytest.approx(gpu + cpu + memory)
     # Reconcile splits the ledger's charge as Modal splits its bill.
     day = dt.date(2026, 12, 1)
     report = reconcile(
@@ -157,7 +157,7 @@ def test_one_job_estimated_reserved_and_settled_at_modals_bill() -> None:
             }
         ],
         [],
-        price_by_resource_usd_per_s=s.price_by_resource_usd_per_s(),
+        price_by_resource_usd_per_s=s.cost_model.price_by_resource_usd_per_s,
     )
     assert report.rows[0].ledger_by_resource_usd == pytest.approx(
         {"A10G": gpu, "CPU": cpu, "Memory": memory}

@@ -65,10 +65,10 @@ def test_the_deadline_derived_from_it_covers_a_slow_run() -> None:
     took_s = settings.cold_start_s + pairs / slow  # what that run takes at this size
     value, _ = calibrate([*normal, slow], **RULE)
     assert value <= 454.0
-    assert settings.deadline_s(pairs, value) >= took_s
+    assert settings.cost_model.deadline_s(pairs, value) >= took_s
     # The old mean, with one duplicate-pair job in its window, cut the same job short.
     gamed = float(np.mean([454.0] * 19 + [31_300.0]))
-    assert settings.deadline_s(pairs, gamed) < took_s
+    assert settings.cost_model.deadline_s(pairs, gamed) < took_s
     # A run among the window's slowest fifth lowers the estimate at once, to the percentile.
     window = [*normal[:4], slow]
     assert calibrate(window, **RULE)[0] == pytest.approx(np.percentile(window, 20))
@@ -214,7 +214,9 @@ def test_a_duplicate_pair_job_is_billed_and_calibrated_as_its_distinct_pairs(
     assert (run["pairs"], run["unique_pairs"], run["duplicate_pairs"]) == (2, 2, 14_999)
     assert (run["executor"], run["gpu_type"]) == ("local", "cpu")
     # Estimated, reserved and charged for 2 pairs, not 15,001.
-    expected = env.settings.worst_case_cost_usd(2, env.settings.default_throughput_pairs_per_s)
+    expected = env.settings.cost_model.worst_case_cost_usd(
+        2, env.settings.default_throughput_pairs_per_s
+    )
     assert float(run["worst_case_cost_usd"]) == pytest.approx(expected)
     assert len(env.ledger.get_predictions(run_id=outcome["run_id"])) == 2
     # Its calibration sample is 2 pairs over its GPU seconds: slow, never the 15,001 it was sent.
@@ -253,7 +255,9 @@ def test_bench_calibration_figures(pg_dsn: str, schema_name: str) -> None:
         bound = figures[f"{before}.pairs_per_s"] * settings.calibration_max_rise
         assert figures[f"{after}.pairs_per_s"] <= bound + 0.2, (before, after)  # 0.1 rounding
     assert figures["after_slow_run.deadline_s"] == pytest.approx(
-        settings.deadline_s(settings.max_frame_pairs, figures["after_slow_run.pairs_per_s"]),
+        settings.cost_model.deadline_s(
+            settings.max_frame_pairs, figures["after_slow_run.pairs_per_s"]
+        ),
         abs=1.0,
     )
     with psycopg.connect(pg_dsn) as conn:  # the scratch schema is gone

@@ -71,7 +71,9 @@ def assert_charged_the_seconds_used(env: FlowEnv, run_ids: list[str]) -> None:
         assert row is not None and row["status"] == "cancelled", row
         assert row["gpu_seconds"] is not None, row  # measured, not unknown
         actual = float(row["actual_cost_usd"])
-        assert actual == pytest.approx(env.settings.billed_cost_usd(float(row["gpu_seconds"])))
+        assert actual == pytest.approx(
+            env.settings.cost_model.billed_cost_usd(float(row["gpu_seconds"]))
+        )
         assert actual < float(row["worst_case_cost_usd"]), row
         billed += actual
     spend = env.ledger.spend_summary()

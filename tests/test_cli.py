@@ -93,7 +93,9 @@ def test_estimate_matches_the_settings_formula(env: FlowEnv) -> None:
     code, est = as_json("estimate", "10000")
     assert code == 0
     assert est["worst_case_cost_usd"] == pytest.approx(
-        env.settings.worst_case_cost_usd(10_000, env.settings.default_throughput_pairs_per_s)
+        env.settings.cost_model.worst_case_cost_usd(
+            10_000, env.settings.default_throughput_pairs_per_s
+        )
     )
     assert est["admissible"] is True
     code, big = as_json("estimate", str(env.settings.max_admissible_pairs + 1))

@@ -270,7 +270,9 @@ def test_a_killed_watcher_s_run_is_settled_from_its_call_s_real_result(
     assert run_row["status"] == "succeeded"
     assert len(env.ledger.get_predictions(run_id=row["id"])) == FRAMES - 1
     actual = float(run_row["actual_cost_usd"])
-    assert actual == pytest.approx(env.settings.billed_cost_usd(float(run_row["gpu_seconds"])))
+    assert actual == pytest.approx(
+        env.settings.cost_model.billed_cost_usd(float(run_row["gpu_seconds"]))
+    )
     assert actual < float(run_row["worst_case_cost_usd"])  # no worst-case charge
     spend = env.ledger.spend_summary()
     assert float(spend["daily_committed_usd"]) == pytest.approx(actual)

@@ -49,7 +49,7 @@ def test_admitted_run_succeeds_settles_and_leaves_artifacts(env: FlowEnv, video:
     assert float(run_row["gpu_seconds"]) > 0
     # Charged conservatively: the measured seconds plus the start-up and idle tail Modal bills.
     assert float(run_row["actual_cost_usd"]) == pytest.approx(
-        env.settings.billed_cost_usd(float(run_row["gpu_seconds"]))
+        env.settings.cost_model.billed_cost_usd(float(run_row["gpu_seconds"]))
     )
     assert float(run_row["actual_cost_usd"]) <= float(run_row["worst_case_cost_usd"])
     assert run_row["executor_call_id"].startswith("local-")

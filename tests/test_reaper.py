@@ -145,7 +145,9 @@ def test_runs_without_a_watcher_are_ended_or_their_call_asked(
     assert settled["status"] == "succeeded"
     assert len(ledger.get_predictions(run_id=done)) == 29
     actual = float(settled["actual_cost_usd"])
-    assert actual == pytest.approx(settings.billed_cost_usd(float(settled["gpu_seconds"])))
+    assert actual == pytest.approx(
+        settings.cost_model.billed_cost_usd(float(settled["gpu_seconds"]))
+    )
     assert 0 < actual < 0.50  # not the worst case
 
     # Still running, well within its watch limit: left alone, asked again at the next pass.
@@ -201,11 +203,15 @@ def test_a_run_claimed_without_a_lease_keeps_the_age_rule(
 def test_watch_limit_is_what_the_admission_priced(tmp_path: Path) -> None:
     settings = get_settings()
     for pairs in (10, 5_000, 25_000):
-        deadline = settings.deadline_s(pairs, 100.0)
-        worst = settings.worst_case_cost_usd(pairs, 100.0)
+        deadline = settings.cost_model.deadline_s(pairs, 100.0)
+        worst = settings.cost_model.worst_case_cost_usd(pairs, 100.0)
         run = {"worst_case_cost_usd": worst}
-        assert watch_limit_of(run, settings) == pytest.approx(settings.watch_limit_s(deadline))
-    assert watch_limit_of({}, settings) == settings.watch_limit_s(float(settings.gpu_timeout_s))
+        assert watch_limit_of(run, settings) == pytest.approx(
+            settings.cost_model.watch_limit_s(deadline)
+        )
+    assert watch_limit_of({}, settings) == settings.cost_model.watch_limit_s(
+        float(settings.gpu_timeout_s)
+    )
 
 
 def test_the_scheduled_monitor_reaps_and_alerts(make_env: MakeEnv, pg_dsn: str) -> None:
@@ -307,7 +313,7 @@ def _started_modal_run(
     make_video(clip, seed=6, frame_count=41)
     ledger.upsert_video(id="v1", tenant_id="demo", frame_count=41, fps=25.0, source_uri=str(clip))
     run_id = _claim(ledger, frames_version)
-    worst = settings.worst_case_cost_usd(40, settings.default_throughput_pairs_per_s)
+    worst = settings.cost_model.worst_case_cost_usd(40, settings.default_throughput_pairs_per_s)
     _start(ledger, run_id, worst)
     return settings, clip, run_id, worst
 
@@ -334,7 +340,7 @@ def test_a_modal_call_is_asked_by_its_id_from_another_process(
     row = ledger.get_run(run_id=run_id)
     assert row["status"] == "succeeded" and len(ledger.get_predictions(run_id=run_id)) == 40
     assert float(row["actual_cost_usd"]) == pytest.approx(
-        settings.billed_cost_usd(float(row["gpu_seconds"]))
+        settings.cost_model.billed_cost_usd(float(row["gpu_seconds"]))
     )
     assert float(row["actual_cost_usd"]) < worst
 

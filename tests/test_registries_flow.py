@@ -141,7 +141,7 @@ def test_a_registered_checkpoint_runs_and_a_swapped_one_is_a_typed_failure_bille
     assert row["failure_kind"] == "user_code" and row["error"].startswith("ChecksumMismatch")
     # Charged for the seconds it used (plus the start-up and idle tail), not its worst case.
     assert float(row["actual_cost_usd"]) == pytest.approx(
-        env.settings.billed_cost_usd(float(row["gpu_seconds"]))
+        env.settings.cost_model.billed_cost_usd(float(row["gpu_seconds"]))
     )
     assert float(row["actual_cost_usd"]) < float(row["worst_case_cost_usd"])
     breaker = env.ledger.breaker_status(name="gpu-inference", window_s=3600)
@@ -281,7 +281,7 @@ def test_a_change_after_admission_is_one_attempt_billed_for_its_seconds(
     row = env.ledger.get_run(run_id=outcome["run_id"])
     assert row["failure_kind"] == "user_code" and row["error"].startswith("VideoChanged")
     assert float(row["actual_cost_usd"]) == pytest.approx(
-        settings.billed_cost_usd(float(row["gpu_seconds"]))
+        settings.cost_model.billed_cost_usd(float(row["gpu_seconds"]))
     )
     assert float(row["actual_cost_usd"]) < float(row["worst_case_cost_usd"])
     assert env.ledger.breaker_status(name="gpu-inference", window_s=3600)["failures_in_window"] == 0

@@ -69,7 +69,7 @@ def test_a_call_stuck_in_a_crash_loop_is_cancelled_at_the_watch_limit(
     executor = executor_for(cloud)
     request = running_request(ledger, tmp_path, pairs=10, deadline_s=0.5)
     run_id = request.run_id
-    limit_s = settings.watch_limit_s(request.deadline_s)
+    limit_s = settings.cost_model.watch_limit_s(request.deadline_s)
     assert limit_s == pytest.approx(2.0)
 
     clock = Clock()

@@ -494,13 +494,13 @@ def config_cmd(as_json: JsonOpt = False) -> None:
     settings = load_settings()
     data = json.loads(settings.model_dump_json())
     data["derived"] = {
-        "gpu_price_usd_per_s": settings.gpu_price_usd_per_s,
-        "price_usd_per_s": settings.price_usd_per_s,
-        "price_by_resource_usd_per_s": settings.price_by_resource_usd_per_s(),
+        "gpu_price_usd_per_s": settings.cost_model.gpu_price_usd_per_s,
+        "price_usd_per_s": settings.cost_model.price_usd_per_s,
+        "price_by_resource_usd_per_s": settings.cost_model.price_by_resource_usd_per_s,
         "gpu_attempts": settings.gpu_attempts,
-        "absolute_ceiling_usd": settings.absolute_ceiling_usd,
+        "absolute_ceiling_usd": settings.cost_model.absolute_ceiling_usd,
         "max_admissible_pairs": settings.max_admissible_pairs,
-        "smallest_job_worst_case_usd": settings.worst_case_cost_usd(
+        "smallest_job_worst_case_usd": settings.cost_model.worst_case_cost_usd(
             1, settings.default_throughput_pairs_per_s
         ),
         "longest_job_s": settings.longest_job_s,
@@ -558,7 +558,7 @@ def reconcile(
     result = join(
         ledger_costs_from_runs(runs, tag=settings.modal_app_name),
         bill,
-        price_by_resource_usd_per_s=settings.price_by_resource_usd_per_s(),
+        price_by_resource_usd_per_s=settings.cost_model.price_by_resource_usd_per_s,
     )
     if as_json:
         print_json(result.to_dict())

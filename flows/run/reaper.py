@@ -59,7 +59,9 @@ def stale_after_s(settings: Settings, status: str) -> float:
     """Age (seconds) past which a live run *without a lease* cannot have a live flow behind it."""
     if status == "queued":
         return float(settings.stale_queued_s)
-    return settings.watch_limit_s(float(settings.gpu_timeout_s)) + settings.stale_margin_s
+    return (
+        settings.cost_model.watch_limit_s(float(settings.gpu_timeout_s)) + settings.stale_margin_s
+    )
 
 
 def watch_limit_of(run: RunRow, settings: Settings) -> float:
@@ -68,9 +70,9 @@ def watch_limit_of(run: RunRow, settings: Settings) -> float:
     at the GPU price), so a run admitted with a short deadline is not watched for an hour."""
     worst = run.get("worst_case_cost_usd") or run.get("reserved_cost_usd")
     if worst is None:
-        return settings.watch_limit_s(float(settings.gpu_timeout_s))
+        return settings.cost_model.watch_limit_s(float(settings.gpu_timeout_s))
     return max(
-        float(worst) / settings.price_usd_per_s - settings.scaledown_window_s,
+        float(worst) / settings.cost_model.price_usd_per_s - settings.scaledown_window_s,
         0.0,
     )
 

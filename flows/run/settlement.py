@@ -90,7 +90,7 @@ def _settle_success(
     # Every attempt's seconds (Modal reports them when it retried), not only the last one's.
     gpu_s = float(result.extra.get("billed_s") or metrics.elapsed_s)
     # Never above the reservation: the worst case bounds every billed second already.
-    actual = min(settings.billed_cost_usd(gpu_s), worst_case_usd)
+    actual = min(settings.cost_model.billed_cost_usd(gpu_s), worst_case_usd)
     row.end(
         ledger,
         run_id,
@@ -140,7 +140,7 @@ def _settle_failure(
         elapsed, actual = None, worst_case_usd
     else:
         elapsed = failure.elapsed_s
-        actual = min(settings.billed_cost_usd(failure.elapsed_s), worst_case_usd)
+        actual = min(settings.cost_model.billed_cost_usd(failure.elapsed_s), worst_case_usd)
     row.end(
         ledger,
         run_id,
