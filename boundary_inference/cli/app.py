@@ -107,9 +107,18 @@ def submit(
     force: Annotated[bool, typer.Option(help="Re-run even if a run exists (recorded).")] = False,
     priority: Annotated[str, typer.Option(help="high, normal or low.")] = "high",
     tenant: Annotated[str | None, typer.Option(help="Tenant id.")] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="Create a run of the boundary-inference/default deployment and exit: print its"
+            " flow run id and UI link (the local worker runs it; cancellable from the UI).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run boundary_inference_flow for one video, in this process. Exit 0/3/1 as documented."""
+    """Run boundary_inference_flow for one video, in this process (exit 0/3/1 as documented), or
+    with --no-wait as a deployment run (exit 0 once it is created)."""
     from boundary_inference.pairs import RequestJsonError, loads_request_json, max_json_chars
 
     settings = load_settings()
@@ -132,7 +141,19 @@ def submit(
     }
     if any("\x00" in (value or "") for value in identifiers.values()):
         _refuse_unsendable(identifiers, as_json)
-    use_prefect()
+    server = use_prefect()
+    if no_wait:
+        parameters = {
+            "video_id": video_id,
+            "frames_version": frames_version,
+            "model_version": model_version,
+            "frame_pairs": frame_pairs,
+            "skip_if_exists": not force,
+            "priority": priority,
+            "tenant_id": tenant,
+        }
+        _submit_deployment_run(settings, server, parameters, as_json)
+        return
     from flows.boundary_inference import boundary_inference_flow
 
     with _ledger_has_the_outcome(video_id):
@@ -169,6 +190,45 @@ def submit(
         if url:
             console.print(f"  Prefect UI: {url}", soft_wrap=True)
     raise typer.Exit(_exit_code(outcome))
+
+
+def _submit_deployment_run(
+    settings: Any, server: Any, parameters: dict[str, Any], as_json: bool
+) -> None:
+    """Create the deployment run and print where to follow it. On the state dir's embedded
+    server the state dir's worker (started here if it is not running) runs it; on a server of
+    your own (PREFECT_API_URL), whatever serves the deployment there does."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import get_current_settings
+
+    from boundary_inference.local.prefect_server import is_embedded_api
+    from boundary_inference.local.worker import DEPLOYMENT, start_worker
+
+    api_url = str(get_current_settings().api.url or "")
+    worker = None
+    if server is not None or is_embedded_api(Path(settings.state_dir), api_url):
+        worker = start_worker(Path(settings.state_dir), api_url, executor=settings.executor)
+    flow_run: Any = run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)  # sync here
+    ui_url = get_current_settings().ui_url
+    url = f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run.id}" if ui_url else None
+    state = flow_run.state.name if flow_run.state else None
+    if as_json:
+        print_json(
+            {
+                "flow_run_id": str(flow_run.id),
+                "flow_run_url": url,
+                "state": state,
+                "deployment": DEPLOYMENT,
+                "worker_pid": worker.pid if worker else None,
+            }
+        )
+        return
+    console.print(f"created: flow run {flow_run.id} ({state}) of {DEPLOYMENT}")
+    if url:
+        console.print(f"  Prefect UI: {url}", soft_wrap=True)
+    console.print(
+        "  outcome: boundary-inference runs --video " + str(parameters["video_id"]), soft_wrap=True
+    )
 
 
 def _refuse_unsendable(identifiers: dict[str, str | None], as_json: bool) -> NoReturn:

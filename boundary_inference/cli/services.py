@@ -46,9 +46,11 @@ def _state_dir() -> Path:
 
 def _rows(state_dir: Path) -> list[_Row]:
     from boundary_inference.local.prefect_server import prefect_database_status, prefect_status
+    from boundary_inference.local.worker import worker_status
 
     prefect = prefect_status(state_dir)
     prefect_db = prefect_database_status(state_dir)
+    worker = worker_status(state_dir)
     return [
         _postgres_row(state_dir),
         _redis_row(state_dir),
@@ -67,6 +69,7 @@ def _rows(state_dir: Path) -> list[_Row]:
             prefect.directory,
             prefect.ui_url,
         ),
+        _Row("worker", worker.state, worker.pid, worker.api_url, worker.directory),
     ]
 
 
@@ -171,7 +174,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     for r in rows:
         table.add_row(r.name, r.state, str(r.pid or ""), r.address or "")
     console.print(table)
-    prefect = rows[-1]
+    prefect = next(r for r in rows if r.name == "prefect")
     if prefect.state == "running" and prefect.ui_url:
         console.print(f"Prefect UI: {prefect.ui_url}", soft_wrap=True)
 
@@ -192,27 +195,30 @@ def stop(
     only: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Which to stop (postgres, redis, prefect: the server and its database);"
-            " default all."
+            help="Which to stop (worker, prefect: the server and its database, redis,"
+            " postgres); default all."
         ),
     ] = None,
 ) -> None:
     """Stop the embedded daemons (all, or those named). The next command that needs one starts it
     again; their data stays under the state dir."""
     from boundary_inference.local.prefect_server import stop_prefect
+    from boundary_inference.local.worker import stop_worker
 
     state_dir = _state_dir()
-    names = only or ["prefect", "redis", "postgres"]
-    unknown = sorted(set(names) - {"prefect", "redis", "postgres"})
+    everything = ["worker", "prefect", "redis", "postgres"]
+    names = only or everything
+    unknown = sorted(set(names) - set(everything))
     if unknown:
         console.print(f"[red]unknown service(s)[/red]: {', '.join(unknown)}")
         raise typer.Exit(2)
     stoppers: dict[str, Callable[[], object]] = {
+        "worker": lambda: stop_worker(state_dir),
         "prefect": lambda: stop_prefect(state_dir),
         "redis": lambda: _stop_redis(state_dir),
         "postgres": lambda: _stop_postgres(state_dir),
     }
-    for name in ("prefect", "redis", "postgres"):  # clients first, the ledger last
+    for name in everything:  # clients first, the ledger last
         if name in names:
             stoppers[name]()
     # "prefect" names the server and its database (prefect-db): they stop together.
