@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 def build_deployments() -> list[Any]:
     """``RunnerDeployment`` objects mirroring ``prefect.yaml``."""
     from flows.boundary_inference import boundary_inference_flow
-    from flows.lease_reaper import REAPER_CRON, lease_reaper_flow
+    from flows.lease_reaper import DEPLOYED_PASSES, PASS_EVERY_S, REAPER_CRON, lease_reaper_flow
     from flows.rejection_monitor import rejection_monitor_flow
 
     deployments = [
@@ -65,6 +65,7 @@ def build_deployments() -> list[Any]:
             name="every-2-minutes",
             entrypoint_type=ENTRYPOINT,
             tags=["boundary-inference", "reaper"],
+            parameters={"passes": DEPLOYED_PASSES, "every_s": PASS_EVERY_S},
             schedules=[Cron(REAPER_CRON, timezone="UTC")],
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
