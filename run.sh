@@ -44,11 +44,31 @@ fi
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
 export DO_NOT_TRACK="${DO_NOT_TRACK:-1}"
 cmd="${1:-help}"; shift || true
+# Runs the command and prints its wall time (the suite's budget is stated in minutes).
+timed() {
+  local start=$SECONDS rc=0
+  "$@" || rc=$?
+  echo "[run.sh] wall time: $(( (SECONDS - start) / 60 ))m $(( (SECONDS - start) % 60 ))s" >&2
+  return "$rc"
+}
 case "$cmd" in
   demo)  exec "$venv/bin/boundary-inference" demo "$@" ;;
-  test)  exec "$venv/bin/python" -m pytest "$@" ;;
+  # The whole suite on pytest-xdist workers: its tests mostly wait on servers and processes (the
+  # load stays near 1 serially), so 3 workers pay on 2 cores. Each worker starts its own servers;
+  # a module that starts a costly server of its own keeps its tests on one worker (xdist_group,
+  # --dist loadgroup). With a test path (or -n/-p no:xdist/--pdb) pytest runs serially, as asked:
+  # one set of servers for a file is cheaper than three.
+  test)
+    xdist=(-n "${BOUNDARY_INFERENCE_TEST_WORKERS:-3}" --dist loadgroup)
+    for arg in "$@"; do
+      case "$arg" in
+        tests*|*.py|*::*|-n*|--numprocesses*|--dist*|no:xdist|--pdb|--trace) xdist=() ;;
+      esac
+    done
+    timed "$venv/bin/python" -m pytest "${xdist[@]}" "$@" ;;
   # The lane to run while editing: tests that need no server and are not slow (tests/conftest.py).
-  fast)  exec "$venv/bin/python" -m pytest -m unit -q "$@" ;;
+  # Serial: it has no servers to wait on, and a worker's start-up (imports) would cost more.
+  fast)  timed "$venv/bin/python" -m pytest -m unit -q "$@" ;;
   bench) exec "$venv/bin/python" -m benches "$@" ;;
   lint)  "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
   cli)   exec "$venv/bin/boundary-inference" "$@" ;;

