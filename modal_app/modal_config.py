@@ -23,17 +23,53 @@ if TYPE_CHECKING:
     import modal
 
 PYTHON_VERSION = "3.11"
-# Exactly what the function imports (modal_app.frames/models/predictor + config); pinned to the
-# versions of requirements.lock so the GPU image runs the code the tests ran.
+# What the function imports (modal_app.frames/models/predictor + config; video sources by URI:
+# S3-compatible stores, URLs, Supabase Storage: numpy, av, pydantic, pydantic-settings, boto3, httpx,
+# supabase) and everything they pull in, each at its requirements.lock version: uv resolves
+# nothing at build time, so the GPU image runs exactly the versions the tests ran (a test checks
+# the set is closed under the packages' own requirements on Linux CPython 3.11).
 IMAGE_PACKAGES = (
-    "numpy==2.4.6",
+    "annotated-types==0.8.0",
+    "anyio==4.16.0",
     "av==18.1.0",
-    "pydantic==2.14.3",
-    "pydantic-settings==2.16.3",
-    # Video sources by URI (modal_app.sources): S3-compatible stores, URLs, Supabase Storage.
     "boto3==1.44.8",
+    "botocore==1.44.8",
+    "certifi==2026.10.18",
+    "cffi==2.1.1",
+    "cryptography==50.0.2",
+    "deprecation==2.1.0",
+    "h11==0.16.0",
+    "h2==4.4.1",
+    "hpack==4.2.0",
+    "httpcore==1.0.9",
     "httpx==0.28.1",
+    "hyperframe==6.1.0",
+    "idna==3.20",
+    "jmespath==1.1.0",
+    "multidict==7.2.1",
+    "numpy==2.4.6",
+    "packaging==26.3",
+    "postgrest==2.34.1",
+    "propcache==0.5.4",
+    "pycparser==3.12",
+    "pydantic==2.14.3",
+    "pydantic_core==2.50.4",
+    "pydantic-settings==2.16.3",
+    "PyJWT==2.15.1",
+    "python-dateutil==2.9.0.post0",
+    "python-dotenv==1.2.4",
+    "realtime==2.34.1",
+    "s3transfer==0.19.3",
+    "six==1.17.0",
+    "storage3==2.34.1",
     "supabase==2.34.1",
+    "supabase-auth==2.34.1",
+    "supabase-functions==2.34.1",
+    "typing_extensions==4.16.0",
+    "typing-inspection==0.4.5",
+    "urllib3==2.8.0",
+    "websockets==15.0.1",
+    "yarl==1.25.1",
 )
 # The torch extra, exactly requirements-torch.lock (a test keeps them equal): torch's CUDA build
 # from PyPI and everything it pulls in, so the GPU runs the versions the CPU tests ran. Its own

@@ -314,6 +314,53 @@ def test_image_pins_are_the_locked_versions() -> None:
         assert locked.get(name) == version, pin
 
 
+# The image's platform: Modal's debian_slim with CPython 3.11 on x86_64.
+IMAGE_MARKERS = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.7",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "os_name": "posix",
+}
+
+
+def test_the_image_pins_every_package_it_pulls_in() -> None:
+    """Closed under requirements: each pinned package's own requirements (as installed here,
+    at the lock's versions; markers read for the image's platform, extras followed) are pinned
+    too, so uv has nothing left to resolve when the image is built."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pinned = {canonicalize_name(pin.split("==")[0]) for pin in IMAGE_PACKAGES}
+    missing: set[str] = set()
+    stack = [(name, frozenset[str]()) for name in pinned]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while stack:
+        name, extras = stack.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        for line in md.distribution(name).requires or []:
+            req = Requirement(line)
+            wanted = req.marker is None or any(
+                req.marker.evaluate({**IMAGE_MARKERS, "extra": extra}) for extra in {"", *extras}
+            )
+            if not wanted:
+                continue
+            dependency = canonicalize_name(req.name)
+            if dependency not in pinned:
+                missing.add(f"{dependency} (required by {name})")
+            else:
+                stack.append((dependency, frozenset(req.extras)))
+    assert not missing, sorted(missing)
+    assert {"numpy", "av", "boto3", "supabase", "pydantic-core", "botocore"} <= pinned
+
+
 def test_baked_environment_carries_no_secret_and_rebuilds_the_same_limits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
