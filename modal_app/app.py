@@ -97,7 +97,11 @@ class _LoadKeepalive:
         self.stop()
 
     def stop(self) -> None:
+        """Stop beating and wait (bounded) for the thread to end, so no beat lands after the
+        load: a beat is a write to local memory, so the wait is one interval at most."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._interval_s + 5.0)
 
     def _run(self) -> None:
         started = self._clock()
