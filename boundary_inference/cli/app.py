@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from boundary_inference.cli.context import (
+    flow_run_link,
     flow_run_url,
     load_services,
     load_settings,
@@ -209,8 +210,7 @@ def _submit_deployment_run(
     if server is not None or is_embedded_api(Path(settings.state_dir), api_url):
         worker = start_worker(Path(settings.state_dir), api_url, executor=settings.executor)
     flow_run: Any = run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)  # sync here
-    ui_url = get_current_settings().ui_url
-    url = f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run.id}" if ui_url else None
+    url = flow_run_link(flow_run.id)
     state = flow_run.state.name if flow_run.state else None
     if as_json:
         print_json(

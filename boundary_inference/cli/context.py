@@ -44,8 +44,12 @@ def use_prefect() -> Any:
 
 def flow_run_url(state: Any) -> str | None:
     """Where a flow run shows in the UI of whichever Prefect server ran it."""
+    return flow_run_link(getattr(state.state_details, "flow_run_id", None))
+
+
+def flow_run_link(flow_run_id: object) -> str | None:
+    """The UI page of flow run ``flow_run_id`` on the Prefect server this process uses."""
     from prefect.settings import get_current_settings
 
-    flow_run_id = getattr(state.state_details, "flow_run_id", None)
     ui_url = get_current_settings().ui_url
     return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}" if flow_run_id and ui_url else None
