@@ -142,6 +142,40 @@ def outcome_of(state: Any) -> dict[str, Any] | None:
     return None
 
 
+# The description of the table artifact that carries a job's JobOutcome on its flow run
+# (flows.run.states.publish_outcome writes it, one row). A deployment run's final state comes back
+# from the API without its data (results are not persisted: to_state_create drops unpersisted
+# data), so a CLI waiting on a deployment run reads the outcome from here, on any host that can
+# reach the Prefect API.
+OUTCOME_ARTIFACT = "boundary-inference job outcome"
+
+
+def outcome_from_table(data: Any) -> dict[str, Any] | None:
+    """The JobOutcome dict in an outcome artifact's data (a JSON list of one row), or None when
+    the data is not one."""
+    import json
+
+    try:
+        rows = json.loads(data) if isinstance(data, str) else data
+    except ValueError:
+        return None
+    if isinstance(rows, list) and len(rows) == 1 and isinstance(rows[0], dict):
+        row = rows[0]
+        if isinstance(row.get("status"), str):
+            return dict(row)
+    return None
+
+
+def job_outcome_of(state: Any) -> dict[str, Any] | None:
+    """The JobOutcome dict a state the flow itself returned carries (its data, in process)."""
+    data = state.data
+    if isinstance(data, JobFailed):
+        return data.outcome
+    if isinstance(data, dict) and isinstance(data.get("status"), str):
+        return data
+    return None
+
+
 # What a state's message starts with when the standard state name alone cannot tell the outcome
 # (flows.run.states writes them; _outcome_from_state_name reads them back).
 REFUSAL_PREFIX = "rejected: "

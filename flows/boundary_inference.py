@@ -37,6 +37,7 @@ from config.identifiers import coerce_identifier
 from flows.parameters import bind_leniently
 from flows.run import early_refusals, retry_audit
 from flows.run import lifecycle as run_lifecycle
+from flows.run import states as run_states
 from flows.run.cancellation import stop_spending
 from flows.run.job import Job
 from tasks import (
@@ -103,6 +104,29 @@ def boundary_inference_flow(
         priority: ``high``, ``normal`` or ``low``; recorded on the run.
         tenant_id: Owner of the video; default from configuration.
     """
+    # The outcome goes on the flow run too: a deployment run's waiter reads it there.
+    return run_states.publish_outcome(
+        _decide(
+            video_id,
+            frames_version,
+            model_version,
+            frame_pairs,
+            skip_if_exists,
+            priority,
+            tenant_id,
+        )
+    )
+
+
+def _decide(
+    video_id: str,
+    frames_version: str,
+    model_version: str,
+    frame_pairs: list[list[int]] | dict[str, int] | None,
+    skip_if_exists: bool,
+    priority: Literal["high", "normal", "low"],
+    tenant_id: str | None,
+) -> State:
     try:
         settings = get_settings()
     except ValidationError as error:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from boundary_inference.cli.context import (
-    flow_run_link,
     flow_run_url,
     load_services,
     load_settings,
@@ -116,10 +115,19 @@ def submit(
             " flow run id and UI link (the local worker runs it; cancellable from the UI).",
         ),
     ] = False,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            "--in-process",
+            help="Run the flow in this process instead of as a deployment run (debugging: no"
+            " worker, but the UI cannot cancel it and the deployment's limit does not count it).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run boundary_inference_flow for one video, in this process (exit 0/3/1 as documented), or
-    with --no-wait as a deployment run (exit 0 once it is created)."""
+    """Run one video's job as a run of the boundary-inference/default deployment and wait for
+    its outcome (exit 0/3/1 as documented; Ctrl-C cancels the job); --no-wait exits once the run
+    is created; --in-process runs the flow here."""
     from boundary_inference.pairs import RequestJsonError, loads_request_json, max_json_chars
 
     settings = load_settings()
@@ -143,7 +151,7 @@ def submit(
     if any("\x00" in (value or "") for value in identifiers.values()):
         _refuse_unsendable(identifiers, as_json)
     server = use_prefect()
-    if no_wait:
+    if not in_process:
         parameters = {
             "video_id": video_id,
             "frames_version": frames_version,
@@ -153,8 +161,11 @@ def submit(
             "priority": priority,
             "tenant_id": tenant,
         }
-        _submit_deployment_run(settings, server, parameters, as_json)
+        _submit_deployment_run(settings, server, parameters, as_json, wait=not no_wait)
         return
+    if no_wait:
+        typer.echo("error: --no-wait and --in-process cannot be combined", err=True)
+        raise typer.Exit(2)
     from flows.boundary_inference import boundary_inference_flow
 
     with _ledger_has_the_outcome(video_id):
@@ -168,8 +179,12 @@ def submit(
             tenant_id=tenant,
             return_state=True,
         )
-    outcome = _outcome_from_state(state)
-    url = flow_run_url(state)
+    _print_outcome(_outcome_from_state(state), flow_run_url(state), as_json)
+
+
+def _print_outcome(outcome: dict[str, Any], url: str | None, as_json: bool) -> NoReturn:
+    """The outcome as ``submit`` prints it (``--json``: SUBMIT_FIELDS, the URL, every detail),
+    and its documented exit code."""
     if as_json:
         print_json(
             {k: outcome.get(k) for k in SUBMIT_FIELDS} | {"flow_run_url": url, "details": outcome}
@@ -194,41 +209,51 @@ def submit(
 
 
 def _submit_deployment_run(
-    settings: Any, server: Any, parameters: dict[str, Any], as_json: bool
+    settings: Any, server: Any, parameters: dict[str, Any], as_json: bool, *, wait: bool
 ) -> None:
-    """Create the deployment run and print where to follow it. On the state dir's embedded
-    server the state dir's worker (started here if it is not running) runs it; on a server of
-    your own (PREFECT_API_URL), whatever serves the deployment there does."""
-    from prefect.deployments import run_deployment
-    from prefect.settings import get_current_settings
+    """Create the deployment run; without ``wait`` print where to follow it, else wait for its
+    outcome and print it as an in-process run's."""
+    from boundary_inference.cli.jobs import JobInterrupted, create_job, wait_for_job
+    from boundary_inference.local.worker import DEPLOYMENT
 
-    from boundary_inference.local.prefect_server import is_embedded_api
-    from boundary_inference.local.worker import DEPLOYMENT, start_worker
-
-    api_url = str(get_current_settings().api.url or "")
-    worker = None
-    if server is not None or is_embedded_api(Path(settings.state_dir), api_url):
-        worker = start_worker(Path(settings.state_dir), api_url, executor=settings.executor)
-    flow_run: Any = run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)  # sync here
-    url = flow_run_link(flow_run.id)
-    state = flow_run.state.name if flow_run.state else None
-    if as_json:
-        print_json(
-            {
-                "flow_run_id": str(flow_run.id),
-                "flow_run_url": url,
-                "state": state,
-                "deployment": DEPLOYMENT,
-                "worker_pid": worker.pid if worker else None,
-            }
+    job = create_job(settings, server, parameters)
+    if not wait:
+        if as_json:
+            print_json(
+                {
+                    "flow_run_id": str(job.flow_run_id),
+                    "flow_run_url": job.url,
+                    "state": job.state_name,
+                    "deployment": DEPLOYMENT,
+                    "worker_pid": job.worker.pid if job.worker else None,
+                }
+            )
+            return
+        console.print(f"created: flow run {job.flow_run_id} ({job.state_name}) of {DEPLOYMENT}")
+        if job.url:
+            console.print(f"  Prefect UI: {job.url}", soft_wrap=True)
+        console.print(
+            "  outcome: boundary-inference runs --video " + str(parameters["video_id"]),
+            soft_wrap=True,
         )
         return
-    console.print(f"created: flow run {flow_run.id} ({state}) of {DEPLOYMENT}")
-    if url:
-        console.print(f"  Prefect UI: {url}", soft_wrap=True)
-    console.print(
-        "  outcome: boundary-inference runs --video " + str(parameters["video_id"]), soft_wrap=True
-    )
+    if not as_json:
+        console.print(
+            f"[dim]flow run {job.flow_run_id} of {DEPLOYMENT}: waiting for its outcome"
+            " (Ctrl-C cancels the job)[/dim]",
+            soft_wrap=True,
+        )
+    try:
+        with _ledger_has_the_outcome(str(parameters["video_id"])):
+            finished = wait_for_job(job, notice=lambda line: typer.echo(line, err=True))
+    except JobInterrupted as interrupted:
+        typer.echo(
+            f"interrupted: {interrupted}; its watch cancels the call and settles the seconds"
+            " used (boundary-inference runs --video " + str(parameters["video_id"]) + ")",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    _print_outcome(finished.outcome, finished.url, as_json)
 
 
 def _refuse_unsendable(identifiers: dict[str, str | None], as_json: bool) -> NoReturn:

@@ -34,17 +34,16 @@ def _f1(predicted: list[bool], truth: list[bool]) -> tuple[float, float, float]:
 
 
 def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
-    from flows.boundary_inference import boundary_inference_flow
+    """One job as every job runs: a run of the deployment, which the state dir's worker runs."""
+    from boundary_inference.cli.jobs import create_job, wait_for_job
+    from config import get_settings
 
     console.rule(f"[bold]{title}")
     started = time.monotonic()
-    from boundary_inference.outcome import outcome_of
-
-    state = boundary_inference_flow(**params, return_state=True)
-    outcome: dict[str, Any] = outcome_of(state) or {
-        "status": "failed",
-        "message": state.message or state.name,
-    }
+    parameters = {"skip_if_exists": True, "priority": "high", "frame_pairs": None, **params}
+    job = create_job(get_settings(), None, parameters)
+    finished = wait_for_job(job, notice=console.print)
+    outcome = finished.outcome
     colour = {"succeeded": "green", "skipped": "cyan", "rejected": "yellow"}.get(
         str(outcome.get("status")), "red"
     )
@@ -52,7 +51,7 @@ def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
         f"  -> [{colour}]{outcome.get('status')}[/{colour}]"
         + (f" ({outcome['rejection_type']})" if outcome.get("rejection_type") else "")
         + f": {outcome.get('message')}  [dim]{time.monotonic() - started:.1f} s,"
-        f" flow state '{state.name}'[/dim]"
+        f" flow run {finished.flow_run_id} '{finished.state_name}'[/dim]"
     )
     return outcome
 

@@ -29,6 +29,7 @@ from boundary_inference.local.processes import pid_alive
 DEPLOYMENT = "boundary-inference/default"
 START_TIMEOUT_S = 120.0  # imports, four deployments registered: seconds; a loaded CI machine more
 STOP_TIMEOUT_S = 20.0
+RUNNER_POLL_S = 1
 
 State = Literal["running", "stopped", "exiting"]
 
@@ -53,9 +54,10 @@ def worker_dir(state_dir: Path) -> Path:
     return Path(state_dir).resolve() / "worker"
 
 
-def start_worker(state_dir: Path, api_url: str, *, executor: str) -> WorkerStatus:
+def start_worker(state_dir: Path, api_url: str, *, executor: str, models_dir: Path) -> WorkerStatus:
     """Start (or join) the worker of ``state_dir`` serving on ``api_url``; it outlives this
-    process. Returns once the deployment the CLI runs exists on that server."""
+    process. Returns once the deployment the CLI runs exists on that server. ``models_dir`` is
+    pinned absolute: the worker runs in its own directory, where a relative one means another."""
     directory = worker_dir(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
     with (
@@ -70,7 +72,12 @@ def start_worker(state_dir: Path, api_url: str, *, executor: str) -> WorkerStatu
                     " `boundary-inference services stop` ends it"
                 )
             return status
-        process = _spawn(directory, Path(state_dir).resolve(), api_url, executor, lock_fd)
+        pinned = {
+            "BOUNDARY_INFERENCE_STATE_DIR": str(Path(state_dir).resolve()),
+            "BOUNDARY_INFERENCE_EXECUTOR": executor,
+            "BOUNDARY_INFERENCE_MODELS_DIR": str(Path(models_dir).resolve()),
+        }
+        process = _spawn(directory, pinned, api_url, lock_fd)
         _write_info(directory, process.pid, api_url)
         _wait_for_deployment(directory, process, api_url)
     return _status(directory, held=True)
@@ -116,13 +123,14 @@ def stop_worker(state_dir: Path, *, timeout_s: float = STOP_TIMEOUT_S) -> Worker
 
 
 def _spawn(
-    directory: Path, state_dir: Path, api_url: str, executor: str, lock_fd: int
+    directory: Path, pinned: dict[str, str], api_url: str, lock_fd: int
 ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
+    env = dict(os.environ) | pinned
     env.update(
         PREFECT_API_URL=api_url,
-        BOUNDARY_INFERENCE_STATE_DIR=str(state_dir),
-        BOUNDARY_INFERENCE_EXECUTOR=executor,
+        # A CLI waits on every job it submits: a run should start within a second, not the
+        # runner's default 10 s poll. One small query per second against the local server.
+        PREFECT_RUNNER_POLL_FREQUENCY=str(RUNNER_POLL_S),
     )
     log = (directory / "worker.log").open("ab")
     try:

@@ -22,10 +22,12 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
 from boundary_inference.outcome import (
+    OUTCOME_ARTIFACT,
     BackfillStopped,
     JobFailed,
     JobOutcome,
     RejectionType,
+    job_outcome_of,
     refusal_message,
     skip_message,
 )
@@ -104,3 +106,19 @@ def stopped_backfill(kind: str, message: str, summary: dict[str, Any]) -> State:
     if kind == str(RejectionType.GUARD_UNAVAILABLE):
         return Failed(message=text, data=BackfillStopped(text, summary))
     return Completed(message=text, data=summary)
+
+
+def publish_outcome(state: State) -> State:
+    """Put the job's outcome on its flow run (a keyless table artifact, one row) and return the
+    state: whoever waits on a deployment run reads it there (the API returns the final state
+    without its data). Best effort: the state's message and the ledger still tell the outcome."""
+    from prefect.artifacts import create_table_artifact
+
+    outcome = job_outcome_of(state)
+    if outcome is None or not runtime.flow_run.id:
+        return state
+    try:
+        create_table_artifact(table=[outcome], description=OUTCOME_ARTIFACT)
+    except Exception as error:
+        get_run_logger().warning("outcome artifact not created: %s", error)
+    return state
