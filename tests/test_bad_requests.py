@@ -184,7 +184,7 @@ def test_a_nul_is_refused_and_recorded_before_prefect(
 ) -> None:
     """U+0000 cannot travel to a flow on a PostgreSQL-backed Prefect server (503 at flow-run
     creation, before any flow code): submit refuses it first, recorded like the flow would."""
-    code, out, _ = cli("submit", *args, "--json")
+    code, out, _ = cli("submit", *args, "--in-process", "--json")
     assert code == 3, out
     outcome = json.loads(out)
     assert (outcome["status"], outcome["rejection_type"]) == ("rejected", "validation_failed")
@@ -207,7 +207,7 @@ def test_a_nul_is_refused_and_recorded_before_prefect(
 def test_cli_pairs_it_cannot_read_exit_2_with_one_line(
     env: FlowEnv, redis_url: str, pairs: str, fragment: str
 ) -> None:
-    code, out, err = cli("submit", "v1", "--pairs", pairs)
+    code, out, err = cli("submit", "v1", "--in-process", "--pairs", pairs)
     assert code == 2
     (line,) = err.strip().splitlines()
     assert fragment in line and "Traceback" not in out + err
@@ -218,13 +218,15 @@ def test_cli_pairs_it_cannot_read_exit_2_with_one_line(
 def test_cli_submit_with_a_bad_identifier_is_a_recorded_rejection(
     env: FlowEnv, redis_url: str
 ) -> None:
-    code, out, _ = cli("submit", "v1", "--frames-version", "f1\n", "--json")
+    code, out, _ = cli("submit", "v1", "--in-process", "--frames-version", "f1\n", "--json")
     assert code == 3
     outcome = json.loads(out)
     assert outcome["rejection_type"] == "validation_failed" and "U+000A" in outcome["message"]
     assert_refused_for_nothing(env, redis_url, "validation_failed")
     # A readable but wrong shape is the flow's to refuse, and to record.
-    code, out, _ = cli("submit", "v1", "--frames-version", "f2", "--pairs", "[[true, 1]]", "--json")
+    code, out, _ = cli(
+        "submit", "v1", "--in-process", "--frames-version", "f2", "--pairs", "[[true, 1]]", "--json"
+    )
     assert code == 3 and json.loads(out)["rejection_type"] == "validation_failed"
 
 

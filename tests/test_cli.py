@@ -49,16 +49,18 @@ def test_videos_add_submit_skip_reject_and_read_back(env: FlowEnv, clip: Any) ->
     code, video = as_json("videos", "add", "v1", "--source", str(path), "--crop", crop)
     assert code == 0 and video["frame_count"] == FRAMES
 
-    code, first = as_json("submit", "v1", "--frames-version", "f1")
+    code, first = as_json("submit", "v1", "--in-process", "--frames-version", "f1")
     assert code == 0, first
     assert set(SUBMIT_FIELDS) <= set(first)
     assert first["status"] == "succeeded" and first["rejection_type"] is None
     assert first["actual_cost_usd"] > 0 and first["estimated_cost_usd"] > 0
 
-    code, again = as_json("submit", "v1", "--frames-version", "f1")
+    code, again = as_json("submit", "v1", "--in-process", "--frames-version", "f1")
     assert (code, again["status"], again["run_id"]) == (0, "skipped", first["run_id"])
 
-    code, bad = as_json("submit", "v1", "--frames-version", "f2", "--pairs", "[[5, 5]]")
+    code, bad = as_json(
+        "submit", "v1", "--in-process", "--frames-version", "f2", "--pairs", "[[5, 5]]"
+    )
     assert (code, bad["status"], bad["rejection_type"]) == (3, "rejected", "validation_failed")
     assert bad["run_id"] is None
 

@@ -173,7 +173,15 @@ def test_a_fleet_wide_default_retries_changes_no_flow(make_env: MakeEnv, video: 
         "lease-reaper": 0,
         "rejection-monitor": 0,
     }
-    submit = [sys.executable, "-m", "boundary_inference.cli.app", "submit", "v1", "--json"]
+    submit = [
+        sys.executable,
+        "-m",
+        "boundary_inference.cli.app",
+        "submit",
+        "v1",
+        "--in-process",
+        "--json",
+    ]
     done = subprocess.run(
         [*submit, "--frames-version", "f1", "--model-version", MODEL],
         env=child_env,

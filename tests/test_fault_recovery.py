@@ -225,7 +225,8 @@ def _submit_then_kill_the_watcher(env: FlowEnv, *, resume: bool = True) -> dict[
     from prefect.settings import PREFECT_API_URL
 
     child_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    cmd = [sys.executable, "-m", "boundary_inference.cli.app", "submit", "v1", "--frames-version"]
+    cmd = [sys.executable, "-m", "boundary_inference.cli.app", "submit", "v1", "--in-process"]
+    cmd += ["--frames-version"]
     proc = subprocess.Popen(
         [*cmd, "f1", "--json"], env=child_env, start_new_session=True, stdout=subprocess.DEVNULL
     )

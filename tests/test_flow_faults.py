@@ -151,6 +151,7 @@ def test_concurrent_submissions_processes_spawn_once(env_threads: FlowEnv) -> No
         "-m",
         "boundary_inference.cli.app",
         "submit",
+        "--in-process",
         "v1",
         "--frames-version",
         "f1",

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,38 +50,49 @@ def _final_flow_run(api_url: str, flow_run_id: str, bound_s: float = 300) -> dic
         time.sleep(0.5)
 
 
-@pytest.mark.slow  # an embedded Prefect server, a worker, a flow run process: about a minute
-def test_submit_no_wait_is_a_deployment_run_of_the_state_dirs_worker(
+@pytest.mark.slow  # an embedded Prefect server, a worker, flow run processes: about a minute
+def test_submit_is_a_deployment_run_of_the_state_dirs_worker_waited_on_or_not(
     make_env: MakeEnv, video: Any, tmp_path: Path
 ) -> None:
     env = make_env(clip=video)
     # The CLI's own embedded Prefect server under the test's state dir, not the suite's harness.
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     try:
-        done = _cli("submit", "v1", "--no-wait", "--json", env=cli_env, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
+        # Waited on (the default): the outcome as the in-process path prints it, exit 0.
+        done = _cli("submit", "v1", "--json", env=cli_env, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
         assert "Traceback" not in done.stderr, done.stderr
-        created = json.loads(done.stdout)
-        assert created["deployment"] == "boundary-inference/default"
-        assert created["flow_run_url"].endswith(f"/runs/flow-run/{created['flow_run_id']}")
+        first = json.loads(done.stdout)
+        assert first["status"] == "succeeded" and first["details"]["pairs"] == 29, first
+        flow_run_id = first["flow_run_url"].rsplit("/", 1)[-1]
+        (row,) = env.ledger.list_runs(limit=10)
+        assert row["flow_run_id"] == flow_run_id and row["id"] == first["run_id"]
+        assert first["actual_cost_usd"] == pytest.approx(float(row["actual_cost_usd"]))
 
         services = _services(cli_env, tmp_path)
         worker, prefect = services["worker"], services["prefect"]
-        assert worker["state"] == "running" and worker["pid"] == created["worker_pid"]
+        assert worker["state"] == "running"
         assert worker["address"] == prefect["address"]  # it serves the state dir's server
-
-        run = _final_flow_run(prefect["address"], created["flow_run_id"])
-        assert run["state"]["type"] == "COMPLETED", run["state"]
+        run = _final_flow_run(prefect["address"], flow_run_id)
         assert run["deployment_id"] is not None  # a deployment run, not the CLI's own
-        (row,) = env.ledger.list_runs(limit=10)
-        assert row["status"] == "succeeded" and row["flow_run_id"] == created["flow_run_id"]
         # Its process was the worker's child, not the CLI's (which has exited).
         assert psutil.Process(worker["pid"]).is_running()
+
+        # A refusal waited on: exit 3, the recorded rejection's id to acknowledge.
+        bad = ["submit", "v1", "--frames-version", "f2", "--pairs", "[[5, 5]]", "--json"]
+        done = _cli(*bad, env=cli_env, cwd=tmp_path)
+        assert done.returncode == 3, done.stdout + done.stderr
+        refused = json.loads(done.stdout)
+        assert (refused["status"], refused["rejection_type"]) == ("rejected", "validation_failed")
+        (rejection,) = env.ledger.list_rejections(limit=10)
+        assert refused["details"]["rejection_id"] == str(rejection["id"])
 
         # The same key again: one worker serves it (no second daemon), and dedup skips it.
         done = _cli("submit", "v1", "--no-wait", "--json", env=cli_env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         again = json.loads(done.stdout)
+        assert again["deployment"] == "boundary-inference/default"
+        assert again["flow_run_url"].endswith(f"/runs/flow-run/{again['flow_run_id']}")
         assert again["worker_pid"] == worker["pid"]
         second = _final_flow_run(prefect["address"], again["flow_run_id"])
         assert second["state"]["type"] == "COMPLETED"
@@ -88,6 +102,91 @@ def test_submit_no_wait_is_a_deployment_run_of_the_state_dirs_worker(
         stopped = _cli("services", "stop", env=cli_env, cwd=tmp_path, timeout_s=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "worker: stopped" in stopped.stdout
-    assert not psutil.pid_exists(created["worker_pid"]) or (
-        psutil.Process(created["worker_pid"]).status() == psutil.STATUS_ZOMBIE
+    assert not psutil.pid_exists(worker["pid"]) or (
+        psutil.Process(worker["pid"]).status() == psutil.STATUS_ZOMBIE
     )
+
+
+def _blocked_submit(
+    env: Any, cli_env: dict[str, str], cwd: Path, frames_version: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A waiting ``submit`` whose job blocks (its video a FIFO nobody writes) once the job has
+    started: the process and the job's pid."""
+    proc = subprocess.Popen(
+        [sys.executable, *CLI, "submit", "v1", "--frames-version", frames_version, "--json"],
+        env=cli_env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    before = set(env.jobs_dir.glob("local-*/pid")) if env.jobs_dir.exists() else set()
+    deadline = time.monotonic() + 300  # bounds the test; the loop ends on the job's pid file
+    while True:
+        found = [p for p in env.jobs_dir.glob("local-*/pid") if p not in before and p.read_text()]
+        if found:
+            return proc, int(found[0].read_text())
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate()
+            pytest.fail(f"no job started: {proc.returncode}\n{out.decode()}\n{err.decode()}")
+        time.sleep(0.05)
+
+
+def _until(check: Any, bound_s: float = 300) -> Any:
+    deadline = time.monotonic() + bound_s
+    while not (value := check()):
+        assert time.monotonic() < deadline, "not within the test's bound"
+        time.sleep(0.1)
+    return value
+
+
+@pytest.mark.slow  # a Prefect server, a worker, two blocked jobs: about a minute
+def test_ctrl_c_cancels_the_job_and_a_killed_worker_ends_the_wait_in_one_line(
+    make_env: MakeEnv, tmp_path: Path
+) -> None:
+    """Ctrl-C on a waiting ``submit`` cancels its deployment run as the UI does: the call is
+    cancelled and charged the seconds used, not its worst case. A worker killed under a job ends
+    the wait with one line and exit 2 (never a hang on a run nothing will finish)."""
+    fifo = tmp_path / "blocks.mp4"
+    os.mkfifo(fifo)  # no writer: the job's decoder blocks in open() until it is stopped
+    env = make_env(video_cooldown_s="0")  # two jobs of one video, one after the other
+    env.register("v1", fifo, 60, None)
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    jobs: list[int] = []
+    try:
+        proc, job_pid = _blocked_submit(env, cli_env, tmp_path, "f1")
+        jobs.append(job_pid)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (out.decode(), err.decode())
+        assert "Traceback" not in err.decode() and "cancel requested" in err.decode()
+        run = _until(
+            lambda: next(
+                (r for r in env.ledger.list_runs(limit=5) if r["status"] == "cancelled"), None
+            )
+        )
+        assert float(run["actual_cost_usd"]) < float(run["worst_case_cost_usd"]), run
+        spend = env.ledger.spend_summary()
+        assert float(spend["daily_committed_usd"]) == pytest.approx(float(run["actual_cost_usd"]))
+        _until(lambda: not psutil.pid_exists(job_pid) or _zombie(job_pid))  # the call stopped
+
+        worker = _services(cli_env, tmp_path)["worker"]
+        proc, job_pid = _blocked_submit(env, cli_env, tmp_path, "f2")
+        jobs.append(job_pid)
+        os.killpg(worker["pid"], signal.SIGKILL)  # the worker and its flow runs, at once
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (out.decode(), err.decode())
+        (line,) = [line for line in err.decode().splitlines() if line.strip()]
+        assert line.startswith("error: the local worker stopped while flow run"), line
+        assert "Traceback" not in err.decode()
+    finally:
+        for pid in jobs:
+            if psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGKILL)
+        _cli("services", "stop", env=cli_env, cwd=tmp_path, timeout_s=120)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -48,7 +48,8 @@ def test_killed_prefect_server_mid_job_ends_the_cli_and_settles_the_run(
     # does. One client retry: the bounded give-up is the claim, not how long Prefect backs off.
     child_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     child_env["PREFECT_CLIENT_MAX_RETRIES"] = "1"
-    cmd = [sys.executable, "-m", "boundary_inference.cli.app", "submit", "v1", "--frames-version"]
+    cmd = [sys.executable, "-m", "boundary_inference.cli.app", "submit", "v1", "--in-process"]
+    cmd += ["--frames-version"]
     proc = subprocess.Popen(
         [*cmd, "f1", "--json"], env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

@@ -621,7 +621,15 @@ DOCS = Path(
 def _submit(api_url: str, home: Path, *args: str) -> dict[str, Any]:
     """``boundary-inference submit --json`` as a user runs it, against this server."""
     done = subprocess.run(
-        [sys.executable, "-m", "boundary_inference.cli.app", "submit", *args, "--json"],
+        [
+            sys.executable,
+            "-m",
+            "boundary_inference.cli.app",
+            "submit",
+            "--in-process",
+            *args,
+            "--json",
+        ],
         env=_client_env(api_url, home),
         cwd=ROOT,
         capture_output=True,

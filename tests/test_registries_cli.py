@@ -497,11 +497,13 @@ def test_submit_refuses_an_unregistered_checkpoint_and_a_changed_video_with_exit
     video = tmp_path / "v.mp4"
     video.write_bytes(clip.read_bytes())
     assert cli("videos", "add", "v1", "--source", str(video))[0] == 0
-    code, out, _ = cli("submit", "v1", "--model-version", "ckpt:nonexistent", "--json")
+    code, out, _ = cli(
+        "submit", "v1", "--in-process", "--model-version", "ckpt:nonexistent", "--json"
+    )
     first = json.loads(out)
     assert (code, first["status"], first["rejection_type"]) == (3, "rejected", "validation_failed")
     video.write_bytes(clip.read_bytes()[:1000])  # truncated after registration
-    code, out, _ = cli("submit", "v1", "--json")
+    code, out, _ = cli("submit", "v1", "--in-process", "--json")
     second = json.loads(out)
     assert (code, second["rejection_type"]) == (3, "validation_failed")
     assert "source changed since registration" in second["message"]

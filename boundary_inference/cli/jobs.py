@@ -20,6 +20,7 @@ from uuid import UUID
 
 from boundary_inference.cli.context import flow_run_link
 from boundary_inference.cli.errors import SubmissionCutShort
+from boundary_inference.errors import BoundaryInferenceError, OperatorError
 from boundary_inference.local.worker import DEPLOYMENT, WorkerStatus, start_worker, worker_status
 
 POLL_S = 0.5  # one small API read: a job's end shows within half a second
@@ -28,7 +29,11 @@ POLL_S = 0.5  # one small API read: a job's end shows within half a second
 NOTICE_AFTER_S = 30.0
 
 
-class JobInterrupted(Exception):
+class NotDeployed(OperatorError):
+    """The Prefect server has no ``boundary-inference/default`` to create the job's run of."""
+
+
+class JobInterrupted(BoundaryInferenceError):
     """Ctrl-C while waiting: the run was asked to cancel (``Cancelling``, as the UI does)."""
 
     def __init__(self, flow_run_id: UUID) -> None:
@@ -59,6 +64,7 @@ def create_job(settings: Any, server: Any, parameters: dict[str, Any]) -> Starte
     (started here if it is not running) runs it; on a server of your own (PREFECT_API_URL),
     whatever serves the deployment there does."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
     from prefect.settings import get_current_settings
 
     from boundary_inference.local.prefect_server import is_embedded_api
@@ -71,7 +77,14 @@ def create_job(settings: Any, server: Any, parameters: dict[str, Any]) -> Starte
             state_dir, api_url, executor=settings.executor, models_dir=settings.models_dir
         )
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(DEPLOYMENT)
+        try:
+            deployment = client.read_deployment_by_name(DEPLOYMENT)
+        except ObjectNotFound:
+            raise NotDeployed(
+                f"{DEPLOYMENT} is not deployed on {api_url}: deploy it (`prefect deploy`, see"
+                " prefect.yaml) and start a worker, or serve it (`python -m flows.serve`); or run"
+                " the job in this process with --in-process"
+            ) from None
         flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
     state_name = flow_run.state.name if flow_run.state else None
     return StartedJob(flow_run.id, flow_run_link(flow_run.id), state_name, worker, state_dir)
