@@ -1,5 +1,6 @@
-"""``bench`` figures of ``submit`` as users run it: many real CLI processes at once, and the cost of
-one submission against the warm embedded Prefect server compared with a ``runs --json``.
+"""``bench`` figures of ``submit`` as users run it: many real CLI processes at once, each job a run of
+the ``boundary-inference/default`` deployment run by the state dir's worker, and the cost of one
+submission (the CLI process: it creates the run and waits) against a ``runs --json``.
 
 Everything runs in a throw-away ledger schema and Redis key prefix on the state dir's servers (or
 the configured ones), with the state dir's Prefect server (or ``PREFECT_API_URL``'s): the servers
@@ -124,6 +125,7 @@ def submit_figures(
     from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
     from boundary_inference.local.embedded import start_redis
     from boundary_inference.local.prefect_server import use_embedded_prefect
+    from boundary_inference.local.worker import stop_worker
     from boundary_inference.services import embedded_dsn
     from modal_app.synthetic import make_video
 
@@ -150,7 +152,7 @@ def submit_figures(
         box = truth.crop_box
         crop = {"x": box.x, "y": box.y, "width": box.width, "height": box.height}
         ids = ["bench-key", *[f"bench-v{i:03d}" for i in range(videos)]]
-        ids += [f"bench-serial-{i}" for i in range(serial)]
+        ids += [f"bench-serial-{i}" for i in range(serial)] + ["bench-serial-warm"]
 
         def register(into: Ledger) -> None:
             for video_id in ids:
@@ -177,6 +179,11 @@ def submit_figures(
             env.update({f"BOUNDARY_INFERENCE_{k.upper()}": v for k, v in extra.items()})
             return env
 
+        # Each submission is a run of the deployment, run by the state dir's worker with the
+        # configuration of the CLI that started it: a fresh worker per phase (the first of the
+        # phase's processes starts it, the others join it).
+        stop_worker(state_dir)
+
         # 1. One key from many processes: exactly one job, the rest skipped, all exit 0.
         t0 = time.monotonic()
         same = _run_all(
@@ -202,6 +209,7 @@ def submit_figures(
         apply_migrations(dsn, rate_schema)
         rate_ledger = Ledger(PsycopgTransport(dsn, rate_schema, timeout_s=30))
         register(rate_ledger)
+        stop_worker(state_dir)
         t0 = time.monotonic()
         many = _run_all(
             [
@@ -237,7 +245,12 @@ def submit_figures(
         }
         figures["submit.rate.wall_s"] = round(time.monotonic() - t0, 1)
 
-        # 3. One submission at a time against the warm servers, and a `runs --json` the same way.
+        # 3. One submission at a time against the warm servers and worker (one submission first
+        # starts it), and a `runs --json` the same way.
+        stop_worker(state_dir)
+        _run_all(
+            [["submit", "bench-serial-warm", "--frames-version", "f1", "--json"]], env_for(), work
+        )
         submits = [
             _run_all(
                 [["submit", f"bench-serial-{i}", "--frames-version", "f1", "--json"]],
@@ -262,6 +275,9 @@ def submit_figures(
             figures["submit.one.cpu_s"] / figures["runs_json.cpu_s"], 2
         )
         figures.update(_import_costs())
+        stop_worker(
+            state_dir
+        )  # it serves the bench's throw-away schema: the next submit starts one
     rate_ledger.close()
     ledger.close()
     for name in (schema, rate_schema):

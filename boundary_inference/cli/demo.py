@@ -76,7 +76,8 @@ def run_demo(
     t0 = time.monotonic()
     console.print(
         "[bold]boundary-inference demo[/bold]: the real flow, real PostgreSQL and Redis"
-        f" under {Path(settings.state_dir).resolve()}, a local CPU executor."
+        f" under {Path(settings.state_dir).resolve()}, a local CPU executor; each job a run"
+        " of the boundary-inference/default deployment, run by the state dir's worker."
     )
     services = get_services(settings)
     ledger = services.ledger
