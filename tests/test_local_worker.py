@@ -190,3 +190,36 @@ def _zombie(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+@pytest.mark.slow  # a Prefect server started and killed under a waiting submit: about a minute
+def test_a_killed_prefect_server_ends_the_wait_in_one_line(
+    make_env: MakeEnv, tmp_path: Path
+) -> None:
+    """The embedded Prefect server killed (``kill -9``) while ``submit`` waits on its run: exit 2
+    with one line that says where the outcome is, never a traceback or a hang."""
+    from boundary_inference.local.prefect_server import prefect_status
+
+    fifo = tmp_path / "blocks.mp4"
+    os.mkfifo(fifo)
+    env = make_env()
+    env.register("v1", fifo, 60, None)
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    cli_env["PREFECT_CLIENT_MAX_RETRIES"] = "1"  # the bounded give-up is the claim, not backoff
+    job_pid = None
+    try:
+        proc, job_pid = _blocked_submit(env, cli_env, tmp_path, "f1")
+        server = prefect_status(env.state_dir)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 2, (out.decode(), err.decode())
+        (line,) = [line for line in err.decode().splitlines() if line.strip()]
+        assert line.startswith("error: cannot reach the Prefect API"), line
+        assert line.endswith(
+            "(the ledger holds what was decided: boundary-inference runs --video v1)"
+        )
+    finally:
+        if job_pid is not None and psutil.pid_exists(job_pid):
+            os.kill(job_pid, signal.SIGKILL)
+        _cli("services", "stop", env=cli_env, cwd=tmp_path, timeout_s=120)

@@ -23,7 +23,12 @@ from boundary_inference.cli.errors import SubmissionCutShort
 from boundary_inference.errors import BoundaryInferenceError, OperatorError
 from boundary_inference.local.worker import DEPLOYMENT, WorkerStatus, start_worker, worker_status
 
-POLL_S = 0.5  # one small API read: a job's end shows within half a second
+# One small API read per poll, from every waiting CLI: 50 waiters polling twice a second kept a
+# 2-core machine's Prefect server busy. First polls quick (refusals end in seconds), then slower
+# (a GPU job runs minutes): its end shows within POLL_MAX_S.
+POLL_FIRST_S = 0.5
+POLL_GROWTH = 1.25
+POLL_MAX_S = 3.0
 # After this long still Scheduled/Late/Pending, say once that nothing has picked it up (a server
 # of your own with no worker serving the deployment waits for one forever, as Prefect does).
 NOTICE_AFTER_S = 30.0
@@ -97,6 +102,7 @@ def wait_for_job(job: StartedJob, *, notice: Callable[[str], None]) -> FinishedJ
 
     started = time.monotonic()
     noticed = False
+    poll_s = POLL_FIRST_S
     with get_client(sync_client=True) as client:
         try:
             while True:
@@ -120,7 +126,8 @@ def wait_for_job(job: StartedJob, *, notice: Callable[[str], None]) -> FinishedJ
                         f" nothing serving {DEPLOYMENT} has picked it up yet (still waiting)"
                     )
                     noticed = True
-                time.sleep(POLL_S)
+                time.sleep(poll_s)
+                poll_s = min(POLL_MAX_S, poll_s * POLL_GROWTH)
         except KeyboardInterrupt:
             _request_cancel(client, job.flow_run_id)
             raise JobInterrupted(job.flow_run_id) from None
