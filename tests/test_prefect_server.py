@@ -2,7 +2,9 @@
 deployments served by ``flows/serve.py`` and deployed from ``prefect.yaml`` to a process worker,
 runs started with ``prefect deployment run`` (bad parameters included), their rejections in the
 ledger, the monitor's cron schedule producing Scheduled runs, the shipped automations delivering
-notifications to a webhook on localhost, and a server log free of service errors.
+notifications to a webhook on localhost, the UI in Chromium (a run's artifacts, the
+deployment's Runs tab with a rejected and a cancelled job), and a server log free of service
+errors.
 
 Everything Prefect-side runs in subprocesses with their own environment (the session's test
 harness points *this* process at an ephemeral API; the server here is a different one).
@@ -23,15 +25,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from tests.flow_support import MODEL, FlowEnv, MakeEnv
 from tests.support import run_python
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 # Waits below are hang guards, not measurements: on a loaded 2-core machine one Prefect CLI call
 # or flow run takes a minute.
@@ -641,6 +647,24 @@ def _submit(api_url: str, home: Path, *args: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
+@contextmanager
+def _chromium_page() -> Iterator[Page]:
+    """A page of Debian's Chromium (Playwright cannot download its own browsers here)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"), args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # The UI is a single-page app loading from a server on a shared, loaded machine.
+            page.set_default_timeout(120_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
     prefect_server: str, env: FlowEnv, tmp_path: Path
 ) -> None:
@@ -648,7 +672,6 @@ def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
     standard ``Completed`` state with its ``rejected:validation_failed`` tag and its rejection
     artifact (reason and the exact ``ack`` command); an admitted run's estimate and progress
     artifacts. Screenshots go to docs/ (README shows them)."""
-    from playwright.sync_api import Page, sync_playwright
     from playwright.sync_api import TimeoutError as PageTimeout
 
     from modal_app.synthetic import make_video
@@ -687,50 +710,168 @@ def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
         page.get_by_text("Artifacts", exact=True).first.click()
 
     rejection_id = rejected["details"]["rejection_id"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=shutil.which("chromium"), args=["--no-sandbox"]
+    with _chromium_page() as page:
+        name = run_name(rejected)
+        assert name.startswith("lecture-42-f2-builtin-textdiff-v1-")
+        open_run(page, name)
+        # A standard state name (the Runs tab lists it) and the tag that finds every such run.
+        page.get_by_text("Completed", exact=True).first.wait_for()
+        page.get_by_text("rejected:validation_failed", exact=True).first.wait_for()
+        page.get_by_text("rejection-lecture-42", exact=True).first.wait_for()
+        page.screenshot(path=str(DOCS / "ui-rejected-run.png"))
+        page.get_by_text("rejection-lecture-42", exact=True).first.click()
+        page.get_by_text(f"boundary-inference ack {rejection_id}").first.wait_for()
+        body = page.inner_text("body")
+        assert "Rejected: validation_failed" in body, body[-3000:]
+        assert "[7, 3]" in body, body[-3000:]
+        page.screenshot(path=str(DOCS / "ui-rejection-artifact.png"))
+
+        name = run_name(admitted)
+        open_run(page, name)
+        page.get_by_text("Completed", exact=True).first.wait_for()
+        page.get_by_text("estimate-lecture-42", exact=True).first.wait_for()
+        # The progress artifact has no key (one per run would fill the Artifacts page): the
+        # server holds it on this flow run, at 100 %.
+        progress = _api(prefect_server).post(
+            "artifacts/filter",
+            json={
+                "artifacts": {"type": {"any_": ["progress"]}},
+                "flow_runs": {"name": {"any_": [name]}},
+            },
         )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            # The UI is a single-page app loading from a server on a shared, loaded machine.
-            page.set_default_timeout(120_000)
+        assert [(a["key"], a["data"]) for a in progress.json()] == [(None, 100.0)]
+        page.screenshot(path=str(DOCS / "ui-admitted-artifacts.png"))
+        page.get_by_text("estimate-lecture-42", exact=True).first.click()
+        page.get_by_text("worst case (reserved)").first.wait_for()
+        assert "Admitted: lecture-42" in page.inner_text("body")
 
-            name = run_name(rejected)
-            assert name.startswith("lecture-42-f2-builtin-textdiff-v1-")
-            open_run(page, name)
-            # A standard state name (the Runs tab lists it) and the tag that finds every such run.
-            page.get_by_text("Completed", exact=True).first.wait_for()
-            page.get_by_text("rejected:validation_failed", exact=True).first.wait_for()
-            page.get_by_text("rejection-lecture-42", exact=True).first.wait_for()
-            page.screenshot(path=str(DOCS / "ui-rejected-run.png"))
-            page.get_by_text("rejection-lecture-42", exact=True).first.click()
-            page.get_by_text(f"boundary-inference ack {rejection_id}").first.wait_for()
-            body = page.inner_text("body")
-            assert "Rejected: validation_failed" in body, body[-3000:]
-            assert "[7, 3]" in body, body[-3000:]
-            page.screenshot(path=str(DOCS / "ui-rejection-artifact.png"))
 
-            name = run_name(admitted)
-            open_run(page, name)
-            page.get_by_text("Completed", exact=True).first.wait_for()
-            page.get_by_text("estimate-lecture-42", exact=True).first.wait_for()
-            # The progress artifact has no key (one per run would fill the Artifacts page): the
-            # server holds it on this flow run, at 100 %.
-            progress = _api(prefect_server).post(
-                "artifacts/filter",
-                json={
-                    "artifacts": {"type": {"any_": ["progress"]}},
-                    "flow_runs": {"name": {"any_": [name]}},
-                },
-            )
-            assert [(a["key"], a["data"]) for a in progress.json()] == [(None, 100.0)]
-            page.screenshot(path=str(DOCS / "ui-admitted-artifacts.png"))
-            page.get_by_text("estimate-lecture-42", exact=True).first.click()
-            page.get_by_text("worst case (reserved)").first.wait_for()
-            assert "Admitted: lecture-42" in page.inner_text("body")
-        finally:
-            browser.close()
+def _serve(api_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m flows.serve`` against this server, once ``boundary-inference/default`` is
+    registered; its runs use the checkout (``_run_from_the_checkout``) whatever pull steps an
+    earlier ``prefect deploy`` of this module left on that deployment."""
+    with (tmp_path / "serve.log").open("wb") as log:
+        serve = _spawn_python(
+            ["-m", "flows.serve"],
+            env=_client_env(api_url, tmp_path / "serve-home"),
+            cwd=ROOT,
+            log=log,
+        )
+
+    def registered() -> Any:
+        if serve.poll() is not None:
+            raise AssertionError((tmp_path / "serve.log").read_text(errors="replace")[-3000:])
+        return _deployment(_api(api_url), "boundary-inference/default")
+
+    try:
+        _wait("the served deployment", registered, timeout_s=600)
+        _run_from_the_checkout(api_url, "boundary-inference/default")
+    except BaseException:
+        _stop(serve)
+        raise
+    return serve
+
+
+def test_ui_shows_a_deployments_rejected_run_and_a_cancelled_job(
+    prefect_server: str, env: FlowEnv, tmp_path: Path
+) -> None:
+    """The deployment's page in Chromium (Deployments -> boundary-inference/default -> Runs): a
+    served run rejected for its frame pairs is listed ``Completed`` with its
+    ``rejected:validation_failed`` tag, and a running job of the deployment cancelled as the UI
+    does it (``Cancelling`` through the API) is listed, and shown on its own page, ``Cancelled``:
+    standard state names, which the Runs tab lists (custom ones it hides)."""
+    from playwright.sync_api import expect
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelling
+
+    from boundary_inference.local.processes import pid_alive
+    from modal_app.synthetic import make_video
+    from tests.flow_support import job
+
+    api_url = prefect_server
+    ui_url = api_url.removesuffix("/api")
+    clip = tmp_path / "deployed.mp4"
+    make_video(clip, seed=6, frame_count=20)
+    env.register("lecture-7", clip, 20, None)
+    # The held job's source is a FIFO nobody writes: its decoder waits in open() until cancelled.
+    fifo = tmp_path / "held.mp4"
+    os.mkfifo(fifo)
+    env.register("held-open", fifo, 60, None)
+    serve = _serve(api_url, tmp_path)
+    api = _api(api_url)
+    try:
+        submitted = _submit(
+            api_url, tmp_path / "cli", "lecture-7", "--pairs", "[[0,1],[7,3]]", "--no-wait"
+        )
+        rejected_id = str(submitted["flow_run_id"])
+        deployment = _deployment(api, "boundary-inference/default")
+        assert deployment is not None
+        with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as c:
+            held_id = c.create_flow_run_from_deployment(
+                deployment["id"], parameters=job("held-open")
+            ).id
+
+            def spawned() -> Any:
+                rows = env.ledger.list_runs(limit=5, video_id="held-open")
+                call = rows[0].get("executor_call_id") if rows else None
+                pid_file = env.jobs_dir / str(call) / "pid"
+                return pid_file.exists() and (rows[0], int(pid_file.read_text()))
+
+            row, pid = _wait("the held job's executor call", spawned, timeout_s=600)
+            assert pid_alive(pid)
+            c.set_flow_run_state(held_id, Cancelling(), force=True)  # what the UI's Cancel sends
+        rejected = _wait("the rejected run", lambda: _final_state(api, rejected_id), 600)
+        cancelled = _wait("the cancelled run", lambda: _final_state(api, str(held_id)), 600)
+        assert (rejected["type"], rejected["name"]) == ("COMPLETED", "Completed"), rejected
+        assert rejected["message"].startswith("rejected: validation_failed: "), rejected
+        assert (cancelled["type"], cancelled["name"]) == ("CANCELLED", "Cancelled"), cancelled
+        _wait("the held job's process to end", lambda: not pid_alive(pid), timeout_s=600)
+        # Settled at the seconds it ran by the flow, or by its cancellation hook if the runner's
+        # kill came first: either way before long, and never left running.
+        _wait(
+            "the held job's run settled cancelled",
+            lambda: (env.ledger.get_run(run_id=str(row["id"])) or {}).get("status") == "cancelled",
+            timeout_s=600,
+        )
+    finally:
+        _stop(serve)
+        try:  # a reader left blocked in open() (it should be gone) reads EOF and exits
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    names = {
+        run_id: str(api.get(f"flow_runs/{run_id}").json()["name"])
+        for run_id in (rejected_id, str(held_id))
+    }
+
+    with _chromium_page() as page:
+        page.goto(f"{ui_url}/deployments")
+        page.locator(f"a[href$='/deployments/deployment/{deployment['id']}']").first.click()
+        page.wait_for_url(f"**/deployments/deployment/{deployment['id']}**")
+        page.get_by_role("tablist").get_by_text("Runs", exact=True).click()
+
+        def listed(run_id: str, *texts: str) -> None:
+            """The innermost element listing this run (its row) shows each of ``texts``."""
+            row = page.locator("div").filter(has=page.get_by_role("link", name=names[run_id]))
+            for text in texts:
+                row = row.filter(has=page.get_by_text(text, exact=True))
+            row.last.wait_for()
+            others = [n for r, n in names.items() if r != run_id]
+            assert not any(n in row.last.inner_text() for n in others), row.last.inner_text()
+
+        listed(rejected_id, "Completed", "rejected:validation_failed")
+        listed(str(held_id), "Cancelled")
+        page.screenshot(path=str(DOCS / "ui-deployment-runs.png"), animations="disabled")
+
+        page.get_by_role("link", name=names[str(held_id)]).first.click()
+        page.wait_for_url(f"**/runs/flow-run/{held_id}**")
+        page.get_by_role("tablist").get_by_text("Task Runs", exact=True).wait_for()
+        # The router changes the address before the deployment's page has left: once the other
+        # run's name is gone, the state shown is the run page's own.
+        expect(page.get_by_text(names[rejected_id])).to_have_count(0)
+        page.get_by_text("Cancelled", exact=True).first.wait_for()
+        page.screenshot(path=str(DOCS / "ui-cancelled-run.png"), animations="disabled")
 
 
 def test_server_log_has_no_service_errors(prefect_server: str, server_log: Path) -> None:
