@@ -21,6 +21,7 @@ from psycopg.conninfo import make_conninfo
 from boundary_inference.ledger import apply_migrations
 
 LEDGER_SCHEMA = "bi_test"  # the ledger's schema in every copy
+_TEMPLATE_LOCK_KEY = 0x62692D746D706C  # "bi-tmpl"; released when its connection closes
 
 
 def database_dsn(dsn: str, database: str) -> str:
@@ -37,7 +38,7 @@ class LedgerTemplate:
         self.server_dsn = server_dsn
         self.name = f"bi_tmpl_{uuid.uuid4().hex[:10]}"
 
-    def _admin(self, statement: sql.Composable) -> None:
+    def _admin(self, statement: sql.Composed) -> None:
         # On the server's own database: never on the template (a copy needs it unconnected) nor
         # on the database being dropped.
         with psycopg.connect(self.server_dsn, autocommit=True) as conn:
@@ -49,7 +50,12 @@ class LedgerTemplate:
         name = sql.Identifier(self.name)
         self._admin(sql.SQL("CREATE DATABASE {}").format(name))
         try:
-            apply_migrations(database_dsn(self.server_dsn, self.name), LEDGER_SCHEMA)
+            # Roles are the server's, not a database's: on a shared server
+            # (BOUNDARY_INFERENCE_TEST_DATABASE_URL) xdist workers migrating their templates at
+            # once would race to create them; apply_migrations' own lock is per database.
+            with psycopg.connect(self.server_dsn, autocommit=True) as lock:
+                lock.execute("SELECT pg_advisory_lock(%s)", (_TEMPLATE_LOCK_KEY,))
+                apply_migrations(database_dsn(self.server_dsn, self.name), LEDGER_SCHEMA)
         except BaseException:
             self.drop()
             raise
