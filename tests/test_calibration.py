@@ -164,7 +164,7 @@ def test_calibrated_throughput_never_crosses_executors(ledger: Ledger) -> None:
     assert value == modal.default_throughput_pairs_per_s and "modal/A10G" in source
 
 
-def test_the_calibration_query_is_served_by_its_index(pg_dsn: str, ledger: Ledger) -> None:
+def test_the_calibration_query_is_served_by_its_index(ledger_dsn: str, ledger: Ledger) -> None:
     """Equality on the key and the query's own order (finished_at DESC NULLS LAST): an index
     scan that stops after p_runs entries, with no sort. (The 1M-row EXPLAIN is the scale work's.)"""
     ledger.upsert_video(id="v1", tenant_id="t", frame_count=10_000, fps=25.0)
@@ -178,7 +178,7 @@ def test_the_calibration_query_is_served_by_its_index(pg_dsn: str, ledger: Ledge
          ORDER BY finished_at DESC NULLS LAST, created_at DESC
          LIMIT 20
     """
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:
         conn.execute(f"ANALYZE {ledger.schema}.boundary_inference_runs")
         conn.execute("SET enable_seqscan = off")
         plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query))

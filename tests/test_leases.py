@@ -25,9 +25,9 @@ def video(ledger: Ledger) -> None:
     ledger.upsert_video(id="v1", tenant_id="t1", frame_count=100, fps=25.0)
 
 
-def expire(ledger: Ledger, pg_dsn: str, run_id: str, seconds_ago: float = 1.0) -> None:
+def expire(ledger: Ledger, ledger_dsn: str, run_id: str, seconds_ago: float = 1.0) -> None:
     """The run's watcher stopped renewing ``seconds_ago`` ago (its lease ran out then)."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:
         conn.execute(
             f'UPDATE "{ledger.schema}".boundary_inference_runs'
             " SET lease_expires_at = now() - make_interval(secs => %s) WHERE id = %s",
@@ -36,7 +36,7 @@ def expire(ledger: Ledger, pg_dsn: str, run_id: str, seconds_ago: float = 1.0) -
 
 
 def test_a_live_lease_is_a_duplicate_and_an_expired_one_is_not(
-    ledger: Ledger, video: None, pg_dsn: str
+    ledger: Ledger, video: None, ledger_dsn: str
 ) -> None:
     first = ledger.claim_run(**KEY, lease_s=60, lease_owner="flow-a")
     assert first["created"] and first["taken_over"] is False
@@ -48,7 +48,7 @@ def test_a_live_lease_is_a_duplicate_and_an_expired_one_is_not(
 
     # Its flow died between the claim and the spawn, holding $0.34.
     reserve(ledger, first["run_id"], 0.34)
-    expire(ledger, pg_dsn, first["run_id"])
+    expire(ledger, ledger_dsn, first["run_id"])
     again = ledger.claim_run(**KEY, lease_s=60, lease_owner="flow-b")
     assert again["created"] and again["run_id"] != first["run_id"]
     assert again["ended_run"]["action"] == "released"
@@ -59,12 +59,12 @@ def test_a_live_lease_is_a_duplicate_and_an_expired_one_is_not(
 
 
 def test_an_expired_running_run_with_a_call_is_handed_over(
-    ledger: Ledger, video: None, pg_dsn: str
+    ledger: Ledger, video: None, ledger_dsn: str
 ) -> None:
     first = ledger.claim_run(**KEY, lease_s=60, lease_owner="flow-a", flow_run_id="fr-a")
     ledger.transition_run(run_id=first["run_id"], to_status="running")
     ledger.set_call_id(run_id=first["run_id"], call_id="local-0123456789abcdef")
-    expire(ledger, pg_dsn, first["run_id"])
+    expire(ledger, ledger_dsn, first["run_id"])
     claim = ledger.claim_run(**KEY, lease_s=60, lease_owner="flow-b", flow_run_id="fr-b")
     assert claim == {
         "run_id": first["run_id"],
@@ -97,14 +97,14 @@ def test_a_retried_flow_run_takes_its_own_dead_attempt_over(ledger: Ledger, vide
 
 
 def test_running_without_a_call_id_is_charged_its_worst_case(
-    ledger: Ledger, video: None, pg_dsn: str
+    ledger: Ledger, video: None, ledger_dsn: str
 ) -> None:
     first = ledger.claim_run(**KEY, lease_s=60, lease_owner="flow-a")
     reserve(ledger, first["run_id"], 0.5)
     ledger.transition_run(
         run_id=first["run_id"], to_status="running", fields={"reserved_cost_usd": 0.5}
     )
-    expire(ledger, pg_dsn, first["run_id"])
+    expire(ledger, ledger_dsn, first["run_id"])
     again = ledger.claim_run(**KEY, lease_s=60, lease_owner="flow-b")
     assert again["created"]
     assert again["ended_run"] == {
@@ -125,15 +125,15 @@ def test_claims_without_a_lease_keep_the_old_rule(ledger: Ledger, video: None) -
 
 
 def test_of_fifty_claimers_of_an_expired_run_one_creates_and_none_skips_wrongly(
-    ledger: Ledger, pg_dsn: str, video: None, ledger_schema: str
+    ledger: Ledger, ledger_dsn: str, video: None, ledger_schema: str
 ) -> None:
     dead = ledger.claim_run(**KEY, lease_s=60, lease_owner="dead")
     reserve(ledger, dead["run_id"], 0.34)
-    expire(ledger, pg_dsn, dead["run_id"])
+    expire(ledger, ledger_dsn, dead["run_id"])
     start = threading.Barrier(50)
 
     def claim(i: int) -> dict[str, Any]:
-        own = Ledger(PsycopgTransport(pg_dsn, ledger_schema, timeout_s=30))
+        own = Ledger(PsycopgTransport(ledger_dsn, ledger_schema, timeout_s=30))
         try:
             start.wait(60)
             return own.claim_run(**KEY, lease_s=60, lease_owner=f"flow-{i}")
@@ -151,11 +151,11 @@ def test_of_fifty_claimers_of_an_expired_run_one_creates_and_none_skips_wrongly(
 
 
 def test_expired_leases_and_exactly_one_taker(
-    ledger: Ledger, pg_dsn: str, video: None, ledger_schema: str
+    ledger: Ledger, ledger_dsn: str, video: None, ledger_schema: str
 ) -> None:
     live = ledger.claim_run(**KEY, lease_s=60, lease_owner="alive")
     other = ledger.claim_run(**{**KEY, "frames_version": "f2"}, lease_s=60, lease_owner="dead")
-    expire(ledger, pg_dsn, other["run_id"], seconds_ago=30)
+    expire(ledger, ledger_dsn, other["run_id"], seconds_ago=30)
     (row,) = ledger.expired_leases()
     assert row["id"] == other["run_id"] and 29 < float(row["expired_for_s"]) < 300
     assert row["running_for_s"] is None  # never started
@@ -164,7 +164,7 @@ def test_expired_leases_and_exactly_one_taker(
     start = threading.Barrier(20)
 
     def take(i: int) -> bool:
-        own = Ledger(PsycopgTransport(pg_dsn, ledger_schema, timeout_s=30))
+        own = Ledger(PsycopgTransport(ledger_dsn, ledger_schema, timeout_s=30))
         try:
             start.wait(60)
             return bool(
@@ -180,10 +180,10 @@ def test_expired_leases_and_exactly_one_taker(
     assert ledger.expired_leases() == []  # taken: leased again to its taker
 
 
-def test_end_abandoned_run_only_by_its_taker(ledger: Ledger, pg_dsn: str, video: None) -> None:
+def test_end_abandoned_run_only_by_its_taker(ledger: Ledger, ledger_dsn: str, video: None) -> None:
     claim = ledger.claim_run(**KEY, lease_s=60, lease_owner="dead")
     reserve(ledger, claim["run_id"], 0.2)
-    expire(ledger, pg_dsn, claim["run_id"])
+    expire(ledger, ledger_dsn, claim["run_id"])
     assert ledger.take_expired_lease(run_id=claim["run_id"], owner="reaper", lease_s=60)["taken"]
     assert not ledger.end_abandoned_run(run_id=claim["run_id"], owner="other", reason="x")["ended"]
     ended = ledger.end_abandoned_run(run_id=claim["run_id"], owner="reaper", reason="no watcher")
@@ -192,13 +192,13 @@ def test_end_abandoned_run_only_by_its_taker(ledger: Ledger, pg_dsn: str, video:
 
 
 def test_renewal_moves_the_lease_in_the_database_clock(
-    ledger: Ledger, pg_dsn: str, video: None
+    ledger: Ledger, ledger_dsn: str, video: None
 ) -> None:
     claim = ledger.claim_run(**KEY, lease_s=60, lease_owner="me")
-    expire(ledger, pg_dsn, claim["run_id"])  # it ran out, but nobody took it over yet
+    expire(ledger, ledger_dsn, claim["run_id"])  # it ran out, but nobody took it over yet
     keeper = LeaseKeeper(ledger, claim["run_id"], "me", lease_s=120, renew_every_s=20)
     assert keeper.renew_once() and not keeper.lost and keeper.renewals == 1
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:
         (left_s,) = conn.execute(
             f"SELECT extract(epoch FROM lease_expires_at - now())"
             f' FROM "{ledger.schema}".boundary_inference_runs WHERE id = %s',
@@ -211,11 +211,11 @@ def test_renewal_moves_the_lease_in_the_database_clock(
 
 
 def test_a_watcher_taken_over_learns_it_at_its_next_renewal(
-    ledger: Ledger, pg_dsn: str, video: None
+    ledger: Ledger, ledger_dsn: str, video: None
 ) -> None:
     claim = ledger.claim_run(**KEY, lease_s=60, lease_owner="slow")
     keeper = LeaseKeeper(ledger, claim["run_id"], "slow", lease_s=60, renew_every_s=10)
-    expire(ledger, pg_dsn, claim["run_id"])
+    expire(ledger, ledger_dsn, claim["run_id"])
     assert ledger.take_expired_lease(run_id=claim["run_id"], owner="reaper", lease_s=60)["taken"]
     assert keeper.renew_once() is False and keeper.lost
     with pytest.raises(Exception, match="taken over"):
@@ -243,7 +243,9 @@ def test_the_keeper_thread_renews_until_stopped(ledger: Ledger, video: None) -> 
     assert keeper.renewals >= 1 and not keeper.lost
 
 
-def test_admissions_are_recorded_for_the_rebuild(ledger: Ledger, pg_dsn: str, video: None) -> None:
+def test_admissions_are_recorded_for_the_rebuild(
+    ledger: Ledger, ledger_dsn: str, video: None
+) -> None:
     a = ledger.claim_run(**KEY)
     b = ledger.claim_run(**{**KEY, "frames_version": "f2"})
     c = ledger.claim_run(**{**KEY, "frames_version": "f3"})
@@ -253,7 +255,7 @@ def test_admissions_are_recorded_for_the_rebuild(ledger: Ledger, pg_dsn: str, vi
     ledger.record_admission(run_id=a["run_id"])  # idempotent: the first time stays
     assert ledger.get_run(run_id=a["run_id"])["admitted_at"] == first_at
     ledger.transition_run(run_id=c["run_id"], to_status="rejected")  # refunded by its flow
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # b was admitted 30 min ago
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:  # b was admitted 30 min ago
         conn.execute(
             f'UPDATE "{ledger.schema}".boundary_inference_runs'
             " SET admitted_at = now() - interval '30 minutes' WHERE id = %s",

@@ -104,12 +104,14 @@ def test_20_threads_record_failures_open_exactly_at_threshold(ledger: Ledger) ->
 
 
 @pytest.mark.slow
-def test_separate_processes_race_claims_reservations_and_probe(ledger: Ledger, pg_dsn: str) -> None:
+def test_separate_processes_race_claims_reservations_and_probe(
+    ledger: Ledger, ledger_dsn: str
+) -> None:
     """5 spawned processes x 10 threads, each caller on its own connection."""
     ledger.upsert_video(id="v1", tenant_id="t1", frame_count=100, fps=25.0)
     open_breaker(ledger)
     claims, reservations, probes = race(
-        pg_dsn,
+        ledger_dsn,
         ledger.schema,
         [
             ("claim_run", [KEY] * 50),
@@ -154,8 +156,8 @@ def test_separate_processes_race_claims_reservations_and_probe(ledger: Ledger, p
 
 
 @pytest.mark.slow
-def test_concurrency_figures_uses_a_scratch_schema(ledger: Ledger, pg_dsn: str) -> None:
-    figures = concurrency_figures(pg_dsn, ledger.schema, processes=2, threads=10)
+def test_concurrency_figures_uses_a_scratch_schema(ledger: Ledger, ledger_dsn: str) -> None:
+    figures = concurrency_figures(ledger_dsn, ledger.schema, processes=2, threads=10)
     assert figures["claims_50_creators"] == 1
     assert figures["claims_50_distinct_run_ids"] == 1
     assert figures["reservations_100x0.50_cap20_ok"] == 40

@@ -39,27 +39,29 @@ KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl"
 
 
 @pytest.fixture
-def postgrest(pg_dsn: str, ledger_schema: str) -> Iterator[PostgrestDouble]:
+def postgrest(ledger_dsn: str, ledger_schema: str) -> Iterator[PostgrestDouble]:
     # Supabase's API roles: 8 s statement and lock timeouts; lock waits here are cut at 200 ms so
     # a test that holds a lock stays fast.
     settings = {"statement_timeout": "8s", "lock_timeout": "200ms"}
-    with PostgrestDouble(pg_dsn, [ledger_schema], key=KEY, role_settings=settings).running() as s:
+    with PostgrestDouble(
+        ledger_dsn, [ledger_schema], key=KEY, role_settings=settings
+    ).running() as s:
         yield s
 
 
 @pytest.fixture
 def both(
-    pg_dsn: str, ledger_schema: str, postgrest: PostgrestDouble
+    ledger_dsn: str, ledger_schema: str, postgrest: PostgrestDouble
 ) -> Iterator[dict[str, Ledger]]:
     """The same schema through both transports, with a helper that raises any SQLSTATE."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL(
                 "CREATE FUNCTION {}.raise_sqlstate(p_code text) RETURNS jsonb LANGUAGE plpgsql"
                 " AS $$ BEGIN RAISE EXCEPTION 'raised %', p_code USING ERRCODE = p_code; END $$"
             ).format(sql.Identifier(ledger_schema))
         )
-    direct = PsycopgTransport(pg_dsn, ledger_schema, timeout_s=10, role="service_role")
+    direct = PsycopgTransport(ledger_dsn, ledger_schema, timeout_s=10, role="service_role")
     rest = SupabaseTransport(url=postgrest.url, key=KEY, schema=ledger_schema, timeout_s=10)
     yield {"psycopg": Ledger(direct), "supabase": Ledger(rest)}
     direct.close()
@@ -127,12 +129,12 @@ def test_nan_is_refused_alike_before_sending(
 
 
 def test_lock_timeout_commits_nothing_on_both(
-    both: dict[str, Ledger], pg_dsn: str, ledger_schema: str
+    both: dict[str, Ledger], ledger_dsn: str, ledger_schema: str
 ) -> None:
-    direct = PsycopgTransport(pg_dsn, ledger_schema, timeout_s=0.3, role="service_role")
+    direct = PsycopgTransport(ledger_dsn, ledger_schema, timeout_s=0.3, role="service_role")
     ledgers = {**both, "psycopg": Ledger(direct)}
     run_id = uuid.uuid4()
-    with psycopg.connect(pg_dsn) as holder:  # holds the budget lock every reservation takes
+    with psycopg.connect(ledger_dsn) as holder:  # holds the budget lock every reservation takes
         holder.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{ledger_schema}.budget",)
         )
@@ -190,12 +192,12 @@ def test_refusals_by_postgrest_or_gateway_are_errors(
 
 
 def test_every_rpc_carries_a_statement_timeout_below_the_clients_wait(
-    pg_dsn: str, ledger_schema: str
+    ledger_dsn: str, ledger_schema: str
 ) -> None:
     functions = {
         name for name in dir(Ledger) if not name.startswith("_") and callable(getattr(Ledger, name))
     } - {"close", "schema"}
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT p.proname, p.proconfig FROM pg_proc p"
             " WHERE p.pronamespace = %s::regnamespace AND p.proname = ANY(%s)",
@@ -214,18 +216,18 @@ def test_every_rpc_carries_a_statement_timeout_below_the_clients_wait(
 
 
 def test_a_call_past_its_bound_is_cancelled_on_the_server(
-    both: dict[str, Ledger], pg_dsn: str, ledger_schema: str, postgrest: PostgrestDouble
+    both: dict[str, Ledger], ledger_dsn: str, ledger_schema: str, postgrest: PostgrestDouble
 ) -> None:
     # The bound as the migration sets it, made short: PostgREST hoists it into the transaction.
     postgrest.role_settings = {"statement_timeout": "8s", "lock_timeout": "8s"}
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL("ALTER FUNCTION {}.reserve_budget SET statement_timeout = '150ms'").format(
                 sql.Identifier(ledger_schema)
             )
         )
     run_id = uuid.uuid4()
-    with psycopg.connect(pg_dsn) as holder:
+    with psycopg.connect(ledger_dsn) as holder:
         holder.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{ledger_schema}.budget",)
         )

@@ -120,10 +120,12 @@ def test_claim_unknown_video_or_wrong_tenant(ledger: Ledger, video: dict) -> Non
     assert info.value.code == "BI403"
 
 
-def test_partial_unique_index_backstops_the_lock(ledger: Ledger, video: dict, pg_dsn: str) -> None:
+def test_partial_unique_index_backstops_the_lock(
+    ledger: Ledger, video: dict, ledger_dsn: str
+) -> None:
     ledger.claim_run(**KEY)
     with (
-        psycopg.connect(pg_dsn, autocommit=True) as conn,
+        psycopg.connect(ledger_dsn, autocommit=True) as conn,
         pytest.raises(psycopg.errors.UniqueViolation),
     ):
         conn.execute(
@@ -564,8 +566,8 @@ def test_log_list_and_acknowledge_rejections(ledger: Ledger) -> None:
     assert acked["acknowledged"] is True and acked["acknowledged_by"] == "ops"
 
 
-def test_rejection_insert_notifies(ledger: Ledger, pg_dsn: str) -> None:
-    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+def test_rejection_insert_notifies(ledger: Ledger, ledger_dsn: str) -> None:
+    with psycopg.connect(ledger_dsn, autocommit=True) as listener:
         listener.execute("LISTEN boundary_inference_rejections")
         made = ledger.log_rejection(rejection_type="cooldown", message="wait", video_id="v9")
         notes = list(listener.notifies(timeout=5, stop_after=1))
@@ -619,10 +621,12 @@ def test_unreachable_database_is_ledger_unavailable(tmp_path: object) -> None:
         dead.ping()
 
 
-def test_statement_timeout_is_ledger_unavailable(ledger: Ledger, pg_dsn: str, video: dict) -> None:
-    slow = Ledger(PsycopgTransport(pg_dsn, ledger.schema, timeout_s=0.3))
+def test_statement_timeout_is_ledger_unavailable(
+    ledger: Ledger, ledger_dsn: str, video: dict
+) -> None:
+    slow = Ledger(PsycopgTransport(ledger_dsn, ledger.schema, timeout_s=0.3))
     try:
-        with psycopg.connect(pg_dsn) as holder:
+        with psycopg.connect(ledger_dsn) as holder:
             # Hold claim_run's advisory lock for the key: the claim must give up, not hang.
             holder.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(concat_ws(chr(31), %s::text,"
@@ -637,12 +641,12 @@ def test_statement_timeout_is_ledger_unavailable(ledger: Ledger, pg_dsn: str, vi
         slow.close()
 
 
-def test_killed_connection_is_reopened_on_next_call(ledger: Ledger, pg_dsn: str) -> None:
+def test_killed_connection_is_reopened_on_next_call(ledger: Ledger, ledger_dsn: str) -> None:
     ledger.ping()  # this thread's connection is open
     transport = ledger.transport
     assert isinstance(transport, PsycopgTransport)
     pid = transport._connection().info.backend_pid
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+    with psycopg.connect(ledger_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     with pytest.raises(LedgerUnavailable):
         ledger.ping()

@@ -54,8 +54,8 @@ def two_tenants(ledger: Ledger) -> Ledger:
 
 
 @pytest.fixture
-def conn(pg_dsn: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(pg_dsn) as c:  # not autocommit: SET LOCAL lives in the transaction
+def conn(ledger_dsn: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(ledger_dsn) as c:  # not autocommit: SET LOCAL lives in the transaction
         yield c
 
 

@@ -522,9 +522,9 @@ def test_an_existing_client_is_pinned_to_the_schema() -> None:
 
 
 @pytest.fixture
-def postgrest(pg_dsn: str, ledger_schema: str) -> Iterator[PostgrestDouble]:
+def postgrest(ledger_dsn: str, ledger_schema: str) -> Iterator[PostgrestDouble]:
     """A PostgREST-shaped server over the real ledger SQL (tests/postgrest_double.py)."""
-    with PostgrestDouble(pg_dsn, [ledger_schema], key=KEY).running() as server:
+    with PostgrestDouble(ledger_dsn, [ledger_schema], key=KEY).running() as server:
         yield server
 
 

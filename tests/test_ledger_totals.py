@@ -68,7 +68,7 @@ def sums(dsn: str, schema: str) -> dict[tuple[str, str, str], tuple[Decimal, Dec
     return {k: (v[0], v[1], v[2]) for k, v in out.items() if any(v)}
 
 
-def test_totals_follow_every_reservation_change(ledger: Ledger, pg_dsn: str) -> None:
+def test_totals_follow_every_reservation_change(ledger: Ledger, ledger_dsn: str) -> None:
     schema = ledger.schema
     a, b, c = (str(uuid.uuid4()) for _ in range(3))
     steps = [
@@ -85,7 +85,7 @@ def test_totals_follow_every_reservation_change(ledger: Ledger, pg_dsn: str) -> 
     ]
     for step in steps:
         step()
-        assert totals(pg_dsn, schema) == sums(pg_dsn, schema)
+        assert totals(ledger_dsn, schema) == sums(ledger_dsn, schema)
         assert ledger.budget_totals_drift(since=ALL_HISTORY)["ok"] is True
     assert ledger.spend_summary(now=T0)["daily_committed_usd"] == 0.6
     assert ledger.spend_summary(now=T0)["monthly_actual_usd"] == 0.6
@@ -101,7 +101,7 @@ def test_totals_follow_every_reservation_change(ledger: Ledger, pg_dsn: str) -> 
 
 
 def test_a_write_around_the_trigger_is_drift_and_rebuild_repairs_it(
-    ledger: Ledger, pg_dsn: str
+    ledger: Ledger, ledger_dsn: str
 ) -> None:
     run = str(uuid.uuid4())
     reserve(ledger, 2.0, run_id=run)
@@ -114,7 +114,7 @@ def test_a_write_around_the_trigger_is_drift_and_rebuild_repairs_it(
         "since": "2030-01-01",
     }
     table = sql.Identifier(ledger.schema, "budget_reservations")
-    with psycopg.connect(pg_dsn, autocommit=True) as conn, conn.transaction():
+    with psycopg.connect(ledger_dsn, autocommit=True) as conn, conn.transaction():
         # What a restore or a hand edit with triggers off does.
         conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER budget_totals_follow").format(table))
         conn.execute(
@@ -139,16 +139,16 @@ def test_a_write_around_the_trigger_is_drift_and_rebuild_repairs_it(
     assert rebuilt["written"] >= 6
     assert ledger.budget_totals_drift(now=T0)["ok"] is True
     assert ledger.spend_summary(now=T0)["daily_committed_usd"] == 6.0
-    assert totals(pg_dsn, ledger.schema) == sums(pg_dsn, ledger.schema)
+    assert totals(ledger_dsn, ledger.schema) == sums(ledger_dsn, ledger.schema)
 
 
-def test_rebuild_from_a_month_leaves_earlier_months_alone(ledger: Ledger, pg_dsn: str) -> None:
+def test_rebuild_from_a_month_leaves_earlier_months_alone(ledger: Ledger, ledger_dsn: str) -> None:
     reserve(ledger, 1.0, now=T0 - dt.timedelta(days=31))  # December
     reserve(ledger, 2.0, now=T0)
     result = ledger.budget_totals_rebuild(since=dt.date(2030, 1, 20))
     assert result["since"] == "2030-01-01"
     assert result["written"] == 4  # January's four rows only
-    assert totals(pg_dsn, ledger.schema) == sums(pg_dsn, ledger.schema)
+    assert totals(ledger_dsn, ledger.schema) == sums(ledger_dsn, ledger.schema)
 
 
 @pytest.fixture
@@ -192,7 +192,9 @@ def test_the_migration_back_fills_existing_reservations(
 
 
 @pytest.mark.slow
-def test_concurrent_reserve_settle_release_keep_totals_exact(ledger: Ledger, pg_dsn: str) -> None:
+def test_concurrent_reserve_settle_release_keep_totals_exact(
+    ledger: Ledger, ledger_dsn: str
+) -> None:
     """Separate processes: 40 of 100 reservations fit a $20 cap; then, in one race, 20 are
     settled at $0.10, 20 released and 60 new ones compete for what that frees. Whatever the
     interleaving, the cap holds and the totals equal the sums of the reservations."""
@@ -205,11 +207,11 @@ def test_concurrent_reserve_settle_release_keep_totals_exact(ledger: Ledger, pg_
         ]
 
     (first,) = race(
-        pg_dsn, ledger.schema, [("reserve_budget", reservations(100))], processes=4, threads=10
+        ledger_dsn, ledger.schema, [("reserve_budget", reservations(100))], processes=4, threads=10
     )
     admitted = [r for r in first["results"] if r.get("ok")]
     assert len(admitted) == 40 and not [r for r in first["results"] if "error" in r]
-    with psycopg.connect(pg_dsn) as conn:
+    with psycopg.connect(ledger_dsn) as conn:
         ids = [
             str(r[0])
             for r in conn.execute(
@@ -227,7 +229,7 @@ def test_concurrent_reserve_settle_release_keep_totals_exact(ledger: Ledger, pg_
     # One phase, the three kinds of call dealt round-robin: they race inside the server.
     mixed = [call for group in zip(fresh[:40], settle + release, strict=True) for call in group]
     (phase,) = race(
-        pg_dsn, ledger.schema, [("reserve_budget", mixed + fresh[40:])], processes=4, threads=10
+        ledger_dsn, ledger.schema, [("reserve_budget", mixed + fresh[40:])], processes=4, threads=10
     )
     assert not [r for r in phase["results"] if "error" in r]
     new_ok = sum(1 for r in phase["results"] if r.get("ok") is True)
@@ -236,5 +238,5 @@ def test_concurrent_reserve_settle_release_keep_totals_exact(ledger: Ledger, pg_
     summary = ledger.spend_summary(now=T0)
     assert summary["daily_committed_usd"] == pytest.approx(2.0 + 0.5 * new_ok)
     assert summary["daily_committed_usd"] <= 20.0
-    assert totals(pg_dsn, ledger.schema) == sums(pg_dsn, ledger.schema)
+    assert totals(ledger_dsn, ledger.schema) == sums(ledger_dsn, ledger.schema)
     assert ledger.budget_totals_drift(now=T0)["ok"] is True

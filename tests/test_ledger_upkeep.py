@@ -43,10 +43,10 @@ def seed(env: FlowEnv) -> tuple[str, str]:
     return str(run), str(recent)
 
 
-def drift(env: FlowEnv, pg_dsn: str, run_id: str) -> None:
+def drift(env: FlowEnv, ledger_dsn: str, run_id: str) -> None:
     """Change a reservation behind the trigger's back (as a restore or a hand edit would)."""
     table = sql.Identifier(env.schema, "budget_reservations")
-    with psycopg.connect(pg_dsn) as conn:
+    with psycopg.connect(ledger_dsn) as conn:
         conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER budget_totals_follow").format(table))
         conn.execute(
             sql.SQL("UPDATE {} SET reserved_usd = 3 WHERE run_id = %s").format(table), (run_id,)
@@ -55,7 +55,7 @@ def drift(env: FlowEnv, pg_dsn: str, run_id: str) -> None:
 
 
 def test_monitor_alerts_on_drift_and_prunes_old_predictions(
-    make_env: MakeEnv, pg_dsn: str, asserting_events_worker: Any
+    make_env: MakeEnv, ledger_dsn: str, asserting_events_worker: Any
 ) -> None:
     env = make_env(predictions_retention_days="30")
     old, recent = seed(env)
@@ -65,7 +65,7 @@ def test_monitor_alerts_on_drift_and_prunes_old_predictions(
     assert env.ledger.get_predictions(run_id=old) == []  # 40 days old: pruned
     assert len(env.ledger.get_predictions(run_id=recent)) == 1
 
-    drift(env, pg_dsn, old)
+    drift(env, ledger_dsn, old)
     summary = monitor.rejection_monitor_flow()
     assert BUDGET_DRIFT_EVENT in summary["events"]
     asserting_events_worker.drain()
@@ -76,12 +76,12 @@ def test_monitor_alerts_on_drift_and_prunes_old_predictions(
     assert found[0].payload["ok"] is False and found[0].payload["drift_rows"] == 4
 
 
-def test_ledger_cli_checks_repairs_prunes_and_sizes(make_env: MakeEnv, pg_dsn: str) -> None:
+def test_ledger_cli_checks_repairs_prunes_and_sizes(make_env: MakeEnv, ledger_dsn: str) -> None:
     env = make_env()
     old, recent = seed(env)
 
     assert cli("check")[0] == 0
-    drift(env, pg_dsn, old)
+    drift(env, ledger_dsn, old)
     code, found = cli("check")
     assert code == 1 and found["drift_rows"] == 4
     code, rebuilt = cli("rebuild-totals")

@@ -60,11 +60,11 @@ def chunk_rows(dsn: str, schema: str, run_id: str) -> list[tuple[int, int]]:
         ).fetchall()
 
 
-def test_a_run_saved_in_batches_reads_back_exactly(ledger: Ledger, pg_dsn: str) -> None:
+def test_a_run_saved_in_batches_reads_back_exactly(ledger: Ledger, ledger_dsn: str) -> None:
     run = new_run(ledger)
     predictions = pairs(12_345)
     assert save_in_batches(ledger, run, predictions, batch_pairs=5000) == 12_345
-    assert chunk_rows(pg_dsn, ledger.schema, run) == [(0, 5000), (1, 5000), (2, 2345)]
+    assert chunk_rows(ledger_dsn, ledger.schema, run) == [(0, 5000), (1, 5000), (2, 2345)]
     packed = ledger.get_predictions_packed(run_id=run)
     assert packed["pairs"] == 12_345
     assert packed["frame1"] == [p.frame1 for p in predictions]
@@ -76,7 +76,7 @@ def test_a_run_saved_in_batches_reads_back_exactly(ledger: Ledger, pg_dsn: str) 
     assert rows == unpack(packed)
     # A retried flow saves the same batches again: the same chunks, nothing added.
     assert save_in_batches(ledger, run, predictions, batch_pairs=5000) == 12_345
-    assert chunk_rows(pg_dsn, ledger.schema, run) == [(0, 5000), (1, 5000), (2, 2345)]
+    assert chunk_rows(ledger_dsn, ledger.schema, run) == [(0, 5000), (1, 5000), (2, 2345)]
     assert ledger.get_predictions_packed(run_id=run) == packed
 
 
@@ -102,7 +102,7 @@ def test_columns_go_over_the_wire_and_rows_are_still_accepted(ledger: Ledger) ->
     ]
 
 
-def test_the_last_save_of_a_pair_wins(ledger: Ledger, pg_dsn: str) -> None:
+def test_the_last_save_of_a_pair_wins(ledger: Ledger, ledger_dsn: str) -> None:
     run = new_run(ledger)
     first = [
         {"frame1": 0, "frame2": 1, "probability": 0.1, "is_boundary": False},
@@ -131,7 +131,7 @@ def test_the_last_save_of_a_pair_wins(ledger: Ledger, pg_dsn: str) -> None:
         pytest.approx(0.1),
         pytest.approx(0.9),
     ]
-    assert chunk_rows(pg_dsn, ledger.schema, run) == [(0, 2), (1, 2)]
+    assert chunk_rows(ledger_dsn, ledger.schema, run) == [(0, 2), (1, 2)]
 
 
 def test_empty_unknown_and_malformed_batches(ledger: Ledger) -> None:
@@ -172,13 +172,13 @@ def test_empty_unknown_and_malformed_batches(ledger: Ledger) -> None:
     assert ledger.get_predictions(run_id=run) == []
 
 
-def test_storage_and_wire_are_compact(ledger: Ledger, pg_dsn: str) -> None:
+def test_storage_and_wire_are_compact(ledger: Ledger, ledger_dsn: str) -> None:
     """A 25,000-pair job: under 15 bytes a pair stored (the old layout took about 100 with its
     index entry), and about a third of the JSON of one object per pair on the wire."""
     run = new_run(ledger)
     predictions = pairs(25_000, seed=7)
     save_in_batches(ledger, run, predictions, batch_pairs=5000)
-    with psycopg.connect(pg_dsn) as conn:
+    with psycopg.connect(ledger_dsn) as conn:
         (stored_bytes,) = conn.execute(
             sql.SQL("SELECT sum(pg_column_size(c.*)) FROM {} c WHERE run_id = %s").format(
                 sql.Identifier(ledger.schema, "boundary_prediction_chunks")
@@ -191,7 +191,7 @@ def test_storage_and_wire_are_compact(ledger: Ledger, pg_dsn: str) -> None:
     assert len(columns) < len(rows) / 2.5
 
 
-def test_retention_deletes_whole_old_runs_in_bounded_calls(ledger: Ledger, pg_dsn: str) -> None:
+def test_retention_deletes_whole_old_runs_in_bounded_calls(ledger: Ledger, ledger_dsn: str) -> None:
     old = [new_run(ledger, f"old{i}") for i in range(5)]
     recent = new_run(ledger, "recent")
     for i, run in enumerate(old):

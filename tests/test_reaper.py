@@ -101,7 +101,7 @@ def _finished(executor: LocalExecutor, call_id: str) -> Any:
 
 
 def test_runs_without_a_watcher_are_ended_or_their_call_asked(
-    ledger: Ledger, pg_dsn: str, tmp_path: Path
+    ledger: Ledger, ledger_dsn: str, tmp_path: Path
 ) -> None:
     settings = get_settings()
     clip = tmp_path / "clip.mp4"
@@ -131,7 +131,7 @@ def test_runs_without_a_watcher_are_ended_or_their_call_asked(
 
     assert _reap(ledger, executor, settings) == {}  # every lease still holds
     for run_id in (queued, done, hung):
-        _watcher_died(ledger, pg_dsn, run_id)
+        _watcher_died(ledger, ledger_dsn, run_id)
 
     reaped = _reap(ledger, executor, settings)
     assert set(reaped) == {queued, done, hung}
@@ -160,7 +160,7 @@ def test_runs_without_a_watcher_are_ended_or_their_call_asked(
     limit_s = watch_limit_of(ledger.get_run(run_id=hung), settings)
     _sql(
         ledger,
-        pg_dsn,
+        ledger_dsn,
         "UPDATE RUNS SET started_at = now() - make_interval(secs => %s) WHERE id = %s",
         limit_s + 1,
         hung,
@@ -181,7 +181,7 @@ def test_runs_without_a_watcher_are_ended_or_their_call_asked(
 
 
 def test_a_run_claimed_without_a_lease_keeps_the_age_rule(
-    ledger: Ledger, pg_dsn: str, tmp_path: Path
+    ledger: Ledger, ledger_dsn: str, tmp_path: Path
 ) -> None:
     settings = get_settings()
     ledger.upsert_video(id="v1", tenant_id="demo", frame_count=100, fps=25.0)
@@ -190,7 +190,7 @@ def test_a_run_claimed_without_a_lease_keeps_the_age_rule(
     recent = _claim(ledger, "f-recent", lease_s=None)
     _sql(
         ledger,
-        pg_dsn,
+        ledger_dsn,
         "UPDATE RUNS SET created_at = now() - make_interval(secs => %s) WHERE id = %s",
         settings.stale_queued_s + 1,
         old,
@@ -214,11 +214,11 @@ def test_watch_limit_is_what_the_admission_priced(tmp_path: Path) -> None:
     )
 
 
-def test_the_scheduled_monitor_reaps_and_alerts(make_env: MakeEnv, pg_dsn: str) -> None:
+def test_the_scheduled_monitor_reaps_and_alerts(make_env: MakeEnv, ledger_dsn: str) -> None:
     env = make_env()
     env.ledger.upsert_video(id="v1", tenant_id="demo", frame_count=100, fps=25.0)
     run_id = _claim(env.ledger, "f1")
-    _watcher_died(env.ledger, pg_dsn, run_id)
+    _watcher_died(env.ledger, ledger_dsn, run_id)
 
     summary = monitor.rejection_monitor_flow()
 
@@ -230,7 +230,7 @@ def test_the_scheduled_monitor_reaps_and_alerts(make_env: MakeEnv, pg_dsn: str) 
 
 
 def test_a_monitor_whose_host_clock_is_hours_ahead_ends_nothing_alive(
-    make_env: MakeEnv, tmp_path: Path, pg_dsn: str
+    make_env: MakeEnv, tmp_path: Path, ledger_dsn: str
 ) -> None:
     """The monitor (and the local executor it asks) runs with this process's wall clock four hours
     ahead of the database's. A run started seconds ago, its worker alive, and a run just claimed
@@ -250,7 +250,7 @@ def test_a_monitor_whose_host_clock_is_hours_ahead_ends_nothing_alive(
     reserve(env.ledger, queued, 0.3, tenant_id="demo")
     # Someone else's run, whose lease really did expire by the database's clock: ended anyway.
     dead = _claim(env.ledger, "f-dead")
-    _watcher_died(env.ledger, pg_dsn, dead)
+    _watcher_died(env.ledger, ledger_dsn, dead)
 
     ahead = dt.datetime.now(dt.UTC) + dt.timedelta(hours=4)
     with time_machine.travel(ahead, tick=True):
@@ -267,7 +267,7 @@ def test_a_monitor_whose_host_clock_is_hours_ahead_ends_nothing_alive(
 
 
 def test_open_reservations_of_ended_runs_are_closed(
-    ledger: Ledger, pg_dsn: str, tmp_path: Path
+    ledger: Ledger, ledger_dsn: str, tmp_path: Path
 ) -> None:
     """A run ended but its settle or release was lost: the reservation would hold its share of
     the caps for the rest of the day and month."""
@@ -288,7 +288,7 @@ def test_open_reservations_of_ended_runs_are_closed(
 
     _sql(  # they ended longer ago than the margin, by the database's clock
         ledger,
-        pg_dsn,
+        ledger_dsn,
         "UPDATE RUNS SET finished_at = now() - make_interval(secs => %s) WHERE id IN (%s, %s)",
         settings.stale_margin_s + 60,
         spawned,
@@ -319,7 +319,7 @@ def _started_modal_run(
 
 
 def test_a_modal_call_is_asked_by_its_id_from_another_process(
-    ledger: Ledger, pg_dsn: str, tmp_path: Path
+    ledger: Ledger, ledger_dsn: str, tmp_path: Path
 ) -> None:
     """The Modal side: the watcher spawned a call and died; the reaper, a fresh executor that knows
     only the call id (``FunctionCall.from_id`` on the signature-checked double of
@@ -332,7 +332,7 @@ def test_a_modal_call_is_asked_by_its_id_from_another_process(
     call_id = executor_for(cloud).submit(make_request(clip, run_id=run_id))
     ledger.set_call_id(run_id=run_id, call_id=call_id)
     cloud.join()  # the call finished; its watcher is gone
-    _watcher_died(ledger, pg_dsn, run_id)
+    _watcher_died(ledger, ledger_dsn, run_id)
 
     reaped = _reap(ledger, executor_for(cloud), settings)
 
@@ -346,7 +346,7 @@ def test_a_modal_call_is_asked_by_its_id_from_another_process(
 
 
 def test_a_call_whose_spawn_answer_was_lost_is_found_by_its_run_id(
-    ledger: Ledger, pg_dsn: str, tmp_path: Path
+    ledger: Ledger, ledger_dsn: str, tmp_path: Path
 ) -> None:
     """The watcher's spawn raised modal's real ``ConnectionError`` after the server had accepted
     the call, and the watcher died before it found the call: the run is ``running`` with no call
@@ -363,7 +363,7 @@ def test_a_call_whose_spawn_answer_was_lost_is_found_by_its_run_id(
     with pytest.raises(Exception, match="a call may be running"):
         executor_for(cloud).submit(make_request(clip, run_id=run_id))
     cloud.join()
-    _watcher_died(ledger, pg_dsn, run_id)
+    _watcher_died(ledger, ledger_dsn, run_id)
 
     reaped = _reap(ledger, executor_for(cloud), settings)
 
