@@ -625,17 +625,12 @@ DOCS = Path(
 
 
 def _submit(api_url: str, home: Path, *args: str) -> dict[str, Any]:
-    """``boundary-inference submit --json`` as a user runs it, against this server."""
+    """``boundary-inference submit --json`` as a user runs it, against this server: waited on in
+    this process (the module's served deployment is not always up), or with ``--no-wait`` a
+    deployment run, which the calling test's own serve process runs."""
+    here = [] if "--no-wait" in args else ["--in-process"]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "boundary_inference.cli.app",
-            "submit",
-            "--in-process",
-            *args,
-            "--json",
-        ],
+        [sys.executable, "-m", "boundary_inference.cli.app", "submit", *here, *args, "--json"],
         env=_client_env(api_url, home),
         cwd=ROOT,
         capture_output=True,
