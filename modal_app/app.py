@@ -47,6 +47,7 @@ from modal_app.modal_config import (
     progress_dict_name,
 )
 from modal_app.sources import StorageConfig
+from modal_app.timers import Cancellable, StartTimer, daemon_timer
 from modal_app.types import InferenceRequest, InferenceResult
 
 logger = logging.getLogger(__name__)
@@ -81,50 +82,53 @@ class _LoadKeepalive:
         limit_s: float,
         interval_s: float,
         clock: Callable[[], float],
+        start_timer: StartTimer,
     ) -> None:
         self._beat = beat
         self._limit_s = limit_s
         self._interval_s = interval_s
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="load-keepalive", daemon=True)
+        self._start_timer = start_timer
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._timer: Cancellable | None = None
+        self._started = 0.0
 
     def __enter__(self) -> _LoadKeepalive:
-        self._thread.start()
+        self._started = self._clock()
+        with self._lock:
+            self._arm()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def stop(self) -> None:
-        """Stop beating and wait (bounded) for the thread to end, so no beat lands after the
-        load: a beat is a write to local memory, so the wait is one interval at most."""
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self._interval_s + 5.0)
+        """Stop beating. A beat runs under the lock, so none lands after the load."""
+        with self._lock:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.cancel()
 
-    def _run(self) -> None:
-        started = self._clock()
-        while not self._stop.wait(self._interval_s):
-            if self._clock() - started > self._limit_s:
+    def _arm(self) -> None:  # with the lock held
+        self._timer = self._start_timer(self._interval_s, self._tick, "load-keepalive")
+
+    def _tick(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            if self._clock() - self._started > self._limit_s:
                 logger.warning("model load past %g s: no longer kept alive", self._limit_s)
                 return
             try:
                 self._beat()
             except Stalled:  # the watchdog already ended the attempt
                 return
-
-
-class Cancellable(Protocol):
-    def cancel(self) -> None: ...
+            self._arm()
 
 
 def _daemon_timer(delay_s: float, action: Callable[[], None]) -> Cancellable:
-    timer = threading.Timer(delay_s, action)
-    timer.name = "hard-exit"
-    timer.daemon = True
-    timer.start()
-    return timer
+    return daemon_timer(delay_s, action, "hard-exit")
 
 
 def bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -210,6 +214,7 @@ class _Watchdog:
         hard_exit: Callable[[int], None],
         grace_s: float,
         clock: Callable[[], float],
+        start_timer: StartTimer,
     ) -> None:
         from modal_app.predictor import Heartbeat
 
@@ -220,7 +225,8 @@ class _Watchdog:
         self._on_abort = on_abort
         self._hard_exit = hard_exit
         self._grace_s = grace_s
-        self._timers: list[threading.Timer] = []
+        self._start_timer = start_timer
+        self._timers: list[Cancellable] = []
         self._watches: list[Heartbeat] = []
         self.heartbeat = Heartbeat(
             request.heartbeat_timeout_s,
@@ -231,6 +237,7 @@ class _Watchdog:
                 )
             ),
             clock=clock,
+            start_timer=start_timer,
         )
         # The predictor checks the deadline between batches; this fires even inside a batch. A
         # heartbeat that is never beaten, on the same clock as the predictor's own check, so
@@ -243,6 +250,7 @@ class _Watchdog:
                 )
             ),
             clock=clock,
+            start_timer=start_timer,
             name="deadline",
         )
         self._watches = [self.heartbeat, self.deadline]
@@ -263,10 +271,7 @@ class _Watchdog:
             _raise_in_thread(self._target, _Abort)
         self._on_abort(error)
         # Native code (a wedged decoder, a CUDA call) never sees the exception: exit instead.
-        escalate = threading.Timer(self._grace_s, self._exit_if_running)
-        escalate.daemon = True
-        self._timers.append(escalate)
-        escalate.start()
+        self._timers.append(self._start_timer(self._grace_s, self._exit_if_running, "abort-grace"))
 
     def _exit_if_running(self) -> None:
         with self._lock:
@@ -436,6 +441,7 @@ def run_call(
     wall_clock: Callable[[], float] = time.time,
     network_timeout_s: float = NETWORK_CALL_TIMEOUT_S,
     start_timer: Callable[[float, Callable[[], None]], Cancellable] = _daemon_timer,
+    watch_timer: StartTimer = daemon_timer,
     require_cuda: bool = False,
     cuda_available: Callable[[], bool] | None = None,
     load_keepalive_s: float = LOAD_KEEPALIVE_S,
@@ -451,6 +457,9 @@ def run_call(
     bookkeeping counts inside that, so the worst case per attempt
     (``config.Settings.attempt_limit_s``) holds. Each store call is also :func:`bounded` by
     ``network_timeout_s``, so a slow Dict is a failure to record, not a wait. See :func:`_attempt`.
+
+    ``clock`` and ``watch_timer`` are the job's time for its watchdogs (heartbeat, deadline, load
+    keepalive, abort grace): injected so tests move time themselves; real by default.
     """
     request = InferenceRequest.from_dict(request_dict)  # no network: the limit needs its deadline
     limit_s = request.deadline_s + abort_grace_s
@@ -477,6 +486,7 @@ def run_call(
             hard_exit=hard_exit,
             abort_grace_s=abort_grace_s,
             clock=clock,
+            watch_timer=watch_timer,
             wall_clock=wall_clock,
             load_keepalive_s=load_keepalive_s,
             cuda_missing=(
@@ -508,6 +518,7 @@ def _attempt(
     hard_exit: Callable[[int], None],
     abort_grace_s: float,
     clock: Callable[[], float],
+    watch_timer: StartTimer,
     wall_clock: Callable[[], float],
     load_keepalive_s: float,
     cuda_missing: Callable[[], bool] | None,
@@ -575,7 +586,12 @@ def _attempt(
 
     progress: _Progress | None = None
     watchdog = _Watchdog(
-        request, on_abort=on_abort, hard_exit=hard_exit, grace_s=abort_grace_s, clock=clock
+        request,
+        on_abort=on_abort,
+        hard_exit=hard_exit,
+        grace_s=abort_grace_s,
+        clock=clock,
+        start_timer=watch_timer,
     )
     error: BaseException | None = None
     try:
@@ -594,7 +610,7 @@ def _attempt(
                     on_chunk=lambda _: watchdog.heartbeat.beat(),
                 ) as ready:
                     result = _infer_loading_kept_alive(
-                        ready, models_dir, watchdog, progress, load_keepalive_s, clock
+                        ready, models_dir, watchdog, progress, load_keepalive_s, clock, watch_timer
                     )
             finally:
                 watchdog.stop()
@@ -664,6 +680,7 @@ def _infer_loading_kept_alive(
     progress: _Progress,
     keepalive_s: float,
     clock: Callable[[], float],
+    start_timer: StartTimer,
 ) -> InferenceResult:
     """The model's load and its first forward pass (where a ``torch.compile`` compiles) run under
     a :class:`_LoadKeepalive`; decoding never does, so a decoder that hangs is still a stall."""
@@ -672,7 +689,9 @@ def _infer_loading_kept_alive(
     def keepalive() -> _LoadKeepalive:
         interval_s = min(1.0, request.heartbeat_timeout_s / 4)
         beat = watchdog.heartbeat.beat
-        return _LoadKeepalive(beat, limit_s=keepalive_s, interval_s=interval_s, clock=clock)
+        return _LoadKeepalive(
+            beat, limit_s=keepalive_s, interval_s=interval_s, clock=clock, start_timer=start_timer
+        )
 
     with keepalive():
         model = predictor.get_model(request.model_version, models_dir)

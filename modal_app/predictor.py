@@ -24,6 +24,7 @@ import numpy as np
 from modal_app.errors import DeadlineExceeded, Stalled
 from modal_app.frames import FrameSource
 from modal_app.models import get_model as get_model  # re-exported: the function loads through it
+from modal_app.timers import Cancellable, StartTimer, daemon_timer
 from modal_app.types import InferenceMetrics, InferenceRequest, InferenceResult, PairPrediction
 
 # Batches decoded ahead of the model: enough to hide decoding jitter, few enough that memory is
@@ -37,8 +38,9 @@ _QUEUE_POLL_S = 0.1
 class Heartbeat:
     """Watchdog: calls ``on_stall`` once if :meth:`beat` is not called for ``timeout_s``.
 
-    Measured on ``clock`` (injectable), checked every ``min(1 s, timeout_s / 4)`` of real time.
-    Never beaten, it is a deadline (the Modal function uses it so, named ``deadline``).
+    Measured on ``clock`` and checked every ``min(1 s, timeout_s / 4)`` by timers from
+    ``start_timer`` (both injectable, real by default). Never beaten, it is a deadline (the Modal
+    function uses it so, named ``deadline``).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class Heartbeat:
         on_stall: Callable[[], None],
         *,
         clock: Callable[[], float] = time.monotonic,
+        start_timer: StartTimer = daemon_timer,
         name: str = "heartbeat",
     ) -> None:
         self.timeout_s = timeout_s
@@ -54,27 +57,39 @@ class Heartbeat:
         self.clock = clock
         self.last = clock()
         self.stalled = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=name, daemon=True)
+        self._start_timer = start_timer
+        self._name = name
+        self._interval_s = min(1.0, max(timeout_s, 0.004) / 4)
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._timer: Cancellable | None = None
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        self._arm()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.cancel()
 
     def beat(self) -> None:
         self.last = self.clock()
         if self.stalled:
             raise Stalled(f"no progress for more than {self.timeout_s:.0f} s")
 
-    def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, max(self.timeout_s, 0.004) / 4)):
-            if self.clock() - self.last > self.timeout_s:
-                self.stalled = True
-                self.on_stall()
-                return
+    def _arm(self) -> None:
+        with self._lock:
+            if not self._stopped:
+                self._timer = self._start_timer(self._interval_s, self._check, self._name)
+
+    def _check(self) -> None:
+        if self.clock() - self.last > self.timeout_s:
+            self.stalled = True
+            self.on_stall()
+            return  # fires once: no further check
+        self._arm()
 
 
 Batch = list[tuple[tuple[int, int], np.ndarray, np.ndarray]]

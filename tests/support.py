@@ -8,6 +8,7 @@ Flow environments are in :mod:`tests.flow_support`; storage servers in
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import inspect
 import shutil
 import subprocess
@@ -46,6 +47,61 @@ class Clock:
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
+
+
+class ManualTimer:
+    """One timer of a :class:`ManualClock`."""
+
+    def __init__(self, action: Callable[[], None], name: str) -> None:
+        self.action = action
+        self.name = name
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualClock:
+    """The job's monotonic clock and its timers (``modal_app.timers.StartTimer``), moved only by
+    the test: what fires, and in which order, follows the time the test moved, never this
+    machine's speed.
+
+    :meth:`advance` runs each timer that falls due, in time order, each on a thread of its own
+    named as asked (as a real timer does, so an abort a watchdog raises into the working thread
+    lands there, not in the timer) and waits for it to end before the next one.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self._lock = threading.Lock()
+        self._due: list[tuple[float, int, ManualTimer]] = []  # a heap: (due at, order, timer)
+        self._order = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def start_timer(self, delay_s: float, action: Callable[[], None], name: str) -> ManualTimer:
+        timer = ManualTimer(action, name)
+        with self._lock:
+            self._order += 1
+            heapq.heappush(self._due, (self.now + delay_s, self._order, timer))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            with self._lock:
+                if not self._due or self._due[0][0] > end:
+                    break
+                at, _, timer = heapq.heappop(self._due)
+            self.now = max(self.now, at)
+            if timer.cancelled:
+                continue
+            thread = threading.Thread(target=timer.action, name=timer.name, daemon=True)
+            thread.start()
+            thread.join(timeout=30.0)  # a bound on the test: an action returns at once
+            assert not thread.is_alive(), f"timer {timer.name!r} did not end"
+        self.now = end
 
 
 def nested(depth: int) -> list[Any]:

@@ -28,7 +28,7 @@ import pytest
 import modal_app.app as modal_app_module
 import modal_app.predictor as predictor
 from config import get_settings
-from modal_app.app import EXIT_ABORTED, AttemptsUnrecorded, run_call
+from modal_app.app import EXIT_ABORTED, LOAD_KEEPALIVE_S, AttemptsUnrecorded, run_call
 from modal_app.modal_config import (
     FAILED,
     IMAGE_PACKAGES,
@@ -44,7 +44,7 @@ from modal_app.models import BUILTIN, BUILTIN_MODEL
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import InferenceRequest
 from tests.storage_support import unreachable_store
-from tests.support import run_python
+from tests.support import ManualClock, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 # Threads an attempt starts; none may outlive it.
@@ -100,25 +100,12 @@ class RecordingStore(dict[Any, Any]):
         super().__setitem__(key, value)
 
 
-class FakeClock:
-    """The job's monotonic clock, moved only by the test (or a model the test gives it)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class ClockedModel:
     """The real builtin model, each batch of which "takes" ``step_s`` on the injected clock."""
 
     threshold = BUILTIN_MODEL.threshold
 
-    def __init__(self, clock: FakeClock, step_s: float) -> None:
+    def __init__(self, clock: ManualClock, step_s: float) -> None:
         self.clock = clock
         self.step_s = step_s
 
@@ -128,22 +115,20 @@ class ClockedModel:
 
 
 class HungModel:
-    """A model stuck in Python code (the abort raised into the thread reaches it). With a clock,
-    it first moves the clock on by ``advance_s``: the hang "lasts" that long on the job's clock."""
+    """A model stuck in Python code for ``advance_s`` of the job's clock: the watchdog timers due
+    meanwhile run, and the abort one of them raises into this thread must end the hang."""
 
     threshold = 0.5
 
-    def __init__(self, clock: FakeClock | None = None, advance_s: float = 0.0) -> None:
+    def __init__(self, clock: ManualClock, advance_s: float) -> None:
         self.calls = 0
         self.clock = clock
         self.advance_s = advance_s
 
     def predict_proba(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.calls += 1
-        if self.clock is not None:
-            self.clock.advance(self.advance_s)
-        while True:
-            time.sleep(0.01)
+        self.clock.advance(self.advance_s)  # the abort lands in here
+        raise AssertionError(f"no watchdog ended a hang of {self.advance_s:g} s")
 
 
 def use_model(monkeypatch: pytest.MonkeyPatch, model: Any) -> None:
@@ -151,10 +136,10 @@ def use_model(monkeypatch: pytest.MonkeyPatch, model: Any) -> None:
 
 
 def run_watched(
-    request: InferenceRequest, store: Any, exits: list[int], clock: FakeClock
+    request: InferenceRequest, store: Any, exits: list[int], clock: ManualClock
 ) -> dict[str, Any]:
-    """``run_call`` with its watchdogs on the job's ``clock``; a hard exit is recorded in
-    ``exits`` instead of ending the test process."""
+    """``run_call`` with its watchdogs on the job's ``clock`` (its timers too); a hard exit is
+    recorded in ``exits`` instead of ending the test process."""
     return run_call(
         request.to_dict(),
         store=store,
@@ -163,6 +148,7 @@ def run_watched(
         hard_exit=exits.append,
         abort_grace_s=0.5,
         clock=clock,
+        watch_timer=clock.start_timer,
     )
 
 
@@ -459,7 +445,7 @@ def test_a_tiny_deadline_stops_a_real_decode(
     """Real decoding, the real model; each batch takes 1 s on the job's clock, so a 5.5 s
     deadline ends the job in its sixth batch whatever this machine's speed."""
     video, truth = clip
-    clock = FakeClock()
+    clock = ManualClock()
     use_model(monkeypatch, ClockedModel(clock, step_s=1.0))
     store = RecordingStore()
     outcome = run_call(
@@ -468,6 +454,7 @@ def test_a_tiny_deadline_stops_a_real_decode(
         max_attempts=3,
         models_dir=None,
         clock=clock,
+        watch_timer=clock.start_timer,
     )
     # Returned, not raised: a retry would pass the same deadline again, billed again.
     assert outcome[FAILED]["kind"] == "deadline_exceeded" and outcome[FAILED]["attempts"] == 1
@@ -487,7 +474,7 @@ def test_a_tiny_deadline_stops_a_real_decode(
 def test_the_deadline_fires_inside_a_batch_that_never_ends(
     clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     use_model(monkeypatch, HungModel(clock, advance_s=61.0))  # the batch outlives the deadline
     exits: list[int] = []
     store = RecordingStore()
@@ -497,15 +484,18 @@ def test_the_deadline_fires_inside_a_batch_that_never_ends(
     assert outcome[FAILED]["error_type"] == "DeadlineExceeded"
     assert "deadline watchdog" in outcome[FAILED]["message"]
     assert store[attempts_key("run-1")]["billed_s"] == pytest.approx(61.0)
-    time.sleep(0.8)  # past the grace: the thread honoured the abort, so no exit
+    clock.advance(1.0)  # past the grace: the thread honoured the abort, so no exit
     assert exits == []
 
 
 def test_the_heartbeat_ends_a_hang_well_before_the_hard_timeout(
     clip: tuple[Path, GroundTruth], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FakeClock()
-    model = HungModel(clock, advance_s=121.0)  # no batch completes for 121 s of the job's clock
+    clock = ManualClock()
+    # No batch completes: the first forward pass is kept alive for LOAD_KEEPALIVE_S (a compile),
+    # then 121 s of the job's clock pass without a beat.
+    hang_s = LOAD_KEEPALIVE_S + 121.0
+    model = HungModel(clock, advance_s=hang_s)
     use_model(monkeypatch, model)
     store = RecordingStore()
     exits: list[int] = []
@@ -517,15 +507,31 @@ def test_the_heartbeat_ends_a_hang_well_before_the_hard_timeout(
     record = store[attempts_key("run-1")]
     assert record["last_error_kind"] == "stalled"
     # Ended at the heartbeat, far below the per-job deadline (3000 s) and Modal's timeout.
-    assert record["billed_s"] == pytest.approx(121.0)
+    assert record["billed_s"] == pytest.approx(hang_s)
     assert store["run-1"]["state"] == "failed"
-    time.sleep(0.8)
+    clock.advance(1.0)  # past the grace
     assert exits == []
     assert not [t for t in threading.enumerate() if t.name in WATCH_THREADS and t.is_alive()]
 
 
+def blocked_in_fifo_open() -> bool:
+    """A thread of this process waits, in the kernel, for a writer to open the FIFO it opens
+    for reading."""
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if (task / "wchan").read_text() == "wait_for_partner":
+                return True
+        except OSError:
+            continue  # the thread ended meanwhile
+    return False
+
+
 def test_a_thread_stuck_in_native_code_gets_the_hard_exit(tmp_path: Path) -> None:
-    """Opening a FIFO blocks inside the decoder's C code, where the raised abort cannot land."""
+    """Opening a FIFO blocks inside the decoder's C code, where the raised abort cannot land.
+
+    The decoding thread opens it; the working thread, aborted, waits for that thread to end. The
+    job's clock moves only once the open is blocked (the kernel says so), so the attempt is stuck
+    in native code when its watchdog fires, on any machine, however slow."""
     fifo = tmp_path / "stuck.mp4"
     os.mkfifo(fifo)
 
@@ -535,18 +541,30 @@ def test_a_thread_stuck_in_native_code_gets_the_hard_exit(tmp_path: Path) -> Non
         except OSError:
             pass  # nobody is blocked on it any more
 
+    clock = ManualClock()
+    started = clock()
     exits: list[tuple[int, float]] = []
-    started = time.monotonic()
 
     def hard_exit(code: int) -> None:
         # In the container this is os._exit: the process ends. Here the record is taken and the
         # stuck thread set free, so the test can finish.
-        exits.append((code, time.monotonic() - started))
+        exits.append((code, clock() - started))
         unblock()
 
+    stuck = threading.Event()
+
+    def move_time_once_stuck() -> None:
+        bound = time.monotonic() + 15.0  # a bound on the test, not a synchronisation
+        while not blocked_in_fifo_open() and time.monotonic() < bound:
+            time.sleep(0.01)  # polls the kernel's answer
+        if blocked_in_fifo_open():
+            stuck.set()
+            clock.advance(2.0)  # past the heartbeat (0.5 s) and the grace (0.3 s)
+        unblock()  # never leave the suite hanging if the exit is missing
+
     store = RecordingStore()
-    safety = threading.Timer(15.0, unblock)  # never leave the suite hanging if the exit is missing
-    safety.start()
+    driver = threading.Thread(target=move_time_once_stuck, daemon=True)
+    driver.start()
     try:
         outcome = run_call(
             make_request(fifo, deadline_s=60.0, heartbeat_timeout_s=0.5).to_dict(),
@@ -555,15 +573,18 @@ def test_a_thread_stuck_in_native_code_gets_the_hard_exit(tmp_path: Path) -> Non
             models_dir=None,
             hard_exit=hard_exit,
             abort_grace_s=0.3,
+            clock=clock,
+            watch_timer=clock.start_timer,
         )
         assert outcome[FAILED]["kind"] in ("stalled", "deadline_exceeded")
     finally:
-        safety.cancel()
+        driver.join(30.0)
+    assert stuck.is_set(), "no thread blocked in the FIFO's open"
     assert len(exits) == 1
     code, at_s = exits[0]
     assert code == EXIT_ABORTED
-    # Not before the heartbeat (0.5 s) and the grace (0.3 s), real time (a lower bound holds
-    # on any machine); and by the exit, not the 15 s safety net (it set the thread free).
+    # Not before the heartbeat (0.5 s) and the grace (0.3 s) on the job's clock; and by the exit,
+    # not the driver's own unblock (it set the thread free).
     assert at_s > 0.7
     # Recorded *before* the exit, so the next attempt and the client learn why.
     assert store[attempts_key("run-1")]["last_error_kind"] == "stalled"

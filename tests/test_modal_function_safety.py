@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from modal_app.models import BUILTIN, BUILTIN_MODEL
 from modal_app.sources import CHUNK_BYTES
 from modal_app.synthetic import make_video
 from modal_app.types import InferenceRequest
+from tests.support import ManualClock
 
 
 def request(video: Path, *, run_id: str = "run-safe", deadline_s: float = 60.0) -> dict[str, Any]:
@@ -177,31 +177,25 @@ def test_the_local_cpu_path_runs_without_cuda(tmp_path: Path) -> None:
     assert FAILED not in out and len(out["predictions"]) == 2
 
 
-# --- Heartbeats while a model loads ---------------------------------------------------------------
+# --- Heartbeats while a model loads, on the job's clock (moved by the test) -----------------------
 
 
 class SlowFirstForward:
-    """The builtin model whose first forward pass takes ``first_s`` (a torch.compile compiling)."""
+    """The builtin model whose first forward pass takes ``first_s`` on the job's clock (a
+    torch.compile compiling)."""
 
     threshold = BUILTIN_MODEL.threshold
 
-    def __init__(self, first_s: float) -> None:
+    def __init__(self, clock: ManualClock, first_s: float) -> None:
+        self.clock = clock
         self.first_s = first_s
         self.calls = 0
 
     def predict_proba(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.calls += 1
         if self.calls == 1:
-            busy(self.first_s)
+            self.clock.advance(self.first_s)
         return BUILTIN_MODEL.predict_proba(a, b)
-
-
-def busy(seconds: float, until: threading.Event | None = None) -> None:
-    """Python-level work for ``seconds`` of real time (the load itself, not a synchronisation):
-    small sleeps, so the watchdog's abort raised into this thread lands."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and not (until is not None and until.is_set()):
-        time.sleep(0.01)
 
 
 def test_a_load_and_a_first_forward_longer_than_the_heartbeat_are_kept_alive(
@@ -209,10 +203,13 @@ def test_a_load_and_a_first_forward_longer_than_the_heartbeat_are_kept_alive(
 ) -> None:
     video = tmp_path / "clip.mp4"
     make_video(video, seed=3, frame_count=8)
-    model = SlowFirstForward(first_s=2.5)
+    clock = ManualClock()
+    model = SlowFirstForward(clock, first_s=2.5)
 
     def slow_load(version: str, models_dir: Path | None = None) -> SlowFirstForward:
-        busy(2.5)  # reading a checkpoint and moving it to the GPU: no batch completes meanwhile
+        # Reading a checkpoint and moving it to the GPU: 2.5 s of the job's clock pass, every
+        # watchdog timer due meanwhile runs, and no batch completes.
+        clock.advance(2.5)
         return model
 
     monkeypatch.setattr(predictor, "get_model", slow_load)
@@ -223,9 +220,12 @@ def test_a_load_and_a_first_forward_longer_than_the_heartbeat_are_kept_alive(
         max_attempts=3,
         models_dir=None,
         hard_exit=exits.append,
+        clock=clock,
+        watch_timer=clock.start_timer,
     )
     assert FAILED not in out, out  # each phase lasts 2.5 heartbeats and none of them stalls
     assert len(out["predictions"]) == 2 and model.calls == 1 and exits == []
+    assert out["extra"]["billed_s"] == pytest.approx(5.0)  # both phases ran on the job's clock
     assert not [t for t in threading.enumerate() if t.name == "load-keepalive" and t.is_alive()]
 
 
@@ -234,27 +234,32 @@ def test_a_load_that_hangs_past_its_keepalive_is_still_a_stall(
 ) -> None:
     video = tmp_path / "clip.mp4"
     make_video(video, seed=3, frame_count=8)
-    release = threading.Event()
+    clock = ManualClock()
+    loaded: list[str] = []
 
     def hung_load(version: str, models_dir: Path | None = None) -> Any:
-        busy(60.0, until=release)  # a load that never finishes (released by the test's end)
+        # A load that does not finish for 30 s of the job's clock: the watchdog's abort, raised
+        # into this thread while the time passes, is what must end it.
+        clock.advance(30.0)
+        loaded.append(version)
         return BUILTIN_MODEL
 
     monkeypatch.setattr(predictor, "get_model", hung_load)
-    started = time.monotonic()
-    try:
-        out = run_call(
-            {**request(video), "heartbeat_timeout_s": 0.5},
-            store={},
-            max_attempts=3,
-            models_dir=None,
-            hard_exit=lambda code: release.set(),
-            load_keepalive_s=0.3,
-        )
-    finally:
-        release.set()
+    exits: list[int] = []
+    out = run_call(
+        {**request(video), "heartbeat_timeout_s": 0.5},
+        store={},
+        max_attempts=3,
+        models_dir=None,
+        hard_exit=exits.append,
+        load_keepalive_s=0.3,
+        clock=clock,
+        watch_timer=clock.start_timer,
+    )
     assert out[FAILED]["kind"] == "stalled"
-    assert time.monotonic() - started < 30.0  # the stall, not the 60 s "load", ended it
+    # The stall, not the 30 s "load", ended it: kept alive 0.3 s, then 0.5 s without a beat.
+    assert loaded == [] and out[FAILED]["billed_s"] < 30.0
+    assert exits == []  # the abort landed in Python code: no hard exit
 
 
 def test_a_checkpoint_is_hashed_in_chunks_that_each_beat_the_heartbeat(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from modal_app.models import BUILTIN, BUILTIN_MODEL
 from modal_app.predictor import Heartbeat, _Prefetcher, run_inference
 from modal_app.synthetic import GroundTruth, make_video
 from modal_app.types import CropBox, InferenceRequest, InferenceResult
+from tests.support import ManualClock
 
 FRAMES = 241
 PAIRS = [(i, i + 1) for i in range(FRAMES - 1)]
@@ -157,53 +158,49 @@ def test_stop_request(video: tuple[Path, GroundTruth]) -> None:
         )
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_heartbeat_fires_once_without_beats() -> None:
-    clock = FakeClock()
-    fired = threading.Event()
+    clock = ManualClock()
     count = [0]
 
     def on_stall() -> None:
         count[0] += 1
-        fired.set()
 
-    with Heartbeat(10.0, on_stall, clock=clock) as heartbeat:
-        clock.now += 10.5  # past the timeout on the job's clock, with no beat
-        assert fired.wait(30.0)  # an upper bound on waiting, not a measurement
-        clock.now += 100.0
-        heartbeat._thread.join(30.0)  # the watch ends after firing: it cannot fire twice
+    with Heartbeat(10.0, on_stall, clock=clock, start_timer=clock.start_timer) as heartbeat:
+        clock.advance(11.0)  # past the timeout and its next check (every 1 s), with no beat
+        assert count[0] == 1
+        clock.advance(100.0)  # the watch ends after firing: it cannot fire twice
         assert heartbeat.stalled and count[0] == 1
         with pytest.raises(Stalled, match="no progress"):
             heartbeat.beat()
 
 
 def test_heartbeat_stays_quiet_while_beating() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     fired = threading.Event()
-    with Heartbeat(1.0, fired.set, clock=clock) as heartbeat:
+    with Heartbeat(1.0, fired.set, clock=clock, start_timer=clock.start_timer) as heartbeat:
         for _ in range(40):
-            clock.now += 0.5  # 20 s of the job's clock in all, never 1 s without a beat
+            clock.advance(0.5)  # 20 s of the job's clock in all, never 1 s without a beat
             heartbeat.beat()
-            time.sleep(0.01)  # let the watch look in between
     assert not fired.is_set() and not heartbeat.stalled
 
 
 def test_heartbeat_follows_its_clock() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     fired = threading.Event()
-    with Heartbeat(0.2, fired.set, clock=clock) as heartbeat:
-        time.sleep(0.3)  # real time passes, the job's clock does not
+    with Heartbeat(0.2, fired.set, clock=clock, start_timer=clock.start_timer) as heartbeat:
+        clock.advance(0.2)  # not past the timeout yet
         assert not fired.is_set()
-        clock.now += 1.0
-        assert fired.wait(30.0)
-        assert heartbeat.stalled
+        clock.advance(1.0)
+        assert fired.is_set() and heartbeat.stalled
+
+
+def test_a_stopped_heartbeat_never_fires() -> None:
+    clock = ManualClock()
+    fired = threading.Event()
+    with Heartbeat(1.0, fired.set, clock=clock, start_timer=clock.start_timer):
+        clock.advance(0.5)
+    clock.advance(100.0)
+    assert not fired.is_set()
 
 
 def test_typed_errors_pass_through(video: tuple[Path, GroundTruth], tmp_path: Path) -> None:
