@@ -58,6 +58,12 @@ def test_submit_is_a_deployment_run_of_the_state_dirs_worker_waited_on_or_not(
     # The CLI's own embedded Prefect server under the test's state dir, not the suite's harness.
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     try:
+        # `services start` starts what a submit would, the worker included; the submit joins it.
+        done = _cli("services", "start", env=cli_env, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        started = _services(cli_env, tmp_path)["worker"]
+        assert started["state"] == "running", started
+
         # Waited on (the default): the outcome as the in-process path prints it, exit 0.
         done = _cli("submit", "v1", "--json", env=cli_env, cwd=tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -71,7 +77,7 @@ def test_submit_is_a_deployment_run_of_the_state_dirs_worker_waited_on_or_not(
 
         services = _services(cli_env, tmp_path)
         worker, prefect = services["worker"], services["prefect"]
-        assert worker["state"] == "running"
+        assert worker["state"] == "running" and worker["pid"] == started["pid"]
         assert worker["address"] == prefect["address"]  # it serves the state dir's server
         run = _final_flow_run(prefect["address"], flow_run_id)
         assert run["deployment_id"] is not None  # a deployment run, not the CLI's own

@@ -1,4 +1,5 @@
-"""``boundary-inference services status|env|stop``: the embedded daemons of the state directory.
+"""``boundary-inference services start|status|env|stop``: the embedded daemons of the state
+directory.
 
 PostgreSQL (``state/pg``), Redis (``state/redis``) and the Prefect server (``state/prefect``, with
 its own PostgreSQL in ``state/prefect/pg``, shown as ``prefect-db``) keep running after the
@@ -177,6 +178,33 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     prefect = next(r for r in rows if r.name == "prefect")
     if prefect.state == "running" and prefect.ui_url:
         console.print(f"Prefect UI: {prefect.ui_url}", soft_wrap=True)
+
+
+@services_app.command("start")
+def start() -> None:
+    """Start what a ``submit`` would: PostgreSQL and Redis (where no URL replaces them), the
+    Prefect server (where no PREFECT_API_URL names one) and the worker that runs the
+    deployments' runs, so that runs created in the UI or by ``prefect deployment run`` run."""
+    from prefect.settings import get_current_settings
+
+    from boundary_inference.cli.context import use_prefect
+    from boundary_inference.local.prefect_server import is_embedded_api
+    from boundary_inference.local.worker import start_worker
+    from boundary_inference.services import get_services
+
+    settings = load_settings()
+    get_services(settings)
+    server = use_prefect()
+    api_url = str(get_current_settings().api.url or "")
+    state_dir = _state_dir()
+    if server is None and not is_embedded_api(state_dir, api_url):
+        console.print(
+            f"PREFECT_API_URL is {api_url}, not this state dir's server: its deployments are"
+            " served by the workers you run there (docs/OPERATIONS.md); no local worker started"
+        )
+    else:
+        start_worker(state_dir, api_url, executor=settings.executor, models_dir=settings.models_dir)
+    status(as_json=False)
 
 
 @services_app.command("env")
