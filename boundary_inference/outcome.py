@@ -132,10 +132,9 @@ def outcome_of(state: Any) -> dict[str, Any] | None:
         data = state.result(raise_on_failure=False)
     except MissingResult:  # the state came back from the API without its data
         return _outcome_from_state_name(state)
-    if isinstance(data, JobFailed):
-        return data.outcome
-    if isinstance(data, dict) and "status" in data:
-        return data
+    outcome = outcome_in(data)
+    if outcome is not None:
+        return outcome
     if state.is_failed() and state.data is None:
         # A Failed state without its data reads as a FailedRun built from its message.
         return _outcome_from_state_name(state)
@@ -166,12 +165,12 @@ def outcome_from_table(data: Any) -> dict[str, Any] | None:
     return None
 
 
-def job_outcome_of(state: Any) -> dict[str, Any] | None:
-    """The JobOutcome dict a state the flow itself returned carries (its data, in process)."""
-    data = state.data
+def outcome_in(data: Any) -> dict[str, Any] | None:
+    """The JobOutcome dict a job's state data holds (a Failed state's :class:`JobFailed`, else
+    the dict itself), or None when it holds none."""
     if isinstance(data, JobFailed):
         return data.outcome
-    if isinstance(data, dict) and isinstance(data.get("status"), str):
+    if isinstance(data, dict) and "status" in data:
         return data
     return None
 

@@ -58,7 +58,7 @@ from pydantic import Field
 from boundary_inference.cancel_watch import CancelWatch
 from boundary_inference.errors import StoreUnavailable
 from boundary_inference.ledger import Ledger, SpendSummary
-from boundary_inference.outcome import JobFailed, JobOutcome, OutcomeStatus, RejectionType
+from boundary_inference.outcome import JobOutcome, OutcomeStatus, RejectionType, outcome_in
 from boundary_inference.services import get_services
 from config import Settings, get_settings
 from flows.boundary_inference import boundary_inference_flow
@@ -136,10 +136,9 @@ class _Backfill:
 
 
 def _outcome_dict(video_id: str, state: State, data: Any) -> dict[str, Any]:
-    if isinstance(data, JobFailed):  # a failed job's outcome rides in its Failed state's data
-        return data.outcome
-    if isinstance(data, dict) and "status" in data:
-        return data
+    outcome = outcome_in(data)  # a failed job's outcome rides in its Failed state's data
+    if outcome is not None:
+        return outcome
     # The subflow (or its task) crashed or was cancelled before it produced an outcome.
     message = f"subflow ended {state.name}: {type(data).__name__}: {data}"[:1000]
     return JobOutcome(OutcomeStatus.FAILED, video_id, message).to_dict()

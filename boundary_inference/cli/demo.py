@@ -40,8 +40,7 @@ def _submit(console: Console, title: str, **params: Any) -> dict[str, Any]:
 
     console.rule(f"[bold]{title}")
     started = time.monotonic()
-    parameters = {"skip_if_exists": True, "priority": "high", "frame_pairs": None, **params}
-    job = create_job(get_settings(), None, parameters)
+    job = create_job(get_settings(), None, params)  # the deployment's defaults fill the rest
     finished = wait_for_job(job, notice=console.print)
     outcome = finished.outcome
     colour = {"succeeded": "green", "skipped": "cyan", "rejected": "yellow"}.get(

@@ -27,7 +27,7 @@ from boundary_inference.outcome import (
     JobFailed,
     JobOutcome,
     RejectionType,
-    job_outcome_of,
+    outcome_in,
     refusal_message,
     skip_message,
 )
@@ -114,7 +114,7 @@ def publish_outcome(state: State) -> State:
     without its data). Best effort: the state's message and the ledger still tell the outcome."""
     from prefect.artifacts import create_table_artifact
 
-    outcome = job_outcome_of(state)
+    outcome = outcome_in(state.data)
     if outcome is None or not runtime.flow_run.id:
         return state
     try:
