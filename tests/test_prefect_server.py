@@ -619,9 +619,19 @@ def test_worker_runs_bad_parameters_as_rejections_and_a_failed_job_as_failed(
 
 # The screenshots the docs show are refreshed on request only (BOUNDARY_INFERENCE_UI_SHOTS_DIR=docs):
 # a plain run writes them to a temporary directory and leaves the tracked tree as it found it.
-DOCS = Path(
-    os.environ.get("BOUNDARY_INFERENCE_UI_SHOTS_DIR") or tempfile.mkdtemp(prefix="bi-ui-shots-")
-)
+@pytest.fixture(scope="module")
+def shots() -> Iterator[Path]:
+    """Where the browser tests' screenshots go: ``docs/`` on request, else a temporary directory
+    removed afterwards (made when a browser test first asks, so a run leaves no directory)."""
+    requested = os.environ.get("BOUNDARY_INFERENCE_UI_SHOTS_DIR")
+    if requested:
+        yield Path(requested)
+        return
+    path = Path(tempfile.mkdtemp(prefix="bi-ui-shots-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _submit(api_url: str, home: Path, *args: str) -> dict[str, Any]:
@@ -661,7 +671,7 @@ def _chromium_page() -> Iterator[Page]:
 
 
 def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
-    prefect_server: str, env: FlowEnv, tmp_path: Path
+    prefect_server: str, env: FlowEnv, tmp_path: Path, shots: Path
 ) -> None:
     """The Prefect UI of the real server, in Chromium: a rejected run found by its name, its
     standard ``Completed`` state with its ``rejected:validation_failed`` tag and its rejection
@@ -713,13 +723,13 @@ def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
         page.get_by_text("Completed", exact=True).first.wait_for()
         page.get_by_text("rejected:validation_failed", exact=True).first.wait_for()
         page.get_by_text("rejection-lecture-42", exact=True).first.wait_for()
-        page.screenshot(path=str(DOCS / "ui-rejected-run.png"))
+        page.screenshot(path=str(shots / "ui-rejected-run.png"))
         page.get_by_text("rejection-lecture-42", exact=True).first.click()
         page.get_by_text(f"boundary-inference ack {rejection_id}").first.wait_for()
         body = page.inner_text("body")
         assert "Rejected: validation_failed" in body, body[-3000:]
         assert "[7, 3]" in body, body[-3000:]
-        page.screenshot(path=str(DOCS / "ui-rejection-artifact.png"))
+        page.screenshot(path=str(shots / "ui-rejection-artifact.png"))
 
         name = run_name(admitted)
         open_run(page, name)
@@ -735,7 +745,7 @@ def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
             },
         )
         assert [(a["key"], a["data"]) for a in progress.json()] == [(None, 100.0)]
-        page.screenshot(path=str(DOCS / "ui-admitted-artifacts.png"))
+        page.screenshot(path=str(shots / "ui-admitted-artifacts.png"))
         page.get_by_text("estimate-lecture-42", exact=True).first.click()
         page.get_by_text("worst case (reserved)").first.wait_for()
         assert "Admitted: lecture-42" in page.inner_text("body")
@@ -768,7 +778,7 @@ def _serve(api_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
 
 
 def test_ui_shows_a_deployments_rejected_run_and_a_cancelled_job(
-    prefect_server: str, env: FlowEnv, tmp_path: Path
+    prefect_server: str, env: FlowEnv, tmp_path: Path, shots: Path
 ) -> None:
     """The deployment's page in Chromium (Deployments -> boundary-inference/default -> Runs): a
     served run rejected for its frame pairs is listed ``Completed`` with its
@@ -857,7 +867,7 @@ def test_ui_shows_a_deployments_rejected_run_and_a_cancelled_job(
 
         listed(rejected_id, "Completed", "rejected:validation_failed")
         listed(str(held_id), "Cancelled")
-        page.screenshot(path=str(DOCS / "ui-deployment-runs.png"), animations="disabled")
+        page.screenshot(path=str(shots / "ui-deployment-runs.png"), animations="disabled")
 
         page.get_by_role("link", name=names[str(held_id)]).first.click()
         page.wait_for_url(f"**/runs/flow-run/{held_id}**")
@@ -866,7 +876,7 @@ def test_ui_shows_a_deployments_rejected_run_and_a_cancelled_job(
         # run's name is gone, the state shown is the run page's own.
         expect(page.get_by_text(names[rejected_id])).to_have_count(0)
         page.get_by_text("Cancelled", exact=True).first.wait_for()
-        page.screenshot(path=str(DOCS / "ui-cancelled-run.png"), animations="disabled")
+        page.screenshot(path=str(shots / "ui-cancelled-run.png"), animations="disabled")
 
 
 def test_server_log_has_no_service_errors(prefect_server: str, server_log: Path) -> None:
