@@ -268,8 +268,13 @@ class _Watchdog:
             if self._stopped or self.error is not None:
                 return
             self.error = error
-            _raise_in_thread(self._target, _Abort)
+        # Recorded before the attempt is interrupted: the interrupted attempt returns its failure
+        # at once, and the record (why, and the seconds billed) must be there by then. Raised the
+        # other way round, a test read the record between the two (KeyError: last_error_kind).
         self._on_abort(error)
+        with self._lock:
+            if not self._stopped:
+                _raise_in_thread(self._target, _Abort)
         # Native code (a wedged decoder, a CUDA call) never sees the exception: exit instead.
         self._timers.append(self._start_timer(self._grace_s, self._exit_if_running, "abort-grace"))
 

@@ -373,16 +373,10 @@ def _needs_servers(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``unit``: a test that needs no server and is not ``slow``; the lane to run while editing.
 
-    On xdist workers the ``slow`` tests come first, the longest first (``slow(seconds=N)``, a
-    measured figure; every worker collects, and sorts, the same way): a long test scheduled late
-    runs alone at the end while the other workers sit idle (longest-processing-time-first)."""
+    On xdist workers the ``slow`` tests come first (every worker collects, and sorts, the same
+    way): scheduled last, one of them would run alone while the other workers sit idle."""
     for item in items:
         if not _needs_servers(item) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.unit)
     if _xdist_worker(config):
-        items.sort(key=_schedule_rank)
-
-
-def _schedule_rank(item: pytest.Item) -> tuple[bool, float]:
-    slow = item.get_closest_marker("slow")
-    return slow is None, -float(slow.kwargs.get("seconds", 0)) if slow is not None else 0.0
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)

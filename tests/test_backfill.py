@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prefect.client.orchestration import get_client
 
 from boundary_inference.local.embedded import start_postgres
@@ -126,7 +125,6 @@ def artifacts_of(flow_run_id: uuid.UUID) -> dict[str, Any]:
 longer_video = clip_fixture("longer_video", seed=7, frames=LONGER_FRAMES)
 
 
-@pytest.mark.slow(seconds=11)
 def test_waves_are_bounded_by_warm_capacity_and_a_bad_id_stops_nothing(
     make_env: MakeEnv, longer_video: Any
 ) -> None:

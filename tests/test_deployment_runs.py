@@ -144,7 +144,6 @@ print(json.dumps({f.name: f.retries for f in flows}))
 """
 
 
-@pytest.mark.slow(seconds=17)
 def test_a_fleet_wide_default_retries_changes_no_flow(make_env: MakeEnv, video: Any) -> None:
     """``PREFECT_FLOWS_DEFAULT_RETRIES`` set for the whole fleet: every flow still has retries 0
     (read when the flow is defined), and a submission runs its job once instead of being refused

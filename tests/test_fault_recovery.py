@@ -80,7 +80,6 @@ def test_redis_kill_9_between_two_submissions_keeps_the_cooldown(
         private.stop()
 
 
-@pytest.mark.slow(seconds=14)
 def test_redis_restarted_empty_admits_nothing_past_the_rate_limit(
     make_env: MakeEnv, tmp_path: Path, video: Any
 ) -> None:
@@ -110,7 +109,6 @@ def test_redis_restarted_empty_admits_nothing_past_the_rate_limit(
         private.stop()
 
 
-@pytest.mark.slow(seconds=16)
 def test_a_frozen_redis_is_unavailable_and_never_gets_a_second_server(
     make_env: MakeEnv, video: Any
 ) -> None:
@@ -257,7 +255,6 @@ def _submit_then_kill_the_watcher(env: FlowEnv, *, resume: bool = True) -> dict[
     return row
 
 
-@pytest.mark.slow(seconds=14)
 def test_a_killed_watcher_s_run_is_settled_from_its_call_s_real_result(
     make_env: MakeEnv, video: Any
 ) -> None:
@@ -286,7 +283,6 @@ def test_a_killed_watcher_s_run_is_settled_from_its_call_s_real_result(
     assert env.executor_calls() == 1
 
 
-@pytest.mark.slow(seconds=10)
 def test_a_new_submission_takes_over_a_killed_watcher_s_call(make_env: MakeEnv, video: Any) -> None:
     """The same video submitted again once the watcher's lease ran out, its call still running:
     not a duplicate "skipped", and no second job: this submission becomes the call's watcher and
@@ -327,7 +323,6 @@ def test_a_new_submission_takes_over_a_killed_watcher_s_call(make_env: MakeEnv, 
 # --- The bench's faults section measures what these tests claim ------------------------------------
 
 
-@pytest.mark.slow(seconds=11)
 def test_the_bench_fault_figures(pg_dsn: str) -> None:
     from benches.faults import fault_figures
 

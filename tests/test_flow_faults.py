@@ -69,7 +69,6 @@ def test_postgres_down_fails_closed(make_env: MakeEnv, server_dir: Path, video: 
     assert env.executor_calls() == 0
 
 
-@pytest.mark.slow(seconds=10)
 def test_hung_decoder_is_killed_at_the_deadline(make_env: MakeEnv, tmp_path: Path) -> None:
     # A FIFO with no writer: opening it blocks forever inside the native decoder.
     fifo = tmp_path / "hang.mp4"
@@ -250,7 +249,6 @@ def test_retried_flow_run_reattaches_to_its_call_instead_of_spawning_again(
     )
 
 
-@pytest.mark.slow(seconds=13)
 def test_ledger_lost_after_the_spawn_is_a_failure_that_keeps_the_money_and_quota(
     make_env: MakeEnv, tmp_path: Path, server_dir: Path, redis_url: str, video: Any
 ) -> None:

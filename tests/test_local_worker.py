@@ -50,7 +50,7 @@ def _final_flow_run(api_url: str, flow_run_id: str, bound_s: float = 300) -> dic
         time.sleep(0.5)
 
 
-@pytest.mark.slow(seconds=67)  # an embedded Prefect server, a worker, flow run processes
+@pytest.mark.slow  # an embedded Prefect server, a worker, flow run processes: about a minute
 def test_submit_is_a_deployment_run_of_the_state_dirs_worker_waited_on_or_not(
     make_env: MakeEnv, video: Any, tmp_path: Path
 ) -> None:
@@ -145,7 +145,7 @@ def _until(check: Any, bound_s: float = 300) -> Any:
     return value
 
 
-@pytest.mark.slow(seconds=54)  # a Prefect server, a worker, two blocked jobs
+@pytest.mark.slow  # a Prefect server, a worker, two blocked jobs: about a minute
 def test_ctrl_c_cancels_the_job_and_a_killed_worker_ends_the_wait_in_one_line(
     make_env: MakeEnv, tmp_path: Path
 ) -> None:
@@ -201,7 +201,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-@pytest.mark.slow(seconds=34)  # a Prefect server started and killed under a waiting submit
+@pytest.mark.slow  # a Prefect server started and killed under a waiting submit: about a minute
 def test_a_killed_prefect_server_ends_the_wait_in_one_line(
     make_env: MakeEnv, tmp_path: Path
 ) -> None:

@@ -28,7 +28,7 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([3.0], 99) == 3.0
 
 
-@pytest.mark.slow(seconds=18)
+@pytest.mark.slow
 def test_scale_bench_at_a_tiny_size(pg_dsn: str, redis_url: str) -> None:
     settings = Settings(database_url=pg_dsn, redis_url=redis_url, db_schema="bi_scale_test")
     report = run_scale_bench(

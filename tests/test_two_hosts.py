@@ -38,7 +38,7 @@ from boundary_inference.ledger import Ledger, PsycopgTransport, apply_migrations
 from tests.flow_support import MODEL, clip_fixture
 
 pytestmark = [
-    pytest.mark.slow(seconds=220),  # measured on CI's 2 cores; the longest starts first
+    pytest.mark.slow,
     pytest.mark.timeout(1500),
     pytest.mark.skipif(
         os.geteuid() != 0 or shutil.which("unshare") is None,
