@@ -41,15 +41,11 @@ class OneLineErrors(TyperGroup):
 def prefect_api_lost(error: BaseException) -> bool:
     """The error, or one it was raised from, is the Prefect API not answering (a transport
     error, or a 5xx after the client's own retries)."""
-    import httpx
-
     seen: BaseException | None = error
     for _ in range(16):  # a chain, bounded: chains can loop
         if seen is None:
             return False
-        if isinstance(seen, httpx.TransportError) or str(seen).startswith("Failed to reach API"):
-            return True
-        if isinstance(seen, httpx.HTTPStatusError) and _server_side(seen):
+        if _prefect_problem(seen) is not None:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -91,7 +87,6 @@ def operator_problem(error: BaseException) -> str | None:
 
 
 def _driver_problem(error: BaseException, first_line: str) -> str | None:
-    import httpx
     import psycopg
     import redis
 
@@ -99,14 +94,26 @@ def _driver_problem(error: BaseException, first_line: str) -> str | None:
         return f"cannot reach PostgreSQL: {first_line}"
     if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
         return f"cannot reach Redis: {first_line}"
-    if isinstance(error, httpx.TransportError) or first_line.startswith("Failed to reach API"):
-        return f"cannot reach the Prefect API: {first_line}"
+    prefect = _prefect_problem(error)
+    if prefect is not None:
+        return f"{prefect}: {first_line}"
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return f"connection failed: {first_line}"
+    return None
+
+
+def _prefect_problem(error: BaseException) -> str | None:
+    """What is wrong with the Prefect API, if this error says it is not answering; else None."""
+    import httpx
+
+    if isinstance(error, httpx.TransportError) or " ".join(str(error).split()).startswith(
+        "Failed to reach API"
+    ):
+        return "cannot reach the Prefect API"
     if isinstance(error, httpx.HTTPStatusError) and _server_side(error):
         # A 5xx after the client's own retries: the server's problem, not a bug here. An
         # admitted run's lease lets the reaper settle it.
-        return f"the Prefect API failed: {first_line}"
-    if isinstance(error, (ConnectionError, TimeoutError)):
-        return f"connection failed: {first_line}"
+        return "the Prefect API failed"
     return None
 
 
