@@ -45,6 +45,12 @@ class ExecutionSettings(SettingsBase):
         description="Comma-separated local Python packages added to the Modal image (a team's"
         " own architecture modules); they must also be under model_factory_prefixes.",
     )
+    backfill_video_runs: Literal["deployment", "subflow"] = Field(
+        "deployment",
+        description="How a backfill runs each video: a run of boundary-inference/default (where"
+        " the deployment's runs run; the UI cancels it, the deployment's limit counts it), or a"
+        " subflow in the backfill's own process (backfill_flow called as a Python function).",
+    )
     predictions_batch_pairs: int = Field(
         5000,
         ge=1,

@@ -1,11 +1,17 @@
 """``backfill_flow``: many registered videos, in waves no larger than the warm GPU capacity.
 
-Every video goes through :func:`flows.boundary_inference.boundary_inference_flow` as a subflow, so
+Every video is a job like any other: a run of the ``boundary-inference/default`` deployment
+(:func:`flows.boundary_inference.boundary_inference_flow`), linked under the backfill's run, so
 each one gets every safeguard (validation, dedup, breaker, queue depth, cost cap, cooldown, rate,
-budget) and leaves the same records (run row, rejection row, event, artifacts). The backfill adds
-only the orchestration around it:
+budget), leaves the same records (run row, rejection row, event, artifacts), runs where the
+deployment's runs run, is counted by its concurrency limit, and is cancelled with the backfill (its
+hooks, and Prefect's own cancellation of a cancelled run's subflows). A worker with a run limit
+needs a slot for the backfill and one for each video of a wave. With
+``BOUNDARY_INFERENCE_BACKFILL_VIDEO_RUNS=subflow`` the videos are subflows in the backfill's own
+process instead (``backfill_flow`` called as a Python function, with no worker). The backfill adds
+only the orchestration around them:
 
-* **Bounded fan-out.** Videos are sent in waves of at most ``wave_size`` concurrent subflows, and
+* **Bounded fan-out.** Videos are sent in waves of at most ``wave_size`` concurrent jobs, and
   ``wave_size`` is clamped to ``settings.max_containers``: a burst larger than the autoscaler
   ceiling only queues inputs behind cold containers (the cold-start storm) while their deadlines
   run. A wave is finished before the next one starts.
@@ -38,6 +44,7 @@ minutes of overhead at the chosen wave size vs. one container) so the operator c
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -50,13 +57,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.futures import as_completed
 from prefect.states import Cancelled, Completed
 from pydantic import Field
 
 from boundary_inference.cancel_watch import CancelWatch
 from boundary_inference.errors import StoreUnavailable
+from boundary_inference.job_runs import DEPLOYMENT, read_outcome
 from boundary_inference.ledger import Ledger, SpendSummary
 from boundary_inference.outcome import JobOutcome, OutcomeStatus, RejectionType, outcome_in
 from boundary_inference.services import get_services
@@ -67,10 +75,15 @@ from flows.run.cancellation import stop_backfill_spending
 from tasks import breaker
 from tasks._common import GUARD, guard_task
 
-# One backfill is one Prefect flow run with a subflow per video; beyond this, split it (the global
+# One backfill is one Prefect flow run with a job per video; beyond this, split it (the global
 # rate limit, 20 jobs per hour by default, stops a larger backfill long before anyway).
 MAX_VIDEOS_PER_BACKFILL = 200
 NOT_SUBMITTED = "not_submitted"
+# A video's run is polled this often until final (one small API read); a wave ends at most this
+# long after its last video.
+POLL_S = 2.0
+# A video's run still Scheduled/Pending after this long: say that nothing has picked it up.
+NOTICE_AFTER_S = 60.0
 CANCELLED = "cancelled"  # the stop reason of a backfill cancelled from Prefect
 # Refusals that say nothing about the video itself: the next video would be refused the same way.
 STOP_REJECTIONS = frozenset(
@@ -125,6 +138,7 @@ class _Backfill:
             "pairs",
             "boundaries",
             "message",
+            "flow_run_id",
         )
         return [{c: row.get(c) for c in columns} for row in self.rows]
 
@@ -139,7 +153,7 @@ def _outcome_dict(video_id: str, state: State, data: Any) -> dict[str, Any]:
     outcome = outcome_in(data)  # a failed job's outcome rides in its Failed state's data
     if outcome is not None:
         return outcome
-    # The subflow (or its task) crashed or was cancelled before it produced an outcome.
+    # The video's job (or its task) crashed or was cancelled before it produced an outcome.
     message = f"subflow ended {state.name}: {type(data).__name__}: {data}"[:1000]
     return JobOutcome(OutcomeStatus.FAILED, video_id, message).to_dict()
 
@@ -160,16 +174,62 @@ def backfill_video(
     tenant_id: str | None,
 ) -> dict[str, Any]:
     """One video through the full per-video flow; its JobOutcome as a dict, whatever happened."""
-    state = boundary_inference_flow(
-        video_id=video_id,
-        frames_version=frames_version,
-        model_version=model_version,
-        skip_if_exists=skip_if_exists,
-        priority=priority,  # the subflow validates it
-        tenant_id=tenant_id,
-        return_state=True,
+    parameters: dict[str, Any] = {
+        "video_id": video_id,
+        "frames_version": frames_version,
+        "model_version": model_version,
+        "skip_if_exists": skip_if_exists,
+        "priority": priority,  # the per-video flow validates it
+        "tenant_id": tenant_id,
+    }
+    if get_settings().backfill_video_runs == "subflow":
+        state = boundary_inference_flow(**parameters, return_state=True)
+        outcome = _outcome_dict(video_id, state, state.result(raise_on_failure=False))
+        return {**outcome, "flow_run_id": str(state.state_details.flow_run_id)}
+    return _deployment_run_outcome(parameters)
+
+
+def _deployment_run_outcome(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The video as a run of ``boundary-inference/default``, linked under this task (the UI
+    nests it, a cancel of the backfill reaches it), waited on until final; its outcome."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    video_id = str(parameters["video_id"])
+    logger = get_run_logger()
+    created = run_deployment(
+        DEPLOYMENT, parameters=parameters, timeout=0, as_subflow=True, tags=["backfill"]
     )
-    return _outcome_dict(video_id, state, state.result(raise_on_failure=False))
+    assert isinstance(created, FlowRun)  # sync context: the run, not a coroutine
+    started = time.monotonic()
+    waiting_noted = False
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                flow_run = client.read_flow_run(created.id)
+            except Exception as error:  # the client retried already; the run goes on without us
+                message = (
+                    f"lost sight of its flow run {created.id}: {type(error).__name__}: {error}"
+                )
+                outcome = JobOutcome(OutcomeStatus.FAILED, video_id, message[:1000]).to_dict()
+                return {**outcome, "flow_run_id": str(created.id)}
+            state = flow_run.state
+            if state is not None and state.is_final():
+                outcome = read_outcome(client, flow_run)
+                return {**outcome, "video_id": video_id, "flow_run_id": str(flow_run.id)}
+            waiting = state is None or state.is_scheduled() or state.is_pending()
+            if waiting and not waiting_noted and time.monotonic() - started > NOTICE_AFTER_S:
+                logger.warning(
+                    "video %s: its run %s is still %s after %.0f s: is a worker serving %s, with a"
+                    " slot free beside this backfill's own?",
+                    video_id,
+                    flow_run.id,
+                    state.name if state else "?",
+                    NOTICE_AFTER_S,
+                    DEPLOYMENT,
+                )
+                waiting_noted = True
+            time.sleep(POLL_S)
 
 
 @guard_task(name="backfill-gate", tags=GUARD)
@@ -256,8 +316,8 @@ def _summary_markdown(
 @flow(
     name="backfill",
     flow_run_name="backfill-{frames_version}-{model_version}",
-    # Second layer: a backfill killed by its runner (cancelled from the UI) or crashed leaves
-    # its videos' calls running; these cancel and settle them.
+    # Second layer: a backfill killed by its runner (cancelled from the UI) cancels its videos'
+    # runs; one whose videos ran in its own process (subflows) settles their calls.
     on_cancellation=[stop_backfill_spending],
     on_crashed=[stop_backfill_spending],
     # Pinned against a fleet-wide PREFECT_FLOWS_DEFAULT_RETRIES: a re-run backfill re-admits.
@@ -300,6 +360,7 @@ def backfill_flow(
     )
     assert isinstance(progress_id, uuid.UUID)  # sync context: the id, not a coroutine
     submitted = waves_sent = 0
+    bf.stop = _not_deployed(settings)
     for number, wave in enumerate(waves, start=1):
         bf.stop = bf.stop or _cancelled(settings) or _gate(settings, tenant)
         if bf.stop is not None:
@@ -422,6 +483,31 @@ def _report(
     if bf.stop is not None:
         return run_states.stopped_backfill(bf.stop.kind, message, summary)
     return Completed(message=message, data=summary)
+
+
+def _not_deployed(settings: Settings) -> StopReason | None:
+    """Before the first wave, when videos are deployment runs: is there a deployment to run
+    them? Else every video would fail alike: stop red, naming what to do."""
+    if settings.backfill_video_runs != "deployment":
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(DEPLOYMENT)
+    except ObjectNotFound:
+        return StopReason(
+            str(RejectionType.GUARD_UNAVAILABLE),
+            f"{DEPLOYMENT} is not deployed on this Prefect server, and the videos run as its"
+            " runs: deploy it (prefect.yaml) or serve it (python -m flows.serve), or set"
+            " BOUNDARY_INFERENCE_BACKFILL_VIDEO_RUNS=subflow to run them in this process",
+        )
+    except Exception as error:
+        return StopReason(
+            str(RejectionType.GUARD_UNAVAILABLE), f"cannot read {DEPLOYMENT}: {error}"
+        )
+    return None
 
 
 def _cancelled(settings: Settings) -> StopReason | None:

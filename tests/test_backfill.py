@@ -37,6 +37,9 @@ TINY_BUDGET = {
     "daily_spend_alert_usd": "0.04",  # below the budget, or it could never fire
     "allow_unreachable_cost_cap": "true",
 }
+# backfill_flow called here as a function, with no worker: its videos are subflows in this
+# process. Videos as deployment runs (the default): tests/test_prefect_server.py.
+IN_PROCESS = {"backfill_video_runs": "subflow"}
 BIG_FRAMES = 100_000  # registered so: its deadline, and so its worst case, is above the floor
 
 
@@ -129,7 +132,7 @@ def test_waves_are_bounded_by_warm_capacity_and_a_bad_id_stops_nothing(
     make_env: MakeEnv, longer_video: Any
 ) -> None:
     ids = ["v1", "v2", "v3"]
-    env = make_env(max_containers="2")
+    env = make_env(max_containers="2", **IN_PROCESS)
     env.register_clip(longer_video, *ids)
     # Asked for 10 at once: clamped to the autoscaler ceiling of 2.
     state, summary = backfill(video_ids=["v1", "nope", "v2", "v1", "v3"], wave_size=10)
@@ -180,7 +183,7 @@ def test_waves_are_bounded_by_warm_capacity_and_a_bad_id_stops_nothing(
 
 
 def test_spent_budget_stops_before_any_submission(make_env: MakeEnv, video: Any) -> None:
-    env = make_env(**TINY_BUDGET)
+    env = make_env(**TINY_BUDGET, **IN_PROCESS)
     env.register_clip(video, "v1", "v2")
     smallest, _ = worst_cases_usd(env)
     spend_leaving(env, smallest / 2)
@@ -199,7 +202,7 @@ def test_spent_budget_stops_before_any_submission(make_env: MakeEnv, video: Any)
 
 
 def test_budget_refusal_of_one_video_stops_the_later_waves(make_env: MakeEnv, video: Any) -> None:
-    env = make_env(**TINY_BUDGET)
+    env = make_env(**TINY_BUDGET, **IN_PROCESS)
     env.register_clip(video, "v1")
     path, _ = video
     env.register("big", path, BIG_FRAMES, None)
@@ -221,7 +224,7 @@ def test_budget_refusal_of_one_video_stops_the_later_waves(make_env: MakeEnv, vi
 
 
 def test_open_breaker_stops_the_backfill(make_env: MakeEnv, video: Any) -> None:
-    env = make_env()
+    env = make_env(**IN_PROCESS)
     env.register_clip(video, "v1", "v2", "v3")
     env.breaker_trip()
     state, summary = backfill(video_ids=["v1", "v2", "v3"])
@@ -236,7 +239,7 @@ def test_a_ledger_outage_stops_the_backfill_red(
     make_env: MakeEnv, server_dir: Path, video: Any
 ) -> None:
     private = start_postgres(server_dir, stop_at_exit=True)
-    env = make_env(dsn=private.dsn, guard_timeout_s="2")
+    env = make_env(dsn=private.dsn, guard_timeout_s="2", **IN_PROCESS)
     env.register_clip(video, "v1", "v2")
     private.stop()
     state, data = backfill(video_ids=["v1", "v2"])
@@ -250,6 +253,26 @@ def test_a_ledger_outage_stops_the_backfill_red(
     assert (flow_run.state.type.value, flow_run.state.name) == ("FAILED", "Failed")
     assert {"stopped", "stopped:guard_unavailable"} <= set(flow_run.tags)
     assert env.executor_calls() == 0
+
+
+def test_videos_as_deployment_runs_with_nothing_deployed_stop_the_backfill_red(
+    make_env: MakeEnv, video: Any
+) -> None:
+    """The default: videos are runs of boundary-inference/default. On a server without that
+    deployment (the suite's harness has none) no video is sent, and the reason says what to do."""
+    env = make_env()
+    assert env.settings.backfill_video_runs == "deployment"
+    env.register_clip(video, "v1", "v2")
+    state, data = backfill(video_ids=["v1", "v2"])
+    assert (state.type.value, state.name) == ("FAILED", "Failed"), state
+    assert state.message.startswith("stopped: guard_unavailable: "), state
+    assert isinstance(data, BackfillStopped)
+    assert data.summary["submitted"] == 0
+    reason = data.summary["stopped"]["message"]
+    assert reason.startswith("boundary-inference/default is not deployed"), reason
+    assert "BOUNDARY_INFERENCE_BACKFILL_VIDEO_RUNS=subflow" in reason
+    assert [r["video_id"] for r in data.summary["not_submitted"]] == ["v1", "v2"]
+    assert env.ledger.list_runs(limit=5) == [] and env.executor_calls() == 0
 
 
 def test_parameters_are_bounded_and_described() -> None:

@@ -34,7 +34,8 @@ FRAMES = 60
 
 def blocked_env(make_env: MakeEnv, tmp_path: Path, *video_ids: str) -> FlowEnv:
     """Videos whose jobs block until the test ends them: each one's source is a FIFO."""
-    env = make_env(cancel_check_s="0.2")
+    # A backfill here is a function call with no worker: its videos are subflows in this process.
+    env = make_env(cancel_check_s="0.2", backfill_video_runs="subflow")
     for video_id in video_ids:
         fifo = tmp_path / f"{video_id}.mp4"
         os.mkfifo(fifo)

@@ -370,6 +370,7 @@ OLD_ENVIRONMENT: list[tuple[str, str, str]] = [
     ("BOUNDARY_INFERENCE_S3_SECRET_ACCESS_KEY", "s3_secret_access_key", "None"),
     ("BOUNDARY_INFERENCE_SOURCES_SECRET_NAME", "sources_secret_name", "None"),
     ("BOUNDARY_INFERENCE_PREDICTIONS_BATCH_PAIRS", "predictions_batch_pairs", "5000"),
+    ("BOUNDARY_INFERENCE_BACKFILL_VIDEO_RUNS", "backfill_video_runs", "'deployment'"),
     ("BOUNDARY_INFERENCE_PREDICTIONS_RETENTION_DAYS", "predictions_retention_days", "None"),
     ("BOUNDARY_INFERENCE_FAILURE_RATE_ALERT", "failure_rate_alert", "0.2"),
     ("BOUNDARY_INFERENCE_JOB_BURST_ALERT", "job_burst_alert", "50"),
@@ -465,6 +466,7 @@ CONCERNS: dict[type[SettingsBase], set[str]] = {
         "model_factory_prefixes",
         "model_python_sources",
         "predictions_batch_pairs",
+        "backfill_video_runs",
     },
     MonitorSettings: {
         "daily_spend_alert_usd",
@@ -484,7 +486,7 @@ def _declared(cls: type[SettingsBase]) -> set[str]:
 def test_every_old_environment_name_still_sets_the_same_field_with_the_same_default(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert len(OLD_ENVIRONMENT) == len(Settings.model_fields) == 81
+    assert len(OLD_ENVIRONMENT) == len(Settings.model_fields) == 82
     for variable, _, _ in OLD_ENVIRONMENT:
         monkeypatch.setenv(variable, f"sentinel_{variable.lower()}")
     # What pydantic-settings reads from the environment, before validation: name -> field.

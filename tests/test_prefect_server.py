@@ -879,6 +879,103 @@ def test_ui_shows_a_deployments_rejected_run_and_a_cancelled_job(
         page.screenshot(path=str(shots / "ui-cancelled-run.png"), animations="disabled")
 
 
+def test_a_served_backfills_videos_are_deployment_runs_and_its_cancel_stops_them(
+    prefect_server: str, env: FlowEnv, tmp_path: Path
+) -> None:
+    """``backfill/default`` as served: each video is a run of ``boundary-inference/default``
+    (its own process, the deployment's), nested under the backfill's run and tagged
+    ``backfill``; a wave ends before the next is created; each run's outcome is read back into
+    the backfill. A cancel of the backfill as the UI sends it (``Cancelling``) cancels the video
+    running in its second wave: the executor's child killed, the run settled ``cancelled``, its
+    flow run and the backfill's ``Cancelled``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelling
+
+    from boundary_inference.job_runs import read_outcome
+    from boundary_inference.local.processes import pid_alive
+    from modal_app.synthetic import make_video
+
+    api_url = prefect_server
+    clip = tmp_path / "bf-ok.mp4"
+    make_video(clip, seed=8, frame_count=20)
+    env.register("bf-ok", clip, 20, None)
+    fifo = tmp_path / "bf-held.mp4"  # read by nobody's writer: its job waits until cancelled
+    os.mkfifo(fifo)
+    env.register("bf-held", fifo, 60, None)
+    serve = _serve(api_url, tmp_path)
+    api = _api(api_url)
+    try:
+        _wait("backfill/default", lambda: _deployment(api, "backfill/default"), timeout_s=600)
+        _run_from_the_checkout(api_url, "backfill/default")
+        inference = _deployment(api, "boundary-inference/default")
+        backfill = _deployment(api, "backfill/default")
+        assert inference is not None and backfill is not None
+        parameters = {
+            "video_ids": ["bf-ok", "bf-unknown", "bf-held"],  # bf-unknown: not registered
+            "frames_version": "f1",
+            "model_version": MODEL,
+            "wave_size": 2,
+        }
+        with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as c:
+            backfill_id = c.create_flow_run_from_deployment(
+                backfill["id"], parameters=parameters
+            ).id
+
+            def held_call() -> Any:
+                rows = env.ledger.list_runs(limit=5, video_id="bf-held")
+                call = rows[0].get("executor_call_id") if rows else None
+                pid_file = env.jobs_dir / str(call) / "pid"
+                return pid_file.exists() and (rows[0], int(pid_file.read_text()))
+
+            row, pid = _wait("the held video's executor call", held_call, timeout_s=600)
+            assert pid_alive(pid)
+            children = {
+                str(child.parameters["video_id"]): child
+                for child in c.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[backfill_id])
+                    )
+                )
+            }
+            assert sorted(children) == ["bf-held", "bf-ok", "bf-unknown"], children
+            for child in children.values():
+                assert str(child.deployment_id) == inference["id"], child
+                assert "backfill" in child.tags, child.tags
+            first_wave = [children["bf-ok"], children["bf-unknown"]]
+            ok, unknown = (read_outcome(c, child) for child in first_wave)
+            assert ok["status"] == "succeeded" and ok["video_id"] == "bf-ok", ok
+            assert ok["boundaries"] is not None, ok
+            assert (unknown["status"], unknown["rejection_type"]) == (
+                "rejected",
+                "validation_failed",
+            ), unknown
+            # The second wave was created only after the first had ended.
+            ended = [child.end_time for child in first_wave]
+            assert all(ended) and children["bf-held"].created > max(ended), children  # type: ignore[type-var]
+            c.set_flow_run_state(
+                backfill_id, Cancelling(), force=True
+            )  # what the UI's Cancel sends
+        held_id = str(children["bf-held"].id)
+        cancelled = _wait("the held video's run", lambda: _final_state(api, held_id), 600)
+        assert cancelled["type"] == "CANCELLED", cancelled
+        ended_backfill = _wait("the backfill", lambda: _final_state(api, str(backfill_id)), 600)
+        assert ended_backfill["type"] == "CANCELLED", ended_backfill
+        _wait("the held job's process to end", lambda: not pid_alive(pid), timeout_s=600)
+        _wait(
+            "the held video's run settled cancelled",
+            lambda: (env.ledger.get_run(run_id=str(row["id"])) or {}).get("status") == "cancelled",
+            timeout_s=600,
+        )
+    finally:
+        _stop(serve)
+        try:  # a reader left blocked in open() (it should be gone) reads EOF and exits
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
 def test_server_log_has_no_service_errors(prefect_server: str, server_log: Path) -> None:
     """Last in this module: everything above ran against this server; its services (scheduler,
     late runs, foreman, event persister...) logged no error while it did. The issue this guards:

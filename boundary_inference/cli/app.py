@@ -214,7 +214,7 @@ def _submit_deployment_run(
     """Create the deployment run; without ``wait`` print where to follow it, else wait for its
     outcome and print it as an in-process run's."""
     from boundary_inference.cli.jobs import JobInterrupted, create_job, wait_for_job
-    from boundary_inference.local.worker import DEPLOYMENT
+    from boundary_inference.job_runs import DEPLOYMENT
 
     job = create_job(settings, server, parameters)
     if not wait:

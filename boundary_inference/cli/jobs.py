@@ -4,9 +4,7 @@ deployment's runs run (the state dir's worker locally, your workers in productio
 the UI reaches it, the deployment's concurrency limit counts it, the queue guard sees it waiting,
 and this process only polls the API (no flow engine here).
 
-The outcome comes from the run's outcome artifact (``flows.run.states.publish_outcome``): the
-API returns a final state without its data. A run that ended before writing one (cancelled or
-crashed underneath, an old worker) is read from its state's type and message.
+The outcome comes from the run's outcome artifact (:func:`boundary_inference.job_runs.read_outcome`).
 """
 
 from __future__ import annotations
@@ -21,7 +19,8 @@ from uuid import UUID
 from boundary_inference.cli.context import flow_run_link
 from boundary_inference.cli.errors import SubmissionCutShort
 from boundary_inference.errors import BoundaryInferenceError, OperatorError
-from boundary_inference.local.worker import DEPLOYMENT, WorkerStatus, start_worker, worker_status
+from boundary_inference.job_runs import DEPLOYMENT, read_outcome
+from boundary_inference.local.worker import WorkerStatus, start_worker, worker_status
 
 # One small API read per poll, from every waiting CLI: 50 waiters polling twice a second kept a
 # 2-core machine's Prefect server busy. First polls quick (refusals end in seconds), then slower
@@ -110,7 +109,7 @@ def wait_for_job(job: StartedJob, *, notice: Callable[[str], None]) -> FinishedJ
                 state = flow_run.state
                 if state is not None and state.is_final():
                     return FinishedJob(
-                        job.flow_run_id, job.url, state.name or "", _outcome(client, flow_run)
+                        job.flow_run_id, job.url, state.name or "", read_outcome(client, flow_run)
                     )
                 if job.worker is not None and not worker_status(job.state_dir).alive:
                     raise SubmissionCutShort(
@@ -137,30 +136,3 @@ def _request_cancel(client: Any, flow_run_id: UUID) -> None:
     from prefect.states import Cancelling
 
     client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
-
-
-def _outcome(client: Any, flow_run: Any) -> dict[str, Any]:
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterType,
-        FlowRunFilter,
-        FlowRunFilterId,
-    )
-
-    from boundary_inference.outcome import OUTCOME_ARTIFACT, outcome_from_table, outcome_of
-
-    artifacts = client.read_artifacts(
-        artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["table"])),
-        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
-    )
-    for artifact in artifacts:
-        if artifact.description == OUTCOME_ARTIFACT:
-            outcome = outcome_from_table(artifact.data)
-            if outcome is not None:
-                return outcome
-    state = flow_run.state
-    outcome = outcome_of(state)
-    if outcome is not None:
-        return outcome
-    status = "cancelled" if state.is_cancelled() else "failed"
-    return {"status": status, "message": state.message or state.name, "run_id": None}

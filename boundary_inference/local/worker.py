@@ -23,10 +23,10 @@ from typing import Any, Literal
 from filelock import FileLock
 
 from boundary_inference.errors import OperatorError
+from boundary_inference.job_runs import DEPLOYMENT
 from boundary_inference.local.locks import lock_held, try_lock
 from boundary_inference.local.processes import pid_alive
 
-DEPLOYMENT = "boundary-inference/default"
 START_TIMEOUT_S = 120.0  # imports, four deployments registered: seconds; a loaded CI machine more
 STOP_TIMEOUT_S = 20.0
 RUNNER_POLL_S = 1

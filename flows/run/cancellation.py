@@ -111,9 +111,13 @@ def stop_spending(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def stop_backfill_spending(flow: Any, flow_run: Any, state: Any) -> None:
-    """The same for each per-video subflow of a backfill (they ran in its process)."""
+    """The backfill's hooks. Its videos' deployment runs (their own processes, each watching and
+    settling its own call) are asked to cancel when the backfill was cancelled, as the UI asks
+    (``Cancelling``); a crashed backfill leaves them to finish. Videos run as subflows in its
+    process died with it: their calls are cancelled and settled here."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.states import Cancelling
 
     try:
         with get_client(sync_client=True) as client:
@@ -123,9 +127,19 @@ def stop_backfill_spending(flow: Any, flow_run: Any, state: Any) -> None:
                 ),
                 limit=200,
             )
+            cancel = state.is_cancelled() or state.is_cancelling()
+            for child in children:
+                if child.deployment_id is None or not cancel:
+                    continue
+                if child.state is None or not child.state.is_final():
+                    client.set_flow_run_state(
+                        child.id, Cancelling(message=f"its backfill {flow_run.id} was cancelled")
+                    )
     except Exception as error:
-        logger.error("subflows of backfill %s not read: %s", flow_run.id, error)
+        logger.error("videos of backfill %s not stopped: %s", flow_run.id, error)
         return
-    _hook_settle(
-        [(child.id, (child.parameters or {}).get("video_id")) for child in children], state
-    )
+    in_process = [c for c in children if c.deployment_id is None]
+    if in_process:
+        _hook_settle(
+            [(child.id, (child.parameters or {}).get("video_id")) for child in in_process], state
+        )
