@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from boundary_inference.errors import OperatorError, StoreUnavailable
 
@@ -24,7 +25,11 @@ class OneLineErrors(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except Exception as error:  # typer's Exit/Abort and usage errors are never classified
+        except (typer.Exit, typer.Abort, TyperException):
+            # The normal ends of a command (Exit is how every command sets its exit code) and
+            # usage errors: never classified, so no store's driver is imported to rule them out.
+            raise
+        except Exception as error:
             reason = operator_problem(error)
             if reason is None:
                 raise
