@@ -89,15 +89,29 @@ def schema_name() -> str:
     return f"bi_t_{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def prefect_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stopped PostgreSQL cluster whose Prefect database is migrated, built once per run (the
+    xdist workers share it): what a Prefect server's ``pg`` directory is copied from
+    (``tests/prefect_template.py``)."""
+    from tests.prefect_template import migrated_prefect_cluster
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return migrated_prefect_cluster(root)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
+def prefect_harness(prefect_template: Path) -> Iterator[None]:
     """One Prefect API for the whole session (starting one costs 10-20 s), on PostgreSQL as the
     embedded server is: Prefect's own harness uses SQLite, which the suite's concurrent CLI
     processes met as "database is locked"."""
     from tests.prefect_pg import prefect_harness_on_postgres
+    from tests.prefect_template import seed_prefect_cluster
 
     # Short and outside pytest's basetemp (see state_dir): the database's socket lives there.
     directory = Path(tempfile.mkdtemp(prefix="bi-ph-"))
+    seed_prefect_cluster(directory, prefect_template)
     try:
         with prefect_harness_on_postgres(directory):
             yield

@@ -21,7 +21,9 @@ import httpx
 import psutil
 import pytest
 
+from boundary_inference.local.prefect_server import prefect_dir
 from tests.flow_support import MakeEnv, clip_fixture
+from tests.prefect_template import seed_prefect_cluster
 from tests.support import run_python
 
 video = clip_fixture("video", seed=11, frames=30)
@@ -52,9 +54,10 @@ def _final_flow_run(api_url: str, flow_run_id: str, bound_s: float = 300) -> dic
 
 @pytest.mark.slow  # an embedded Prefect server, a worker, flow run processes: about a minute
 def test_submit_is_a_deployment_run_of_the_state_dirs_worker_waited_on_or_not(
-    make_env: MakeEnv, video: Any, tmp_path: Path
+    make_env: MakeEnv, video: Any, tmp_path: Path, prefect_template: Path
 ) -> None:
     env = make_env(clip=video)
+    seed_prefect_cluster(prefect_dir(env.state_dir), prefect_template)  # migrated already
     # The CLI's own embedded Prefect server under the test's state dir, not the suite's harness.
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     try:
@@ -147,7 +150,7 @@ def _until(check: Any, bound_s: float = 300) -> Any:
 
 @pytest.mark.slow  # a Prefect server, a worker, two blocked jobs: about a minute
 def test_ctrl_c_cancels_the_job_and_a_killed_worker_ends_the_wait_in_one_line(
-    make_env: MakeEnv, tmp_path: Path
+    make_env: MakeEnv, tmp_path: Path, prefect_template: Path
 ) -> None:
     """Ctrl-C on a waiting ``submit`` cancels its deployment run as the UI does: the call is
     cancelled and charged the seconds used, not its worst case. A worker killed under a job ends
@@ -155,6 +158,7 @@ def test_ctrl_c_cancels_the_job_and_a_killed_worker_ends_the_wait_in_one_line(
     fifo = tmp_path / "blocks.mp4"
     os.mkfifo(fifo)  # no writer: the job's decoder blocks in open() until it is stopped
     env = make_env(video_cooldown_s="0")  # two jobs of one video, one after the other
+    seed_prefect_cluster(prefect_dir(env.state_dir), prefect_template)  # migrated already
     env.register("v1", fifo, 60, None)
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     jobs: list[int] = []
@@ -203,7 +207,7 @@ def _zombie(pid: int) -> bool:
 
 @pytest.mark.slow  # a Prefect server started and killed under a waiting submit: about a minute
 def test_a_killed_prefect_server_ends_the_wait_in_one_line(
-    make_env: MakeEnv, tmp_path: Path
+    make_env: MakeEnv, tmp_path: Path, prefect_template: Path
 ) -> None:
     """The embedded Prefect server killed (``kill -9``) while ``submit`` waits on its run: exit 2
     with one line that says where the outcome is, never a traceback or a hang."""
@@ -212,6 +216,7 @@ def test_a_killed_prefect_server_ends_the_wait_in_one_line(
     fifo = tmp_path / "blocks.mp4"
     os.mkfifo(fifo)
     env = make_env()
+    seed_prefect_cluster(prefect_dir(env.state_dir), prefect_template)  # migrated already
     env.register("v1", fifo, 60, None)
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     cli_env["PREFECT_CLIENT_MAX_RETRIES"] = "1"  # the bounded give-up is the claim, not backoff

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from boundary_inference.local.prefect_server import prefect_status, stop_prefect
+from boundary_inference.local.prefect_server import prefect_dir, prefect_status, stop_prefect
 from boundary_inference.local.processes import pid_alive
 from tests.flow_support import MakeEnv
+from tests.prefect_template import seed_prefect_cluster
 
 FRAMES = 60
 WAIT_S = 240.0  # for the CLI to start its server and reach the job: bounded, not a speed claim
@@ -38,11 +39,12 @@ def _wait_for(what: str, check: Callable[[], object], proc: subprocess.Popen[byt
 
 @pytest.mark.slow  # a Prefect server started, killed mid-job and waited out: a minute
 def test_killed_prefect_server_mid_job_ends_the_cli_and_settles_the_run(
-    make_env: MakeEnv, tmp_path: Path
+    make_env: MakeEnv, tmp_path: Path, prefect_template: Path
 ) -> None:
     fifo = tmp_path / "blocks.mp4"
     os.mkfifo(fifo)  # no writer: the job's decoder blocks in open() until the test acts
     env = make_env()
+    seed_prefect_cluster(prefect_dir(env.state_dir), prefect_template)  # migrated already
     env.register("v1", fifo, FRAMES, None)
     # No PREFECT_API_URL: the CLI starts (and uses) the state dir's embedded server, as a user's
     # does. One client retry: the bounded give-up is the claim, not how long Prefect backs off.

@@ -178,15 +178,17 @@ def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prefect_database() -> Iterator[str]:
+def prefect_database(prefect_template: Path) -> Iterator[str]:
     """The server's database: PostgreSQL with pg_trgm, as the embedded server's (its data outside
     pytest's basetemp, which a concurrent session may delete under a live server)."""
     from boundary_inference.local.prefect_server import (
         start_prefect_database,
         stop_prefect_database,
     )
+    from tests.prefect_template import seed_prefect_cluster
 
     directory = Path(tempfile.mkdtemp(prefix="bi-ps-"))
+    seed_prefect_cluster(directory, prefect_template)  # migrated already
     try:
         yield start_prefect_database(directory)
     finally:
