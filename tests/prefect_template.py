@@ -16,13 +16,13 @@ its servers without a copy, several starters at once.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 from filelock import FileLock
 
 from boundary_inference.local.prefect_server import start_prefect_database, stop_prefect_database
+from tests.prefect_pg import _free_port
 
 BUILD_TIMEOUT_S = 600  # a hang guard: one server start on a loaded machine
 
@@ -63,9 +63,3 @@ def _build(directory: Path) -> None:
             server.stop()
     finally:
         stop_prefect_database(directory)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

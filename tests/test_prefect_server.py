@@ -753,6 +753,47 @@ def test_ui_shows_a_rejected_run_and_an_admitted_runs_artifacts(
         assert "Admitted: lecture-42" in page.inner_text("body")
 
 
+def _held(env: FlowEnv, fifo: Path, video_id: str, frames: int) -> None:
+    """Register ``video_id`` on a FIFO nobody writes: its job's decoder waits in open() until
+    the job is cancelled."""
+    os.mkfifo(fifo)
+    env.register(video_id, fifo, frames, None)
+
+
+def _release(fifo: Path) -> None:
+    """A reader left blocked in open() (it should be gone) reads EOF and exits."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def _held_call(env: FlowEnv, video_id: str) -> tuple[dict[str, Any], int]:
+    """The held job's run row and its executor child's pid, once the call is spawned."""
+
+    def spawned() -> Any:
+        rows = env.ledger.list_runs(limit=5, video_id=video_id)
+        call = rows[0].get("executor_call_id") if rows else None
+        pid_file = env.jobs_dir / str(call) / "pid"
+        return pid_file.exists() and (rows[0], int(pid_file.read_text()))
+
+    row, pid = _wait(f"{video_id}'s executor call", spawned, timeout_s=600)
+    return row, pid
+
+
+def _stopped_and_settled(env: FlowEnv, row: dict[str, Any], pid: int) -> None:
+    """The cancelled job's process ended and its run settled ``cancelled`` (by the flow, or by
+    its cancellation hook if the runner's kill came first): before long, never left running."""
+    from boundary_inference.local.processes import pid_alive
+
+    _wait("the held job's process to end", lambda: not pid_alive(pid), timeout_s=600)
+    _wait(
+        "the held job's run settled cancelled",
+        lambda: (env.ledger.get_run(run_id=str(row["id"])) or {}).get("status") == "cancelled",
+        timeout_s=600,
+    )
+
+
 def _serve(api_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     """``python -m flows.serve`` against this server, once ``boundary-inference/default`` is
     registered; its runs use the checkout (``_run_from_the_checkout``) whatever pull steps an
@@ -803,8 +844,7 @@ def test_ui_shows_a_deployments_rejected_run_and_a_cancelled_job(
     env.register("lecture-7", clip, 20, None)
     # The held job's source is a FIFO nobody writes: its decoder waits in open() until cancelled.
     fifo = tmp_path / "held.mp4"
-    os.mkfifo(fifo)
-    env.register("held-open", fifo, 60, None)
+    _held(env, fifo, "held-open", 60)
     serve = _serve(api_url, tmp_path)
     api = _api(api_url)
     try:
@@ -818,14 +858,7 @@ def test_ui_shows_a_deployments_rejected_run_and_a_cancelled_job(
             held_id = c.create_flow_run_from_deployment(
                 deployment["id"], parameters=job("held-open")
             ).id
-
-            def spawned() -> Any:
-                rows = env.ledger.list_runs(limit=5, video_id="held-open")
-                call = rows[0].get("executor_call_id") if rows else None
-                pid_file = env.jobs_dir / str(call) / "pid"
-                return pid_file.exists() and (rows[0], int(pid_file.read_text()))
-
-            row, pid = _wait("the held job's executor call", spawned, timeout_s=600)
+            row, pid = _held_call(env, "held-open")
             assert pid_alive(pid)
             c.set_flow_run_state(held_id, Cancelling(), force=True)  # what the UI's Cancel sends
         rejected = _wait("the rejected run", lambda: _final_state(api, rejected_id), 600)
@@ -833,20 +866,10 @@ def test_ui_shows_a_deployments_rejected_run_and_a_cancelled_job(
         assert (rejected["type"], rejected["name"]) == ("COMPLETED", "Completed"), rejected
         assert rejected["message"].startswith("rejected: validation_failed: "), rejected
         assert (cancelled["type"], cancelled["name"]) == ("CANCELLED", "Cancelled"), cancelled
-        _wait("the held job's process to end", lambda: not pid_alive(pid), timeout_s=600)
-        # Settled at the seconds it ran by the flow, or by its cancellation hook if the runner's
-        # kill came first: either way before long, and never left running.
-        _wait(
-            "the held job's run settled cancelled",
-            lambda: (env.ledger.get_run(run_id=str(row["id"])) or {}).get("status") == "cancelled",
-            timeout_s=600,
-        )
+        _stopped_and_settled(env, row, pid)
     finally:
         _stop(serve)
-        try:  # a reader left blocked in open() (it should be gone) reads EOF and exits
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
+        _release(fifo)
     names = {
         run_id: str(api.get(f"flow_runs/{run_id}").json()["name"])
         for run_id in (rejected_id, str(held_id))
@@ -903,9 +926,8 @@ def test_a_served_backfills_videos_are_deployment_runs_and_its_cancel_stops_them
     clip = tmp_path / "bf-ok.mp4"
     make_video(clip, seed=8, frame_count=20)
     env.register("bf-ok", clip, 20, None)
-    fifo = tmp_path / "bf-held.mp4"  # read by nobody's writer: its job waits until cancelled
-    os.mkfifo(fifo)
-    env.register("bf-held", fifo, 60, None)
+    fifo = tmp_path / "bf-held.mp4"
+    _held(env, fifo, "bf-held", 60)
     serve = _serve(api_url, tmp_path)
     api = _api(api_url)
     try:
@@ -924,14 +946,7 @@ def test_a_served_backfills_videos_are_deployment_runs_and_its_cancel_stops_them
             backfill_id = c.create_flow_run_from_deployment(
                 backfill["id"], parameters=parameters
             ).id
-
-            def held_call() -> Any:
-                rows = env.ledger.list_runs(limit=5, video_id="bf-held")
-                call = rows[0].get("executor_call_id") if rows else None
-                pid_file = env.jobs_dir / str(call) / "pid"
-                return pid_file.exists() and (rows[0], int(pid_file.read_text()))
-
-            row, pid = _wait("the held video's executor call", held_call, timeout_s=600)
+            row, pid = _held_call(env, "bf-held")
             assert pid_alive(pid)
             children = {
                 str(child.parameters["video_id"]): child
@@ -964,18 +979,10 @@ def test_a_served_backfills_videos_are_deployment_runs_and_its_cancel_stops_them
         assert cancelled["type"] == "CANCELLED", cancelled
         ended_backfill = _wait("the backfill", lambda: _final_state(api, str(backfill_id)), 600)
         assert ended_backfill["type"] == "CANCELLED", ended_backfill
-        _wait("the held job's process to end", lambda: not pid_alive(pid), timeout_s=600)
-        _wait(
-            "the held video's run settled cancelled",
-            lambda: (env.ledger.get_run(run_id=str(row["id"])) or {}).get("status") == "cancelled",
-            timeout_s=600,
-        )
+        _stopped_and_settled(env, row, pid)
     finally:
         _stop(serve)
-        try:  # a reader left blocked in open() (it should be gone) reads EOF and exits
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
+        _release(fifo)
 
 
 def test_server_log_has_no_service_errors(prefect_server: str, server_log: Path) -> None:
