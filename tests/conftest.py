@@ -14,10 +14,13 @@ read-only (the reference checkpoint) is made once for the whole run, under a fil
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +37,30 @@ from boundary_inference.local.embedded import (
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _one_ca_bundle() -> str:
+    """A CA file of one certificate (certifi's first), for ``PREFECT_API_SSL_CERT_FILE``.
+
+    Every Prefect client builds a TLS context, even for the suite's plain-HTTP loopback APIs,
+    and by default loads certifi's whole bundle into it: 18 ms of CPU per client here. A run makes
+    hundreds (88 in the 72 tests of test_flow.py and test_bad_requests.py alone, and more in every
+    CLI and flow-run process). No test reaches an HTTPS server, so what the file holds is never read;
+    only its size is paid (0.3 ms). The variable is inherited by the suite's subprocesses."""
+    import certifi
+
+    text = Path(certifi.where()).read_text()
+    end = "-----END CERTIFICATE-----"
+    first = text[text.index("-----BEGIN CERTIFICATE-----") : text.index(end) + len(end)] + "\n"
+    path = Path(tempfile.gettempdir()) / f"bi-tests-one-ca-{os.getuid()}.pem"
+    if not path.is_file() or path.read_text() != first:
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(first)
+        partial.replace(path)
+    return str(path)
+
+
+os.environ.setdefault("PREFECT_API_SSL_CERT_FILE", _one_ca_bundle())
 
 
 @pytest.fixture(scope="session")
@@ -102,13 +129,22 @@ def prefect_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_harness(prefect_template: Path) -> Iterator[None]:
+def prefect_harness(request: pytest.FixtureRequest, prefect_template: Path) -> Iterator[None]:
     """One Prefect API for the whole session (starting one costs 10-20 s), on PostgreSQL as the
     embedded server is: Prefect's own harness uses SQLite, which the suite's concurrent CLI
-    processes met as "database is locked"."""
-    from tests.prefect_pg import prefect_harness_on_postgres
+    processes met as "database is locked".
+
+    Under xdist the whole run shares one: the controller serves it (``pytest_sessionstart``
+    below) and each worker points its client at it. Three idle servers cost more than the work
+    one does for three workers (an idle Prefect server polls its task queue every 250 ms)."""
+    from tests.prefect_pg import prefect_harness_on_postgres, use_prefect_api
     from tests.prefect_template import seed_prefect_cluster
 
+    shared = getattr(request.config, "workerinput", {}).get(_SHARED_HARNESS)
+    if shared:
+        with use_prefect_api(_shared_harness_url(Path(shared))):
+            yield
+        return
     # Short and outside pytest's basetemp (see state_dir): the database's socket lives there.
     directory = Path(tempfile.mkdtemp(prefix="bi-ph-"))
     seed_prefect_cluster(directory, prefect_template)
@@ -299,6 +335,104 @@ def _run_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
 
 
+# --- One Prefect API for the whole run (xdist) ------------------------------------------------
+
+# The workerinput key naming the run's directory where the controller's API writes its URL.
+_SHARED_HARNESS = "shared_prefect_harness"
+# A hang guard, not a measurement: the migrated template's build and one server start, loaded.
+SHARED_HARNESS_WAIT_S = 600
+_URL_FILE, _ERROR_FILE = "prefect-harness.url", "prefect-harness.error"
+
+
+class _SharedHarness:
+    """The controller's Prefect API for its workers (``prefect_harness``).
+
+    Started in a thread at session start, so the workers start (imports, collection) meanwhile;
+    its URL, or why it did not start, is written under the run's directory for the workers to
+    read; stopped at session finish, after every worker has finished with it, or at exit."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        # Short and outside pytest's basetemp (see state_dir): the database's socket lives there.
+        self.directory = Path(tempfile.mkdtemp(prefix="bi-ph-"))
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="prefect-harness", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        atexit.register(self.stop)  # a run cut short (Ctrl-C) still stops its servers
+
+    def stop(self) -> None:
+        self._finished.set()
+        self._thread.join(timeout=120)
+
+    def _serve(self) -> None:
+        from tests.prefect_pg import serve_prefect_api
+        from tests.prefect_template import migrated_prefect_cluster, seed_prefect_cluster
+
+        try:
+            seed_prefect_cluster(self.directory, migrated_prefect_cluster(self.root))
+            with serve_prefect_api(self.directory) as api_url:
+                _publish(self.root / _URL_FILE, api_url)
+                self._finished.wait()
+        except BaseException as error:  # every worker's harness fails with it
+            _publish(self.root / _ERROR_FILE, f"{type(error).__name__}: {error}")
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _publish(path: Path, text: str) -> None:
+    """Write ``text`` whole or not at all (a reader polls for the file)."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def _shared_harness_url(root: Path) -> str:
+    """The URL of the controller's Prefect API, once it answers (``_SharedHarness``)."""
+    deadline = time.monotonic() + SHARED_HARNESS_WAIT_S
+    while True:
+        if (root / _URL_FILE).is_file():
+            return (root / _URL_FILE).read_text()
+        if (root / _ERROR_FILE).is_file():
+            error = (root / _ERROR_FILE).read_text()
+            raise RuntimeError(f"the run's Prefect API did not start: {error}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the run's Prefect API did not start in {SHARED_HARNESS_WAIT_S} s")
+        time.sleep(0.2)
+
+
+_shared_harness: _SharedHarness | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """On the xdist controller: start the run's Prefect API (``_SharedHarness``)."""
+    global _shared_harness
+    config = session.config
+    if _xdist_worker(config) or not config.pluginmanager.has_plugin("dsession"):
+        return
+    _shared_harness = _SharedHarness(config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
+    _shared_harness.start()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: tell each worker where the controller's Prefect API writes its URL."""
+    if _shared_harness is not None:
+        node.workerinput[_SHARED_HARNESS] = str(_shared_harness.root)
+
+
+@pytest.fixture
+def shipped_deployments_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Held by a test that deploys ``prefect.yaml``'s deployments (named as the product's) to the
+    run's Prefect API, or that needs them absent there: under xdist the workers share that API."""
+    from filelock import FileLock
+
+    lock = FileLock(str(_run_basetemp(tmp_path_factory) / "shipped-deployments.lock"))
+    with lock.acquire(timeout=SHARED_HARNESS_WAIT_S):
+        yield
+
+
 # --- A run leaves nothing behind -------------------------------------------------------------
 
 
@@ -315,6 +449,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     names them and fails the run; the controller then sweeps the run's whole directory, after
     every worker has finished (a worker that crashed swept nothing).
     """
+    if _shared_harness is not None:  # the controller, every worker finished
+        _shared_harness.stop()
     basetemp = getattr(session.config, "_tmp_path_factory", None)
     if basetemp is None:
         return

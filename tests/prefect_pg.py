@@ -4,6 +4,12 @@
 CLI processes that database answered "database is locked" (the class behind most CI flakes). This
 is the same harness (a temporary ASGI server in a subprocess, this process's settings pointed at
 it) with the database URL of Prefect's own embedded PostgreSQL instead.
+
+It comes in two halves, so that one server can serve several processes: :func:`serve_prefect_api`
+starts the database and the server and touches nothing of this process's settings;
+:func:`use_prefect_api` points this process's Prefect client at a running API. Under xdist the
+controller serves one API for the whole run and every worker uses it (``tests/conftest.py``); a
+serial run does both in one process (:func:`prefect_harness_on_postgres`).
 """
 
 from __future__ import annotations
@@ -24,48 +30,62 @@ def _free_port() -> int:
 
 
 @contextmanager
-def prefect_harness_on_postgres(directory: Path, *, startup_timeout_s: int = 120) -> Iterator[str]:
+def serve_prefect_api(directory: Path, *, startup_timeout_s: int = 120) -> Iterator[str]:
     """A Prefect API whose database lives under ``directory/pg``; yields the API URL.
 
-    The PostgreSQL is stopped on exit; ``directory`` stays for the caller to remove.
+    The server and its PostgreSQL are stopped on exit; ``directory`` stays for the caller to
+    remove. This process's own settings are left as they were (only the server's environment
+    names the database), so it may run in any thread.
     """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+    database_url = start_prefect_database(directory)
+    try:
+        # The server's environment is made from the settings current when it starts.
+        with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database_url}):
+            server = SubprocessASGIServer(port=_free_port())
+            server.start(timeout=startup_timeout_s)
+        try:
+            yield server.api_url
+        finally:
+            server.stop()
+    finally:
+        stop_prefect_database(directory)
+
+
+@contextmanager
+def use_prefect_api(api_url: str) -> Iterator[None]:
+    """Point this process's Prefect client at the running API ``api_url`` until exit, then send
+    what its log and event workers still hold (to a stopped server they are errors)."""
     import prefect.context
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.server.database.dependencies import temporary_database_interface
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL,
-        temporary_settings,
-    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    database_url = start_prefect_database(directory)
+    # Code that asks for "the" ephemeral server during a flow run finds this one instead of
+    # spawning another (as prefect_test_harness does; Prefect issue #21544). A stand-in that
+    # is already running: its start() is a no-op, and it owns no process to stop.
+    port = int(api_url.split(":")[2].split("/")[0])
+    stand_in = SubprocessASGIServer(port=port)
+    stand_in.running = True
+    prior = SubprocessASGIServer._instances.get(None)
+    SubprocessASGIServer._instances[None] = stand_in
     try:
         with ExitStack() as stack:
-            stack.enter_context(temporary_database_interface())
-            stack.enter_context(
-                temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database_url})
-            )
-            server = SubprocessASGIServer(port=_free_port())
-            # Code that asks for "the" ephemeral server during a flow run finds this one instead
-            # of spawning another (as prefect_test_harness does; Prefect issue #21544).
-            prior = SubprocessASGIServer._instances.get(None)
-            SubprocessASGIServer._instances[None] = server
-            server.start(timeout=startup_timeout_s)
-            stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
+            stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
             stack.enter_context(
                 prefect.context._temporary_global_settings_context(
                     prefect.context.get_settings_context()
                 )
             )
             try:
-                yield server.api_url
+                yield
             finally:
 
                 async def drain() -> None:
-                    # Logs and events first: sent to a stopped server they are errors.
                     try:
                         result = APILogWorker.instance().drain()
                         if inspect.isawaitable(result):
@@ -77,10 +97,21 @@ def prefect_harness_on_postgres(directory: Path, *, startup_timeout_s: int = 120
                         await result
 
                 run_coro_as_sync(drain())
-                server.stop()
-                if prior is not None:
-                    SubprocessASGIServer._instances[None] = prior
-                else:
-                    SubprocessASGIServer._instances.pop(None, None)
     finally:
-        stop_prefect_database(directory)
+        stand_in.running = False
+        SubprocessASGIServer._instances.pop(port, None)
+        if prior is not None:
+            SubprocessASGIServer._instances[None] = prior
+        else:
+            SubprocessASGIServer._instances.pop(None, None)
+
+
+@contextmanager
+def prefect_harness_on_postgres(directory: Path, *, startup_timeout_s: int = 120) -> Iterator[str]:
+    """A Prefect API whose database lives under ``directory/pg``, this process pointed at it;
+    yields the API URL. Server and PostgreSQL are stopped on exit; ``directory`` stays."""
+    with (
+        serve_prefect_api(directory, startup_timeout_s=startup_timeout_s) as api_url,
+        use_prefect_api(api_url),
+    ):
+        yield api_url

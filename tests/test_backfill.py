@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prefect.client.orchestration import get_client
 
 from boundary_inference.local.embedded import start_postgres
@@ -255,6 +256,7 @@ def test_a_ledger_outage_stops_the_backfill_red(
     assert env.executor_calls() == 0
 
 
+@pytest.mark.usefixtures("shipped_deployments_lock")
 def test_videos_as_deployment_runs_with_nothing_deployed_stop_the_backfill_red(
     make_env: MakeEnv, video: Any
 ) -> None:

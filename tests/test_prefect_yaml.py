@@ -62,7 +62,7 @@ def pools() -> Iterator[None]:
             client.delete_variable_by_name(name)
 
 
-@pytest.mark.usefixtures("pools")
+@pytest.mark.usefixtures("shipped_deployments_lock", "pools")
 def test_prefect_deploy_records_nothing_of_the_deployers_machine(tmp_path: Path) -> None:
     """``prefect deploy --all`` from the checkout (its ``PWD`` a directory of its own): every
     deployment's pull steps and job variables are free of paths; the process deployments clone
