@@ -157,7 +157,7 @@ def _host_env(directory: Path, **settings: str) -> dict[str, str]:
         # The runs' logs stay in the workers' output: shipping them to the API cost the flow
         # runs and the server 30 of this test's 240 CPU-s, and nothing here reads them.
         PREFECT_LOGGING_TO_API_ENABLED="false",
-        # The session's test server is SQLite under load (tests/conftest.py): its client retries.
+        # The run's Prefect API serves every worker of the suite meanwhile: its client retries.
         PREFECT_CLIENT_MAX_RETRIES=os.environ.get("PREFECT_CLIENT_MAX_RETRIES", "10"),
     )
     env.update({f"BOUNDARY_INFERENCE_{k.upper()}": v for k, v in settings.items()})
