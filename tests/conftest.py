@@ -135,8 +135,8 @@ def prefect_harness(request: pytest.FixtureRequest, prefect_template: Path) -> I
     processes met as "database is locked".
 
     Under xdist the whole run shares one: the controller serves it (``pytest_sessionstart``
-    below) and each worker points its client at it. Three idle servers cost more than the work
-    one does for three workers (an idle Prefect server polls its task queue every 250 ms)."""
+    below) and each worker points its client at it. One per worker cost two more starts, two
+    more PostgreSQL clusters and two more idle task-queue pollers (every 250 ms)."""
     from tests.prefect_pg import prefect_harness_on_postgres, use_prefect_api
     from tests.prefect_template import seed_prefect_cluster
 
