@@ -21,9 +21,6 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from boundary_inference.local.prefect_server import start_prefect_database, stop_prefect_database
-from tests.prefect_pg import _free_port
-
 BUILD_TIMEOUT_S = 600  # a hang guard: one server start on a loaded machine
 
 
@@ -52,14 +49,7 @@ def seed_prefect_cluster(directory: Path, template: Path) -> None:
 
 
 def _build(directory: Path) -> None:
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+    from tests.prefect_pg import serve_prefect_api
 
-    url = start_prefect_database(directory)
-    try:
-        with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: url}):
-            server = SubprocessASGIServer(port=_free_port())
-            server.start(timeout=BUILD_TIMEOUT_S)  # migrates the empty database
-            server.stop()
-    finally:
-        stop_prefect_database(directory)
+    with serve_prefect_api(directory, startup_timeout_s=BUILD_TIMEOUT_S):
+        pass  # the server's start migrated the empty database; exit stops it and PostgreSQL
